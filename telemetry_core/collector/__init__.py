@@ -1,0 +1,1 @@
+"""The collector: the server half of telemetry-core (``telemetry-collector``)."""

@@ -1,0 +1,253 @@
+"""The plugin host: one pluggy ``PluginManager`` and a typed facade over its hooks.
+
+Bundled defaults are registered by dotted module name under short stable names;
+third-party plugins come from the ``telemetry_core`` entry-point group, each
+loaded in isolation so that one broken plugin is skipped with a warning instead
+of taking the host application down. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import random
+import warnings
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import pluggy
+
+from telemetry_core import hookspecs
+from telemetry_core.errors import PluginError
+from telemetry_core.hookspecs import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.errors import TransportError
+    from telemetry_core.local_store import LocalStore
+    from telemetry_core.models import Clock, ProviderInfo, SubmissionResult
+    from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
+    from telemetry_core.schema import Event, PropertyValue
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "DISABLE_ENV",
+    "PluginHost",
+    "PluginLoadWarning",
+    "PluginRecord",
+]
+
+#: Bundled plugins: short stable name -> module registered as the plugin.
+DEFAULT_PLUGINS: Final[dict[str, str]] = {
+    "https": "telemetry_core_plugins.https_transport",
+    "sqlite": "telemetry_core_plugins.sqlite_storage",
+    "exponential-jitter": "telemetry_core_plugins.exponential_jitter",
+    "token-bucket": "telemetry_core_plugins.token_bucket",
+    "scrubber": "telemetry_core.privacy",
+}
+
+#: Comma-separated plugin names that must not be loaded or registered.
+DISABLE_ENV: Final = "TELEMETRY_CORE_DISABLE_PLUGINS"
+
+
+class PluginLoadWarning(UserWarning):
+    """A third-party plugin failed to load or register and was skipped."""
+
+
+class PluginObserverWarning(UserWarning):
+    """An observer hook raised; the event or batch went on without it."""
+
+
+@attrs.frozen(kw_only=True)
+class PluginRecord:
+    """A registered plugin, as ``telemetry plugins`` lists it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    bundled: bool
+    hooks: tuple[str, ...]
+    providers: tuple[ProviderInfo, ...]
+
+
+class PluginHost:
+    """Owns one :class:`pluggy.PluginManager` for one service or CLI invocation.
+
+    :param strict: re-raise plugin load errors and observer-hook errors instead
+        of warning (meant for tests and plugin development).
+    :param disabled: plugin names to block; defaults to the comma-separated
+        ``TELEMETRY_CORE_DISABLE_PLUGINS`` environment variable.
+    :param load_entrypoints: load third-party plugins from the ``telemetry_core``
+        entry-point group.
+    :param plugins: extra plugin objects to register (tests, embedding apps).
+    """
+
+    def __init__(
+        self,
+        *,
+        strict: bool = False,
+        disabled: Iterable[str] | None = None,
+        load_entrypoints: bool = True,
+        plugins: Sequence[object] = (),
+    ) -> None:
+        self.strict = strict
+        if disabled is None:
+            disabled = os.environ.get(DISABLE_ENV, "").split(",")
+        self.disabled = frozenset(name.strip() for name in disabled if name.strip())
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self._dists: dict[str, tuple[str | None, str | None]] = {}
+        for name in self.disabled:
+            self.pm.set_blocked(name)
+        for name, module in DEFAULT_PLUGINS.items():
+            if name not in self.disabled:
+                self.pm.register(importlib.import_module(module), name=name)
+        if load_entrypoints:
+            self._load_entrypoints()
+        for plugin in plugins:
+            self.pm.register(plugin)
+        self.pm.check_pending()
+
+    def _load_entrypoints(self) -> None:
+        seen: set[str] = set()
+        for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
+            if ep.name in seen or ep.name in self.disabled or self.pm.is_registered(ep.name):
+                continue
+            seen.add(ep.name)
+            dist = ep.dist
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                if self.strict:
+                    raise PluginError(f"plugin {ep.name!r} failed to load: {exc!r}") from exc
+                warnings.warn(
+                    f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {exc!r}",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+                continue
+            self._dists[ep.name] = (
+                dist.name if dist else None,
+                dist.version if dist else None,
+            )
+
+    # -- inspection ---------------------------------------------------------
+
+    def providers(self) -> list[ProviderInfo]:
+        """Every provider offered by a registered plugin."""
+        return [info for infos in self.pm.hook.telemetry_list_providers() for info in infos]
+
+    def plugins(self) -> list[PluginRecord]:
+        """Registered plugins with their hooks and providers, bundled ones first."""
+        records = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # blocked
+                continue
+            impls = [
+                hook.name
+                for hook in self.pm.get_hookcallers(plugin) or ()
+            ]
+            providers: tuple[ProviderInfo, ...] = ()
+            if hasattr(plugin, "telemetry_list_providers"):
+                providers = tuple(plugin.telemetry_list_providers())
+            module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+            dist, version = self._dists.get(name, (None, None))
+            records.append(
+                PluginRecord(
+                    name=name,
+                    module=module,
+                    distribution=dist if dist else ("telemetry-core" if name in DEFAULT_PLUGINS else None),
+                    version=version,
+                    bundled=name in DEFAULT_PLUGINS,
+                    hooks=tuple(sorted(impls)),
+                    providers=providers,
+                )
+            )
+        records.sort(key=lambda r: (not r.bundled, r.name))
+        return records
+
+    def _missing(self, kind: str, name: str) -> PluginError:
+        names = sorted(p.name for p in self.providers() if p.kind == kind)
+        return PluginError(
+            f"no {kind} provider named {name!r}; available: {', '.join(names) or 'none'}"
+        )
+
+    # -- providers ------------------------------------------------------------
+
+    def make_transport(self, config: TelemetryConfig) -> Transport:
+        """The transport named by ``config.transport``; :class:`PluginError` if none."""
+        result: Transport | None = self.pm.hook.telemetry_make_transport(
+            name=config.transport, config=config
+        )
+        if result is None:
+            raise self._missing("transport", config.transport)
+        return result
+
+    def make_backoff(self, config: TelemetryConfig, rng: random.Random, clock: Clock) -> Backoff:
+        """The backoff named by ``config.backoff``; :class:`PluginError` if none."""
+        result: Backoff | None = self.pm.hook.telemetry_make_backoff(
+            name=config.backoff, config=config, rng=rng, clock=clock
+        )
+        if result is None:
+            raise self._missing("backoff", config.backoff)
+        return result
+
+    def make_limiter(self, config: TelemetryConfig, clock: Clock) -> Limiter:
+        """The limiter named by ``config.limiter``; :class:`PluginError` if none."""
+        result: Limiter | None = self.pm.hook.telemetry_make_limiter(
+            name=config.limiter, config=config, clock=clock
+        )
+        if result is None:
+            raise self._missing("limiter", config.limiter)
+        return result
+
+    def make_storage(
+        self, config: TelemetryConfig, store: LocalStore, backoff: Backoff, clock: Clock
+    ) -> Storage:
+        """The storage named by ``config.storage``; :class:`PluginError` if none."""
+        result: Storage | None = self.pm.hook.telemetry_make_storage(
+            name=config.storage, config=config, store=store, backoff=backoff, clock=clock
+        )
+        if result is None:
+            raise self._missing("storage", config.storage)
+        return result
+
+    # -- observers ------------------------------------------------------------
+
+    def scrub_event(self, event_type: str, properties: dict[str, PropertyValue]) -> None:
+        """Run the scrubbing chain over ``properties`` in place.
+
+        :class:`~telemetry_core.errors.EventRejected` propagates (the caller
+        counts the rejection); any other plugin error does too, since an event
+        that could not be scrubbed must not be stored.
+        """
+        self.pm.hook.telemetry_scrub_event(event_type=event_type, properties=properties)
+
+    def _observe(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+        except Exception as exc:
+            if self.strict:
+                raise
+            warnings.warn(
+                f"telemetry-core: observer hook {hook} raised {exc!r}",
+                PluginObserverWarning,
+                stacklevel=3,
+            )
+
+    def event_recorded(self, event: Event) -> None:
+        """Notify observers that ``event`` is stored."""
+        self._observe("telemetry_event_recorded", event=event)
+
+    def batch_submitted(self, events: Sequence[Event], result: SubmissionResult) -> None:
+        """Notify observers that a batch was acknowledged."""
+        self._observe("telemetry_batch_submitted", events=events, result=result)
+
+    def batch_failed(self, events: Sequence[Event], error: TransportError) -> None:
+        """Notify observers that a batch failed."""
+        self._observe("telemetry_batch_failed", events=events, error=error)

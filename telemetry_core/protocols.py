@@ -1,0 +1,128 @@
+"""The four provider interfaces a plugin can implement.
+
+Providers are created by the ``telemetry_make_*`` hooks and used by the worker
+and the service. They are structural (``typing.Protocol``): a plugin need not
+import or subclass anything to satisfy them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from telemetry_core.models import QueuedEvent, QueueStats, SubmissionResult
+from telemetry_core.schema import Event, ServerInfo
+
+__all__ = ["Backoff", "Limiter", "Storage", "Transport"]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Delivers batches to a collector.
+
+    ``submit_batch`` returns a :class:`SubmissionResult` for a 2xx answer and
+    raises :class:`~telemetry_core.errors.TransportError` otherwise, with
+    ``retryable``, ``retry_after`` and ``too_large`` set from the answer.
+    """
+
+    def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
+        """Send ``events`` as one request."""
+        ...
+
+    def ping(self) -> bool:
+        """Return True when the collector answers ``GET /ping``; never raise."""
+        ...
+
+    def server_info(self) -> ServerInfo:
+        """Return the collector's ``GET /v1/info`` document."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the transport may be used again afterwards."""
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """The durable local event store and submission queue.
+
+    Timestamps are wall-clock seconds from the clock the storage was made with.
+    ``dequeue`` claims entries with a lease so that two senders never hold the
+    same event; unacknowledged claims become due again when the lease expires.
+    """
+
+    def record(self, event: Event, *, enqueue: bool) -> None:
+        """Store ``event`` locally and, when ``enqueue``, queue it, in one transaction."""
+        ...
+
+    def enqueue(self, event_ids: Sequence[str]) -> int:
+        """Queue already-stored events; return how many were newly queued."""
+        ...
+
+    def dequeue(self, batch_size: int) -> list[QueuedEvent]:
+        """Claim up to ``batch_size`` due entries, oldest first."""
+        ...
+
+    def mark_submitted(self, event_ids: Sequence[str]) -> None:
+        """Remove delivered entries from the queue."""
+        ...
+
+    def mark_failed(
+        self, event_ids: Sequence[str], error: str, retry_after: float | None = None
+    ) -> None:
+        """Count a failed attempt, schedule the next one (or mark dead), keep ``error``."""
+        ...
+
+    def release(self, event_ids: Sequence[str]) -> None:
+        """Give claimed entries back, due now, without counting an attempt."""
+        ...
+
+    def stats(self) -> QueueStats:
+        """Return a cheap snapshot of the queue."""
+        ...
+
+    def cleanup(self, older_than: float) -> int:
+        """Delete events and entries created before ``older_than``; return how many."""
+        ...
+
+    def revive_dead(self) -> int:
+        """Make dead entries due again with a fresh retry count; return how many."""
+        ...
+
+    def close(self) -> None:
+        """Close connections held by this thread or process."""
+        ...
+
+
+@runtime_checkable
+class Backoff(Protocol):
+    """Decides when a failed batch is tried again (the seed's RetryManager)."""
+
+    def next_retry_delay(self, retry_count: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt ``retry_count + 1``; a server ``retry_after`` wins."""
+        ...
+
+    def should_retry(self, retry_count: int) -> bool:
+        """False once ``retry_count`` has reached the maximum."""
+        ...
+
+    def next_retry_timestamp(self, retry_count: int, retry_after: float | None = None) -> float:
+        """Wall-clock seconds at which the next attempt is due."""
+        ...
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """Limits how many events are submitted per unit of time."""
+
+    def can_submit(self, count: int) -> bool:
+        """Whether ``count`` tokens are available now (consumes nothing)."""
+        ...
+
+    def consume(self, count: int) -> bool:
+        """Take ``count`` tokens if available; return whether they were taken."""
+        ...
+
+    def wait_time(self, count: int = 1) -> float:
+        """Seconds until ``count`` tokens are available (``inf`` if never)."""
+        ...

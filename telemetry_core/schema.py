@@ -1,0 +1,264 @@
+"""Wire schema v1, shared by the client library and the collector.
+
+This module is the one definition of what an event is on the wire (DESIGN §7):
+msgspec structs for the event, the submission envelope, the submission response
+and the server info document, the protocol's default limits, UUIDv7 generation,
+and :func:`validate_event`, which both halves run (the client before storage, the
+collector again on receipt). It imports nothing with behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPE_PATTERN",
+    "MAX_BATCH_EVENTS",
+    "MAX_BODY_BYTES",
+    "MAX_COMPRESSED_BODY_BYTES",
+    "MAX_EVENT_BYTES",
+    "MAX_FUTURE_SKEW_MS",
+    "MAX_PROPERTIES",
+    "MAX_PROPERTY_KEY_LENGTH",
+    "MAX_PROPERTY_VALUE_LENGTH",
+    "MAX_SHORT_STRING_LENGTH",
+    "SCHEMA_VERSION",
+    "Event",
+    "EventError",
+    "Limits",
+    "PropertyValue",
+    "ServerInfo",
+    "SubmitEnvelope",
+    "SubmitRequest",
+    "SubmitResponse",
+    "new_event_id",
+    "validate_event",
+]
+
+#: Version of the event schema carried in every event's ``schema`` field.
+SCHEMA_VERSION: Final = 1
+
+#: Event types are short lowercase identifiers: ``command_executed``, ``cli.run:ok``.
+EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
+_PROPERTY_KEY_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*\Z")
+
+#: At most this many properties per event.
+MAX_PROPERTIES: Final = 64
+#: Property keys are at most this many characters.
+MAX_PROPERTY_KEY_LENGTH: Final = 64
+#: String property values are at most this many characters.
+MAX_PROPERTY_VALUE_LENGTH: Final = 1024
+#: ``install_id``, ``session_id``, ``app`` and ``app_version`` are at most this long.
+MAX_SHORT_STRING_LENGTH: Final = 128
+#: One encoded event may not exceed this many bytes.
+MAX_EVENT_BYTES: Final = 16 * 1024
+#: The collector's default cap on events in one request.
+MAX_BATCH_EVENTS: Final = 1000
+#: The collector's default cap on a decompressed request body.
+MAX_BODY_BYTES: Final = 5 * 1024 * 1024
+#: The collector's default cap on a request body as sent (possibly gzip-compressed).
+MAX_COMPRESSED_BODY_BYTES: Final = 1024 * 1024
+#: Timestamps more than this far ahead of the receiver's clock are rejected.
+MAX_FUTURE_SKEW_MS: Final = 24 * 3600 * 1000
+#: Integers on the wire must fit in a signed 64-bit column.
+_INT64_MAX: Final = 2**63 - 1
+
+PropertyValue = str | int | float | bool | None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One anonymous usage event (schema 1).
+
+    ``id`` is a UUID (the client generates UUIDv7) and is the idempotency key at
+    the collector. ``timestamp`` is milliseconds since the Unix epoch.
+    ``properties`` is a flat map of scalars, bounded by the ``MAX_PROPERTY_*``
+    limits.
+    """
+
+    id: str
+    type: str
+    timestamp: int
+    install_id: str
+    app: str
+    app_version: str | None = None
+    session_id: str | None = None
+    duration_ms: float | None = None
+    success: bool | None = None
+    properties: dict[str, PropertyValue] = msgspec.field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+
+class SubmitRequest(msgspec.Struct, frozen=True):
+    """The body of ``POST /v1/submit`` as the client builds it."""
+
+    events: list[Event]
+
+
+class SubmitEnvelope(msgspec.Struct, frozen=True):
+    """The body of ``POST /v1/submit`` as the collector first reads it.
+
+    Events stay raw so that each can be decoded and validated on its own: one bad
+    event is rejected with its index while the rest of the batch is stored.
+    """
+
+    events: list[msgspec.Raw]
+
+
+class EventError(msgspec.Struct, frozen=True):
+    """Why the event at ``index`` of a batch was rejected."""
+
+    index: int
+    code: str
+    message: str
+
+
+class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The 200 answer to ``POST /v1/submit`` (also sent on partial success)."""
+
+    success: bool
+    accepted: int
+    rejected: int
+    duplicates: int
+    errors: list[EventError] = msgspec.field(default_factory=list)
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Every limit a client needs to respect, as published by ``GET /v1/info``."""
+
+    max_events_per_batch: int = MAX_BATCH_EVENTS
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_compressed_body_bytes: int = MAX_COMPRESSED_BODY_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_properties: int = MAX_PROPERTIES
+    max_property_key_length: int = MAX_PROPERTY_KEY_LENGTH
+    max_property_value_length: int = MAX_PROPERTY_VALUE_LENGTH
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+    rate_limit_per_minute: int = 60_000
+    rate_limit_burst: int = 10_000
+
+
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of ``GET /v1/info``."""
+
+    name: str
+    version: str
+    schema_version: int = SCHEMA_VERSION
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+
+_uuid7_lock = threading.Lock()
+_uuid7_last_ms = 0
+_uuid7_counter = 0
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """Return a new UUIDv7 (RFC 9562) as a lowercase hyphenated string.
+
+    The 48-bit millisecond timestamp leads, so ids sort by creation time and keep
+    unique indexes append-friendly. Within one millisecond a 12-bit counter
+    (seeded randomly, RFC 9562 §6.2 method 1) keeps ids from one process
+    strictly increasing; 62 random bits make cross-process collisions negligible.
+    """
+    global _uuid7_last_ms, _uuid7_counter  # noqa: PLW0603 - process-wide monotonic state
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    with _uuid7_lock:
+        if ms <= _uuid7_last_ms:
+            ms = _uuid7_last_ms
+            _uuid7_counter += 1
+            if _uuid7_counter > 0xFFF:
+                ms += 1
+                _uuid7_counter = rand & 0x7FF
+        else:
+            _uuid7_counter = rand & 0x7FF
+        _uuid7_last_ms = ms
+        counter = _uuid7_counter
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | counter << 64
+        | 0b10 << 62
+        | (rand >> 16) & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _valid_uuid(text: str) -> bool:
+    if len(text) != 36:
+        return False
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(name: str, value: str | None, errors: list[tuple[str, str]]) -> None:
+    if value is not None and not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
+        errors.append(("invalid_field", f"{name} must be 1-{MAX_SHORT_STRING_LENGTH} characters"))
+
+
+def validate_event(
+    event: Event,
+    *,
+    now_ms: int | None = None,
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+    max_properties: int = MAX_PROPERTIES,
+    max_key_length: int = MAX_PROPERTY_KEY_LENGTH,
+    max_value_length: int = MAX_PROPERTY_VALUE_LENGTH,
+) -> tuple[str, str] | None:
+    """Check ``event`` against schema 1 and the given limits.
+
+    Returns ``None`` when the event is valid, else ``(code, message)`` for the
+    first problem found. Codes: ``invalid_id``, ``invalid_type``,
+    ``invalid_timestamp``, ``future_timestamp``, ``invalid_duration``,
+    ``invalid_field``, ``unsupported_schema``, ``too_many_properties``,
+    ``invalid_property``. Privacy checks live in :mod:`telemetry_core.privacy`.
+    """
+    errors: list[tuple[str, str]] = []
+    if event.schema != SCHEMA_VERSION:
+        return ("unsupported_schema", f"schema {event.schema} is not supported")
+    if not _valid_uuid(event.id):
+        return ("invalid_id", "id must be a hyphenated UUID")
+    if not EVENT_TYPE_PATTERN.match(event.type):
+        return ("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
+    if not 0 <= event.timestamp <= _INT64_MAX:
+        return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
+    if now_ms is not None and event.timestamp > now_ms + max_future_skew_ms:
+        return ("future_timestamp", "timestamp is too far in the future")
+    if event.duration_ms is not None and not (0 <= event.duration_ms < 1e15):
+        return ("invalid_duration", "duration_ms must be a finite number >= 0")
+    _short("install_id", event.install_id, errors)
+    _short("session_id", event.session_id, errors)
+    _short("app", event.app, errors)
+    _short("app_version", event.app_version, errors)
+    if errors:
+        return errors[0]
+    props = event.properties
+    if len(props) > max_properties:
+        return ("too_many_properties", f"at most {max_properties} properties are allowed")
+    for key, value in props.items():
+        if len(key) > max_key_length or not _PROPERTY_KEY_PATTERN.match(key):
+            return ("invalid_property", f"property key {key[:max_key_length]!r} is invalid")
+        if isinstance(value, str):
+            if len(value) > max_value_length:
+                return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+                return ("invalid_property", f"property {key!r} does not fit in 64 bits")
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                return ("invalid_property", f"property {key!r} must be finite")
+        else:  # pragma: no cover - msgspec's type already excludes this
+            return ("invalid_property", f"property {key!r} has an unsupported type")
+    return None
