@@ -73,6 +73,11 @@ class Storage(Protocol):
         """Count a failed attempt, schedule the next one (or mark dead), keep ``error``."""
         ...
 
+    def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
+        """Dead-letter entries at once (a terminal answer such as 400 or 401): kept
+        locally, counted, not resent until :meth:`revive_dead`."""
+        ...
+
     def release(self, event_ids: Sequence[str]) -> None:
         """Give claimed entries back, due now, without counting an attempt."""
         ...
