@@ -38,7 +38,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def telemetry_list_providers() -> list[ProviderInfo]:
+def telemetry_list_providers() -> list[ProviderInfo]:  # type: ignore[empty-body]
     """Describe the providers this plugin offers.
 
     Called by ``telemetry plugins`` and when a configured provider name does not

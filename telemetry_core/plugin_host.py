@@ -21,6 +21,7 @@ import attrs
 import pluggy
 
 from telemetry_core import hookspecs
+from telemetry_core._version import __version__
 from telemetry_core.errors import PluginError
 from telemetry_core.hookspecs import PROJECT_NAME
 
@@ -37,6 +38,7 @@ __all__ = [
     "DISABLE_ENV",
     "PluginHost",
     "PluginLoadWarning",
+    "PluginObserverWarning",
     "PluginRecord",
 ]
 
@@ -108,33 +110,56 @@ class PluginHost:
                 self.pm.register(importlib.import_module(module), name=name)
         if load_entrypoints:
             self._load_entrypoints()
-        for plugin in plugins:
-            self.pm.register(plugin)
-        self.pm.check_pending()
+        try:
+            for plugin in plugins:
+                self.pm.register(plugin)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            # Plugins passed in by the embedding app are its own code: fail loudly.
+            raise PluginError(f"invalid plugin: {exc}") from exc
 
     def _load_entrypoints(self) -> None:
         seen: set[str] = set()
         for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
-            if ep.name in seen or ep.name in self.disabled or self.pm.is_registered(ep.name):
+            # The same distribution can be visible twice on sys.path (editable
+            # installs); its first entry point wins, the copy is not an error.
+            if ep.name in seen or ep.name in self.disabled:
                 continue
             seen.add(ep.name)
-            dist = ep.dist
+            if self.pm.has_plugin(ep.name):
+                self._skip(ep, PluginError(f"the name {ep.name!r} is already taken"))
+                continue
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
             except Exception as exc:
-                if self.strict:
-                    raise PluginError(f"plugin {ep.name!r} failed to load: {exc!r}") from exc
-                warnings.warn(
-                    f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {exc!r}",
-                    PluginLoadWarning,
-                    stacklevel=2,
-                )
+                # register() validates hook by hook: undo a half-registered plugin.
+                if self.pm.get_plugin(ep.name) is not None:
+                    self.pm.unregister(name=ep.name)
+                self._skip(ep, exc)
                 continue
+            try:
+                # A misspelled hook (telemetry_make_transprot) is only found here.
+                self.pm.check_pending()
+            except pluggy.PluginValidationError as exc:
+                self.pm.unregister(name=ep.name)
+                self._skip(ep, exc)
+                continue
+            dist = ep.dist
             self._dists[ep.name] = (
                 dist.name if dist else None,
                 dist.version if dist else None,
             )
+
+    def _skip(self, ep: importlib.metadata.EntryPoint, exc: Exception) -> None:
+        """Warn about (or, in strict mode, raise) a third-party plugin that failed."""
+        if self.strict:
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        warnings.warn(
+            f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {exc}",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
 
     # -- inspection ---------------------------------------------------------
 
@@ -148,10 +173,7 @@ class PluginHost:
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None:  # blocked
                 continue
-            impls = [
-                hook.name
-                for hook in self.pm.get_hookcallers(plugin) or ()
-            ]
+            impls = [hook.name for hook in self.pm.get_hookcallers(plugin) or ()]
             providers: tuple[ProviderInfo, ...] = ()
             if hasattr(plugin, "telemetry_list_providers"):
                 providers = tuple(plugin.telemetry_list_providers())
@@ -161,8 +183,12 @@ class PluginHost:
                 PluginRecord(
                     name=name,
                     module=module,
-                    distribution=dist if dist else ("telemetry-core" if name in DEFAULT_PLUGINS else None),
-                    version=version,
+                    distribution=dist
+                    if dist
+                    else ("telemetry-core" if name in DEFAULT_PLUGINS else None),
+                    version=version
+                    if version
+                    else (__version__ if name in DEFAULT_PLUGINS else None),
                     bundled=name in DEFAULT_PLUGINS,
                     hooks=tuple(sorted(impls)),
                     providers=providers,
