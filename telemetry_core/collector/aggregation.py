@@ -1,0 +1,185 @@
+"""Rollup math shared by every collector store: the duration histogram, bucketing
+of time, and the shape of the stats document.
+
+The duration histogram is a logarithmic-bucket sketch in the manner of DDSketch:
+a positive value ``x`` falls in bucket ``ceil(log(x) / log(GAMMA))`` where
+``GAMMA = (1 + ALPHA) / (1 - ALPHA)``, and a bucket is represented by the value
+``2 * GAMMA**i / (GAMMA + 1)``, which lies within ``ALPHA`` (1 %) relative error of
+every value of the bucket. Histograms merge by adding counts per bucket, so hour
+rollups add up to days and ranges exactly, and a quantile estimated from the
+merged counts is within 1 % of the exact quantile of the same rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
+
+__all__ = [
+    "ALPHA",
+    "DAY_MS",
+    "GAMMA",
+    "ZERO_BUCKET",
+    "bucket_index",
+    "bucket_start",
+    "bucket_value",
+    "build_stats",
+    "hour_increments",
+    "hour_of",
+    "quantile",
+    "quantile_rank",
+]
+
+#: Relative accuracy of the duration histogram.
+ALPHA: Final = 0.01
+#: Ratio between consecutive bucket boundaries.
+GAMMA: Final = (1 + ALPHA) / (1 - ALPHA)
+_LOG_GAMMA: Final = math.log(GAMMA)
+#: The bucket of a zero duration (log buckets only hold positive values).
+ZERO_BUCKET: Final = -(2**31)
+#: One day in milliseconds.
+DAY_MS: Final = 24 * HOUR_MS
+
+
+def bucket_index(duration_ms: float) -> int:
+    """The histogram bucket of a duration (``>= 0``) in milliseconds."""
+    if duration_ms <= 0:
+        return ZERO_BUCKET
+    return math.ceil(math.log(duration_ms) / _LOG_GAMMA)
+
+
+def bucket_value(index: int) -> float:
+    """The representative value of bucket ``index`` (within ``ALPHA`` of its members)."""
+    if index == ZERO_BUCKET:
+        return 0.0
+    return 2 * GAMMA**index / (GAMMA + 1)
+
+
+def quantile_rank(q: float, n: int) -> int:
+    """The 1-based nearest rank of quantile ``q`` among ``n`` values: ``ceil(q * n)``."""
+    return min(n, max(1, math.ceil(q * n)))
+
+
+def quantile(counts: Mapping[int, int], q: float) -> float | None:
+    """Estimate quantile ``q`` from bucket counts (``None`` when empty).
+
+    The answer is the representative value of the bucket holding the value of
+    rank :func:`quantile_rank`, hence within ``ALPHA`` of the exact value.
+    """
+    n = sum(counts.values())
+    if n == 0:
+        return None
+    rank = quantile_rank(q, n)
+    seen = 0
+    for index in sorted(counts):
+        seen += counts[index]
+        if seen >= rank:
+            return bucket_value(index)
+    raise AssertionError("unreachable: rank <= n")  # pragma: no cover
+
+
+def hour_of(timestamp_ms: int) -> int:
+    """The start of the UTC hour holding ``timestamp_ms``."""
+    return timestamp_ms - timestamp_ms % HOUR_MS
+
+
+def bucket_start(hour_ms: int, bucket: str) -> int:
+    """The start of the series bucket (``hour`` or ``day``, UTC) holding ``hour_ms``."""
+    if bucket == "day":
+        return hour_ms - hour_ms % DAY_MS
+    return hour_ms - hour_ms % HOUR_MS
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
+    """Shape the rows of a store into the stats document of DESIGN §7.
+
+    ``totals``: ``count``, ``by_type``, ``installs`` (distinct over the range),
+    ``success``, ``failure``, ``duplicates``, ``rejected``, ``rejected_by_code``,
+    ``throttled``. ``series``: one entry per (app, type, bucket) ordered by
+    bucket, app and type, with ``count``, ``success``, ``failure``, ``p50_ms``,
+    ``p95_ms``, ``p99_ms`` (``None`` when no event had a duration) and ``installs``.
+    """
+    grain = query.bucket
+    counts: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    hists: dict[tuple[str, str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    by_type: dict[str, int] = defaultdict(int)
+    for app, etype, hour, count, success, failure in data.rollups:
+        key = (app, etype, bucket_start(hour, grain))
+        row = counts[key]
+        row[0] += count
+        row[1] += success
+        row[2] += failure
+        by_type[etype] += count
+    for app, etype, hour, index, count in data.buckets:
+        hists[(app, etype, bucket_start(hour, grain))][index] += count
+    installs = {(a, t, b): n for a, t, b, n in data.series_installs}
+    series = []
+    for key in sorted(counts, key=lambda k: (k[2], k[0], k[1])):
+        app, etype, start = key
+        count, success, failure = counts[key]
+        hist = hists.get(key, {})
+        series.append(
+            {
+                "app": app,
+                "type": etype,
+                "bucket_start": start,
+                "count": count,
+                "success": success,
+                "failure": failure,
+                "p50_ms": _round(quantile(hist, 0.50)),
+                "p95_ms": _round(quantile(hist, 0.95)),
+                "p99_ms": _round(quantile(hist, 0.99)),
+                "installs": installs.get(key, 0),
+            }
+        )
+    rejected_by_code = {
+        name.removeprefix("rejected:"): n
+        for name, n in sorted(data.counters.items())
+        if name.startswith("rejected:") and n
+    }
+    return {
+        "from": query.from_hour_ms,
+        "to": query.to_ms,
+        "bucket": grain,
+        "totals": {
+            "count": sum(by_type.values()),
+            "by_type": dict(sorted(by_type.items())),
+            "installs": data.total_installs,
+            "success": sum(r[1] for r in counts.values()),
+            "failure": sum(r[2] for r in counts.values()),
+            "duplicates": data.counters.get("duplicate", 0),
+            "rejected": sum(rejected_by_code.values()),
+            "rejected_by_code": rejected_by_code,
+            "throttled": data.counters.get("throttled", 0),
+        },
+        "series": series,
+    }
+
+
+def hour_increments(
+    events: Iterable[tuple[str, str, int, float | None, bool | None]],
+) -> tuple[dict[tuple[str, str, int], list[int]], dict[tuple[str, str, int, int], int]]:
+    """Fold new events ``(app, type, timestamp_ms, duration_ms, success)`` into
+    rollup increments ``{(app, type, hour): [count, success, failure]}`` and bucket
+    increments ``{(app, type, hour, bucket): count}``, ready for upserts."""
+    rollups: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    buckets: dict[tuple[str, str, int, int], int] = defaultdict(int)
+    for app, etype, ts, duration, success in events:
+        hour = hour_of(ts)
+        row = rollups[(app, etype, hour)]
+        row[0] += 1
+        if success is True:
+            row[1] += 1
+        elif success is False:
+            row[2] += 1
+        if duration is not None:
+            buckets[(app, etype, hour, bucket_index(duration))] += 1
+    return dict(rollups), dict(buckets)

@@ -1,0 +1,189 @@
+"""The collector's store interface, shared by the SQLite and PostgreSQL stores.
+
+A store keeps the received events and the aggregates derived from them. Both
+implementations (:mod:`telemetry_core.collector.sqlite_store`,
+:mod:`telemetry_core.collector.postgres_store`) keep the same tables and the
+same semantics; everything that is not SQL (histogram math, bucketing, the
+shape of the stats document) lives in :mod:`telemetry_core.collector.aggregation`
+so the two cannot drift apart.
+
+Tables (names and columns are the same in both stores)::
+
+    -- Raw events, kept ``retention_days`` (by ``received_ms``).
+    events(
+        id           TEXT/UUID PRIMARY KEY,   -- the idempotency key
+        app TEXT, type TEXT, timestamp_ms BIGINT, received_ms BIGINT,
+        install_id TEXT, session_id TEXT NULL, app_version TEXT NULL,
+        duration_ms DOUBLE NULL, success BOOLEAN NULL,
+        properties TEXT/JSONB)               -- the event's JSON properties
+
+    -- Hourly rollups, kept forever. hour_ms = timestamp_ms - timestamp_ms % 3600000
+    -- (the hour of the event's own timestamp, so late events land where they belong).
+    rollups(app, type, hour_ms, count, success, failure, PRIMARY KEY (app, type, hour_ms))
+
+    -- The mergeable duration histogram of each rollup: one row per non-empty bucket
+    -- (bucket index from aggregation.bucket_index; count of events in it).
+    rollup_buckets(app, type, hour_ms, bucket, count, PRIMARY KEY (app, type, hour_ms, bucket))
+
+    -- Distinct installs as a unique set per (app, type, hour); day and range counts
+    -- are COUNT(DISTINCT install_id) over the hours they cover.
+    installs(app, type, hour_ms, install_id, PRIMARY KEY (app, type, hour_ms, install_id))
+
+    -- Outcome counters per hour of reception: "duplicate", "throttled",
+    -- "rejected:<code>". Not per app: a rejected event may have no readable app.
+    counters(hour_ms, name, count, PRIMARY KEY (hour_ms, name))
+
+Semantics every implementation keeps:
+
+* **Exactly once.** Inserting the raw event (``INSERT ... ON CONFLICT (id) DO
+  NOTHING``) decides whether it is new. Only new events increment ``rollups``,
+  ``rollup_buckets`` and ``installs``; a conflicting one increments the
+  ``duplicate`` counter instead. All of it happens in ONE transaction per batch
+  (or per group of batches), so a crash never leaves an event stored but not
+  counted, or counted twice. Within one batch a repeated id counts once.
+* **Durable before answered.** :meth:`CollectorStore.ingest` returns only after
+  the transaction holding the batch has committed.
+* **Bounded.** :attr:`CollectorStore.queue_depth` is the number of events
+  accepted by ``ingest`` calls that have not committed yet; a store raises
+  :class:`StoreOverloaded` rather than queueing without bound.
+* Retention deletes raw events only; rollups, buckets, installs and counters stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event
+
+__all__ = [
+    "HOUR_MS",
+    "CollectorStore",
+    "CommitObserver",
+    "IngestOutcome",
+    "StatsData",
+    "StatsQuery",
+    "StoreOverloaded",
+]
+
+#: One hour in milliseconds: the grain of every rollup.
+HOUR_MS = 3_600_000
+
+#: Called after every commit with its duration in seconds and the number of events written.
+CommitObserver = Callable[[float, int], None]
+
+Bucket = Literal["hour", "day"]
+
+
+class StoreOverloaded(StorageError):
+    """The store's pending work is at its bound; the caller should answer 503."""
+
+
+@attrs.frozen(kw_only=True)
+class IngestOutcome:
+    """What happened to each event of a batch handed to :meth:`CollectorStore.ingest`.
+
+    ``inserted[i]`` is True when ``events[i]`` was new and is now stored and
+    aggregated, False when its id was already stored (a duplicate, possibly of an
+    earlier event of the same batch).
+    """
+
+    inserted: tuple[bool, ...]
+
+    @property
+    def accepted(self) -> int:
+        """The number of newly stored events."""
+        return sum(self.inserted)
+
+    @property
+    def duplicates(self) -> int:
+        """The number of events whose id was already stored."""
+        return len(self.inserted) - self.accepted
+
+
+@attrs.frozen(kw_only=True)
+class StatsQuery:
+    """A stats request: rollup hours in ``[from_ms, to_ms)``, optional filters.
+
+    ``from_ms`` is rounded down to its hour. ``bucket`` is the series grain.
+    ``app`` and ``event_type`` filter series, totals counts and installs; the
+    outcome counters (duplicates, rejected, throttled) are filtered by time only.
+    """
+
+    from_ms: int = 0
+    to_ms: int = 2**62
+    app: str | None = None
+    event_type: str | None = None
+    bucket: Bucket = "hour"
+
+    @property
+    def from_hour_ms(self) -> int:
+        """``from_ms`` rounded down to the hour."""
+        return self.from_ms - self.from_ms % HOUR_MS
+
+
+@attrs.frozen(kw_only=True)
+class StatsData:
+    """The rows a store reads for a :class:`StatsQuery`, before shaping.
+
+    ``rollups``: ``(app, type, hour_ms, count, success, failure)``.
+    ``buckets``: ``(app, type, hour_ms, bucket, count)``.
+    ``series_installs``: ``(app, type, bucket_start_ms, distinct installs)`` for the
+    query's grain. ``total_installs``: distinct install ids over the whole range.
+    ``counters``: counter name -> sum over the range.
+    """
+
+    rollups: Sequence[tuple[str, str, int, int, int, int]]
+    buckets: Sequence[tuple[str, str, int, int, int]]
+    series_installs: Sequence[tuple[str, str, int, int]]
+    total_installs: int
+    counters: Mapping[str, int]
+
+
+@runtime_checkable
+class CollectorStore(Protocol):
+    """Where the collector keeps events and aggregates. See the module docstring."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Events handed to :meth:`ingest` whose transaction has not committed yet."""
+        ...
+
+    async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
+        """Store ``events`` (already validated) and update the aggregates, exactly once.
+
+        Returns after the transaction is durable. Raises :class:`StoreOverloaded`
+        when pending work is at its bound, :class:`StorageError` when the write failed
+        (then nothing of the batch is stored).
+        """
+        ...
+
+    async def record_outcomes(
+        self, *, rejected: Mapping[str, int], throttled: int, received_ms: int
+    ) -> None:
+        """Add to the ``rejected:<code>`` and ``throttled`` counters of ``received_ms``'s hour.
+
+        May be buffered and written with the next transaction; counters are
+        statistics, not data, and must never make a request wait for a disk.
+        """
+        ...
+
+    async def stats(self, query: StatsQuery) -> dict[str, Any]:
+        """Return the DESIGN §7 stats document for ``query``
+        (built with :func:`telemetry_core.collector.aggregation.build_stats`)."""
+        ...
+
+    async def cleanup(self, retention_days: int, now_ms: int) -> int:
+        """Delete raw events received before ``now_ms - retention_days``; return how many."""
+        ...
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer(seconds, events)`` after each commit (for metrics)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish and commit every pending batch, then release connections."""
+        ...
