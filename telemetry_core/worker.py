@@ -1,0 +1,455 @@
+"""The submission worker: a background thread that drains the queue to the collector.
+
+One :class:`SubmissionWorker` per service. Every ``submission_interval`` (or
+at once when woken) it runs one *cycle*: honour a server-requested pause, check
+that the collector is reachable again after a network error, take tokens from
+the rate limiter, claim a due batch from the storage, send it through the
+transport and mark the outcome. Every attempt is written to the submission
+log, which is where :class:`~telemetry_core.models.SubmissionStats` come from.
+
+The worker never holds the only copy of an event: entries stay in the durable
+queue under a lease until they are acknowledged, so stopping (or killing) the
+process at any point loses nothing; at worst a batch is sent twice and the
+collector deduplicates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from telemetry_core.errors import TransportError
+
+if TYPE_CHECKING:
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.models import Clock, QueuedEvent, SubmissionResult
+    from telemetry_core.plugin_host import PluginHost
+    from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
+
+__all__ = ["CycleResult", "SubmissionLog", "SubmissionWorker"]
+
+logger = logging.getLogger("telemetry_core")
+
+#: Ceiling on one wait of the background loop, so that a clock jump or a huge
+#: ``Retry-After`` never parks the thread for longer than this between checks.
+MAX_WAIT = 3600.0
+
+
+class SubmissionLog(Protocol):
+    """Where the worker records attempts and counts (the local store)."""
+
+    def log_submission(
+        self,
+        *,
+        started_at: float,
+        latency_ms: float,
+        batch_size: int,
+        accepted: int,
+        rejected: int,
+        duplicates: int,
+        status: int | None,
+        error: str | None,
+        retry: bool,
+        network_error: bool,
+    ) -> None:
+        """Append one submission attempt to the log."""
+        ...
+
+    def increment_counter(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the named counter."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class CycleResult:
+    """What one cycle did.
+
+    ``handled`` counts events that left the queue (acknowledged or
+    dead-lettered); ``more`` says another batch is probably due right now;
+    ``wait`` is how long the loop should sleep before trying again; ``reason``
+    is a short word for logs and tests: ``sent``, ``empty``, ``paused``,
+    ``offline``, ``rate_limited``, ``retry``, ``stopping``.
+    """
+
+    handled: int
+    more: bool
+    wait: float
+    reason: str
+
+
+class SubmissionWorker:
+    """Sends queued events in batches, in a lazily started daemon thread.
+
+    :param config: the effective configuration (interval, batch size, burst).
+    :param host: the plugin host; builds the transport on the first send and
+        receives the ``batch_submitted`` / ``batch_failed`` notifications.
+    :param storage: the queue to drain.
+    :param log: where attempts are logged and counters kept (the local store).
+    :param backoff: decides how long to pause sending after a failure without
+        ``Retry-After``.
+    :param limiter: the submission rate limit (events per minute).
+    :param clock: wall clock in seconds (pauses, the submission log).
+    :param monotonic: monotonic clock in seconds (latencies).
+    """
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        *,
+        host: PluginHost,
+        storage: Storage,
+        log: SubmissionLog,
+        backoff: Backoff,
+        limiter: Limiter,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._host = host
+        self._storage = storage
+        self._log = log
+        self._backoff = backoff
+        self._limiter = limiter
+        self._clock = clock
+        self._monotonic = monotonic
+        self._transport: Transport | None = None
+        # One batch at a time, whether sent by the thread or by drain().
+        self._send_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pause_until = 0.0
+        self._server_pause = False
+        self._offline = False
+        self._failures = 0
+        self._warned: set[str] = set()
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the background thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def pause_until(self) -> float:
+        """Wall-clock time before which the loop will not send (0 when not paused)."""
+        return self._pause_until
+
+    @property
+    def offline(self) -> bool:
+        """True after a network error, until ``transport.ping()`` succeeds."""
+        return self._offline
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport, once the first send has built it."""
+        return self._transport
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning(message, *args)
+
+    # -- thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread if it is not running (idempotent)."""
+        if self.running:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="telemetry-core-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run the next cycle now instead of at the end of the interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread, waiting at most ``timeout`` seconds; True if it ended.
+
+        The thread gives back (``release``) every lease it holds on entries it
+        has not sent yet. A request already on the wire is not interrupted: if
+        the thread is still waiting for it when ``timeout`` expires, its entries
+        stay leased and become due again when the lease expires.
+        """
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(timeout, 0.0))
+        return not thread.is_alive()
+
+    def close(self) -> None:
+        """Close the transport's connections (call after :meth:`stop`)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception as exc:
+                logger.debug("telemetry-core: closing the transport failed: %r", exc)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                cycle = self.run_once()
+            except Exception as exc:
+                self._warn_once(
+                    f"cycle:{type(exc).__name__}",
+                    "telemetry-core: the submission worker failed (%r); retrying in %.0f s",
+                    exc,
+                    self.config.submission_interval,
+                )
+                cycle = CycleResult(
+                    handled=0, more=False, wait=self.config.submission_interval, reason="error"
+                )
+            if cycle.more:
+                continue
+            wait = min(max(cycle.wait, 0.0), MAX_WAIT)
+            if self._wake.wait(wait):
+                self._wake.clear()
+
+    # -- one cycle ------------------------------------------------------------
+
+    def _get_transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = self._host.make_transport(self.config)
+        return self._transport
+
+    def _take_tokens(self, wanted: int) -> int:
+        """Consume as many tokens as the limiter allows now, up to ``wanted``."""
+        if self._limiter.consume(wanted):
+            return wanted
+        low, high = 0, wanted - 1  # largest k in [low, high] with can_submit(k)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._limiter.can_submit(mid):
+                low = mid
+            else:
+                high = mid - 1
+        if low and self._limiter.consume(low):
+            return low
+        return 0
+
+    def run_once(self, *, honour_pause: bool = True) -> CycleResult:
+        """Run one cycle: claim at most one batch and send it (with its splits).
+
+        :param honour_pause: respect the pause that follows a failure. A pause
+            the server asked for with ``Retry-After`` is always respected.
+        """
+        interval = self.config.submission_interval
+        with self._send_lock:
+            if self._stopping.is_set() and threading.current_thread() is self._thread:
+                return CycleResult(handled=0, more=False, wait=0.0, reason="stopping")
+            now = self._clock()
+            if self._pause_until > now and (honour_pause or self._server_pause):
+                return CycleResult(
+                    handled=0, more=False, wait=self._pause_until - now, reason="paused"
+                )
+            if self._offline and self._transport is not None:
+                if not self._ping():
+                    return CycleResult(handled=0, more=False, wait=interval, reason="offline")
+                self._offline = False
+            size = max(1, min(self.config.submission_batch_size, self.config.burst))
+            if not self._limiter.can_submit(1):
+                return CycleResult(
+                    handled=0, more=False, wait=self._limiter.wait_time(1), reason="rate_limited"
+                )
+            batch = self._storage.dequeue(size)
+            if not batch:
+                return CycleResult(handled=0, more=False, wait=interval, reason="empty")
+            try:
+                granted = self._take_tokens(len(batch))
+                if granted < len(batch):
+                    self._storage.release([q.event_id for q in batch[granted:]])
+                    batch = batch[:granted]
+                if not batch:
+                    wait = self._limiter.wait_time(1)
+                    return CycleResult(handled=0, more=False, wait=wait, reason="rate_limited")
+                self._get_transport()
+            except BaseException:
+                self._storage.release([q.event_id for q in batch])
+                raise
+            handled, retry = self._send(batch)
+            if retry:
+                wait = max(self._pause_until - self._clock(), 0.0)
+                return CycleResult(handled=handled, more=False, wait=wait, reason="retry")
+            more = len(batch) == size and not self._stopping.is_set()
+            return CycleResult(handled=handled, more=more, wait=interval, reason="sent")
+
+    def _ping(self) -> bool:
+        assert self._transport is not None
+        try:
+            return bool(self._transport.ping())
+        except Exception:
+            return False
+
+    def drain(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        total: int = 0,
+        max_batches: int | None = None,
+    ) -> int:
+        """Send every due batch now, in the caller's thread; return events handled.
+
+        Stops when the queue has nothing due, on a retryable failure (the rest
+        waits for its retry time), when the rate limit has no tokens left, or
+        after ``max_batches`` cycles (default: enough for ``total`` events plus
+        some that arrive meanwhile). ``progress(done, total)`` is called after
+        every batch.
+        """
+        size = max(1, min(self.config.submission_batch_size, self.config.burst))
+        if max_batches is None:
+            max_batches = math.ceil(total / size) + 10
+        done = 0
+        for _ in range(max_batches):
+            cycle = self.run_once(honour_pause=False)
+            done += cycle.handled
+            if progress is not None and cycle.handled:
+                progress(done, max(total, done))
+            if cycle.reason != "sent":
+                break
+        return done
+
+    # -- sending ----------------------------------------------------------------
+
+    def _send(self, batch: Sequence[QueuedEvent]) -> tuple[int, bool]:
+        """Send ``batch``; return (events handled, whether a retryable failure stopped it)."""
+        events = [q.event for q in batch]
+        ids = [e.id for e in events]
+        retry = any(q.retry_count > 0 for q in batch)
+        transport = self._get_transport()
+        started = self._clock()
+        t0 = self._monotonic()
+        try:
+            result = transport.submit_batch(events)
+        except TransportError as err:
+            error = err
+        except Exception as exc:
+            # A transport plugin bug must not lose events or kill the thread:
+            # treat it like a network error, so the batch is retried later.
+            error = TransportError(f"transport failed: {exc!r}", retryable=True)
+        else:
+            self._record(started, t0, batch, result=result, retry=retry)
+            self._acknowledged(batch, result)
+            return len(batch), False
+        self._record(started, t0, batch, error=error, retry=retry)
+        if error.too_large:
+            return self._split(batch, error)
+        if error.retryable:
+            self._storage.mark_failed(ids, str(error), error.retry_after)
+            self._failures += 1
+            if error.retry_after is not None:
+                delay = min(error.retry_after, self.config.max_retry_after)
+                self._server_pause = True
+            else:
+                delay = self._backoff.next_retry_delay(self._failures - 1)
+                self._server_pause = False
+            self._pause_until = self._clock() + max(delay, 0.0)
+            if error.status is None:
+                self._offline = True
+            self._host.batch_failed(events, error)
+            return 0, True
+        self._dead(batch, error)
+        return len(batch), False
+
+    def _split(self, batch: Sequence[QueuedEvent], error: TransportError) -> tuple[int, bool]:
+        if len(batch) == 1:
+            self._dead(batch, error)
+            return 1, False
+        if self._stopping.is_set():
+            self._storage.release([q.event_id for q in batch])
+            return 0, False
+        middle = len(batch) // 2
+        handled, retry = self._send(batch[:middle])
+        if retry or self._stopping.is_set():
+            self._storage.release([q.event_id for q in batch[middle:]])
+            return handled, retry
+        more, retry = self._send(batch[middle:])
+        return handled + more, retry
+
+    def _acknowledged(self, batch: Sequence[QueuedEvent], result: SubmissionResult) -> None:
+        events = [q.event for q in batch]
+        self._storage.mark_submitted([e.id for e in events])
+        self._failures = 0
+        self._offline = False
+        self._pause_until = 0.0
+        self._server_pause = False
+        if result.rejected:
+            # Rejected events are terminal: the collector will never take them.
+            self._log.increment_counter("server_rejected", result.rejected)
+            for err in result.errors:
+                self._log.increment_counter(f"server_rejected:{err.code}", 1)
+            self._warn_once(
+                "server_rejected",
+                "telemetry-core: the collector rejected %d event(s) of a batch (first: %s)",
+                result.rejected,
+                result.errors[0].code if result.errors else "unknown",
+            )
+        self._host.batch_submitted(events, result)
+
+    def _dead(self, batch: Sequence[QueuedEvent], error: TransportError) -> None:
+        events = [q.event for q in batch]
+        reason = "event too large" if error.too_large else str(error)
+        self._storage.mark_dead([e.id for e in events], reason)
+        self._log.increment_counter("dead", len(events))
+        status = error.status
+        hint = " (check the API key)" if status in (401, 403) else ""
+        self._warn_once(
+            f"dead:{status}",
+            "telemetry-core: the collector refused a batch (%s)%s; %d event(s) kept locally "
+            "as dead letters, revive them with `telemetry submit --retry-dead`",
+            reason,
+            hint,
+            len(events),
+        )
+        self._host.batch_failed(events, error)
+
+    def _record(
+        self,
+        started: float,
+        t0: float,
+        batch: Sequence[QueuedEvent],
+        *,
+        retry: bool,
+        result: SubmissionResult | None = None,
+        error: TransportError | None = None,
+    ) -> None:
+        latency_ms = max((self._monotonic() - t0) * 1000.0, 0.0)
+        fields: dict[str, Any] = {
+            "started_at": started,
+            "latency_ms": latency_ms,
+            "batch_size": len(batch),
+            "retry": retry,
+        }
+        if result is not None:
+            fields.update(
+                accepted=result.accepted,
+                rejected=result.rejected,
+                duplicates=result.duplicates,
+                status=result.status,
+                error=None,
+                network_error=False,
+            )
+        else:
+            assert error is not None
+            fields.update(
+                accepted=0,
+                rejected=0,
+                duplicates=0,
+                status=error.status,
+                error=str(error),
+                network_error=error.retryable and error.status is None,
+            )
+        try:
+            self._log.log_submission(**fields)
+        except Exception as exc:
+            self._warn_once("log", "telemetry-core: could not write the submission log: %r", exc)
