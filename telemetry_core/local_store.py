@@ -1,0 +1,520 @@
+"""The local SQLite database: schema, migrations, connections, config and logs.
+
+:class:`LocalStore` owns one SQLite file in WAL mode. It hands out one
+connection per thread, drops inherited connections in a forked child, migrates
+the schema forward (one transaction per step, safe when several processes open
+a new file at once), and offers the small tables the rest of the client needs:
+stored configuration, the anonymous install id, the submission log and named
+counters. The event table and the queue are read and written by the storage
+plugin (``telemetry_core_plugins.sqlite_storage``), which receives the store
+through the ``telemetry_make_storage`` hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from telemetry_core.errors import StorageError
+from telemetry_core.models import Clock, QueueStats, SubmissionStats
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SUBMISSION_LOG_LIMIT",
+    "LocalStore",
+]
+
+#: How long a connection waits for another writer before failing, in milliseconds.
+DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
+#: The submission log keeps at most this many rows (the newest).
+SUBMISSION_LOG_LIMIT: Final = 10_000
+#: Config key of the anonymous install id.
+_INSTALL_ID_KEY: Final = "install-id"
+
+#: Forward-only schema migrations; migration ``n`` (1-based) brings the file to
+#: ``PRAGMA user_version = n``. Never edit a released step, append a new one.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: events, recorded locally whether or not they are sent.
+    (
+        """CREATE TABLE telemetry_events (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            session_id TEXT,
+            duration_ms REAL,
+            success INTEGER,
+            app TEXT NOT NULL,
+            app_version TEXT,
+            install_id TEXT NOT NULL,
+            schema INTEGER NOT NULL,
+            properties TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX idx_telemetry_events_type ON telemetry_events(type)",
+        "CREATE INDEX idx_telemetry_events_created_at ON telemetry_events(created_at)",
+    ),
+    # 2: stored configuration (read by config.read_stored_config).
+    (
+        """CREATE TABLE telemetry_config (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        )""",
+    ),
+    # 3: counters, and the queue (the seed's migration 006 plus leases and dead
+    # letters). Triggers keep the size and dead counters exact in the same
+    # transaction as every change, including foreign-key cascades.
+    (
+        """CREATE TABLE telemetry_counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO telemetry_counters(name, value) VALUES ('queue.size', 0), ('queue.dead', 0)",
+        """CREATE TABLE telemetry_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE
+                REFERENCES telemetry_events(id) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            retry_count INTEGER NOT NULL DEFAULT 0,
+            next_retry_at REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            dead INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX idx_telemetry_queue_created_at ON telemetry_queue(created_at)",
+        # Live entries by due time: counts the (small) set not due yet.
+        """CREATE INDEX idx_telemetry_queue_next_retry_at
+            ON telemetry_queue(next_retry_at) WHERE dead = 0""",
+        # Live entries in FIFO order, covering the due test: dequeue walks it
+        # from the front and stops after batch_size due rows.
+        """CREATE INDEX idx_telemetry_queue_fifo
+            ON telemetry_queue(id, next_retry_at) WHERE dead = 0""",
+        """CREATE INDEX idx_telemetry_queue_lease
+            ON telemetry_queue(lease_expires_at) WHERE lease_owner IS NOT NULL""",
+        """CREATE TRIGGER telemetry_queue_insert AFTER INSERT ON telemetry_queue BEGIN
+            UPDATE telemetry_counters SET value = value + 1 WHERE name = 'queue.size';
+            UPDATE telemetry_counters SET value = value + new.dead WHERE name = 'queue.dead';
+        END""",
+        """CREATE TRIGGER telemetry_queue_delete AFTER DELETE ON telemetry_queue BEGIN
+            UPDATE telemetry_counters SET value = value - 1 WHERE name = 'queue.size';
+            UPDATE telemetry_counters SET value = value - old.dead WHERE name = 'queue.dead';
+        END""",
+        """CREATE TRIGGER telemetry_queue_dead AFTER UPDATE OF dead ON telemetry_queue
+            WHEN new.dead != old.dead BEGIN
+            UPDATE telemetry_counters SET value = value + new.dead - old.dead
+                WHERE name = 'queue.dead';
+        END""",
+    ),
+    # 4: the submission log.
+    (
+        """CREATE TABLE telemetry_submissions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            latency_ms REAL NOT NULL,
+            batch_size INTEGER NOT NULL,
+            accepted INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            status INTEGER,
+            error TEXT,
+            retry INTEGER NOT NULL DEFAULT 0,
+            network_error INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_INCREMENT_SQL: Final = (
+    "INSERT INTO telemetry_counters(name, value) VALUES (?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
+)
+_LOG_SQL: Final = (
+    "INSERT INTO telemetry_submissions(started_at, latency_ms, batch_size, accepted, rejected,"
+    " duplicates, status, error, retry, network_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_live_stores: weakref.WeakSet[LocalStore] = weakref.WeakSet()
+# Connections inherited over fork() are never closed in the child: closing
+# could checkpoint or unlink the parent's WAL. They are parked here instead.
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live_stores):
+        store._forget_connections()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Holder:
+    """A weak-referenceable box for one thread's connection (sqlite3.Connection
+    is not), so that a dead thread's connection is freed with its locals."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class LocalStore:
+    """The client's SQLite database at ``path``.
+
+    Opening creates the file (and its parent directories, mode 0700), switches
+    it to WAL mode and applies pending migrations; any failure (not a database,
+    corrupt, unwritable, written by a newer version) raises
+    :class:`~telemetry_core.errors.StorageError` naming the file. ``clock`` dates
+    config updates and log rows. ``busy_timeout_ms`` is how long a statement
+    waits for another writer.
+
+    Each thread gets its own connection (:meth:`connection`); after
+    ``os.fork()`` the child opens fresh ones. :meth:`close` closes every
+    connection of this process; the store reopens lazily if used again.
+    :meth:`purge` deletes the files and ends the store.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Clock = time.time,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.clock = clock
+        self.busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        self._purged = False
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StorageError(f"cannot create telemetry database {self.path}: {exc}") from exc
+        _live_stores.add(self)
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.path)!r})"
+
+    # -- connections -------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (autocommit mode:
+        use :meth:`transaction` to group statements)."""
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            return holder.conn
+        if self._purged:
+            raise StorageError(f"telemetry database {self.path} was purged")
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open telemetry database {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open telemetry database {self.path}: {exc}") from exc
+        holder = _Holder(conn)
+        self._local.holder = holder
+        with self._lock:
+            self._holders.add(holder)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one write transaction (``BEGIN IMMEDIATE``).
+
+        Commits on success, rolls back on any exception. Nested use joins the
+        outer transaction. SQLite errors surface as
+        :class:`~telemetry_core.errors.StorageError`.
+        """
+        conn = self.connection()
+        if conn.in_transaction:
+            yield conn
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+            raise
+        try:
+            conn.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every connection this process opened on the file."""
+        with self._lock:
+            holders = list(self._holders)
+            self._holders = weakref.WeakSet()
+            self._local = threading.local()
+        for holder in holders:
+            with contextlib.suppress(sqlite3.Error):
+                holder.conn.close()
+
+    def purge(self) -> None:
+        """Close the store and delete the database with its ``-wal`` and ``-shm``
+        files. The store cannot be used afterwards."""
+        self._purged = True
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {self.path}{suffix}: {exc}") from exc
+
+    def _forget_connections(self) -> None:
+        """In a forked child: park the parent's connections and start afresh."""
+        _inherited.append(list(self._holders))
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._holders = weakref.WeakSet()
+
+    # -- migrations --------------------------------------------------------
+
+    def _migrate(self) -> None:
+        conn = self.connection()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StorageError(
+                    f"telemetry database {self.path}: cannot switch to WAL mode (got {mode!r})"
+                )
+            while True:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                    if version > SCHEMA_VERSION:
+                        raise StorageError(
+                            f"telemetry database {self.path} has schema version {version}, "
+                            f"newer than this telemetry-core ({SCHEMA_VERSION}); "
+                            "upgrade telemetry-core or use another file"
+                        )
+                    if version == SCHEMA_VERSION:
+                        conn.commit()
+                        return
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {version + 1}")
+                    conn.commit()
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                    raise
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot use telemetry database {self.path} ({exc}); "
+                "if the file is corrupt, delete it or run `telemetry disable --purge`"
+            ) from exc
+
+    def schema_version(self) -> int:
+        """The file's ``PRAGMA user_version``."""
+        return int(self._read("PRAGMA user_version")[0][0])
+
+    # -- configuration -----------------------------------------------------
+
+    def get_config(self, key: str) -> str | None:
+        """The stored value of ``key``, or ``None``."""
+        rows = self._read("SELECT value FROM telemetry_config WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_config(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` (replacing any previous value)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO telemetry_config(key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (key, value, int(self.clock() * 1000)),
+            )
+
+    def delete_config(self, key: str) -> None:
+        """Remove ``key`` from the stored configuration (no error if absent)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM telemetry_config WHERE key = ?", (key,))
+
+    def list_config(self) -> dict[str, str]:
+        """Every stored key and value."""
+        rows = self._read("SELECT key, value FROM telemetry_config ORDER BY key")
+        return {str(k): str(v) for k, v in rows}
+
+    def install_id(self) -> str:
+        """The anonymous install id: 32 random hex digits, created once per
+        database (never derived from the machine) and stable afterwards."""
+        existing = self.get_config(_INSTALL_ID_KEY)
+        if existing:
+            return existing
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO telemetry_config(key, value, updated_at) VALUES (?, ?, ?)",
+                (_INSTALL_ID_KEY, uuid.uuid4().hex, int(self.clock() * 1000)),
+            )
+            row = conn.execute(
+                "SELECT value FROM telemetry_config WHERE key = ?", (_INSTALL_ID_KEY,)
+            ).fetchone()
+        return str(row[0])
+
+    # -- counters ----------------------------------------------------------
+
+    def increment_counter(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (created at zero); joins the
+        current transaction if there is one."""
+        if n == 0:
+            return
+        with self.transaction() as conn:
+            conn.execute(_INCREMENT_SQL, (name, n))
+
+    def counters(self) -> dict[str, int]:
+        """Every counter by name (``queue.size``, ``dropped.queue_full``, ...)."""
+        rows = self._read("SELECT name, value FROM telemetry_counters ORDER BY name")
+        return {str(k): int(v) for k, v in rows}
+
+    def event_counts(self) -> dict[str, int]:
+        """Locally stored events by type."""
+        rows = self._read("SELECT type, count(*) FROM telemetry_events GROUP BY type ORDER BY type")
+        return {str(k): int(v) for k, v in rows}
+
+    # -- submission log ----------------------------------------------------
+
+    def log_submission(
+        self,
+        *,
+        started_at: float,
+        latency_ms: float,
+        batch_size: int,
+        accepted: int = 0,
+        rejected: int = 0,
+        duplicates: int = 0,
+        status: int | None = None,
+        error: str | None = None,
+        retry: bool = False,
+        network_error: bool = False,
+    ) -> None:
+        """Append one submission attempt to the log (keeping the newest
+        :data:`SUBMISSION_LOG_LIMIT` rows) and add it to the lifetime totals.
+
+        A request counts as successful when ``status`` is 2xx. ``retry`` marks
+        a batch that was tried before; ``network_error`` one that got no answer.
+        """
+        ok = status is not None and 200 <= status < 300
+        totals = (
+            ("submissions.total", 1),
+            ("submissions.successful", int(ok)),
+            ("submissions.failed", int(not ok)),
+            ("submissions.retries", int(retry)),
+            ("submissions.network_errors", int(network_error)),
+            ("events.sent", batch_size),
+            ("events.accepted", accepted),
+            ("events.rejected", rejected),
+            ("events.duplicate", duplicates),
+        )
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                _LOG_SQL,
+                (
+                    started_at,
+                    latency_ms,
+                    batch_size,
+                    accepted,
+                    rejected,
+                    duplicates,
+                    status,
+                    error,
+                    int(retry),
+                    int(network_error),
+                ),
+            )
+            last = cursor.lastrowid or 0
+            conn.execute(
+                "DELETE FROM telemetry_submissions WHERE id <= ?", (last - SUBMISSION_LOG_LIMIT,)
+            )
+            conn.executemany(_INCREMENT_SQL, [t for t in totals if t[1]])
+
+    def submission_stats(self, queue: QueueStats) -> SubmissionStats:
+        """Submission history: lifetime totals, latency percentiles over the
+        logged requests, the last error, and the queue figures from ``queue``."""
+        counts = self.counters()
+        total = counts.get("submissions.total", 0)
+        successful = counts.get("submissions.successful", 0)
+        latencies = [
+            float(r[0])
+            for r in self._read("SELECT latency_ms FROM telemetry_submissions ORDER BY latency_ms")
+        ]
+        last = self._read("SELECT max(started_at) FROM telemetry_submissions")
+        last_error = self._read(
+            "SELECT error FROM telemetry_submissions WHERE error IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1"
+        )
+        return SubmissionStats(
+            submissions=total,
+            successful=successful,
+            failed=counts.get("submissions.failed", 0),
+            events_sent=counts.get("events.sent", 0),
+            events_accepted=counts.get("events.accepted", 0),
+            events_rejected=counts.get("events.rejected", 0),
+            events_duplicate=counts.get("events.duplicate", 0),
+            retries=counts.get("submissions.retries", 0),
+            network_errors=counts.get("submissions.network_errors", 0),
+            success_rate=successful / total if total else 0.0,
+            latency_p50_ms=_percentile(latencies, 50),
+            latency_p95_ms=_percentile(latencies, 95),
+            latency_p99_ms=_percentile(latencies, 99),
+            last_submission_at=None if last[0][0] is None else float(last[0][0]),
+            last_error=str(last_error[0][0]) if last_error else None,
+            queue_size=queue.pending,
+            dead=queue.dead,
+        )
+
+
+def _percentile(ordered: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list, or ``None`` when empty."""
+    if not ordered:
+        return None
+    rank = max(math.ceil(p / 100 * len(ordered)), 1)
+    return ordered[rank - 1]
