@@ -170,6 +170,10 @@ class TelemetryGroup(click.Group):
                 raise click.ClickException(_one_line(exc)) from None
 
 
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -357,7 +361,7 @@ def submit(opts: CliOptions, retry_dead: bool, as_json: bool) -> None:
         show_bar = (
             not as_json
             and total > PROGRESS_MIN_BATCHES * config.submission_batch_size
-            and sys.stdout.isatty()
+            and _stdout_is_tty()
         )
         if show_bar:
             with click.progressbar(length=total, label="Submitting", file=sys.stdout) as bar:
@@ -547,7 +551,8 @@ def config_group() -> None:
     """Read and change stored settings (environment variables take precedence)."""
 
 
-@config_group.command(name="set")
+# ignore_unknown_options lets a negative VALUE through to the validator's message.
+@config_group.command(name="set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @pass_options
