@@ -1,0 +1,346 @@
+"""The collector's HTTP application (Starlette), built by :func:`create_app`.
+
+Routes: ``POST /v1/submit``, ``GET /ping``, ``GET /v1/info``, ``GET /v1/stats``,
+``GET /`` (dashboard) with ``POST /login`` and ``POST /logout``, ``GET /metrics``.
+Every error answer is JSON ``{"error": {"code": ..., "message": ...}}``;
+docs/protocol.md is the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from telemetry_core._version import __version__
+from telemetry_core.collector.auth import AdminAuth, KeyRing
+from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
+from telemetry_core.collector.ingest import IngestError, check_events, decode_envelope, read_body
+from telemetry_core.collector.limiter import KeyedRateLimiter
+from telemetry_core.collector.metrics import CollectorMetrics
+from telemetry_core.collector.settings import CollectorSettings
+from telemetry_core.collector.store import CollectorStore, StatsQuery, StoreOverloaded
+from telemetry_core.errors import StorageError
+from telemetry_core.models import Clock
+from telemetry_core.schema import ServerInfo, SubmitResponse
+
+__all__ = ["create_app", "error_response", "parse_stats_query"]
+
+log = logging.getLogger("telemetry_core.collector")
+
+_KNOWN_PATHS = frozenset(
+    {"/", "/ping", "/login", "/logout", "/metrics", "/v1/info", "/v1/stats", "/v1/submit"}
+)
+_encoder = msgspec.json.Encoder()
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        _encoder.encode(body), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The JSON error answer ``{"error": {"code": ..., "message": ...}}``."""
+    return _json({"error": {"code": code, "message": message}}, status, headers)
+
+
+def _parse_time(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise IngestError(
+            400, "bad_query", f"{name} must be milliseconds or ISO-8601: {value[:40]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def parse_stats_query(params: Mapping[str, str]) -> StatsQuery:
+    """Build a :class:`StatsQuery` from ``from``, ``to`` (ms or ISO-8601; naive
+    means UTC), ``app``, ``type`` and ``bucket`` (``hour``/``day``); 400 on bad input."""
+    from_ms = _parse_time("from", params["from"]) if params.get("from") else 0
+    to_ms = _parse_time("to", params["to"]) if params.get("to") else 2**62
+    bucket = params.get("bucket") or "hour"
+    if bucket not in ("hour", "day"):
+        raise IngestError(400, "bad_query", "bucket must be hour or day")
+    if not 0 <= from_ms < to_ms <= 2**62:
+        raise IngestError(400, "bad_query", "need 0 <= from < to")
+    return StatsQuery(
+        from_ms=from_ms,
+        to_ms=to_ms,
+        app=params.get("app") or None,
+        event_type=params.get("type") or None,
+        bucket="day" if bucket == "day" else "hour",
+    )
+
+
+class _RequestMetrics:
+    """ASGI middleware counting responses by route and status."""
+
+    def __init__(self, app: ASGIApp, metrics: CollectorMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
+
+        async def send_counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_counted)
+
+
+def create_app(
+    settings: CollectorSettings,
+    store: CollectorStore,
+    *,
+    clock: Clock = time.time,
+    monotonic: Clock = time.monotonic,
+) -> Starlette:
+    """Build the collector application around ``store``.
+
+    The app owns the store from then on: its lifespan runs retention every
+    ``settings.cleanup_interval_s`` and closes the store (after in-flight
+    batches commit) at shutdown. ``clock`` (wall seconds) dates receptions;
+    ``monotonic`` drives the rate limiter.
+    """
+    keys = KeyRing(settings.api_keys)
+    admin = AdminAuth(settings.admin_token)
+    limiter = KeyedRateLimiter(
+        per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, clock=monotonic
+    )
+    metrics = CollectorMetrics(lambda: float(store.queue_depth))
+    store.add_commit_observer(metrics.observe_commit)
+    info = ServerInfo(name=settings.name, version=__version__, limits=settings.limits())
+
+    def now_ms() -> int:
+        return int(clock() * 1000)
+
+    async def submit(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await _submit(request)
+        except IngestError as exc:
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            log.info("submit refused status=%d code=%s", exc.status, exc.code)
+            return error_response(exc.status, exc.code, exc.message, headers)
+        finally:
+            metrics.ingest_seconds.observe(time.perf_counter() - started)
+
+    async def _submit(request: Request) -> Response:
+        kid = keys.identify(request.headers.get("x-api-key"))
+        if kid is None:
+            raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise IngestError(
+                415, "unsupported_media_type", "Content-Type must be application/json"
+            )
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            raise IngestError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > settings.max_compressed_body_bytes
+        ):
+            raise IngestError(413, "too_large", "request body too large")
+        if store.queue_depth >= settings.max_pending_events:
+            raise IngestError(503, "overloaded", "the collector is busy; retry later")
+        body = await read_body(
+            request.stream(),
+            encoding=encoding,
+            max_compressed_bytes=settings.max_compressed_body_bytes,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        raws = decode_envelope(body, max_events=settings.max_events_per_batch)
+        received = now_ms()
+        wait = limiter.acquire(kid, len(raws))
+        if wait:
+            metrics.events.labels("throttled").inc(len(raws))
+            await store.record_outcomes(rejected={}, throttled=len(raws), received_ms=received)
+            log.info("submit throttled key=%s events=%d retry_after=%d", kid, len(raws), wait)
+            return error_response(
+                429, "rate_limited", "rate limit exceeded", {"Retry-After": str(wait)}
+            )
+        checked = check_events(
+            raws,
+            now_ms=received,
+            max_event_bytes=settings.max_event_bytes,
+            max_future_skew_ms=settings.max_future_skew_ms,
+        )
+        try:
+            outcome = await store.ingest(checked.events, received)
+        except StoreOverloaded as exc:
+            raise IngestError(503, "overloaded", str(exc)) from exc
+        except StorageError as exc:
+            log.error("store write failed error=%s", type(exc).__name__)
+            raise IngestError(503, "store_unavailable", "the store failed; retry later") from exc
+        codes = Counter(e.code for e in checked.errors)
+        if codes:
+            await store.record_outcomes(rejected=codes, throttled=0, received_ms=received)
+            for code, n in codes.items():
+                metrics.rejected.labels(code).inc(n)
+            metrics.events.labels("rejected").inc(len(checked.errors))
+        metrics.events.labels("accepted").inc(outcome.accepted)
+        metrics.events.labels("duplicate").inc(outcome.duplicates)
+        log.info(
+            "submit ok key=%s events=%d accepted=%d duplicates=%d rejected=%d",
+            kid,
+            len(raws),
+            outcome.accepted,
+            outcome.duplicates,
+            len(checked.errors),
+        )
+        response = SubmitResponse(
+            success=not checked.errors,
+            accepted=outcome.accepted,
+            rejected=len(checked.errors),
+            duplicates=outcome.duplicates,
+            errors=list(checked.errors),
+        )
+        return _json(response)
+
+    async def ping(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def server_info(request: Request) -> Response:
+        return _json(info)
+
+    def admin_ok(request: Request) -> bool:
+        return admin.check_header(request.headers.get("authorization")) or admin.check_cookie(
+            request.cookies.get(AdminAuth.COOKIE)
+        )
+
+    def admin_refused() -> Response:
+        return error_response(
+            401,
+            "unauthorized",
+            "this endpoint needs the admin token (Authorization: Bearer)",
+            {"WWW-Authenticate": 'Bearer realm="telemetry-collector"'},
+        )
+
+    async def stats(request: Request) -> Response:
+        if not admin.check_header(request.headers.get("authorization")):
+            return admin_refused()
+        try:
+            query = parse_stats_query(request.query_params)
+        except IngestError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        return _json(await store.stats(query))
+
+    async def dashboard(request: Request) -> Response:
+        if not admin_ok(request):
+            return HTMLResponse(render_login(None, title=settings.name), status_code=401)
+        try:
+            query = parse_stats_query(request.query_params)
+        except IngestError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        page = render_dashboard(
+            await store.stats(query),
+            title=settings.name,
+            filters=dict(request.query_params),
+            generated_at_ms=now_ms(),
+        )
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 4096:
+            return error_response(413, "too_large", "form too large")
+        token = parse_qs(body.decode("utf-8", "replace")).get(LOGIN_TOKEN_FIELD, [""])[0]
+        if not admin.check_token(token):
+            page = render_login("Wrong token.", title=settings.name)
+            return HTMLResponse(page, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            AdminAuth.COOKIE,
+            admin.session_value(),
+            httponly=True,
+            samesite="strict",
+            secure=settings.tls,
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(AdminAuth.COOKIE)
+        return response
+
+    async def prometheus(request: Request) -> Response:
+        if not admin.check_header(request.headers.get("authorization")):
+            return admin_refused()
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def retention() -> None:
+        while True:
+            try:
+                deleted = await store.cleanup(settings.retention_days, now_ms())
+                log.info("retention deleted=%d", deleted)
+            except StorageError as exc:
+                log.warning("retention failed error=%s", exc)
+            await asyncio.sleep(settings.cleanup_interval_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(retention())
+        log.info("collector started version=%s", __version__)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+            log.info("collector stopped")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/submit", submit, methods=["POST"]),
+            Route("/ping", ping, methods=["GET", "HEAD"]),
+            Route("/v1/info", server_info, methods=["GET"]),
+            Route("/v1/stats", stats, methods=["GET"]),
+            Route("/", dashboard, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    app.state.metrics = metrics
+    return app

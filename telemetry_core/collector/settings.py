@@ -1,0 +1,68 @@
+"""Collector settings: one frozen value built by the command line or by tests."""
+
+from __future__ import annotations
+
+import attrs
+
+from telemetry_core import schema
+from telemetry_core.errors import ConfigError
+
+__all__ = ["CollectorSettings"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ConfigError(attribute.name, "must be positive")
+
+
+@attrs.frozen(kw_only=True)
+class CollectorSettings:
+    """Everything a collector app needs besides its store.
+
+    ``api_keys`` are the submission keys (public: they ship inside apps);
+    ``admin_token`` guards stats, dashboard and metrics (``None`` disables them).
+    Limits default to the protocol's (:mod:`telemetry_core.schema`); the rate
+    limit is a token bucket per submission key, in events per minute with
+    ``rate_limit_burst`` events of burst. ``max_pending_events`` bounds events
+    waiting for the store's writer (503 past it). ``retention_days`` is how long
+    raw events are kept (rollups are kept forever); ``cleanup_interval_s`` how
+    often retention runs. ``tls`` tells whether the server runs HTTPS (sets the
+    ``Secure`` flag of the dashboard cookie).
+    """
+
+    api_keys: tuple[str, ...] = attrs.field(converter=tuple)
+    admin_token: str | None = None
+    name: str = "telemetry-core-collector"
+    max_events_per_batch: int = attrs.field(default=schema.MAX_BATCH_EVENTS, validator=_positive)
+    max_body_bytes: int = attrs.field(default=schema.MAX_BODY_BYTES, validator=_positive)
+    max_compressed_body_bytes: int = attrs.field(
+        default=schema.MAX_COMPRESSED_BODY_BYTES, validator=_positive
+    )
+    max_event_bytes: int = attrs.field(default=schema.MAX_EVENT_BYTES, validator=_positive)
+    max_future_skew_ms: int = attrs.field(default=schema.MAX_FUTURE_SKEW_MS, validator=_positive)
+    rate_limit_per_minute: int = attrs.field(default=60_000, validator=_positive)
+    rate_limit_burst: int = attrs.field(default=10_000, validator=_positive)
+    max_pending_events: int = attrs.field(default=50_000, validator=_positive)
+    retention_days: int = attrs.field(default=90, validator=_positive)
+    cleanup_interval_s: float = 3600.0
+    tls: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if any(not k for k in self.api_keys):
+            raise ConfigError("api_keys", "an API key must not be empty")
+        if self.admin_token is not None and len(self.admin_token) < 8:
+            raise ConfigError("admin_token", "must be at least 8 characters")
+        if self.rate_limit_burst < self.max_events_per_batch:
+            raise ConfigError("rate_limit_burst", "must hold at least one full batch")
+
+    def limits(self) -> schema.Limits:
+        """The limits published by ``GET /v1/info``."""
+        return schema.Limits(
+            max_events_per_batch=self.max_events_per_batch,
+            max_body_bytes=self.max_body_bytes,
+            max_compressed_body_bytes=self.max_compressed_body_bytes,
+            max_event_bytes=self.max_event_bytes,
+            max_future_skew_ms=self.max_future_skew_ms,
+            rate_limit_per_minute=self.rate_limit_per_minute,
+            rate_limit_burst=self.rate_limit_burst,
+        )

@@ -1,0 +1,402 @@
+"""The embedded collector store: one SQLite file in WAL mode, one writer thread.
+
+Requests hand their batches to a bounded queue; the writer takes every batch
+waiting, writes them in one transaction (group commit: one fsync for many
+requests) and resolves each request's future only after that commit. Reads
+(stats) open their own connections, which WAL lets run beside the writer.
+See :mod:`telemetry_core.collector.store` for the tables and the semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+
+from telemetry_core.collector.aggregation import (
+    DAY_MS,
+    build_stats,
+    hour_increments,
+    hour_of,
+)
+from telemetry_core.collector.store import (
+    CommitObserver,
+    IngestOutcome,
+    StatsData,
+    StatsQuery,
+    StoreOverloaded,
+)
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    type TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    install_id TEXT NOT NULL,
+    session_id TEXT,
+    app_version TEXT,
+    duration_ms REAL,
+    success INTEGER,
+    properties TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+CREATE TABLE IF NOT EXISTS rollups (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL, success INTEGER NOT NULL, failure INTEGER NOT NULL,
+    PRIMARY KEY (app, type, hour_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_hour ON rollups (hour_ms);
+CREATE TABLE IF NOT EXISTS rollup_buckets (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL,
+    bucket INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (app, type, hour_ms, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS installs (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, type, hour_ms, install_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    hour_ms INTEGER NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (hour_ms, name)
+) WITHOUT ROWID;
+"""
+
+_INSERT_EVENT = """
+INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, session_id,
+                    app_version, duration_ms, success, properties)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
+"""
+_UPSERT_ROLLUP = """
+INSERT INTO rollups (app, type, hour_ms, count, success, failure) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (app, type, hour_ms) DO UPDATE SET count = count + excluded.count,
+    success = success + excluded.success, failure = failure + excluded.failure
+"""
+_UPSERT_BUCKET = """
+INSERT INTO rollup_buckets (app, type, hour_ms, bucket, count) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (app, type, hour_ms, bucket) DO UPDATE SET count = count + excluded.count
+"""
+_INSERT_INSTALL = """
+INSERT INTO installs (app, type, hour_ms, install_id) VALUES (?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+_UPSERT_COUNTER = """
+INSERT INTO counters (hour_ms, name, count) VALUES (?, ?, ?)
+ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
+"""
+
+_STOP = object()
+
+
+@attrs.define
+class _Batch:
+    events: Sequence[Event]
+    received_ms: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[IngestOutcome]
+
+
+@attrs.define
+class _Cleanup:
+    before_ms: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[int]
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (client went away)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class SQLiteStore:
+    """A :class:`~telemetry_core.collector.store.CollectorStore` on one SQLite file.
+
+    ``max_pending_events`` bounds the events waiting for the writer; past it,
+    :meth:`ingest` raises :class:`StoreOverloaded`. ``max_group_batches`` bounds
+    how many batches one transaction commits together. ``synchronous`` is the
+    SQLite ``synchronous`` pragma (``FULL``: a commit survives power loss).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_pending_events: int = 50_000,
+        max_group_batches: int = 64,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.path = Path(path)
+        self._max_pending = max_pending_events
+        self._max_group = max_group_batches
+        self._pending_events = 0
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[int, str], int] = defaultdict(int)
+        self._observers: list[CommitObserver] = []
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open collector database {self.path}: {exc}") from exc
+        self._writer = threading.Thread(target=self._run, name="collector-sqlite-writer")
+        self._writer.daemon = True
+        self._writer.start()
+
+    # -- the CollectorStore interface ------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Events handed to :meth:`ingest` whose transaction has not committed yet."""
+        return self._pending_events
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer(seconds, events)`` after each commit."""
+        self._observers.append(observer)
+
+    async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
+        """Store ``events`` exactly once; return after their transaction committed."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        if not events:
+            return IngestOutcome(inserted=())
+        with self._lock:
+            if self._pending_events + len(events) > self._max_pending and self._pending_events:
+                raise StoreOverloaded("the writer is behind; try again shortly")
+            self._pending_events += len(events)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestOutcome] = loop.create_future()
+        self._queue.put(_Batch(events, received_ms, loop, future))
+        # shield: a cancelled request must not cancel the batch's future, which the
+        # writer resolves; the commit happens either way.
+        return await asyncio.shield(future)
+
+    async def record_outcomes(
+        self, *, rejected: Mapping[str, int], throttled: int, received_ms: int
+    ) -> None:
+        """Buffer outcome counters; they are written with the next transaction."""
+        hour = hour_of(received_ms)
+        with self._lock:
+            for code, n in rejected.items():
+                if n:
+                    self._counters[(hour, f"rejected:{code}")] += n
+            if throttled:
+                self._counters[(hour, "throttled")] += throttled
+        self._queue.put(None)  # wake the writer so counters do not wait for traffic
+
+    async def cleanup(self, retention_days: int, now_ms: int) -> int:
+        """Delete raw events received more than ``retention_days`` before ``now_ms``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._queue.put(_Cleanup(now_ms - retention_days * DAY_MS, loop, future))
+        return await future
+
+    async def stats(self, query: StatsQuery) -> dict[str, Any]:
+        """Return the stats document for ``query``, read on a separate connection."""
+        data = await asyncio.to_thread(self.read_stats_data, query)
+        return build_stats(query, data)
+
+    async def close(self) -> None:
+        """Commit every pending batch, stop the writer and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        self._conn.close()
+
+    # -- reads ------------------------------------------------------------------
+
+    def read_stats_data(self, query: StatsQuery) -> StatsData:
+        """Read the rollup rows for ``query`` (blocking; callable from any thread)."""
+        where = ["hour_ms >= ?", "hour_ms < ?"]
+        args: list[Any] = [query.from_hour_ms, query.to_ms]
+        if query.app is not None:
+            where.append("app = ?")
+            args.append(query.app)
+        if query.event_type is not None:
+            where.append("type = ?")
+            args.append(query.event_type)
+        cond = " AND ".join(where)
+        grain = 86_400_000 if query.bucket == "day" else 3_600_000
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        try:
+            rollups = conn.execute(
+                f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
+                args,
+            ).fetchall()
+            buckets = conn.execute(
+                f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}",
+                args,
+            ).fetchall()
+            series_installs = conn.execute(
+                f"SELECT app, type, hour_ms - hour_ms % {grain} AS b, "
+                f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",
+                args,
+            ).fetchall()
+            (total_installs,) = conn.execute(
+                f"SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs "
+                f"WHERE {cond})",
+                args,
+            ).fetchone()
+            counters = dict(
+                conn.execute(
+                    "SELECT name, SUM(count) FROM counters WHERE hour_ms >= ? AND hour_ms < ? "
+                    "GROUP BY name",
+                    (query.from_hour_ms, query.to_ms),
+                ).fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read stats: {exc}") from exc
+        finally:
+            conn.close()
+        return StatsData(
+            rollups=rollups,
+            buckets=buckets,
+            series_installs=series_installs,
+            total_installs=int(total_installs),
+            counters=counters,
+        )
+
+    # -- the writer thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            while len(items) < self._max_group:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if any(item is _STOP for item in items):
+                stopping = True
+                # drain whatever else was queued before the stop
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            batches = [i for i in items if isinstance(i, _Batch)]
+            cleanups = [i for i in items if isinstance(i, _Cleanup)]
+            self._commit_group(batches)
+            for job in cleanups:
+                self._run_cleanup(job)
+
+    def _take_counters(self) -> dict[tuple[int, str], int]:
+        with self._lock:
+            counters = dict(self._counters)
+            self._counters.clear()
+        return counters
+
+    def _commit_group(self, batches: list[_Batch]) -> None:
+        counters = self._take_counters()
+        if not batches and not counters:
+            return
+        started = time.perf_counter()
+        outcomes: list[IngestOutcome] = []
+        error: BaseException | None = None
+        n_events = sum(len(b.events) for b in batches)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for batch in batches:
+                    outcomes.append(self._write_batch(batch, counters))
+                for (hour, name), n in counters.items():
+                    self._conn.execute(_UPSERT_COUNTER, (hour, name, n))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            error = StorageError(f"commit failed: {exc}")
+            outcomes = []
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._pending_events -= n_events
+        if error is None:
+            for observer in self._observers:
+                with contextlib.suppress(Exception):
+                    observer(elapsed, n_events)
+        for i, batch in enumerate(batches):
+            value = outcomes[i] if error is None else None
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                batch.loop.call_soon_threadsafe(_resolve, batch.future, value, error)
+
+    def _write_batch(self, batch: _Batch, counters: dict[tuple[int, str], int]) -> IngestOutcome:
+        execute = self._conn.execute
+        inserted: list[bool] = []
+        new: list[Event] = []
+        encode = msgspec.json.encode
+        for e in batch.events:
+            cur = execute(
+                _INSERT_EVENT,
+                (
+                    e.id.lower(),
+                    e.app,
+                    e.type,
+                    e.timestamp,
+                    batch.received_ms,
+                    e.install_id,
+                    e.session_id,
+                    e.app_version,
+                    e.duration_ms,
+                    None if e.success is None else int(e.success),
+                    encode(e.properties).decode(),
+                ),
+            )
+            is_new = cur.rowcount == 1
+            inserted.append(is_new)
+            if is_new:
+                new.append(e)
+        dups = len(inserted) - len(new)
+        if dups:
+            key = (hour_of(batch.received_ms), "duplicate")
+            counters[key] = counters.get(key, 0) + dups
+        rollups, buckets = hour_increments(
+            (e.app, e.type, e.timestamp, e.duration_ms, e.success) for e in new
+        )
+        for (app, etype, hour), (count, success, failure) in rollups.items():
+            execute(_UPSERT_ROLLUP, (app, etype, hour, count, success, failure))
+        for (app, etype, hour, index), count in buckets.items():
+            execute(_UPSERT_BUCKET, (app, etype, hour, index, count))
+        installs = {(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new}
+        for row in installs:
+            execute(_INSERT_INSTALL, row)
+        return IngestOutcome(inserted=tuple(inserted))
+
+    def _run_cleanup(self, job: _Cleanup) -> None:
+        error: BaseException | None = None
+        deleted = 0
+        try:
+            deleted = self._conn.execute(
+                "DELETE FROM events WHERE received_ms < ?", (job.before_ms,)
+            ).rowcount
+        except sqlite3.Error as exc:
+            error = StorageError(f"cleanup failed: {exc}")
+        with contextlib.suppress(RuntimeError):
+            job.loop.call_soon_threadsafe(_resolve, job.future, deleted, error)
