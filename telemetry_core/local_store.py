@@ -104,6 +104,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ON telemetry_queue(id, next_retry_at) WHERE dead = 0""",
         """CREATE INDEX idx_telemetry_queue_lease
             ON telemetry_queue(lease_expires_at) WHERE lease_owner IS NOT NULL""",
+        "CREATE INDEX idx_telemetry_queue_dead ON telemetry_queue(id) WHERE dead = 1",
         """CREATE TRIGGER telemetry_queue_insert AFTER INSERT ON telemetry_queue BEGIN
             UPDATE telemetry_counters SET value = value + 1 WHERE name = 'queue.size';
             UPDATE telemetry_counters SET value = value + new.dead WHERE name = 'queue.dead';
@@ -280,6 +281,23 @@ class LocalStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.rollback()
+            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one read transaction, so that several queries see
+        the same state without taking the write lock."""
+        conn = self.connection()
+        if conn.in_transaction:
+            yield conn
+            return
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.commit()
+        except sqlite3.Error as exc:
             raise StorageError(f"telemetry database {self.path}: {exc}") from exc
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
