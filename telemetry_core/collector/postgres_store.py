@@ -1,0 +1,588 @@
+"""The scale-out collector store: one PostgreSQL database shared by many collectors.
+
+Several stateless collector processes may point at the same database; the
+event id's primary key makes ingestion exactly-once across all of them. Each
+batch is one transaction: the raw events go in with ``INSERT ... ON CONFLICT
+(id) DO NOTHING RETURNING id``, and only the ids that come back update the
+rollups, histogram buckets and install sets with upserts. Every statement
+touches its rows in sorted key order and the tables in a fixed order, so two
+collectors writing overlapping batches wait for each other instead of
+deadlocking; deadlocks and serialization failures are retried all the same.
+
+The store uses psycopg 3 with a synchronous ``psycopg_pool.ConnectionPool``;
+the async interface runs each transaction on a dedicated thread pool sized like
+the connection pool. The connection string may hold a password: it is never
+logged, never shown in ``repr`` and never put in an exception message
+(:func:`redact_url` gives a printable form). See
+:mod:`telemetry_core.collector.store` for the tables and the semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from telemetry_core.collector.aggregation import DAY_MS, build_stats, hour_increments, hour_of
+from telemetry_core.collector.store import (
+    CommitObserver,
+    IngestOutcome,
+    StatsData,
+    StatsQuery,
+    StoreOverloaded,
+)
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event
+
+__all__ = ["SCHEMA_LOCK_KEY", "PostgresStore", "redact_url"]
+
+T = TypeVar("T")
+
+#: Key of the advisory lock held while the schema is created, so collectors that
+#: start together do not race on ``CREATE TABLE IF NOT EXISTS`` (which is not
+#: safe under concurrency: both may try to create the same catalog rows).
+SCHEMA_LOCK_KEY: Final = 0x7E1E_C011  # "telecoll"
+
+#: Transactions that fail with a deadlock or serialization failure are retried
+#: this many times in all, with a short jittered pause between attempts.
+MAX_ATTEMPTS: Final = 5
+
+#: Raw events deleted per statement by :meth:`PostgresStore.cleanup`, to keep
+#: each transaction (and its locks and WAL) small on a busy table.
+CLEANUP_CHUNK: Final = 10_000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id UUID PRIMARY KEY,
+    app TEXT NOT NULL,
+    type TEXT NOT NULL,
+    timestamp_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    install_id TEXT NOT NULL,
+    session_id TEXT,
+    app_version TEXT,
+    duration_ms DOUBLE PRECISION,
+    success BOOLEAN,
+    properties JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+CREATE TABLE IF NOT EXISTS rollups (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms BIGINT NOT NULL,
+    count BIGINT NOT NULL, success BIGINT NOT NULL, failure BIGINT NOT NULL,
+    PRIMARY KEY (app, type, hour_ms)
+);
+CREATE INDEX IF NOT EXISTS rollups_hour ON rollups (hour_ms);
+CREATE TABLE IF NOT EXISTS rollup_buckets (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms BIGINT NOT NULL,
+    bucket INTEGER NOT NULL, count BIGINT NOT NULL,
+    PRIMARY KEY (app, type, hour_ms, bucket)
+);
+CREATE INDEX IF NOT EXISTS rollup_buckets_hour ON rollup_buckets (hour_ms);
+CREATE TABLE IF NOT EXISTS installs (
+    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms BIGINT NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, type, hour_ms, install_id)
+);
+CREATE INDEX IF NOT EXISTS installs_hour ON installs (hour_ms);
+CREATE TABLE IF NOT EXISTS counters (
+    hour_ms BIGINT NOT NULL, name TEXT NOT NULL, count BIGINT NOT NULL,
+    PRIMARY KEY (hour_ms, name)
+);
+"""
+
+# One statement per table per batch: arrays in, unnest, sorted, upsert.
+_INSERT_EVENTS: Final = """
+INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, session_id,
+                    app_version, duration_ms, success, properties)
+SELECT u.id, u.app, u.type, u.ts, %(received)s, u.install_id, u.session_id,
+       u.app_version, u.duration_ms, u.success, u.properties::jsonb
+FROM unnest(%(id)s::uuid[], %(app)s::text[], %(type)s::text[], %(ts)s::bigint[],
+            %(install_id)s::text[], %(session_id)s::text[], %(app_version)s::text[],
+            %(duration_ms)s::float8[], %(success)s::boolean[], %(properties)s::text[])
+     AS u(id, app, type, ts, install_id, session_id, app_version, duration_ms, success,
+          properties)
+ORDER BY u.id
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+_UPSERT_ROLLUPS: Final = """
+INSERT INTO rollups (app, type, hour_ms, count, success, failure)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                     %s::bigint[]) AS u(app, type, hour_ms, count, success, failure)
+ORDER BY app, type, hour_ms
+ON CONFLICT (app, type, hour_ms) DO UPDATE SET count = rollups.count + EXCLUDED.count,
+    success = rollups.success + EXCLUDED.success, failure = rollups.failure + EXCLUDED.failure
+"""
+_UPSERT_BUCKETS: Final = """
+INSERT INTO rollup_buckets (app, type, hour_ms, bucket, count)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::integer[], %s::bigint[])
+     AS u(app, type, hour_ms, bucket, count)
+ORDER BY app, type, hour_ms, bucket
+ON CONFLICT (app, type, hour_ms, bucket) DO UPDATE
+    SET count = rollup_buckets.count + EXCLUDED.count
+"""
+_INSERT_INSTALLS: Final = """
+INSERT INTO installs (app, type, hour_ms, install_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
+     AS u(app, type, hour_ms, install_id)
+ORDER BY app, type, hour_ms, install_id
+ON CONFLICT DO NOTHING
+"""
+_UPSERT_COUNTERS: Final = """
+INSERT INTO counters (hour_ms, name, count)
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS u(hour_ms, name, count)
+ORDER BY hour_ms, name
+ON CONFLICT (hour_ms, name) DO UPDATE SET count = counters.count + EXCLUDED.count
+"""
+
+_RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def redact_url(database_url: str) -> str:
+    """Return ``database_url`` with any password replaced by ``***``, for display.
+
+    Works on URLs (``postgresql://user:secret@host/db``); a key/value
+    connection string has its ``password=`` value masked instead.
+    """
+    if "://" not in database_url:
+        words = []
+        for word in database_url.split():
+            key, sep, _ = word.partition("=")
+            words.append(f"{key}=***" if sep and key.strip().lower() == "password" else word)
+        return " ".join(words)
+    try:
+        parts = urlsplit(database_url)
+        netloc = parts.netloc
+    except ValueError:
+        return "<unparseable database url>"
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}{e}{v}"
+        for k, e, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _canonical_id(event_id: str) -> str:
+    # Any spelling of a UUID is the same event (the column type is UUID).
+    return str(uuid.UUID(event_id))
+
+
+class PostgresStore:
+    """A :class:`~telemetry_core.collector.store.CollectorStore` on PostgreSQL.
+
+    ``database_url`` is a libpq connection string or ``postgresql://`` URL.
+    ``pool_min``/``pool_max`` size the connection pool (and the thread pool that
+    runs transactions). ``max_pending_events`` bounds the events handed to
+    :meth:`ingest` and not yet committed; past it, :meth:`ingest` raises
+    :class:`StoreOverloaded`. ``connect_timeout`` bounds, in seconds, both the
+    start-up wait for the first connections and each wait for a free
+    connection. The schema is created on construction, under an advisory lock.
+    Raises :class:`StorageError` when the database cannot be reached.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        max_pending_events: int = 50_000,
+        connect_timeout: float = 10.0,
+        application_name: str = "telemetry-collector",
+    ) -> None:
+        if not 0 < pool_min <= pool_max:
+            raise ValueError("need 0 < pool_min <= pool_max")
+        self._max_pending = max_pending_events
+        self._pending_events = 0
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[int, str], int] = defaultdict(int)
+        self._observers: list[CommitObserver] = []
+        self._closed = False
+        self._rng = random.Random()
+        self._pool = ConnectionPool(
+            database_url,
+            min_size=pool_min,
+            max_size=pool_max,
+            open=False,
+            timeout=connect_timeout,
+            name="telemetry-collector",
+            kwargs={"application_name": application_name, "autocommit": False},
+            check=ConnectionPool.check_connection,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout:
+            self._pool.close()
+            raise StorageError(
+                f"cannot connect to PostgreSQL ({redact_url(database_url)}) "
+                f"within {connect_timeout:g} s"
+            ) from None
+        self._executor = ThreadPoolExecutor(max_workers=pool_max, thread_name_prefix="collector-pg")
+        try:
+            self._run(self._create_schema)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._pool.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore pool={self._pool.max_size} pending={self._pending_events}>"
+
+    # -- the CollectorStore interface ------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Events handed to :meth:`ingest` whose transaction has not committed yet."""
+        return self._pending_events
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer(seconds, events)`` after each commit."""
+        self._observers.append(observer)
+
+    async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
+        """Store ``events`` exactly once; return after their transaction committed."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        if not events:
+            return IngestOutcome(inserted=())
+        with self._lock:
+            if self._pending_events and self._pending_events + len(events) > self._max_pending:
+                raise StoreOverloaded("the database is behind; try again shortly")
+            self._pending_events += len(events)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, self.ingest_blocking, events, received_ms
+            )
+        except BaseException:
+            self._release(len(events))
+            raise
+        # The transaction runs to its end even if the request is cancelled; the
+        # thread releases the pending count (see ingest_blocking's caller path).
+        return await asyncio.shield(future)
+
+    async def record_outcomes(
+        self, *, rejected: Mapping[str, int], throttled: int, received_ms: int
+    ) -> None:
+        """Buffer outcome counters; they are written with the next transaction."""
+        hour = hour_of(received_ms)
+        with self._lock:
+            for code, n in rejected.items():
+                if n:
+                    self._counters[(hour, f"rejected:{code}")] += n
+            if throttled:
+                self._counters[(hour, "throttled")] += throttled
+
+    async def stats(self, query: StatsQuery) -> dict[str, Any]:
+        """Return the stats document for ``query`` (buffered counters are flushed first)."""
+        data = await self._submit(self.read_stats_data, query)
+        return build_stats(query, data)
+
+    async def cleanup(self, retention_days: int, now_ms: int) -> int:
+        """Delete raw events received more than ``retention_days`` before ``now_ms``."""
+        return await self._submit(self.cleanup_blocking, now_ms - retention_days * DAY_MS)
+
+    async def close(self) -> None:
+        """Wait for every running batch to commit, flush counters, close the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self.close_blocking)
+
+    # -- blocking API (callable from any thread; used by the async interface) ---
+
+    def ingest_blocking(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
+        """Write one batch in one transaction; the blocking core of :meth:`ingest`.
+
+        The caller must already have counted ``events`` in the pending depth;
+        this releases them whatever happens.
+        """
+        try:
+            started = time.perf_counter()
+            outcome = self._transaction(
+                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            self._release(len(events))
+        for observer in self._observers:
+            with contextlib.suppress(Exception):
+                observer(elapsed, len(events))
+        return outcome
+
+    def read_stats_data(self, query: StatsQuery) -> StatsData:
+        """Read the rollup rows for ``query`` in one consistent snapshot."""
+        self.flush_counters()
+        where = ["hour_ms >= %s", "hour_ms < %s"]
+        args: list[Any] = [query.from_hour_ms, query.to_ms]
+        if query.app is not None:
+            where.append("app = %s")
+            args.append(query.app)
+        if query.event_type is not None:
+            where.append("type = %s")
+            args.append(query.event_type)
+        cond = " AND ".join(where)
+        grain = DAY_MS if query.bucket == "day" else 3_600_000
+        try:
+            with self._pool.connection() as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(
+                            "SELECT app, type, hour_ms, count, success, failure FROM rollups "
+                            f"WHERE {cond}",
+                            args,
+                        )
+                        rollups = [tuple(r) for r in cur.fetchall()]
+                        cur.execute(
+                            "SELECT app, type, hour_ms, bucket, count FROM rollup_buckets "
+                            f"WHERE {cond}",
+                            args,
+                        )
+                        buckets = [tuple(r) for r in cur.fetchall()]
+                        cur.execute(
+                            f"SELECT app, type, hour_ms - hour_ms %% {grain} AS b, "
+                            f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} "
+                            "GROUP BY app, type, b",
+                            args,
+                        )
+                        series_installs = [tuple(r) for r in cur.fetchall()]
+                        cur.execute(
+                            "SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs "
+                            f"WHERE {cond}) AS d",
+                            args,
+                        )
+                        row = cur.fetchone()
+                        total_installs = int(row[0]) if row else 0
+                        cur.execute(
+                            "SELECT name, SUM(count) FROM counters "
+                            "WHERE hour_ms >= %s AND hour_ms < %s GROUP BY name",
+                            (query.from_hour_ms, query.to_ms),
+                        )
+                        counters = {str(name): int(n) for name, n in cur.fetchall()}
+                finally:
+                    conn.isolation_level = None
+                    conn.read_only = None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StorageError(f"cannot read stats: {_describe(exc)}") from exc
+        return StatsData(
+            rollups=rollups,
+            buckets=buckets,
+            series_installs=series_installs,
+            total_installs=total_installs,
+            counters=counters,
+        )
+
+    def flush_counters(self) -> None:
+        """Write the buffered outcome counters now (they are kept if the write fails)."""
+        with self._lock:
+            if not self._counters:
+                return
+        self._transaction(lambda cur, counters: None)
+
+    def cleanup_blocking(self, before_ms: int) -> int:
+        """Delete raw events received before ``before_ms``, in chunks; return how many."""
+        deleted = 0
+
+        def delete_chunk(cur: psycopg.Cursor[Any], _counters: object) -> int:
+            return cur.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "WHERE received_ms < %s LIMIT %s)",
+                (before_ms, CLEANUP_CHUNK),
+            ).rowcount
+
+        # Bounded: each round deletes a full chunk or ends the loop; the cap only
+        # guards against a clock that keeps moving rows behind the cut-off.
+        for _ in range(1_000_000):
+            count = self._transaction(delete_chunk, with_counters=False)
+            deleted += count
+            if count < CLEANUP_CHUNK:
+                break
+        return deleted
+
+    def close_blocking(self) -> None:
+        """Blocking core of :meth:`close`."""
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(StorageError):
+            self.flush_counters()
+        self._pool.close()
+
+    # -- internals ----------------------------------------------------------------
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StorageError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        return self._executor.submit(fn).result()
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._pending_events -= n
+
+    def _create_schema(self) -> None:
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                cur.execute(_SCHEMA)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StorageError(f"cannot create the collector schema: {_describe(exc)}") from exc
+
+    def _take_counters(self) -> dict[tuple[int, str], int]:
+        with self._lock:
+            counters = dict(self._counters)
+            self._counters.clear()
+        return counters
+
+    def _restore_counters(self, counters: Mapping[tuple[int, str], int]) -> None:
+        with self._lock:
+            for key, n in counters.items():
+                self._counters[key] += n
+
+    def _transaction(
+        self,
+        body: Callable[[psycopg.Cursor[Any], dict[tuple[int, str], int]], T],
+        *,
+        with_counters: bool = True,
+    ) -> T:
+        """Run ``body(cursor, counters)`` in one transaction, then upsert ``counters``
+        (the buffered outcome counters plus whatever ``body`` added) in the same
+        transaction. Deadlocks and serialization failures are retried; other
+        failures become :class:`StorageError` and the buffered counters are kept."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            buffered = self._take_counters() if with_counters else {}
+            counters = dict(buffered)
+            try:
+                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                    result = body(cur, counters)
+                    if counters:
+                        keys = sorted(counters)
+                        cur.execute(
+                            _UPSERT_COUNTERS,
+                            (
+                                [k[0] for k in keys],
+                                [k[1] for k in keys],
+                                [counters[k] for k in keys],
+                            ),
+                        )
+                return result
+            except _RETRYABLE:
+                self._restore_counters(buffered)
+                if attempt == MAX_ATTEMPTS:
+                    raise StorageError(
+                        f"transaction still conflicting after {MAX_ATTEMPTS} attempts"
+                    ) from None
+                time.sleep(self._rng.uniform(0, 0.01 * 2**attempt))
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._restore_counters(buffered)
+                raise StorageError(f"transaction failed: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _write_batch(
+        cur: psycopg.Cursor[Any],
+        counters: dict[tuple[int, str], int],
+        events: Sequence[Event],
+        received_ms: int,
+    ) -> IngestOutcome:
+        ids = [_canonical_id(e.id) for e in events]
+        first: dict[str, Event] = {}
+        for event_id, event in zip(ids, events, strict=True):
+            first.setdefault(event_id, event)
+        # Sorted ids: concurrent batches take the primary-key locks in one order.
+        order = sorted(first)
+        rows = [first[i] for i in order]
+        encode = msgspec.json.encode
+        cur.execute(
+            _INSERT_EVENTS,
+            {
+                "received": received_ms,
+                "id": order,
+                "app": [e.app for e in rows],
+                "type": [e.type for e in rows],
+                "ts": [e.timestamp for e in rows],
+                "install_id": [e.install_id for e in rows],
+                "session_id": [e.session_id for e in rows],
+                "app_version": [e.app_version for e in rows],
+                "duration_ms": [
+                    None if e.duration_ms is None else float(e.duration_ms) for e in rows
+                ],
+                "success": [e.success for e in rows],
+                "properties": [encode(e.properties).decode() for e in rows],
+            },
+        )
+        new_ids = {str(row[0]) for row in cur.fetchall()}
+        inserted: list[bool] = []
+        claimed: set[str] = set()
+        for event_id in ids:
+            inserted.append(event_id in new_ids and event_id not in claimed)
+            claimed.add(event_id)
+        duplicates = len(ids) - len(new_ids)
+        if duplicates:
+            key = (hour_of(received_ms), "duplicate")
+            counters[key] = counters.get(key, 0) + duplicates
+        new = [first[i] for i in sorted(new_ids)]
+        if not new:
+            return IngestOutcome(inserted=tuple(inserted))
+        rollups, buckets = hour_increments(
+            (e.app, e.type, e.timestamp, e.duration_ms, e.success) for e in new
+        )
+        keys = sorted(rollups)
+        cur.execute(
+            _UPSERT_ROLLUPS,
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+                [rollups[k][0] for k in keys],
+                [rollups[k][1] for k in keys],
+                [rollups[k][2] for k in keys],
+            ),
+        )
+        if buckets:
+            bkeys = sorted(buckets)
+            cur.execute(
+                _UPSERT_BUCKETS,
+                (
+                    [k[0] for k in bkeys],
+                    [k[1] for k in bkeys],
+                    [k[2] for k in bkeys],
+                    [k[3] for k in bkeys],
+                    [buckets[k] for k in bkeys],
+                ),
+            )
+        installs = sorted({(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new})
+        cur.execute(
+            _INSERT_INSTALLS,
+            (
+                [k[0] for k in installs],
+                [k[1] for k in installs],
+                [k[2] for k in installs],
+                [k[3] for k in installs],
+            ),
+        )
+        return IngestOutcome(inserted=tuple(inserted))
+
+
+def _describe(exc: BaseException) -> str:
+    # psycopg messages name host and port, never the password; keep the first line.
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
