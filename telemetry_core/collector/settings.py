@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 from telemetry_core import schema
 from telemetry_core.errors import ConfigError
 
 __all__ = ["CollectorSettings"]
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -30,7 +36,7 @@ class CollectorSettings:
     ``Secure`` flag of the dashboard cookie).
     """
 
-    api_keys: tuple[str, ...] = attrs.field(converter=tuple)
+    api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple)
     admin_token: str | None = None
     name: str = "telemetry-core-collector"
     max_events_per_batch: int = attrs.field(default=schema.MAX_BATCH_EVENTS, validator=_positive)

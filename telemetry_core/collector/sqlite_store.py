@@ -39,7 +39,7 @@ from telemetry_core.collector.store import (
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "read_stats_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -233,57 +233,9 @@ class SQLiteStore:
 
     def read_stats_data(self, query: StatsQuery) -> StatsData:
         """Read the rollup rows for ``query`` (blocking; callable from any thread)."""
-        where = ["hour_ms >= ?", "hour_ms < ?"]
-        args: list[Any] = [query.from_hour_ms, query.to_ms]
-        if query.app is not None:
-            where.append("app = ?")
-            args.append(query.app)
-        if query.event_type is not None:
-            where.append("type = ?")
-            args.append(query.event_type)
-        cond = " AND ".join(where)
-        grain = 86_400_000 if query.bucket == "day" else 3_600_000
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-        try:
-            rollups = conn.execute(
-                f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
-                args,
-            ).fetchall()
-            buckets = conn.execute(
-                f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}",
-                args,
-            ).fetchall()
-            series_installs = conn.execute(
-                f"SELECT app, type, hour_ms - hour_ms % {grain} AS b, "
-                f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",
-                args,
-            ).fetchall()
-            (total_installs,) = conn.execute(
-                f"SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs "
-                f"WHERE {cond})",
-                args,
-            ).fetchone()
-            counters = dict(
-                conn.execute(
-                    "SELECT name, SUM(count) FROM counters WHERE hour_ms >= ? AND hour_ms < ? "
-                    "GROUP BY name",
-                    (query.from_hour_ms, query.to_ms),
-                ).fetchall()
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read stats: {exc}") from exc
-        finally:
-            conn.close()
-        return StatsData(
-            rollups=rollups,
-            buckets=buckets,
-            series_installs=series_installs,
-            total_installs=int(total_installs),
-            counters=counters,
-        )
+        return _read_stats_data(self.path, query)
 
     # -- the writer thread ------------------------------------------------------
-
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -400,3 +352,61 @@ class SQLiteStore:
             error = StorageError(f"cleanup failed: {exc}")
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(_resolve, job.future, deleted, error)
+
+
+def read_stats_file(path: str | Path, query: StatsQuery) -> dict[str, Any]:
+    """Return the stats document for ``query`` from a collector database file,
+    read-only (what ``telemetry-collector stats --db`` uses)."""
+    if not Path(path).exists():
+        raise StorageError(f"no collector database at {path}")
+    return build_stats(query, _read_stats_data(Path(path), query))
+
+
+def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
+    where = ["hour_ms >= ?", "hour_ms < ?"]
+    args: list[Any] = [query.from_hour_ms, query.to_ms]
+    if query.app is not None:
+        where.append("app = ?")
+        args.append(query.app)
+    if query.event_type is not None:
+        where.append("type = ?")
+        args.append(query.event_type)
+    cond = " AND ".join(where)
+    grain = 86_400_000 if query.bucket == "day" else 3_600_000
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        rollups = conn.execute(
+            f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
+            args,
+        ).fetchall()
+        buckets = conn.execute(
+            f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}",
+            args,
+        ).fetchall()
+        series_installs = conn.execute(
+            f"SELECT app, type, hour_ms - hour_ms % {grain} AS b, "
+            f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",
+            args,
+        ).fetchall()
+        (total_installs,) = conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs WHERE {cond})",
+            args,
+        ).fetchone()
+        counters = dict(
+            conn.execute(
+                "SELECT name, SUM(count) FROM counters WHERE hour_ms >= ? AND hour_ms < ? "
+                "GROUP BY name",
+                (query.from_hour_ms, query.to_ms),
+            ).fetchall()
+        )
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read stats: {exc}") from exc
+    finally:
+        conn.close()
+    return StatsData(
+        rollups=rollups,
+        buckets=buckets,
+        series_installs=series_installs,
+        total_installs=int(total_installs),
+        counters=counters,
+    )
