@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -124,22 +125,61 @@ class CliOptions:
         return TelemetryConfig.from_env(self.app, self.db_path, **explicit)
 
     @contextlib.contextmanager
-    def service(self, config: TelemetryConfig) -> Iterator[TelemetryService]:
+    def service(
+        self, config: TelemetryConfig, notes: list[str] | None = None
+    ) -> Iterator[TelemetryService]:
         """A service for one command, closed afterwards.
 
         The service is not entered as a context manager on purpose: entering starts
-        the background worker, which a one-shot command must not do.
+        the background worker, which a one-shot command must not do. The library's
+        log warnings are printed as ``Warning:`` lines afterwards, or collected into
+        ``notes`` when the caller passes a list.
         """
+        from telemetry_core.errors import StorageError
         from telemetry_core.service import TelemetryService
 
-        svc = TelemetryService(config)
-        try:
-            yield svc
-        finally:
-            svc.close()
+        with _captured_warnings() as captured:
+            svc = TelemetryService(config)
+            try:
+                yield svc
+            finally:
+                svc.close()
+        if svc.degraded is not None:
+            raise StorageError(f"cannot use the local store {config.db_path}: {svc.degraded}")
+        if notes is not None:
+            notes.extend(captured)
+            return
+        for note in captured:
+            click.echo(f"Warning: {note}", err=True)
 
 
 pass_options = click.make_pass_decorator(CliOptions)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(record.getMessage().split())
+        self.messages.append(message.removeprefix("telemetry-core: "))
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Collect the library's log warnings so the CLI can show them as one-line
+    ``Warning:`` notes, or replace them with a single ``Error:`` line."""
+    logger = logging.getLogger("telemetry_core")
+    handler = _ListHandler()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _one_line(exc: BaseException) -> str:
@@ -288,18 +328,18 @@ def enable(opts: CliOptions, remote: bool, endpoint: str | None) -> None:
     """Consent to recording events locally (and, with --remote, to sending them)."""
     from telemetry_core.config import do_not_track
 
+    # Checked first so that DO_NOT_TRACK wins over any other complaint.
+    if do_not_track():
+        raise click.ClickException(
+            "DO_NOT_TRACK is set and overrides consent: nothing was changed "
+            "(unset DO_NOT_TRACK to enable telemetry)"
+        )
     remote = remote or endpoint is not None
     config = opts.config(**({"endpoint": endpoint} if endpoint is not None else {}))
     if remote and config.endpoint is None:
         raise click.ClickException(
             "remote submission needs an endpoint: pass --endpoint URL "
             "(or run `telemetry config set remote-endpoint URL`)"
-        )
-    if do_not_track():
-        click.echo(
-            "Warning: DO_NOT_TRACK is set and overrides this: nothing is recorded or sent "
-            "until it is unset.",
-            err=True,
         )
     with opts.service(config) as svc:
         svc.enable(remote=remote, endpoint=endpoint)
@@ -319,6 +359,12 @@ def disable(opts: CliOptions, remote: bool, purge: bool, yes: bool) -> None:
         click.confirm(f"Delete all local telemetry data in {config.db_path}?", abort=True, err=True)
     with opts.service(config) as svc:
         svc.disable(remote_only=remote, purge=purge)
+    if purge and config.do_not_track and config.db_path.exists():
+        # The service writes nothing under DO_NOT_TRACK, but deleting local data
+        # is exactly what such a user wants.
+        from telemetry_core.local_store import LocalStore
+
+        LocalStore(config.db_path).purge()
     what = "remote submission disabled" if remote else "telemetry disabled"
     click.echo(f"{what.capitalize()} for {opts.app}.")
     if purge:
@@ -353,7 +399,8 @@ def submit(opts: CliOptions, retry_dead: bool, as_json: bool) -> None:
         raise click.ClickException(
             "remote submission is off: run `telemetry enable --remote --endpoint URL` first"
         )
-    with opts.service(config) as svc:
+    notes: list[str] = []
+    with opts.service(config, notes) as svc:
         revived = svc.retry_dead() if retry_dead else 0
         queue_before = svc.queue_stats()
         before = svc.get_submission_stats()
@@ -399,10 +446,17 @@ def submit(opts: CliOptions, retry_dead: bool, as_json: bool) -> None:
             "{failed} failed requests. Queue: {pending} pending, {dead} dead.".format(**summary)
         )
     if undelivered:
+        hint = (
+            "; dead letters are kept locally, `telemetry submit --retry-dead` resends them"
+            if queue_after.dead > queue_before.dead
+            else "; they stay queued and are retried later"
+        )
         raise click.ClickException(
             f"{queue_after.pending + queue_after.dead} events not delivered: "
-            f"{summary['last_error'] or 'submission failed'}"
+            f"{summary['last_error'] or 'submission failed'}{hint}"
         )
+    for note in notes:
+        click.echo(f"Warning: {note}", err=True)
 
 
 @click.command()

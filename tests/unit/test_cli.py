@@ -125,6 +125,9 @@ def record(db: Path, count: int, event_type: str = "command_executed") -> list[s
     """Record events the way an app does: configuration from env and stored consent."""
     config = TelemetryConfig.from_env(APP, db)
     service = TelemetryService(config)
+    # A closed service still records but starts no background worker, so the
+    # events stay queued for the command under test.
+    service.close()
     try:
         ids = [
             service.track(event_type, {"command": "run", "n": i}, duration_ms=1.5, success=True)
@@ -203,11 +206,11 @@ def test_enable_and_disable_round_trip(db: Path) -> None:
     data = as_json(db, "status")
     assert (data["enabled"], data["remote_enabled"], data["recording"]) == (True, False, True)
 
-    ok(db, "enable", "--endpoint", "https://collector.example/v1/submit")
+    ok(db, "enable", "--endpoint", "https://127.0.0.1:9/v1/submit")
     data = as_json(db, "status")
     assert data["remote_enabled"] is True
     assert data["sending"] is True
-    assert data["endpoint"] == "https://collector.example/v1/submit"
+    assert data["endpoint"] == "https://127.0.0.1:9/v1/submit"
 
     ok(db, "disable", "--remote")
     data = as_json(db, "status")
@@ -232,15 +235,22 @@ def test_enable_rejects_a_bad_endpoint(db: Path, endpoint: str) -> None:
 
 def test_do_not_track_wins_and_is_reported(db: Path) -> None:
     env = {"DO_NOT_TRACK": "1"}
-    result = run(db, "enable", env=env)
-    assert result.exit_code == 0, result.output
-    assert "DO_NOT_TRACK" in result.stderr
+    assert_one_error_line(run(db, "enable", env=env), "DO_NOT_TRACK")
+    assert not db.exists()
     data = as_json(db, "status", env=env)
     assert data["do_not_track"] is True
     assert data["recording"] is False
     assert data["sending"] is False
     assert "DO_NOT_TRACK is set" in ok(db, "status", env=env).stdout
     assert_one_error_line(run(db, "submit", env=env), "DO_NOT_TRACK")
+    assert not db.exists()
+
+
+def test_purge_works_under_do_not_track(db: Path) -> None:
+    ok(db, "enable")
+    record(db, 2)
+    ok(db, "disable", "--purge", "--yes", env={"DO_NOT_TRACK": "1"})
+    assert not db.exists()
 
 
 def test_disable_purge_asks_before_deleting(db: Path) -> None:
@@ -268,7 +278,7 @@ def test_disable_purge_yes_does_not_ask(db: Path) -> None:
 
 def test_queue_counts_what_was_recorded_for_sending(db: Path) -> None:
     assert as_json(db, "queue")["pending"] == 0
-    ok(db, "enable", "--endpoint", "https://collector.example/v1/submit")
+    ok(db, "enable", "--endpoint", "https://127.0.0.1:9/v1/submit")
     record(db, 4)
     data = as_json(db, "queue")
     assert set(data) == QUEUE_KEYS
@@ -448,7 +458,7 @@ def test_submit_reports_undeliverable_events(db: Path, collector: FakeCollector)
     record(db, 3)
     collector.script(401)
     result = run(db, "submit")
-    assert_one_error_line(result, "not delivered")
+    assert_one_error_line(result, "not delivered", "401", "--retry-dead")
     assert "failed requests" in result.stdout
     assert as_json(db, "queue")["dead"] == 3
     assert collector.event_ids == []
