@@ -1,0 +1,192 @@
+"""Unit tests of the SQLite collector store (real files, real writer thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from telemetry_core.collector.sqlite_store import SQLiteStore, read_stats_file
+from telemetry_core.collector.store import CollectorStore, StatsQuery, StoreOverloaded
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event, new_event_id
+
+T0 = 1_700_000_000_000
+
+
+def make_events(n: int, *, ts: int = T0, etype: str = "cmd") -> list[Event]:
+    return [
+        Event(
+            id=new_event_id(),
+            type=etype,
+            timestamp=ts + i,
+            install_id=f"install-{i % 4}",
+            app="demo",
+            duration_ms=float(i + 1),
+            success=i % 3 != 0,
+        )
+        for i in range(n)
+    ]
+
+
+def test_is_a_collector_store(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "c.db")
+        assert isinstance(store, CollectorStore)
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_concurrent_batches_with_overlap_count_once(tmp_path: Path) -> None:
+    events = make_events(200)
+    commits: list[int] = []
+
+    async def run() -> tuple[list[int], dict[str, object]]:
+        store = SQLiteStore(tmp_path / "c.db")
+        store.add_commit_observer(lambda _s, n: commits.append(n))
+        chunks = [events[i : i + 50] for i in range(0, 200, 25)]  # every event sent twice-ish
+        outcomes = await asyncio.gather(*(store.ingest(c, T0) for c in chunks))
+        stats = await store.stats(StatsQuery())
+        assert store.queue_depth == 0
+        await store.close()
+        return [o.accepted for o in outcomes], stats
+
+    accepted, stats = asyncio.run(run())
+    assert sum(accepted) == 200
+    totals = stats["totals"]
+    assert isinstance(totals, dict)
+    assert totals["count"] == 200
+    assert totals["duplicates"] == sum(len(events[i : i + 50]) for i in range(0, 200, 25)) - 200
+    assert totals["installs"] == 4
+    assert sum(commits) == sum(len(events[i : i + 50]) for i in range(0, 200, 25))
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (200,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_duplicate_inside_one_batch_counts_once(tmp_path: Path) -> None:
+    (event,) = make_events(1)
+
+    async def run() -> tuple[int, int]:
+        store = SQLiteStore(tmp_path / "c.db")
+        outcome = await store.ingest([event, event, event], T0)
+        await store.close()
+        return outcome.accepted, outcome.duplicates
+
+    assert asyncio.run(run()) == (1, 2)
+
+
+def test_restart_keeps_exactly_once(tmp_path: Path) -> None:
+    events = make_events(10)
+
+    async def run() -> int:
+        first = SQLiteStore(tmp_path / "c.db")
+        await first.ingest(events, T0)
+        await first.close()
+        second = SQLiteStore(tmp_path / "c.db")
+        outcome = await second.ingest(events, T0)
+        await second.close()
+        return outcome.duplicates
+
+    assert asyncio.run(run()) == 10
+    stats = read_stats_file(tmp_path / "c.db", StatsQuery())
+    assert stats["totals"]["count"] == 10
+
+
+def test_late_event_lands_in_its_own_hour(tmp_path: Path) -> None:
+    late = make_events(1, ts=T0 - 5 * 3_600_000)
+
+    async def run() -> dict[str, object]:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.ingest(make_events(1), T0)
+        await store.ingest(late, T0 + 60_000)
+        stats = await store.stats(StatsQuery())
+        await store.close()
+        return stats
+
+    stats = asyncio.run(run())
+    series = stats["series"]
+    assert isinstance(series, list)
+    starts = [s["bucket_start"] for s in series]
+    assert starts == sorted(starts) and len(starts) == 2
+    assert starts[0] == (T0 - 5 * 3_600_000) // 3_600_000 * 3_600_000
+
+
+def test_overloaded_store_refuses(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "c.db", max_pending_events=10)
+        # another connection holds the write lock, so the writer cannot commit yet
+        blocker = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        first = asyncio.ensure_future(store.ingest(make_events(10), T0))
+        await asyncio.sleep(0)
+        assert store.queue_depth == 10
+        with pytest.raises(StoreOverloaded):
+            await store.ingest(make_events(5), T0)
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert (await first).accepted == 10
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_close_drains_pending_batches(tmp_path: Path) -> None:
+    async def run() -> list[int]:
+        store = SQLiteStore(tmp_path / "c.db")
+        tasks = [asyncio.ensure_future(store.ingest(make_events(20), T0)) for _ in range(5)]
+        await asyncio.sleep(0)
+        await store.close()
+        return [(await t).accepted for t in tasks]
+
+    assert asyncio.run(run()) == [20] * 5
+    assert read_stats_file(tmp_path / "c.db", StatsQuery())["totals"]["count"] == 100
+
+
+def test_outcomes_and_cleanup(tmp_path: Path) -> None:
+    async def run() -> tuple[int, dict[str, object]]:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.ingest(make_events(3), T0)
+        await store.record_outcomes(rejected={"pii": 2}, throttled=7, received_ms=T0)
+        deleted = await store.cleanup(1, T0 + 2 * 86_400_000)
+        stats = await store.stats(StatsQuery())
+        await store.close()
+        return deleted, stats
+
+    deleted, stats = asyncio.run(run())
+    assert deleted == 3
+    totals = stats["totals"]
+    assert isinstance(totals, dict)
+    assert totals["count"] == 3  # rollups survive retention
+    assert totals["rejected_by_code"] == {"pii": 2}
+    assert totals["throttled"] == 7
+
+
+def test_filters(tmp_path: Path) -> None:
+    async def run() -> dict[str, object]:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.ingest(make_events(3) + make_events(2, etype="other"), T0)
+        stats = await store.stats(StatsQuery(event_type="other", app="demo"))
+        await store.close()
+        return stats
+
+    stats = asyncio.run(run())
+    totals = stats["totals"]
+    assert isinstance(totals, dict)
+    assert totals["by_type"] == {"other": 2}
+
+
+def test_closed_store_and_missing_file(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.close()
+        with pytest.raises(StorageError):
+            await store.ingest(make_events(1), T0)
+
+    asyncio.run(run())
+    with pytest.raises(StorageError):
+        read_stats_file(tmp_path / "missing.db", StatsQuery())
