@@ -9,6 +9,7 @@ that :func:`find_pii` itself never matches, so a scrubbed event is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -21,18 +22,22 @@ from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import ProviderInfo
 from telemetry_core.schema import PropertyValue
 
-__all__ = ["PII_PATTERNS", "find_pii", "local_identifiers", "scrub_text"]
+__all__ = ["PII_PATTERNS", "REDACTED", "find_pii", "local_identifiers", "scrub_text"]
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 
 #: Kind -> pattern, checked in order. Each kind is also the placeholder name.
 PII_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    # IPv4 not glued to a word or a longer dotted number ("v1.2.3.4", "1.2.3.4.5"
+    # are versions); IPv6 either in full (8 groups) or compressed with "::",
+    # never preceded by a letter, so that times ("12:30:45") and C++ or Rust
+    # paths ("std::vector", "a::b") stay.
     "ip": re.compile(
-        rf"(?<![\d.]){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![\d.])"
-        r"|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])"
-        r"|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?"
-        r"(?![0-9A-Fa-f:])"
+        rf"(?<![\w.]){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?!\.?\d)"
+        r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"
+        r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?"
+        r"(?![\w:])"
     ),
     "home_path": re.compile(
         r"(?:/home/|/Users/|/root(?=/|\b)|[A-Za-z]:\\\\?Users\\\\?)[^/\\\s\"']*"
@@ -46,7 +51,9 @@ PII_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"|(?i:bearer\s+)[A-Za-z0-9._~+/=-]{16,}"
         r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
         r"|(?i:(?:password|passwd|secret|token|api[_-]?key)\s*[=:]\s*)\S{4,}"
-        r"|\b[A-Za-z0-9+/_-]{40,}={0,2}"
+        # Long base64/hex-looking tokens with at least three digits (long
+        # snake_case identifiers and words have none or few).
+        r"|\b(?=(?:[A-Za-z+/_-]*\d){3})[A-Za-z0-9+/_-]{40,}={0,2}"
     ),
 }
 
@@ -68,10 +75,8 @@ def local_identifiers() -> tuple[str, ...]:
     mask ordinary words, so they are left to the patterns above.
     """
     names: set[str] = set()
-    try:
+    with contextlib.suppress(Exception):  # no user name is a fine answer here
         names.add(getpass.getuser())
-    except Exception:  # noqa: S110 - no user name is a fine answer here
-        pass
     for name in (socket.gethostname(), os.environ.get("HOSTNAME", "")):
         if name:
             names.add(name)
@@ -79,15 +84,41 @@ def local_identifiers() -> tuple[str, ...]:
     return tuple(sorted((n for n in names if len(n) >= 3), key=len, reverse=True))
 
 
-def scrub_text(value: str, literals: Iterable[str] = ()) -> str:
-    """Replace personal data in ``value`` with placeholders (``<email>``, ``<user>``...)."""
+#: What a value becomes when masking does not converge (see :func:`scrub_text`).
+REDACTED: Final = "<redacted>"
+_MAX_PASSES: Final = 4
+
+
+def _mask_patterns(value: str) -> str:
     for kind, pattern in PII_PATTERNS.items():
         if pattern.search(value):
             value = pattern.sub(f"<{kind}>", value)
-    for literal in literals:
-        if literal in value:
-            value = re.sub(rf"(?<![A-Za-z0-9]){re.escape(literal)}(?![A-Za-z0-9])", "<user>", value)
     return value
+
+
+def scrub_text(value: str, literals: Iterable[str] = ()) -> str:
+    """Replace personal data in ``value`` with placeholders (``<email>``, ``<user>``...).
+
+    ``literals`` (the local user and host names) are masked as ``<user>``
+    where they stand as whole words. The result never contains anything
+    :func:`find_pii` finds: masking repeats until nothing is found (a
+    replacement can complete a new match, as in ``token: <user>``), and a
+    value that still does not converge becomes ``<redacted>``.
+    """
+    literals = tuple(literals)
+    for _ in range(_MAX_PASSES):
+        before = value
+        value = _mask_patterns(value)
+        if value == before and not literals:
+            return value  # no pattern matched: nothing to find
+        for literal in literals:
+            if literal in value:
+                value = re.sub(
+                    rf"(?<![A-Za-z0-9]){re.escape(literal)}(?![A-Za-z0-9])", "<user>", value
+                )
+        if find_pii(value) is None:
+            return value
+    return REDACTED
 
 
 # -- the bundled default scrubber (registered as plugin "scrubber") -----------
