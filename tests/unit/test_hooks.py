@@ -295,3 +295,90 @@ def test_hook_telemetry_batch_failed() -> None:
     host_with(plugin).batch_failed(events, error)
     assert plugin.calls == [("telemetry_batch_failed", {"events": events, "error": error})]
     assert plugin.calls[0][1]["error"].retry_after == 5.0
+
+
+def test_hook_observers_through_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service calls the hooks on its own: scrub -> store -> recorded -> submitted/failed."""
+    from telemetry_core.service import TelemetryService
+
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    answers: list[SubmissionResult | TransportError] = [
+        TransportError("503 overloaded", retryable=True, status=503),
+    ]
+
+    class Transport:
+        def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
+            answer = answers.pop(0) if answers else SubmissionResult(accepted=len(events))
+            if isinstance(answer, TransportError):
+                raise answer
+            return answer
+
+        def ping(self) -> bool:
+            return True
+
+        def server_info(self) -> Any:
+            raise NotImplementedError
+
+        def close(self) -> None:
+            pass
+
+    class Plugin(Recorder):
+        @hookimpl
+        def telemetry_make_transport(self, name: str, config: TelemetryConfig) -> Any:
+            return Transport() if name == "test-transport" else None
+
+        @hookimpl
+        def telemetry_scrub_event(
+            self, event_type: str, properties: dict[str, PropertyValue]
+        ) -> None:
+            self.record("telemetry_scrub_event", event_type=event_type)
+            properties["plan"] = "redacted"
+
+        @hookimpl
+        def telemetry_event_recorded(self, event: Event) -> None:
+            self.record("telemetry_event_recorded", event=event)
+
+        @hookimpl
+        def telemetry_batch_submitted(
+            self, events: Sequence[Event], result: SubmissionResult
+        ) -> None:
+            self.record("telemetry_batch_submitted", events=list(events), result=result)
+
+        @hookimpl
+        def telemetry_batch_failed(self, events: Sequence[Event], error: TransportError) -> None:
+            self.record("telemetry_batch_failed", events=list(events), error=error)
+
+    plugin = Plugin()
+    config = TelemetryConfig(
+        app="hooktest",
+        db_path=tmp_path / "t.db",
+        enabled=True,
+        remote_enabled=True,
+        endpoint="https://127.0.0.1:9/v1/submit",
+        transport="test-transport",
+        strict=True,
+        do_not_track=False,
+    )
+    clock = [1_700_000_000.0]
+    with TelemetryService(config, plugins=[plugin], clock=lambda: clock[0]) as telemetry:
+        event_id = telemetry.track("command_executed", {"plan": "enterprise"})
+        telemetry.submit_now()  # first attempt: 503
+        clock[0] += 3600.0  # past any backoff
+        telemetry.submit_now()  # second attempt: accepted
+
+    hooks = [hook for hook, _ in plugin.calls]
+    assert hooks == [
+        "telemetry_scrub_event",
+        "telemetry_event_recorded",
+        "telemetry_batch_failed",
+        "telemetry_batch_submitted",
+    ]
+    recorded = plugin.calls[1][1]["event"]
+    assert recorded.id == event_id
+    assert recorded.properties == {"plan": "redacted"}  # the scrubber's change was stored
+    assert plugin.calls[2][1]["events"] == [recorded]
+    assert plugin.calls[2][1]["error"].status == 503
+    assert plugin.calls[3][1]["events"] == [recorded]
+    assert plugin.calls[3][1]["result"] == SubmissionResult(accepted=1)

@@ -200,7 +200,9 @@ def test_entry_point_plugin_is_loaded_and_selectable(
     transport = host.make_transport(config.evolve(transport="null"))
     assert isinstance(transport, Transport)
     assert transport.submit_batch([]) == SubmissionResult(accepted=0)
-    assert host.make_transport(config).__class__.__module__ == DEFAULT_PLUGINS["https"]
+    https = host.make_transport(config.evolve(endpoint="https://127.0.0.1:9/v1/submit"))
+    assert type(https).__module__ == DEFAULT_PLUGINS["https"]
+    https.close()
 
 
 def test_broken_entry_point_is_skipped_with_exactly_one_warning(
