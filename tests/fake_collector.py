@@ -176,7 +176,10 @@ class FakeCollector:
         self._script: deque[Reply] = deque()
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
+        #: Events received again after they were stored (deduplicated).
         self.duplicates = 0
+        #: TCP connections accepted so far (keep-alive reuses one).
+        self.connections_accepted = 0
         self._tmpdir = Path(tempfile.mkdtemp(prefix="fake-collector-"))
         self._context: ssl.SSLContext | None = None
         self.ca_path: str | None = None
@@ -283,6 +286,7 @@ class FakeCollector:
         )
         with self._lock:
             self._threads.add(thread)
+            self.connections_accepted += 1
         thread.start()
 
     def _serve_connection(self, raw: socket.socket, client_address: Any) -> None:
@@ -300,11 +304,16 @@ class FakeCollector:
                     conn = self._context.wrap_socket(raw, server_side=True)
                 except (OSError, ssl.SSLError):
                     return
+                # wrap_socket detached ``raw``: close() must shut the TLS socket down.
+                with self._lock:
+                    self._connections.discard(raw)
+                    self._connections.add(conn)
             with contextlib.suppress(OSError, ssl.SSLError):
                 _Handler(conn, client_address, self._server)
         finally:
             with self._lock:
                 self._connections.discard(raw)
+                self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
             with contextlib.suppress(OSError):
                 conn.close()

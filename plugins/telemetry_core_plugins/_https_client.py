@@ -1,0 +1,333 @@
+"""The urllib3 side of the ``https`` transport, imported on first use only.
+
+:mod:`telemetry_core_plugins.https_transport` holds the hook implementations and
+the :class:`~telemetry_core_plugins.https_transport.HttpsTransport` facade; this
+module holds everything that needs urllib3, so that importing telemetry-core
+never pays for the network stack (DESIGN §2).
+
+How answers map to :class:`~telemetry_core.errors.TransportError`
+(DESIGN §7):
+
+- 2xx with a valid ``SubmitResponse`` body -> a
+  :class:`~telemetry_core.models.SubmissionResult`. A 2xx whose body is not a
+  valid answer for this batch is *retryable*: the collector may have stored the
+  batch, and it deduplicates by event id, so resending is the safe side of
+  at-least-once.
+- Network errors (refused, reset, timeout, truncated answer) and 408, 429, 502,
+  503, 504 are retryable, with ``retry_after`` from ``Retry-After`` (seconds or
+  HTTP-date, clamped to ``[0, config.max_retry_after]``).
+- 413 sets ``too_large`` (the worker splits the batch); it is not retryable as is.
+- Every other status (other 4xx, 500, 501, 3xx) is terminal for the batch.
+- A TLS failure (untrusted or expired certificate, wrong host name) is
+  *retryable* with ``retry_after = TLS_ERROR_RETRY_AFTER``: it is often
+  transient (a captive portal, a proxy, a clock that is off) and events must not
+  be lost to it; the long pause keeps a misconfigured client from hammering the
+  network, and after ``max_retries`` the entries are kept as dead (revivable).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import math
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+import msgspec
+import urllib3
+from urllib3.exceptions import HTTPError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
+from telemetry_core._version import __version__
+from telemetry_core.errors import ConfigError, TransportError
+from telemetry_core.models import SubmissionResult
+from telemetry_core.schema import Event, ServerInfo, SubmitRequest, SubmitResponse
+
+if TYPE_CHECKING:
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.models import Clock
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "PING_TIMEOUT",
+    "RETRYABLE_STATUSES",
+    "TLS_ERROR_RETRY_AFTER",
+    "USER_AGENT",
+    "HttpsClient",
+    "parse_retry_after",
+]
+
+#: Statuses after which the same batch is sent again (DESIGN §7).
+RETRYABLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
+#: Pause in seconds suggested after a TLS failure (see the module docstring).
+TLS_ERROR_RETRY_AFTER: Final = 600.0
+#: ``ping()`` waits at most this many seconds (or ``config.timeout`` if shorter).
+PING_TIMEOUT: Final = 5.0
+#: Answers larger than this are not read: no valid protocol answer comes close.
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+#: Sent with every request.
+USER_AGENT: Final = f"telemetry-core/{__version__}"
+
+_response_decoder = msgspec.json.Decoder(SubmitResponse)
+_info_decoder = msgspec.json.Decoder(ServerInfo)
+_request_encoder = msgspec.json.Encoder()
+
+
+def parse_retry_after(value: str | None, *, now: float, maximum: float) -> float | None:
+    """Parse a ``Retry-After`` header into seconds from ``now``, clamped to ``[0, maximum]``.
+
+    Accepts delta-seconds (``"120"``, also a decimal ``"1.5"``) and an HTTP-date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``, RFC 9110 §10.2.3). Returns ``None`` for
+    a missing or unparsable value.
+
+    :param value: the raw header value.
+    :param now: the current wall-clock time in seconds since the epoch.
+    :param maximum: the largest pause honoured (``config.max_retry_after``).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    if text.isascii() and text.replace(".", "", 1).isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are always GMT
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), maximum)
+
+
+def _base_url(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("ca_bundle", f"cannot load CA bundle {ca_bundle!r}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class HttpsClient:
+    """One keep-alive urllib3 pool to one collector; thread-safe.
+
+    :param config: endpoint, API key, CA bundle, timeout, gzip threshold and
+        ``max_retry_after`` come from here.
+    :param clock: wall clock in seconds, to turn an HTTP-date ``Retry-After``
+        into a delay.
+    """
+
+    def __init__(self, config: TelemetryConfig, clock: Clock) -> None:
+        if config.endpoint is None:
+            raise ConfigError("endpoint", "the https transport needs an endpoint")
+        self._endpoint = config.endpoint
+        self._base = _base_url(config.endpoint)
+        self._api_key = config.api_key
+        self._gzip_threshold = config.gzip_threshold
+        self._max_retry_after = config.max_retry_after
+        self._tls_pause = min(TLS_ERROR_RETRY_AFTER, config.max_retry_after)
+        self._timeout = config.timeout
+        self._clock = clock
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if config.api_key:
+            headers["X-API-Key"] = config.api_key
+        self._headers = headers
+        self._ca_bundle = config.ca_bundle
+        self._lock = threading.Lock()
+        self._pool: urllib3.PoolManager | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpsClient(endpoint={self._endpoint!r})"
+
+    def _manager(self) -> urllib3.PoolManager:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._pool is None:
+                self._pool = urllib3.PoolManager(
+                    num_pools=2,
+                    maxsize=4,
+                    block=False,
+                    retries=False,
+                    timeout=urllib3.Timeout(total=self._timeout),
+                    ssl_context=_ssl_context(self._ca_bundle),
+                    cert_reqs="CERT_REQUIRED",
+                    headers=self._headers,
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Drop pooled connections; the next request opens a new pool."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.clear()
+
+    def _redact(self, text: str) -> str:
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, bytes, urllib3.HTTPHeaderDict]:
+        """Send one request; return (status, body, headers) or raise TransportError."""
+        merged = dict(self._headers)
+        if headers:
+            merged.update(headers)
+        kwargs: dict[str, object] = {}
+        if timeout is not None:
+            kwargs["timeout"] = urllib3.Timeout(total=timeout)
+        try:
+            response = self._manager().request(
+                method,
+                url,
+                body=body,
+                headers=merged,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                **kwargs,  # type: ignore[arg-type]
+            )
+            try:
+                data = response.read(MAX_RESPONSE_BYTES + 1)
+                if len(data) > MAX_RESPONSE_BYTES:
+                    raise TransportError(
+                        f"{method} {url}: answer larger than {MAX_RESPONSE_BYTES} bytes",
+                        retryable=True,
+                        status=response.status,
+                    )
+                response.drain_conn()
+            finally:
+                response.release_conn()
+        except TransportError:
+            raise
+        except ConfigError as exc:
+            # An unreadable ca_bundle: a configuration problem that a fix on
+            # disk resolves without a restart, so the events wait for it.
+            raise TransportError(
+                str(exc),
+                retryable=True,
+                retry_after=self._tls_pause,
+            ) from None
+        except SSLError as exc:
+            raise TransportError(
+                self._redact(f"{method} {url}: TLS failure: {exc}"),
+                retryable=True,
+                retry_after=self._tls_pause,
+            ) from None
+        except Urllib3TimeoutError as exc:
+            raise TransportError(
+                self._redact(f"{method} {url}: timed out: {exc}"), retryable=True
+            ) from None
+        except (HTTPError, OSError) as exc:
+            raise TransportError(
+                self._redact(f"{method} {url}: network error: {type(exc).__name__}: {exc}"),
+                retryable=True,
+            ) from None
+        return response.status, data, response.headers
+
+    def _status_error(
+        self, method: str, url: str, status: int, data: bytes, headers: urllib3.HTTPHeaderDict
+    ) -> TransportError:
+        snippet = self._redact(data[:200].decode("utf-8", "replace"))
+        message = f"{method} {url}: collector answered {status}: {snippet}"
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(
+                headers.get("Retry-After"), now=self._clock(), maximum=self._max_retry_after
+            )
+            return TransportError(message, retryable=True, retry_after=retry_after, status=status)
+        if status == 413:
+            return TransportError(message, retryable=False, status=status, too_large=True)
+        return TransportError(message, retryable=False, status=status)
+
+    def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
+        """``POST`` ``events`` to the endpoint as one request (see the module docstring)."""
+        body = _request_encoder.encode(SubmitRequest(events=list(events)))
+        extra: dict[str, str] = {}
+        if len(body) > self._gzip_threshold:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            extra["Content-Encoding"] = "gzip"
+        started = time.perf_counter()
+        status, data, headers = self._request("POST", self._endpoint, body=body, headers=extra)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if not 200 <= status < 300:
+            raise self._status_error("POST", self._endpoint, status, data, headers)
+        try:
+            answer = _response_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise TransportError(
+                f"POST {self._endpoint}: invalid answer to a {status}: {exc}",
+                retryable=True,
+                status=status,
+            ) from None
+        counts = (answer.accepted, answer.rejected, answer.duplicates)
+        if (
+            min(counts) < 0
+            or sum(counts) != len(events)
+            or any(not 0 <= e.index < len(events) for e in answer.errors)
+        ):
+            raise TransportError(
+                f"POST {self._endpoint}: answer does not match the batch of {len(events)} "
+                f"(accepted={answer.accepted}, rejected={answer.rejected}, "
+                f"duplicates={answer.duplicates})",
+                retryable=True,
+                status=status,
+            )
+        return SubmissionResult(
+            accepted=answer.accepted,
+            rejected=answer.rejected,
+            duplicates=answer.duplicates,
+            errors=tuple(answer.errors),
+            status=status,
+            latency_ms=latency_ms,
+        )
+
+    def ping(self) -> bool:
+        """``GET /ping``: True on a 2xx, False otherwise; never raises."""
+        try:
+            status, _, _ = self._request(
+                "GET", f"{self._base}/ping", timeout=min(self._timeout, PING_TIMEOUT)
+            )
+        except Exception:
+            return False
+        return 200 <= status < 300
+
+    def server_info(self) -> ServerInfo:
+        """``GET /v1/info`` decoded to :class:`~telemetry_core.schema.ServerInfo`."""
+        url = f"{self._base}/v1/info"
+        status, data, headers = self._request("GET", url)
+        if not 200 <= status < 300:
+            raise self._status_error("GET", url, status, data, headers)
+        try:
+            return _info_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise TransportError(
+                f"GET {url}: invalid server info: {exc}", retryable=True, status=status
+            ) from None

@@ -1,0 +1,137 @@
+"""Transport plugin ``https``: batches over HTTPS to a collector (DESIGN §7).
+
+This module only holds the hook implementations and a thin facade. The urllib3
+implementation lives in :mod:`telemetry_core_plugins._https_client` and is
+imported on first use, so importing telemetry-core (and this plugin) never
+imports urllib3. See that module for how each answer maps to
+:class:`~telemetry_core.errors.TransportError`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from telemetry_core.config import is_loopback_host
+from telemetry_core.errors import ConfigError
+from telemetry_core.hookspecs import hookimpl
+from telemetry_core.models import ProviderInfo
+
+if TYPE_CHECKING:
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.models import Clock, SubmissionResult
+    from telemetry_core.schema import Event, ServerInfo
+    from telemetry_core_plugins._https_client import HttpsClient
+
+__all__ = ["NAME", "HttpsTransport"]
+
+#: The name configuration selects this provider by (``transport = "https"``).
+NAME: Final = "https"
+
+
+def _check_endpoint(endpoint: str | None) -> str:
+    if not endpoint:
+        raise ConfigError("endpoint", "the https transport needs an endpoint URL")
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError("endpoint", f"{exc} in {endpoint!r}") from None
+    if not host or parts.scheme not in ("https", "http"):
+        raise ConfigError("endpoint", f"expected an https:// URL with a host, got {endpoint!r}")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError("endpoint", f"plain http is only allowed to loopback, not {host!r}")
+    return endpoint
+
+
+class HttpsTransport:
+    """Submits batches to ``config.endpoint`` (the full ``.../v1/submit`` URL).
+
+    Certificates are always verified, against ``config.ca_bundle`` when set,
+    else the system's trust store. Plain ``http://`` is refused except to
+    loopback hosts. The API key is sent as ``X-API-Key`` and never appears in
+    a repr, a log line or an error message. One keep-alive connection pool is
+    created on first use and shared by all threads.
+
+    :param config: endpoint, API key, CA bundle, timeout, gzip threshold and
+        ``max_retry_after``.
+    :param clock: wall clock in seconds, for HTTP-date ``Retry-After`` values.
+    """
+
+    def __init__(self, config: TelemetryConfig, clock: Clock = time.time) -> None:
+        self._endpoint = _check_endpoint(config.endpoint)
+        self._config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._client: HttpsClient | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpsTransport(endpoint={self._endpoint!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The submit URL."""
+        return self._endpoint
+
+    def _get_client(self) -> HttpsClient:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                from telemetry_core_plugins._https_client import HttpsClient
+
+                self._client = HttpsClient(self._config, self._clock)
+            return self._client
+
+    def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
+        """Send ``events`` as one ``POST``; return the collector's counts.
+
+        :raises TransportError: for anything but a valid 2xx answer, with
+            ``retryable``, ``retry_after``, ``status`` and ``too_large`` set.
+        """
+        return self._get_client().submit_batch(events)
+
+    def ping(self) -> bool:
+        """True when ``GET /ping`` answers 2xx; never raises."""
+        try:
+            return self._get_client().ping()
+        except Exception:
+            return False
+
+    def server_info(self) -> ServerInfo:
+        """The collector's ``GET /v1/info`` document.
+
+        :raises TransportError: when it cannot be fetched or decoded.
+        """
+        return self._get_client().server_info()
+
+    def close(self) -> None:
+        """Close pooled connections; the transport reconnects on next use."""
+        client = self._client
+        if client is not None:
+            client.close()
+
+
+@hookimpl
+def telemetry_list_providers() -> list[ProviderInfo]:
+    """Offer the ``https`` transport."""
+    return [
+        ProviderInfo(
+            kind="transport",
+            name=NAME,
+            description="protocol v1 over HTTPS (urllib3, keep-alive, gzip, verified TLS)",
+        )
+    ]
+
+
+@hookimpl
+def telemetry_make_transport(name: str, config: TelemetryConfig) -> HttpsTransport | None:
+    """Build the ``https`` transport for ``config.endpoint`` when ``name`` is ``https``."""
+    if name != NAME:
+        return None
+    return HttpsTransport(config)
