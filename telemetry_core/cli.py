@@ -295,8 +295,8 @@ def status(opts: CliOptions, as_json: bool) -> None:
     """Show consent, endpoint and queue state."""
     config = opts.config()
     with opts.service(config) as svc:
-        data: dict[str, Any] = _jsonable(svc.status())
-        data.update(
+        reported: dict[str, Any] = _jsonable(svc.status())
+        data: dict[str, Any] = dict(
             app=config.app,
             db_path=str(config.db_path),
             enabled=config.enabled,
@@ -306,6 +306,7 @@ def status(opts: CliOptions, as_json: bool) -> None:
             recording=config.recording,
             sending=config.sending,
         )
+        data.update((k, v) for k, v in reported.items() if k not in data)
         if not isinstance(data.get("queue"), Mapping):
             data["queue"] = _queue_dict(svc.queue_stats())
     if as_json:
@@ -541,11 +542,15 @@ def _parse_stored(key: str, raw: str) -> tuple[Any, str]:
             raise ValueError(text)
         if kind is int:
             number = int(text)
+            if number <= 0:
+                raise click.ClickException(f"invalid {key}: must be > 0, got {raw!r}")
             return number, str(number)
         if kind is float:
             value = float(text)
             if not math.isfinite(value):
                 raise ValueError(text)
+            if value <= 0:
+                raise click.ClickException(f"invalid {key}: must be > 0, got {raw!r}")
             return value / scale, text
     except ValueError:
         expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
@@ -622,7 +627,8 @@ def config_set(opts: CliOptions, key: str, value: str) -> None:
     try:
         TelemetryConfig(app=opts.app, db_path=db_path, do_not_track=False, **{field: parsed})
     except ConfigError as exc:
-        raise click.ClickException(f"invalid {key}: {_one_line(exc)}") from None
+        reason = _one_line(exc).removeprefix(f"invalid {exc.setting}: ")
+        raise click.ClickException(f"invalid {key}: {reason}") from None
     store = LocalStore(db_path)
     try:
         store.set_config(key, text)
