@@ -1,0 +1,135 @@
+"""Unit tests of the ``https`` transport plugin that need no server."""
+
+from __future__ import annotations
+
+import email.utils
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from telemetry_core.config import TelemetryConfig
+from telemetry_core.errors import ConfigError
+from telemetry_core.protocols import Transport
+from telemetry_core_plugins import https_transport
+from telemetry_core_plugins._https_client import USER_AGENT, parse_retry_after
+from telemetry_core_plugins.https_transport import HttpsTransport
+
+NOW = 1_800_000_000.0
+KEY = "tc_secret_0123456789abcdef"
+
+
+def config(tmp_path: Path, **changes: object) -> TelemetryConfig:
+    values: dict[str, object] = {"endpoint": "https://collector.example/v1/submit", "api_key": KEY}
+    values.update(changes)
+    return TelemetryConfig(app="demo", db_path=tmp_path / "t.db", **values)  # type: ignore[arg-type]
+
+
+def test_is_a_transport(tmp_path: Path) -> None:
+    assert isinstance(HttpsTransport(config(tmp_path)), Transport)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0.0),
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("1.5", 1.5),
+        ("99999999", 3600.0),
+        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
+        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        (email.utils.formatdate(NOW + 10**6, usegmt=True), 3600.0),
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("soon", None),
+        ("1e3", None),
+        ("١٢", None),  # non-ASCII digits are not delta-seconds
+        ("Wed, 99 Foo 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: not an HTTP-date
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=NOW, maximum=3600.0) == expected
+
+
+def test_user_agent_carries_the_version() -> None:
+    from telemetry_core import __version__
+
+    assert f"telemetry-core/{__version__}" == USER_AGENT
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [None, "", "ftp://collector.example/v1/submit", "http://collector.example/v1/submit"],
+)
+def test_rejects_bad_endpoints(tmp_path: Path, endpoint: str | None) -> None:
+    cfg = config(tmp_path, endpoint=None)
+    # Bypass the config's own validation: the transport re-checks on its own.
+    object.__setattr__(cfg, "endpoint", endpoint)
+    with pytest.raises(ConfigError) as info:
+        HttpsTransport(cfg)
+    assert info.value.setting == "endpoint"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://127.0.0.1:8080/v1/submit", "http://localhost/v1/submit", "http://[::1]:9/v1/submit"],
+)
+def test_plain_http_allowed_to_loopback(tmp_path: Path, endpoint: str) -> None:
+    assert HttpsTransport(config(tmp_path, endpoint=endpoint)).endpoint == endpoint
+
+
+def test_repr_hides_the_api_key(tmp_path: Path) -> None:
+    transport = HttpsTransport(config(tmp_path))
+    assert KEY not in repr(transport)
+    assert KEY not in repr(transport._get_client())
+    assert "collector.example" in repr(transport)
+
+
+def test_ping_never_raises(tmp_path: Path) -> None:
+    # Port 9 on loopback: nothing listens (connection refused), nothing leaves the host.
+    transport = HttpsTransport(config(tmp_path, endpoint="https://127.0.0.1:9/v1/submit"))
+    assert transport.ping() is False
+    transport.close()
+
+
+def test_close_before_use_is_harmless(tmp_path: Path) -> None:
+    HttpsTransport(config(tmp_path)).close()
+
+
+def test_hook_make_transport(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    made = https_transport.telemetry_make_transport(name="https", config=cfg)
+    assert isinstance(made, HttpsTransport)
+    assert https_transport.telemetry_make_transport(name="file-drop", config=cfg) is None
+
+
+def test_hook_list_providers() -> None:
+    (info,) = https_transport.telemetry_list_providers()
+    assert (info.kind, info.name) == ("transport", "https")
+
+
+def test_importing_does_not_import_urllib3() -> None:
+    code = (
+        "import sys\n"
+        "import telemetry_core, telemetry_core_plugins.https_transport\n"
+        "import telemetry_core_plugins.exponential_jitter, telemetry_core_plugins.token_bucket\n"
+        "assert 'urllib3' not in sys.modules, 'urllib3 imported at import time'\n"
+        "from telemetry_core_plugins.https_transport import HttpsTransport\n"
+        "from telemetry_core.config import TelemetryConfig\n"
+        "t = HttpsTransport(TelemetryConfig(app='demo', db_path='/nonexistent/t.db',\n"
+        "                   endpoint='https://127.0.0.1:9/v1/submit'))\n"
+        "assert 'urllib3' not in sys.modules, 'urllib3 imported by the constructor'\n"
+        "t.ping()\n"
+        "assert 'urllib3' in sys.modules, 'first use imports urllib3'\n"
+        "t.close()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
