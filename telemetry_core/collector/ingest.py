@@ -92,6 +92,7 @@ def decode_envelope(body: bytes, *, max_events: int) -> list[msgspec.Raw]:
     ``max_events``.
     """
     try:
+        body.decode("utf-8")  # msgspec leaves the inside of raw events unchecked
         envelope = _envelope_decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise IngestError(400, "malformed", f"invalid envelope: {exc}") from exc
