@@ -765,6 +765,7 @@ def make_cli(app: str | None = None) -> click.Group:
         )
 
     @click.group(name="telemetry", cls=TelemetryGroup)
+    @click.version_option(package_name="telemetry-core", prog_name="telemetry")
     @app_option
     @click.option(
         "--db",

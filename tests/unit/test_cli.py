@@ -404,6 +404,14 @@ def test_a_file_that_is_not_a_database_is_one_error_line(db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is not an sqlite database, just some bytes " * 100)
     assert_one_error_line(run(db, "config", "set", "submission-batch-size", "5"))
+    assert_one_error_line(run(db, "queue"), str(db))
+    assert_one_error_line(run(db, "stats", "--type", "events"), str(db))
+
+
+def test_version_option() -> None:
+    from telemetry_core import __version__
+
+    assert __version__ in ok(None, "--version").stdout
 
 
 # -- plugins ----------------------------------------------------------------------------
