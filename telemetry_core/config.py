@@ -96,6 +96,10 @@ def _positive(setting: str, *, allow_zero: bool = False) -> Callable[[Any, Any, 
     return check
 
 
+def _to_path(value: str | os.PathLike[str]) -> Path:
+    return Path(value).expanduser()
+
+
 @attrs.frozen(kw_only=True)
 class TelemetryConfig:
     """Everything the client library needs to know, validated on construction.
@@ -110,16 +114,22 @@ class TelemetryConfig:
     """
 
     app: str = attrs.field()
-    db_path: Path = attrs.field(converter=lambda p: Path(p).expanduser())
+    db_path: Path = attrs.field(converter=_to_path)
     enabled: bool = False
     remote_enabled: bool = False
     endpoint: str | None = attrs.field(default=None)
     api_key: str | None = attrs.field(default=None, repr=False)
     ca_bundle: str | None = None
     app_version: str | None = None
-    submission_interval: float = attrs.field(default=300.0, validator=_positive("submission_interval"))
-    submission_batch_size: int = attrs.field(default=100, validator=_positive("submission_batch_size"))
-    submission_rate_limit: int = attrs.field(default=1000, validator=_positive("submission_rate_limit"))
+    submission_interval: float = attrs.field(
+        default=300.0, validator=_positive("submission_interval")
+    )
+    submission_batch_size: int = attrs.field(
+        default=100, validator=_positive("submission_batch_size")
+    )
+    submission_rate_limit: int = attrs.field(
+        default=1000, validator=_positive("submission_rate_limit")
+    )
     rate_limit_burst: int | None = attrs.field(default=None)
     max_queue_size: int = attrs.field(default=10_000, validator=_positive("max_queue_size"))
     retention_days: float = attrs.field(default=30, validator=_positive("retention_days"))
@@ -129,8 +139,12 @@ class TelemetryConfig:
     base_delay: float = attrs.field(default=1.0, validator=_positive("base_delay"))
     max_delay: float = attrs.field(default=3600.0, validator=_positive("max_delay"))
     max_retry_after: float = attrs.field(default=3600.0, validator=_positive("max_retry_after"))
-    gzip_threshold: int = attrs.field(default=1024, validator=_positive("gzip_threshold", allow_zero=True))
-    exit_timeout: float = attrs.field(default=0.1, validator=_positive("exit_timeout", allow_zero=True))
+    gzip_threshold: int = attrs.field(
+        default=1024, validator=_positive("gzip_threshold", allow_zero=True)
+    )
+    exit_timeout: float = attrs.field(
+        default=0.1, validator=_positive("exit_timeout", allow_zero=True)
+    )
     transport: str = "https"
     storage: str = "sqlite"
     backoff: str = "exponential-jitter"
@@ -142,7 +156,9 @@ class TelemetryConfig:
     @app.validator
     def _check_app(self, _attribute: Any, value: str) -> None:
         if not isinstance(value, str) or not _APP_PATTERN.match(value):
-            raise ConfigError("app", f"expected a short lowercase name like 'automatosx', got {value!r}")
+            raise ConfigError(
+                "app", f"expected a short lowercase name like 'automatosx', got {value!r}"
+            )
 
     @db_path.default
     def _default_db_path(self) -> Path:
@@ -208,7 +224,9 @@ class TelemetryConfig:
         """
         env = os.environ if environ is None else environ
         if not isinstance(app, str) or not _APP_PATTERN.match(app):
-            raise ConfigError("app", f"expected a short lowercase name like 'automatosx', got {app!r}")
+            raise ConfigError(
+                "app", f"expected a short lowercase name like 'automatosx', got {app!r}"
+            )
         path = Path(db_path).expanduser() if db_path is not None else default_db_path(app)
         values: dict[str, Any] = {}
         for key, value in read_stored_config(path).items():

@@ -9,6 +9,7 @@ collector again on receipt). It imports nothing with behaviour.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -166,7 +167,7 @@ def new_event_id(now_ms: int | None = None) -> str:
     (seeded randomly, RFC 9562 §6.2 method 1) keeps ids from one process
     strictly increasing; 62 random bits make cross-process collisions negligible.
     """
-    global _uuid7_last_ms, _uuid7_counter  # noqa: PLW0603 - process-wide monotonic state
+    global _uuid7_last_ms, _uuid7_counter
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     rand = int.from_bytes(os.urandom(10), "big")
     with _uuid7_lock:
@@ -242,7 +243,8 @@ def validate_event(
     _short("app_version", event.app_version, errors)
     if errors:
         return errors[0]
-    props = event.properties
+    # Apps hand ``track`` arbitrary objects: check types at run time, not only statically.
+    props: dict[str, object] = event.properties  # type: ignore[assignment]
     if len(props) > max_properties:
         return ("too_many_properties", f"at most {max_properties} properties are allowed")
     for key, value in props.items():
@@ -257,8 +259,8 @@ def validate_event(
             if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
                 return ("invalid_property", f"property {key!r} does not fit in 64 bits")
         elif isinstance(value, float):
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 return ("invalid_property", f"property {key!r} must be finite")
-        else:  # pragma: no cover - msgspec's type already excludes this
+        else:
             return ("invalid_property", f"property {key!r} has an unsupported type")
     return None
