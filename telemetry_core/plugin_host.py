@@ -153,10 +153,11 @@ class PluginHost:
 
     def _skip(self, ep: importlib.metadata.EntryPoint, exc: Exception) -> None:
         """Warn about (or, in strict mode, raise) a third-party plugin that failed."""
+        why = f"{type(exc).__name__}: {exc}"
         if self.strict:
-            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {why}") from exc
         warnings.warn(
-            f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {exc}",
+            f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {why}",
             PluginLoadWarning,
             stacklevel=4,
         )
