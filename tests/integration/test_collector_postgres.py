@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import msgspec
 import psycopg
 import pytest
+import trustme
 
 from telemetry_core.collector.postgres_store import PostgresStore, redact_url
 from telemetry_core.collector.sqlite_store import SQLiteStore
@@ -26,7 +31,8 @@ from telemetry_core.collector.store import (
     StoreOverloaded,
 )
 from telemetry_core.errors import StorageError
-from telemetry_core.schema import Event, new_event_id
+from telemetry_core.schema import Event, SubmitRequest, new_event_id
+from tests.integration.collector_process import CollectorProcess
 from tests.integration.pg import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -346,3 +352,92 @@ def test_redact_url() -> None:
     )
     assert redact_url("host=db password=hunter2 dbname=x") == "host=db password=*** dbname=x"
     assert redact_url("postgresql://u@db/x") == "postgresql://u@db/x"
+
+
+def test_two_collector_processes_count_concurrent_duplicates_once(
+    pg_url: str, tmp_path: Path, tls_ca: trustme.CA
+) -> None:
+    """Two ``telemetry-collector serve`` processes on one database, real HTTPS.
+
+    Every batch is posted to both collectors at the same time, and some events
+    travel in several batches: each event must be stored and counted once.
+    """
+    rng = random.Random(11)
+    now = int(time.time() * 1000)
+    events = [
+        Event(
+            id=new_event_id(),
+            type=rng.choice(["cmd.run", "cmd.build", "error"]),
+            timestamp=now - rng.randrange(3 * HOUR),
+            install_id=f"install-{rng.randrange(20)}",
+            app="ax",
+            duration_ms=rng.uniform(1.0, 900.0),
+            success=rng.random() < 0.8,
+            properties={"n": rng.randrange(10)},
+        )
+        for _ in range(300)
+    ]
+    batches = _with_duplicates(rng, events, 8)
+    with (
+        CollectorProcess(tls_ca, tmp_path / "a", ["--database-url", pg_url]) as first,
+        CollectorProcess(tls_ca, tmp_path / "b", ["--database-url", pg_url]) as second,
+    ):
+        collectors = [first, second]
+        answers: list[dict] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        jobs = [(batch, c) for batch in batches for c in collectors]
+        barrier = threading.Barrier(len(jobs), timeout=30)
+
+        def post(batch: list[Event], collector: CollectorProcess) -> None:
+            try:
+                body = msgspec.json.encode(SubmitRequest(events=batch))
+                with httpx.Client(verify=collector.ssl_context(), timeout=30) as client:
+                    barrier.wait()
+                    response = client.post(
+                        f"{collector.base_url}/v1/submit",
+                        content=body,
+                        headers={
+                            "Content-Type": "application/json",
+                            "X-API-Key": collector.api_key,
+                        },
+                    )
+                assert response.status_code == 200, response.text
+                with lock:
+                    answers.append(response.json())
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post, args=job) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == [], f"{errors}\n{first.log()}\n{second.log()}"
+
+        sent = 2 * sum(len(b) for b in batches)
+        assert sum(a["accepted"] for a in answers) == len(events)
+        assert sum(a["duplicates"] for a in answers) == sent - len(events)
+        assert sum(a["rejected"] for a in answers) == 0
+
+        expected = _exact_totals(events)
+        for collector in collectors:
+            with httpx.Client(verify=collector.ssl_context(), timeout=30) as client:
+                response = client.get(
+                    f"{collector.base_url}/v1/stats",
+                    headers={"Authorization": f"Bearer {collector.admin_token}"},
+                )
+            assert response.status_code == 200, response.text
+            totals = response.json()["totals"]
+            assert totals["count"] == len(events)
+            assert totals["duplicates"] == sent - len(events)
+            assert totals["by_type"] == expected["by_type"]
+            assert totals["success"] == expected["success"]
+            assert totals["installs"] == expected["installs"]
+        codes = [c.stop() for c in collectors]
+    assert set(codes) <= {0, -signal.SIGTERM}, f"{first.log()}\n{second.log()}"
+    assert all("Application shutdown complete" in c.log() for c in collectors)
+    assert _count_rows(pg_url, "events") == len(events)
+    # The connection string never reaches the logs (it may hold a password).
+    assert pg_url not in first.log() + second.log()
