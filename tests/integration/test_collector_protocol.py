@@ -1,0 +1,255 @@
+"""Protocol v1 over real HTTPS: ``telemetry-collector serve`` runs as a subprocess
+on 127.0.0.1 with a throwaway trustme certificate, and every status code of
+docs/protocol.md is provoked from outside."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from telemetry_core.schema import new_event_id
+
+KEY = "protocol-test-key"
+ADMIN = "protocol-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class CollectorProcess:
+    """A ``telemetry-collector serve`` subprocess over HTTPS on a free loopback port."""
+
+    def __init__(self, tmp: Path, ca: trustme.CA, *extra: str) -> None:
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.cert_path = tmp / "server.pem"
+        self.key_path = tmp / "server.key"
+        self.ca_path = tmp / "ca.pem"
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_path))
+        cert.private_key_pem.write_to_path(str(self.key_path))
+        ca.cert_pem.write_to_path(str(self.ca_path))
+        self.db = tmp / "collector.db"
+        self.port = free_port()
+        self.log = (tmp / "collector.log").open("wb")
+        env = {**os.environ, "TELEMETRY_COLLECTOR_API_KEYS": KEY,
+               "TELEMETRY_COLLECTOR_ADMIN_TOKEN": ADMIN}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "telemetry_core.collector", "serve", "--db", str(self.db),
+             "--port", str(self.port), "--tls-cert", str(self.cert_path),
+             "--tls-key", str(self.key_path), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.context = ssl.create_default_context(cafile=str(self.ca_path))
+        self.url = f"https://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"collector exited: {self.log_text()}")
+            try:
+                if self.request("GET", "/ping")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"collector did not start: {self.log_text()}")
+
+    def log_text(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+            )
+        finally:
+            conn.close()
+
+    def submit(self, payload: Any, **headers: str) -> tuple[int, dict[str, str], Any]:
+        h = {"X-API-Key": KEY, "Content-Type": "application/json"}
+        h.update(headers)
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        status, hdrs, data = self.request("POST", "/v1/submit", body, h)
+        return status, hdrs, json.loads(data)
+
+    def stats(self, query: str = "") -> Any:
+        status, _, data = self.request(
+            "GET", f"/v1/stats{query}", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert status == 200
+        return json.loads(data)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.log.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def module_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def collector(tmp_path: Path, module_ca: trustme.CA) -> Iterator[CollectorProcess]:
+    proc = CollectorProcess(tmp_path, module_ca, "--rate-limit", "60000", "--rate-burst", "1500")
+    yield proc
+    proc.stop()
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": new_event_id(),
+        "type": "command_executed",
+        "timestamp": int(time.time() * 1000),
+        "install_id": "install-1",
+        "app": "demo",
+        "duration_ms": 10.0,
+        "success": True,
+    }
+    base.update(fields)
+    return base
+
+
+def test_statuses_over_https(collector: CollectorProcess) -> None:
+    good = event()
+    status, _, body = collector.submit({"events": [good, event(type="BAD"), good]})
+    assert status == 200
+    assert (body["accepted"], body["rejected"], body["duplicates"]) == (1, 1, 1)
+    assert body["errors"][0]["index"] == 1
+
+    status, _, body = collector.submit({"events": [good]})  # a retry
+    assert (status, body["accepted"], body["duplicates"]) == (200, 0, 1)
+
+    status, _, body = collector.submit(b"{nope")
+    assert (status, body["error"]["code"]) == (400, "malformed")
+    status, _, body = collector.submit({"events": []}, **{"X-API-Key": "stolen"})
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    status, _, body = collector.submit(b"{}", **{"Content-Type": "text/csv"})
+    assert status == 415
+    status, _, body = collector.submit(b"{}", **{"Content-Encoding": "zstd"})
+    assert status == 415
+    status, _, data = collector.request("PUT", "/v1/submit", b"{}", {"X-API-Key": KEY})
+    assert status == 405 and json.loads(data)["error"]["code"] == "method_not_allowed"
+    status, _, body = collector.submit({"events": [event() for _ in range(1001)]})
+    assert (status, body["error"]["code"]) == (413, "too_many_events")
+    bomb = gzip.compress(b'{"events": [' + b" " * 50_000_000 + b"]}")
+    status, _, body = collector.submit(bomb, **{"Content-Encoding": "gzip"})
+    assert (status, body["error"]["code"]) == (413, "too_large")
+    status, _, body = collector.submit(b" " * (1024 * 1024 + 1))
+    assert status == 413
+
+    assert collector.request("GET", "/ping")[0] == 200
+    status, _, data = collector.request("GET", "/v1/info")
+    info = json.loads(data)
+    assert status == 200 and info["limits"]["max_events_per_batch"] == 1000
+    assert collector.request("GET", "/v1/stats", headers={"X-API-Key": KEY})[0] == 401
+    assert collector.request("GET", "/metrics")[0] == 401
+    stats = collector.stats()
+    assert stats["totals"]["count"] == 1
+    assert stats["totals"]["duplicates"] == 2
+    assert stats["totals"]["rejected_by_code"] == {"invalid_type": 1}
+
+
+def test_rate_limit_429_with_integer_retry_after(collector: CollectorProcess) -> None:
+    status, _, _ = collector.submit({"events": [event() for _ in range(1000)]})
+    assert status == 200
+    status, hdrs, body = collector.submit({"events": [event() for _ in range(1000)]})
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    assert int(hdrs["retry-after"]) >= 1
+
+
+def test_concurrent_duplicate_batches_counted_once(collector: CollectorProcess) -> None:
+    batch = {"events": [event(install_id=f"i{i % 7}") for i in range(200)]}
+    results: list[Any] = []
+
+    def send() -> None:
+        results.append(collector.submit(batch)[2])
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(r["accepted"] for r in results) == 200
+    assert sum(r["duplicates"] for r in results) == 600
+    stats = collector.stats()
+    assert stats["totals"]["count"] == 200
+    assert stats["totals"]["installs"] == 7
+
+
+def test_overload_503_and_graceful_shutdown_commits_in_flight(
+    tmp_path: Path, module_ca: trustme.CA
+) -> None:
+    collector = CollectorProcess(tmp_path, module_ca, "--max-pending-events", "1")
+    blocker = sqlite3.connect(collector.db, isolation_level=None, timeout=5)
+    results: list[int] = []
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # the collector's writer now waits
+        in_flight = threading.Thread(
+            target=lambda: results.append(collector.submit({"events": [event()]})[0])
+        )
+        in_flight.start()
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        for _ in range(500):  # until the in-flight batch waits in the store's queue
+            metrics = collector.request("GET", "/metrics", headers=auth)[2]
+            if b"telemetry_collector_queue_depth 1.0" in metrics:
+                break
+            time.sleep(0.02)
+        status, hdrs, body = collector.submit({"events": [event()]})
+        assert (status, body["error"]["code"]) == (503, "overloaded")
+        assert hdrs["retry-after"] == "1"
+        collector.proc.send_signal(signal.SIGTERM)  # shutdown while a batch is in flight
+        time.sleep(0.3)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    in_flight.join(30)
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown
+    assert collector.stop() in (0, -signal.SIGTERM)
+    assert "collector stopped" in collector.log_text()
+    assert results == [200]
+    with sqlite3.connect(collector.db) as conn:
+        (stored,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+    conn.close()
+    assert stored >= 1
