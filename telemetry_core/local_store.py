@@ -339,11 +339,7 @@ class LocalStore:
     def _migrate(self) -> None:
         conn = self.connection()
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise StorageError(
-                    f"telemetry database {self.path}: cannot switch to WAL mode (got {mode!r})"
-                )
+            self._enable_wal(conn)
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -370,6 +366,25 @@ class LocalStore:
                 f"cannot use telemetry database {self.path} ({exc}); "
                 "if the file is corrupt, delete it or run `telemetry disable --purge`"
             ) from exc
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a brand-new file to WAL needs an exclusive lock; while
+        # another process is doing the same, SQLite may answer "locked" or keep
+        # the old mode without consulting the busy handler, so retry, bounded.
+        deadline = time.monotonic() + max(self.busy_timeout_ms / 1000, 1.0)
+        for attempt in range(1, 1000):
+            try:
+                row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                row = None
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(min(0.005 * attempt, 0.1))
+        raise StorageError(f"telemetry database {self.path}: cannot switch to WAL mode")
 
     def schema_version(self) -> int:
         """The file's ``PRAGMA user_version``."""

@@ -1,0 +1,44 @@
+"""Shared fixtures of the whole test suite (keep this small; others may append)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telemetry_core.schema import Event, PropertyValue, new_event_id
+
+#: The install id of events built by :func:`make_event`.
+TEST_INSTALL_ID = "0123456789abcdef0123456789abcdef"
+
+
+def build_event(
+    event_type: str = "command_executed",
+    properties: dict[str, PropertyValue] | None = None,
+    **fields: Any,
+) -> Event:
+    """A valid schema-1 event with a fresh UUIDv7 id; ``fields`` override any field."""
+    values: dict[str, Any] = {
+        "id": new_event_id(),
+        "type": event_type,
+        "timestamp": 1_700_000_000_000,
+        "install_id": TEST_INSTALL_ID,
+        "app": "testapp",
+        "properties": {} if properties is None else properties,
+    }
+    values.update(fields)
+    return Event(**values)
+
+
+@pytest.fixture
+def make_event() -> Callable[..., Event]:
+    """Factory of valid events: ``make_event("type", {"k": 1}, success=True)``."""
+    return build_event
+
+
+@pytest.fixture
+def tmp_db_path(tmp_path: Path) -> Path:
+    """A path for a fresh SQLite database under a directory that does not exist yet."""
+    return tmp_path / "data" / "telemetry.db"

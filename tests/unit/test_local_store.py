@@ -1,0 +1,415 @@
+"""Tests of telemetry_core.local_store: the file, migrations, connections, config, logs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from telemetry_core.config import read_stored_config
+from telemetry_core.errors import StorageError
+from telemetry_core.local_store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SUBMISSION_LOG_LIMIT,
+    LocalStore,
+)
+from telemetry_core.models import QueueStats
+
+
+@pytest.fixture
+def store(tmp_db_path: Path) -> Iterator[LocalStore]:
+    s = LocalStore(tmp_db_path, clock=lambda: 1000.0)
+    yield s
+    s.close()
+
+
+def _tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+def test_creates_file_dirs_wal_and_schema(store: LocalStore, tmp_db_path: Path) -> None:
+    assert tmp_db_path.is_file()
+    assert stat.S_IMODE(tmp_db_path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(tmp_db_path.stat().st_mode) & 0o077 == 0
+    conn = store.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
+    assert {
+        "telemetry_events",
+        "telemetry_config",
+        "telemetry_queue",
+        "telemetry_submissions",
+        "telemetry_counters",
+    } <= _tables(tmp_db_path)
+
+
+def test_config_table_has_the_shape_config_reads(store: LocalStore) -> None:
+    cols = [
+        (r[1], r[2], r[3], r[5])
+        for r in store.connection().execute("PRAGMA table_info(telemetry_config)")
+    ]
+    assert cols == [
+        ("key", "TEXT", 0, 1),
+        ("value", "TEXT", 1, 0),
+        ("updated_at", "INTEGER", 1, 0),
+    ]
+
+
+def test_queue_table_keeps_the_seed_columns_and_indexes(store: LocalStore) -> None:
+    conn = store.connection()
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(telemetry_queue)")}
+    assert {"id", "event_id", "created_at", "retry_count", "next_retry_at", "last_error"} <= cols
+    assert {"lease_owner", "lease_expires_at", "dead"} <= cols
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(telemetry_queue)")}
+    assert {"idx_telemetry_queue_next_retry_at", "idx_telemetry_queue_created_at"} <= indexes
+    fks = conn.execute("PRAGMA foreign_key_list(telemetry_queue)").fetchall()
+    assert [(f[2], f[3], f[4], f[6]) for f in fks] == [
+        ("telemetry_events", "event_id", "id", "CASCADE")
+    ]
+
+
+def test_migrations_are_idempotent(tmp_db_path: Path) -> None:
+    for _ in range(3):
+        s = LocalStore(tmp_db_path)
+        assert s.schema_version() == SCHEMA_VERSION
+        s.set_config("k", "v")
+        s.close()
+    s = LocalStore(tmp_db_path)
+    assert s.list_config() == {"k": "v"}
+    s.close()
+
+
+def test_migrates_an_older_file_forward(tmp_db_path: Path) -> None:
+    tmp_db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(tmp_db_path)
+    for statement in MIGRATIONS[0] + MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO telemetry_config VALUES ('remote-endpoint', 'https://x', 1)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    s = LocalStore(tmp_db_path)
+    assert s.schema_version() == SCHEMA_VERSION
+    assert s.get_config("remote-endpoint") == "https://x"
+    assert s.counters() == {"queue.dead": 0, "queue.size": 0}
+    s.close()
+
+
+def test_newer_schema_is_refused(tmp_db_path: Path) -> None:
+    LocalStore(tmp_db_path).close()
+    conn = sqlite3.connect(tmp_db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        LocalStore(tmp_db_path)
+
+
+_OPEN_SCRIPT = """
+import sys
+from telemetry_core.local_store import LocalStore
+sys.stdin.readline()
+s = LocalStore(sys.argv[1])
+s.set_config("writer-" + sys.argv[2], "1")
+print(s.schema_version(), s.install_id())
+s.close()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_processes_open_a_new_file_at_once(tmp_db_path: Path, attempt: int) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_SCRIPT, str(tmp_db_path), str(i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    # Both interpreters are up and waiting; release them together.
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=60) for p in procs]
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    lines = {out.strip() for out, _ in outputs}
+    assert len(lines) == 1  # same version, same install id
+    s = LocalStore(tmp_db_path)
+    assert s.schema_version() == SCHEMA_VERSION
+    assert {"writer-0", "writer-1"} <= set(s.list_config())
+    s.close()
+
+
+def test_not_a_database_raises_storage_error(tmp_db_path: Path) -> None:
+    tmp_db_path.parent.mkdir(parents=True)
+    tmp_db_path.write_bytes(b"this is not a database, just text " * 200)
+    with pytest.raises(StorageError, match=r"telemetry\.db"):
+        LocalStore(tmp_db_path)
+
+
+def test_corrupt_database_raises_storage_error(tmp_db_path: Path) -> None:
+    LocalStore(tmp_db_path).close()
+    data = bytearray(tmp_db_path.read_bytes())
+    data[0:16] = b"garbage garbage!"
+    tmp_db_path.write_bytes(bytes(data))
+    with pytest.raises(StorageError):
+        LocalStore(tmp_db_path)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_unwritable_location_raises_storage_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(StorageError, match="locked"):
+            LocalStore(locked / "sub" / "telemetry.db")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_file_where_the_directory_should_be_raises_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(StorageError, match="cannot create"):
+        LocalStore(tmp_path / "plain-file" / "telemetry.db")
+
+
+def test_a_directory_in_the_way_raises_storage_error(tmp_db_path: Path) -> None:
+    tmp_db_path.mkdir(parents=True)
+    with pytest.raises(StorageError):
+        LocalStore(tmp_db_path)
+
+
+def test_config_round_trip(store: LocalStore, tmp_db_path: Path) -> None:
+    assert store.get_config("remote-endpoint") is None
+    store.set_config("remote-endpoint", "https://a.example/v1/submit")
+    store.set_config("submission-batch-size", "50")
+    store.set_config("remote-endpoint", "https://b.example/v1/submit")
+    assert store.get_config("remote-endpoint") == "https://b.example/v1/submit"
+    assert store.list_config() == {
+        "remote-endpoint": "https://b.example/v1/submit",
+        "submission-batch-size": "50",
+    }
+    row = store.connection().execute("SELECT updated_at FROM telemetry_config").fetchone()
+    assert row[0] == 1_000_000  # clock() * 1000, integer milliseconds
+    # config.read_stored_config reads the same table, read-only.
+    assert read_stored_config(tmp_db_path)["submission-batch-size"] == "50"
+    store.delete_config("submission-batch-size")
+    store.delete_config("never-set")
+    assert store.list_config() == {"remote-endpoint": "https://b.example/v1/submit"}
+
+
+def test_install_id_is_random_stable_and_per_database(tmp_path: Path) -> None:
+    a = LocalStore(tmp_path / "a.db")
+    first = a.install_id()
+    assert len(first) == 32
+    int(first, 16)
+    assert a.install_id() == first
+    a.close()
+    a = LocalStore(tmp_path / "a.db")
+    assert a.install_id() == first
+    assert a.get_config("install-id") == first
+    a.close()
+    b = LocalStore(tmp_path / "b.db")
+    assert b.install_id() != first
+    b.close()
+
+
+def test_install_id_race_between_threads(store: LocalStore) -> None:
+    seen: list[str] = []
+    barrier = threading.Barrier(4, timeout=30)
+
+    def worker() -> None:
+        barrier.wait()
+        seen.append(store.install_id())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(seen) == 4
+    assert len(set(seen)) == 1
+
+
+def test_one_connection_per_thread(store: LocalStore) -> None:
+    main = store.connection()
+    assert store.connection() is main
+    other: list[sqlite3.Connection] = []
+    t = threading.Thread(target=lambda: other.append(store.connection()))
+    t.start()
+    t.join(timeout=30)
+    assert other
+    assert other[0] is not main
+
+
+def test_transaction_commits_and_rolls_back(store: LocalStore) -> None:
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO telemetry_config VALUES ('a', '1', 0)")
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        conn.execute("INSERT INTO telemetry_config VALUES ('b', '1', 0)")
+        raise RuntimeError("boom")
+    assert store.list_config() == {"a": "1"}
+    with pytest.raises(StorageError), store.transaction() as conn:
+        conn.execute("INSERT INTO telemetry_config VALUES ('a', '2', 0)")  # duplicate key
+    assert store.list_config() == {"a": "1"}
+    assert not store.connection().in_transaction
+
+
+def test_nested_transaction_joins_the_outer_one(store: LocalStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_config("inner", "x")
+        store.increment_counter("c", 2)
+        raise RuntimeError("roll everything back")
+    assert store.get_config("inner") is None
+    assert "c" not in store.counters()
+
+
+def test_counters(store: LocalStore) -> None:
+    store.increment_counter("rejected:pii")
+    store.increment_counter("rejected:pii", 4)
+    store.increment_counter("zero", 0)
+    counts = store.counters()
+    assert counts["rejected:pii"] == 5
+    assert "zero" not in counts
+
+
+def test_event_counts_by_type(store: LocalStore) -> None:
+    assert store.event_counts() == {}
+    with store.transaction() as conn:
+        for i, kind in enumerate(["a", "b", "a", "a"]):
+            conn.execute(
+                "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
+                " properties, payload, created_at) VALUES (?, ?, 0, 'x', 'i', 1, '{}', x'00', 0)",
+                (f"id{i}", kind),
+            )
+    assert store.event_counts() == {"a": 3, "b": 1}
+
+
+def test_submission_log_and_stats(store: LocalStore) -> None:
+    empty = store.submission_stats(QueueStats(pending=0))
+    assert empty.submissions == 0
+    assert empty.success_rate == 0.0
+    assert empty.latency_p50_ms is None
+    for i in range(1, 101):
+        store.log_submission(
+            started_at=float(i),
+            latency_ms=float(i),
+            batch_size=10,
+            accepted=9,
+            rejected=0,
+            duplicates=1,
+            status=200,
+            error=None,
+            retry=i % 10 == 0,
+            network_error=False,
+        )
+    store.log_submission(
+        started_at=200.0,
+        latency_ms=0.0,
+        batch_size=10,
+        status=None,
+        error="connection refused",
+        retry=True,
+        network_error=True,
+    )
+    store.log_submission(
+        started_at=201.0, latency_ms=3.0, batch_size=10, status=503, error="overloaded"
+    )
+    stats = store.submission_stats(QueueStats(pending=7, dead=2))
+    assert stats.submissions == 102
+    assert stats.successful == 100
+    assert stats.failed == 2
+    assert stats.success_rate == pytest.approx(100 / 102)
+    assert stats.events_sent == 1020
+    assert stats.events_accepted == 900
+    assert stats.events_duplicate == 100
+    assert stats.retries == 11
+    assert stats.network_errors == 1
+    assert stats.last_submission_at == 201.0
+    assert stats.last_error == "overloaded"
+    assert stats.queue_size == 7
+    assert stats.dead == 2
+    # 102 latencies: 0, 1, 2, 3, 3, 4 .. 100 -> nearest rank
+    assert stats.latency_p50_ms == 49.0
+    assert stats.latency_p95_ms == 95.0
+    assert stats.latency_p99_ms == 99.0
+
+
+def test_submission_log_is_bounded(store: LocalStore) -> None:
+    conn = store.connection()
+    with store.transaction():
+        conn.executemany(
+            "INSERT INTO telemetry_submissions(started_at, latency_ms, batch_size)"
+            " VALUES (?, 1, 1)",
+            [(float(i),) for i in range(SUBMISSION_LOG_LIMIT + 50)],
+        )
+    store.log_submission(started_at=1e9, latency_ms=1.0, batch_size=1, status=200)
+    count, first = conn.execute(
+        "SELECT count(*), min(started_at) FROM telemetry_submissions"
+    ).fetchone()
+    assert count == SUBMISSION_LOG_LIMIT
+    assert first == 51.0
+
+
+def test_purge_deletes_every_file(tmp_db_path: Path) -> None:
+    s = LocalStore(tmp_db_path)
+    s.set_config("k", "v")
+    other = threading.Thread(target=lambda: s.get_config("k"))
+    other.start()
+    other.join(timeout=30)
+    assert Path(f"{tmp_db_path}-wal").exists()
+    s.purge()
+    assert sorted(tmp_db_path.parent.iterdir()) == []
+    with pytest.raises(StorageError, match="purged"):
+        s.get_config("k")
+
+
+def test_close_then_reuse_reopens(store: LocalStore) -> None:
+    store.set_config("k", "v")
+    store.close()
+    assert store.get_config("k") == "v"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_opens_its_own_connection(store: LocalStore) -> None:
+    parent_conn = store.connection()
+    store.set_config("parent", "1")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read_fd)
+            ok = store.connection() is not parent_conn and store.get_config("parent") == "1"
+            store.set_config("child", "1")
+            os.write(write_fd, b"ok" if ok else b"no")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == b"ok"
+    assert store.get_config("child") == "1"
+    assert store.connection() is parent_conn
