@@ -356,3 +356,55 @@ def test_close_then_reuse(fake_collector: FakeCollector, make_transport: Factory
     transport.close()
     transport.submit_batch(make_events(1))
     assert len(fake_collector.events) == 2
+
+
+def test_fake_collector_runs_as_a_subprocess(tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port_file = tmp_path / "collector.json"
+    events_file = tmp_path / "events.jsonl"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fake_collector",
+            "--port-file",
+            str(port_file),
+            "--events-file",
+            str(events_file),
+            "--api-key",
+            API_KEY,
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        for _ in range(200):  # at most ~20 s for the interpreter and trustme to start
+            if port_file.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        info = json.loads(port_file.read_text())
+        config = TelemetryConfig(
+            app="demo",
+            db_path=tmp_path / "t.db",
+            endpoint=info["submit_url"],
+            ca_bundle=info["ca_path"],
+            api_key=API_KEY,
+        )
+        transport = HttpsTransport(config)
+        events = make_events(3)
+        try:
+            assert transport.ping()
+            assert transport.submit_batch(events).accepted == 3
+        finally:
+            transport.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    lines = events_file.read_bytes().splitlines()
+    assert [msgspec.json.decode(line, type=Event).id for line in lines] == [e.id for e in events]
