@@ -177,7 +177,8 @@ def _line_chart(
         return f'<div class="empty" data-testid="{_esc(test_id)}-empty">No data in range</div>'
     x_lo = min(x for x, _ in points)
     x_hi = max(x for x, _ in points)
-    top = y_max if y_max is not None else _nice_max(max(y for _, y in points))
+    # Four equal steps of 1, 2 or 5 times a power of ten: round tick labels.
+    top = y_max if y_max is not None else 4 * _nice_max(max(y for _, y in points) / 4)
     plot_w = _CHART_WIDTH - _MARGIN_LEFT - _MARGIN_RIGHT
     plot_h = _CHART_HEIGHT - _MARGIN_TOP - _MARGIN_BOTTOM
 
