@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry_core_plugins.exponential_jitter import JITTER, ExponentialJitterBackoff
@@ -30,6 +30,7 @@ def make(base: float, cap: float, seed: int, **kwargs: float) -> ExponentialJitt
     )
 
 
+@settings(deadline=None)
 @given(retry_counts, base_delays, max_delays, seeds)
 def test_delay_is_finite_and_within_cap(retry: int, base: float, cap: float, seed: int) -> None:
     delay = make(base, cap, seed).next_retry_delay(retry)
@@ -37,6 +38,7 @@ def test_delay_is_finite_and_within_cap(retry: int, base: float, cap: float, see
     assert 0 < delay <= cap
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=-3, max_value=60), base_delays, max_delays, seeds)
 def test_jitter_band_below_the_cap(retry: int, base: float, cap: float, seed: int) -> None:
     nominal = base * 2.0 ** max(retry, 0)
@@ -58,6 +60,7 @@ class FixedRandom(random.Random):
         return self.value
 
 
+@settings(deadline=None)
 @given(retry_counts, base_delays, max_delays)
 def test_delays_never_decrease_with_retry_count(retry: int, base: float, cap: float) -> None:
     # Bands do not overlap: the longest delay of attempt n (1.25 * d) is shorter
@@ -72,6 +75,7 @@ def test_delays_never_decrease_with_retry_count(retry: int, base: float, cap: fl
     assert longest.next_retry_delay(retry) <= shortest.next_retry_delay(retry + 1)
 
 
+@settings(deadline=None)
 @given(
     retry_counts,
     st.floats(allow_nan=True, allow_infinity=True),
@@ -87,6 +91,7 @@ def test_retry_after_wins_clamped(retry: int, retry_after: float, limit: float, 
         assert delay == min(max(retry_after, 0.0), limit)
 
 
+@settings(deadline=None)
 @given(retry_counts, st.integers(min_value=0, max_value=50))
 def test_should_retry_is_below_max(retry: int, max_retries: int) -> None:
     backoff = ExponentialJitterBackoff(
@@ -95,6 +100,7 @@ def test_should_retry_is_below_max(retry: int, max_retries: int) -> None:
     assert backoff.should_retry(retry) is (retry < max_retries)
 
 
+@settings(deadline=None)
 @given(retry_counts, seeds, st.floats(min_value=0, max_value=4e9))
 def test_timestamp_is_clock_plus_delay(retry: int, seed: int, now: float) -> None:
     a = ExponentialJitterBackoff(rng=random.Random(seed), clock=lambda: now)

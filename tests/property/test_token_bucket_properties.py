@@ -49,6 +49,7 @@ steps = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(rates, bursts, steps)
 def test_tokens_stay_within_zero_and_burst(rate: int, burst: int, ops: list) -> None:  # type: ignore[type-arg]
     clock = FakeClock()
@@ -59,6 +60,7 @@ def test_tokens_stay_within_zero_and_burst(rate: int, burst: int, ops: list) -> 
         assert 0.0 <= bucket.tokens <= burst
 
 
+@settings(deadline=None)
 @given(rates, bursts, steps)
 def test_consumed_over_any_interval_is_bounded(rate: int, burst: int, ops: list) -> None:  # type: ignore[type-arg]
     clock = FakeClock()
@@ -77,6 +79,7 @@ def test_consumed_over_any_interval_is_bounded(rate: int, burst: int, ops: list)
             assert taken[j] - taken[i] <= allowed + EPS * max(1.0, allowed)
 
 
+@settings(deadline=None)
 @given(rates, bursts, steps)
 def test_consume_agrees_with_can_submit(rate: int, burst: int, ops: list) -> None:  # type: ignore[type-arg]
     clock = FakeClock()
@@ -89,6 +92,7 @@ def test_consume_agrees_with_can_submit(rate: int, burst: int, ops: list) -> Non
             assert not predicted
 
 
+@settings(deadline=None)
 @given(rates, bursts, steps, st.integers(min_value=1, max_value=1000))
 def test_after_wait_time_consume_succeeds(rate: int, burst: int, ops: list, want: int) -> None:  # type: ignore[type-arg]
     clock = FakeClock()
