@@ -1,0 +1,626 @@
+"""Tests of the bundled ``sqlite`` storage plugin (SQLiteQueue) on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from telemetry_core.config import TelemetryConfig
+from telemetry_core.errors import StorageError
+from telemetry_core.local_store import LocalStore
+from telemetry_core.models import QueuedEvent
+from telemetry_core.plugin_host import PluginHost
+from telemetry_core.protocols import Storage
+from telemetry_core.schema import Event
+from telemetry_core_plugins import sqlite_storage
+from telemetry_core_plugins.sqlite_storage import SQLiteQueue
+
+MakeEvent = Callable[..., Event]
+
+
+class FakeClock:
+    """A wall clock that only moves when told to."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeBackoff:
+    """Retry ``delay`` seconds later (or ``retry_after``), at most ``max_retries`` times."""
+
+    def __init__(self, clock: FakeClock, *, delay: float = 10.0, max_retries: int = 2) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.max_retries = max_retries
+        self.calls: list[tuple[int, float | None]] = []
+
+    def next_retry_delay(self, retry_count: int, retry_after: float | None = None) -> float:
+        return self.delay if retry_after is None else retry_after
+
+    def should_retry(self, retry_count: int) -> bool:
+        return retry_count < self.max_retries
+
+    def next_retry_timestamp(self, retry_count: int, retry_after: float | None = None) -> float:
+        self.calls.append((retry_count, retry_after))
+        return self.clock() + self.next_retry_delay(retry_count, retry_after)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backoff(clock: FakeClock) -> FakeBackoff:
+    return FakeBackoff(clock)
+
+
+@pytest.fixture
+def store(tmp_db_path: Path, clock: FakeClock) -> Iterator[LocalStore]:
+    s = LocalStore(tmp_db_path, clock=clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def queue(store: LocalStore, backoff: FakeBackoff, clock: FakeClock) -> SQLiteQueue:
+    return SQLiteQueue(store, backoff, clock=clock, lease=60.0, max_queue_size=1000)
+
+
+def record_many(queue: SQLiteQueue, make_event: MakeEvent, n: int, **fields: object) -> list[Event]:
+    events = [make_event("test_event", {"n": i}, **fields) for i in range(n)]
+    for e in events:
+        queue.record(e, enqueue=True)
+    return events
+
+
+def ids(batch: list[QueuedEvent]) -> list[str]:
+    return [q.event_id for q in batch]
+
+
+# -- the plugin -------------------------------------------------------------
+
+
+def test_lists_the_sqlite_provider() -> None:
+    [info] = sqlite_storage.telemetry_list_providers()
+    assert (info.kind, info.name) == ("storage", "sqlite")
+    assert info.description
+
+
+def test_make_storage_through_the_plugin_host(
+    store: LocalStore, backoff: FakeBackoff, clock: FakeClock, tmp_db_path: Path
+) -> None:
+    config = TelemetryConfig(
+        app="testapp", db_path=tmp_db_path, max_queue_size=123, lease_seconds=42.0
+    )
+    host = PluginHost(load_entrypoints=False, disabled=())
+    storage = host.make_storage(config, store, backoff, clock)
+    assert isinstance(storage, SQLiteQueue)
+    assert isinstance(storage, Storage)
+    assert storage.lease == 42.0
+    assert storage.max_queue_size == 123
+    other = config.evolve(storage="elsewhere")
+    assert (
+        sqlite_storage.telemetry_make_storage(
+            name="elsewhere", config=other, store=store, backoff=backoff, clock=clock
+        )
+        is None
+    )
+
+
+def test_bad_parameters_are_refused(store: LocalStore, backoff: FakeBackoff) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        SQLiteQueue(store, backoff, lease=0)
+    with pytest.raises(ValueError, match="max_queue_size"):
+        SQLiteQueue(store, backoff, max_queue_size=0)
+
+
+# -- recording ----------------------------------------------------------------
+
+
+def test_record_stores_columns_and_exact_payload(
+    queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent, clock: FakeClock
+) -> None:
+    event = make_event(
+        "command_executed",
+        {"command": "run", "ok": True, "n": 3, "x": 1.5, "none": None},
+        duration_ms=12.5,
+        success=False,
+        session_id="s1",
+        app_version="1.2.3",
+    )
+    queue.record(event, enqueue=True)
+    row = (
+        store.connection()
+        .execute(
+            "SELECT id, type, timestamp, session_id, duration_ms, success, app, app_version,"
+            " install_id, schema, properties, payload, created_at FROM telemetry_events"
+        )
+        .fetchone()
+    )
+    assert row[:10] == (
+        event.id,
+        "command_executed",
+        event.timestamp,
+        "s1",
+        12.5,
+        0,
+        "testapp",
+        "1.2.3",
+        event.install_id,
+        1,
+    )
+    assert msgspec.json.decode(row[10]) == event.properties
+    assert row[11] == msgspec.json.encode(event)
+    assert row[12] == clock.now
+    assert queue.stats().pending == 1
+    [claimed] = queue.dequeue(10)
+    assert claimed.event == event
+    assert claimed.retry_count == 0
+    assert claimed.enqueued_at == clock.now
+
+
+def test_record_without_enqueue_stores_locally_only(
+    queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
+) -> None:
+    queue.record(make_event("local_only"), enqueue=False)
+    assert store.event_counts() == {"local_only": 1}
+    assert queue.stats().pending == 0
+    assert queue.dequeue(10) == []
+
+
+def test_recording_the_same_id_twice_changes_nothing(
+    queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
+) -> None:
+    event = make_event()
+    queue.record(event, enqueue=True)
+    queue.mark_submitted(ids(queue.dequeue(10)))
+    queue.record(event, enqueue=True)
+    assert store.event_counts() == {"command_executed": 1}
+    assert queue.stats().pending == 0
+
+
+def test_enqueue_stored_events_in_the_given_order(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
+    events = [make_event("later", {"i": i}) for i in range(4)]
+    for e in events:
+        queue.record(e, enqueue=False)
+    order = [events[2].id, events[0].id, "00000000-0000-7000-8000-000000000000", events[3].id]
+    assert queue.enqueue(order) == 3
+    assert queue.enqueue([events[0].id]) == 0  # already queued
+    assert queue.enqueue([]) == 0
+    assert ids(queue.dequeue(10)) == [events[2].id, events[0].id, events[3].id]
+
+
+# -- dequeue, leases ---------------------------------------------------------
+
+
+def test_dequeue_is_fifo(queue: SQLiteQueue, make_event: MakeEvent) -> None:
+    events = record_many(queue, make_event, 25)
+    got: list[str] = []
+    for _ in range(10):
+        batch = queue.dequeue(7)
+        if not batch:
+            break
+        got += ids(batch)
+        queue.mark_submitted(ids(batch))
+    assert got == [e.id for e in events]
+    assert queue.dequeue(0) == []
+
+
+def test_leases_are_exclusive_between_two_queues_on_one_file(
+    tmp_db_path: Path, store: LocalStore, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    q1 = SQLiteQueue(store, FakeBackoff(clock), clock=clock, lease=60)
+    other_store = LocalStore(tmp_db_path, clock=clock)
+    q2 = SQLiteQueue(other_store, FakeBackoff(clock), clock=clock, lease=60)
+    try:
+        events = record_many(q1, make_event, 10)
+        a, b = q1.dequeue(6), q2.dequeue(6)
+        assert ids(a) == [e.id for e in events[:6]]
+        assert ids(b) == [e.id for e in events[6:]]
+        assert q2.dequeue(6) == []
+        # q2 cannot act on q1's claim.
+        q2.mark_submitted(ids(a))
+        q2.mark_failed(ids(a), "not mine")
+        q2.mark_dead(ids(a), "not mine")
+        q2.release(ids(a))
+        stats = q1.stats()
+        assert (stats.pending, stats.leased, stats.due, stats.dead) == (10, 10, 0, 0)
+        q1.mark_submitted(ids(a))
+        assert q1.stats().pending == 4
+    finally:
+        other_store.close()
+
+
+def test_leases_are_exclusive_across_threads(
+    queue: SQLiteQueue, make_event: MakeEvent, tmp_db_path: Path, clock: FakeClock
+) -> None:
+    events = record_many(queue, make_event, 300)
+    delivered: list[list[str]] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4, timeout=30)
+    errors: list[BaseException] = []
+
+    def sender(slot: int) -> None:
+        try:
+            own_store = LocalStore(tmp_db_path, clock=clock) if slot % 2 else queue.store
+            q = SQLiteQueue(own_store, FakeBackoff(clock), clock=clock) if slot % 2 else queue
+            barrier.wait()
+            for _ in range(200):
+                batch = q.dequeue(9)
+                if not batch:
+                    break
+                delivered[slot] += ids(batch)
+                q.mark_submitted(ids(batch))
+            if own_store is not queue.store:
+                own_store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    everything = [i for d in delivered for i in d]
+    assert len(everything) == len(set(everything)) == 300
+    assert set(everything) == {e.id for e in events}
+    assert queue.stats().pending == 0
+
+
+_DRAIN_SCRIPT = """
+import sys, time
+from telemetry_core.local_store import LocalStore
+from telemetry_core_plugins.sqlite_storage import SQLiteQueue
+
+class Backoff:
+    def next_retry_delay(self, retry_count, retry_after=None): return 1.0
+    def should_retry(self, retry_count): return True
+    def next_retry_timestamp(self, retry_count, retry_after=None): return time.time() + 1
+
+sys.stdin.readline()
+store = LocalStore(sys.argv[1])
+queue = SQLiteQueue(store, Backoff(), lease=300)
+for _ in range(1000):
+    batch = queue.dequeue(5)
+    if not batch:
+        break
+    for q in batch:
+        print(q.event_id, flush=True)
+    queue.mark_submitted([q.event_id for q in batch])
+store.close()
+"""
+
+
+def test_leases_are_exclusive_across_processes(tmp_db_path: Path, make_event: MakeEvent) -> None:
+    store = LocalStore(tmp_db_path)
+    queue = SQLiteQueue(store, FakeBackoff(FakeClock()), lease=300)
+    events = record_many(queue, make_event, 400)
+    store.close()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DRAIN_SCRIPT, str(tmp_db_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    sent = [line for out, _ in outputs for line in out.split()]
+    assert len(sent) == len(set(sent)) == 400
+    assert set(sent) == {e.id for e in events}
+
+
+def test_an_expired_lease_makes_entries_due_again(
+    tmp_db_path: Path, store: LocalStore, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    crashed = SQLiteQueue(store, FakeBackoff(clock), clock=clock, lease=30)
+    events = record_many(crashed, make_event, 3)
+    assert ids(crashed.dequeue(10)) == [e.id for e in events]
+    rescuer = SQLiteQueue(store, FakeBackoff(clock), clock=clock, lease=30)
+    clock.advance(29.9)
+    assert rescuer.dequeue(10) == []
+    assert rescuer.stats().leased == 3
+    clock.advance(0.2)
+    assert rescuer.stats().leased == 0
+    assert rescuer.stats().due == 3
+    again = rescuer.dequeue(10)
+    assert ids(again) == [e.id for e in events]
+    assert [q.retry_count for q in again] == [0, 0, 0]  # a crash is not a failed attempt
+    # The crashed sender's late acknowledgement does not touch the new claim...
+    crashed.mark_failed(ids(again), "late")
+    assert rescuer.stats().leased == 3
+    # ...and the rescuer's does.
+    rescuer.mark_submitted(ids(again))
+    assert rescuer.stats().pending == 0
+
+
+def test_late_acknowledgement_of_an_unclaimed_expired_lease_still_counts(
+    queue: SQLiteQueue, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    record_many(queue, make_event, 2)
+    batch = queue.dequeue(10)
+    clock.advance(3600)
+    queue.mark_submitted(ids(batch))
+    assert queue.stats().pending == 0
+
+
+# -- failures, dead letters --------------------------------------------------
+
+
+def test_mark_failed_schedules_from_the_backoff(
+    queue: SQLiteQueue, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    events = record_many(queue, make_event, 3)
+    batch = queue.dequeue(2)
+    queue.mark_failed(ids(batch), "HTTP 503")
+    assert backoff.calls == [(0, None)]
+    stats = queue.stats()
+    assert (stats.pending, stats.due, stats.leased) == (3, 1, 0)
+    assert ids(queue.dequeue(10)) == [events[2].id]
+    queue.mark_submitted([events[2].id])
+    clock.advance(9.9)
+    assert queue.dequeue(10) == []
+    clock.advance(0.1)
+    retried = queue.dequeue(10)
+    assert ids(retried) == [e.id for e in events[:2]]
+    assert [(q.retry_count, q.last_error) for q in retried] == [(1, "HTTP 503")] * 2
+    queue.mark_failed(ids(retried), "throttled", retry_after=120.0)
+    assert backoff.calls[-1] == (1, 120.0)
+    clock.advance(119)
+    assert queue.dequeue(10) == []
+    clock.advance(1)
+    assert [q.retry_count for q in queue.dequeue(10)] == [2, 2]
+
+
+def test_entries_die_after_max_retries_and_can_be_revived(
+    queue: SQLiteQueue, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    [event] = record_many(queue, make_event, 1)
+    for attempt in range(3):  # max_retries=2: the first try and two retries
+        [claimed] = queue.dequeue(10)
+        assert claimed.retry_count == attempt
+        queue.mark_failed([event.id], f"failure {attempt}")
+        clock.advance(10)
+    assert queue.dequeue(10) == []
+    stats = queue.stats()
+    assert (stats.pending, stats.due, stats.dead) == (0, 0, 1)
+    assert queue.store.counters()["queue.dead"] == 1
+    clock.advance(10**6)
+    assert queue.dequeue(10) == []
+    assert queue.revive_dead() == 1
+    assert queue.revive_dead() == 0
+    [revived] = queue.dequeue(10)
+    assert (revived.event_id, revived.retry_count, revived.last_error) == (
+        event.id,
+        0,
+        "failure 2",
+    )
+    queue.mark_submitted([event.id])
+    assert queue.stats().pending == queue.stats().dead == 0
+
+
+def test_mark_dead_is_immediate(queue: SQLiteQueue, make_event: MakeEvent) -> None:
+    events = record_many(queue, make_event, 3)
+    batch = queue.dequeue(2)
+    queue.mark_dead(ids(batch), "HTTP 401 " + "x" * 5000)
+    stats = queue.stats()
+    assert (stats.pending, stats.dead, stats.leased) == (1, 2, 0)
+    assert ids(queue.dequeue(10)) == [events[2].id]
+    row = queue.store.connection().execute("SELECT max(length(last_error)) FROM telemetry_queue")
+    assert row.fetchone()[0] == sqlite_storage.MAX_ERROR_LENGTH
+
+
+def test_release_gives_entries_back_without_counting_an_attempt(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
+    events = record_many(queue, make_event, 3)
+    batch = queue.dequeue(3)
+    queue.release(ids(batch[1:]))
+    again = queue.dequeue(10)
+    assert ids(again) == [e.id for e in events[1:]]
+    assert [q.retry_count for q in again] == [0, 0]
+
+
+def test_calls_with_no_ids_do_nothing(queue: SQLiteQueue) -> None:
+    queue.mark_submitted([])
+    queue.mark_failed([], "x")
+    queue.mark_dead([], "x")
+    queue.release([])
+    assert queue.stats().pending == 0
+
+
+# -- bounds, retention --------------------------------------------------------
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_them(
+    store: LocalStore, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    queue = SQLiteQueue(store, backoff, clock=clock, max_queue_size=5)
+    events = record_many(queue, make_event, 8)
+    stats = queue.stats()
+    assert stats.pending == 5
+    assert stats.dropped == {"queue_full": 3}
+    assert ids(queue.dequeue(10)) == [e.id for e in events[3:]]
+    assert store.event_counts() == {"test_event": 8}  # events stay recorded locally
+    late = [make_event("late") for _ in range(3)]
+    for e in late:
+        queue.record(e, enqueue=False)
+    assert queue.enqueue([e.id for e in late]) == 3
+    assert queue.stats().dropped == {"queue_full": 6}
+    assert queue.stats().pending == 5
+
+
+def test_cleanup_removes_old_events_and_entries(
+    queue: SQLiteQueue, store: LocalStore, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    old = record_many(queue, make_event, 4)
+    queue.record(make_event("old_local"), enqueue=False)
+    clock.advance(100)
+    new = record_many(queue, make_event, 2)
+    cutoff = clock.now - 50
+    assert queue.cleanup(cutoff) == 5
+    assert queue.cleanup(cutoff) == 0
+    stats = queue.stats()
+    assert stats.pending == 2
+    assert stats.dropped == {"retention": 4}
+    assert ids(queue.dequeue(10)) == [e.id for e in new]
+    assert store.event_counts() == {"test_event": 2}
+    assert old[0].id not in ids(queue.dequeue(10))
+
+
+# -- stats --------------------------------------------------------------------
+
+
+def test_stats_snapshot(queue: SQLiteQueue, clock: FakeClock, make_event: MakeEvent) -> None:
+    empty = queue.stats()
+    assert (empty.pending, empty.due, empty.leased, empty.dead) == (0, 0, 0, 0)
+    assert empty.oldest_enqueued_at is None
+    first = clock.now
+    events = record_many(queue, make_event, 10)
+    clock.advance(5)
+    queue.dequeue(3)  # leased
+    failed = queue.dequeue(2)
+    queue.mark_failed(ids(failed), "x")  # waiting for a retry
+    dead = queue.dequeue(1)
+    queue.mark_dead(ids(dead), "x")
+    stats = queue.stats()
+    assert (stats.pending, stats.due, stats.leased, stats.dead) == (9, 4, 3, 1)
+    assert stats.oldest_enqueued_at == first
+    assert len(events) == 10
+
+
+def _plan(conn: object, sql: str) -> str:
+    rows = conn.execute("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?")).fetchall()  # type: ignore[attr-defined]
+    return "\n".join(str(r[3]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["_SELECT_DUE", "_CLAIM", "_NOT_DUE", "_LEASED", "_OLDEST", "_REVIVE", "_SUBMITTED"],
+)
+def test_hot_queries_use_indexes(store: LocalStore, name: str) -> None:
+    sql = getattr(sqlite_storage, name)
+    plan = _plan(store.connection(), sql)
+    assert "telemetry_queue" in plan or " q " in f" {plan} "
+    for line in plan.splitlines():
+        if line.startswith("SCAN") and "json_each" not in line and "VIRTUAL" not in line:
+            assert "USING INDEX" in line or "USING COVERING INDEX" in line, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_stats_are_right_at_100k_entries(
+    queue: SQLiteQueue, store: LocalStore, clock: FakeClock
+) -> None:
+    n = 100_000
+    now = clock.now
+    conn = store.connection()
+    with store.transaction():
+        conn.executemany(
+            "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
+            " properties, payload, created_at)"
+            " VALUES (?, 'bulk', 0, 'a', 'i', 1, '{}', x'7b7d', ?)",
+            [(f"e{i:06d}", now - n + i) for i in range(n)],
+        )
+        conn.execute(
+            "INSERT INTO telemetry_queue(event_id, created_at)"
+            " SELECT id, created_at FROM telemetry_events ORDER BY id"
+        )
+        # 100 dead, 50 waiting for a retry, 20 leased (10 of them expired).
+        conn.execute("UPDATE telemetry_queue SET dead = 1 WHERE id <= 100")
+        conn.execute(
+            "UPDATE telemetry_queue SET next_retry_at = ? WHERE id > 500 AND id <= 550", (now + 10,)
+        )
+        conn.execute(
+            "UPDATE telemetry_queue SET lease_owner = 'x', lease_expires_at = ?,"
+            " next_retry_at = ? WHERE id > 1000 AND id <= 1010",
+            (now + 5, now + 5),
+        )
+        conn.execute(
+            "UPDATE telemetry_queue SET lease_owner = 'y', lease_expires_at = ?,"
+            " next_retry_at = ? WHERE id > 2000 AND id <= 2010",
+            (now - 5, now - 5),
+        )
+    stats = queue.stats()
+    assert stats.pending == n - 100
+    assert stats.dead == 100
+    assert stats.leased == 10
+    assert stats.due == n - 100 - 50 - 10
+    assert stats.oldest_enqueued_at == now - n + 100
+    assert store.counters()["queue.size"] == n
+    # Dequeue skips the dead at the front and takes the oldest due.
+    batch = conn.execute(sqlite_storage._SELECT_DUE, (now, 3)).fetchall()
+    assert [r[0] for r in batch] == [101, 102, 103]
+
+
+# -- processes ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_record(
+    queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
+) -> None:
+    record_many(queue, make_event, 1)
+    parent_owner = queue.owner
+    child_event = make_event("from_child")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read_fd)
+            queue.record(child_event, enqueue=True)
+            os.write(write_fd, queue.owner.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        child_owner = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_owner and child_owner != parent_owner
+    assert store.event_counts() == {"from_child": 1, "test_event": 1}
+    assert queue.stats().pending == 2
+
+
+def test_a_corrupt_payload_raises_storage_error(
+    queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
+) -> None:
+    record_many(queue, make_event, 1)
+    store.connection().execute("UPDATE telemetry_events SET payload = x'7b'")
+    with pytest.raises(StorageError, match="decode"):
+        queue.dequeue(1)
+
+
+def test_close_closes_the_store_connections(queue: SQLiteQueue, make_event: MakeEvent) -> None:
+    record_many(queue, make_event, 1)
+    conn = queue.store.connection()
+    queue.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
+    assert queue.stats().pending == 1  # reopens on use
