@@ -1,0 +1,73 @@
+"""Unit tests of ``telemetry-collector`` (click runner; stats read a real SQLite file)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from telemetry_core.collector.cli import main
+from telemetry_core.collector.sqlite_store import SQLiteStore
+from telemetry_core.schema import Event, new_event_id
+
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "collector.db"
+
+    async def fill() -> None:
+        store = SQLiteStore(path)
+        events = [
+            Event(id=new_event_id(), type=t, timestamp=T0 + i, install_id="i", app="a",
+                  duration_ms=5.0, success=True)
+            for i, t in enumerate(["run", "run", "open"])
+        ]  # fmt: skip
+        await store.ingest(events, T0)
+        await store.close()
+
+    asyncio.run(fill())
+    return path
+
+
+def test_stats_json(db: Path) -> None:
+    result = CliRunner().invoke(main, ["stats", "--db", str(db), "--json", "--bucket", "day"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["totals"]["by_type"] == {"open": 1, "run": 2}
+    assert body["bucket"] == "day"
+
+
+def test_stats_table_and_filters(db: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["stats", "--db", str(db), "--type", "run", "--from", "2023-11-14T00:00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "run" in result.output and "open" not in result.output
+    assert "total events 2" in result.output
+
+
+def test_stats_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(main, ["stats", "--db", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 1 and "no collector database" in missing.output
+    bad = runner.invoke(main, ["stats", "--db", str(tmp_path / "x.db"), "--from", "soon"])
+    assert bad.exit_code == 2
+
+
+def test_serve_refuses_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELEMETRY_COLLECTOR_API_KEYS", raising=False)
+    monkeypatch.delenv("TELEMETRY_COLLECTOR_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    no_keys = runner.invoke(main, ["serve", "--db", str(tmp_path / "c.db")])
+    assert no_keys.exit_code == 2 and "no submission keys" in no_keys.output
+    no_store = runner.invoke(main, ["serve", "--api-key", "k"])
+    assert no_store.exit_code == 2 and "--db" in no_store.output
+    short = runner.invoke(
+        main, ["serve", "--db", str(tmp_path / "c.db"), "--api-key", "k", "--admin-token", "x"]
+    )
+    assert short.exit_code == 1 and "admin_token" in short.output
