@@ -343,6 +343,8 @@ def render_dashboard(
         per_type.setdefault(kind, {"count": count, "success": 0, "failure": 0, "p95": -1.0})
     total_success = sum(int(a["success"]) for a in per_type.values())
     total_failure = sum(int(a["failure"]) for a in per_type.values())
+    if "success" in totals and "failure" in totals:
+        total_success, total_failure = _int(totals["success"]), _int(totals["failure"])
 
     ranked = sorted(per_type, key=lambda k: (-by_type.get(k, int(per_type[k]["count"])), k))
     keep = set(ranked[: _MAX_LINES - 1] if len(ranked) > _MAX_LINES else ranked)

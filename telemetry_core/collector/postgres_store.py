@@ -268,11 +268,11 @@ class PostgresStore:
             future = asyncio.get_running_loop().run_in_executor(
                 self._executor, self.ingest_blocking, events, received_ms
             )
-        except BaseException:
+        except RuntimeError:  # the executor shut down: close() ran meanwhile
             self._release(len(events))
-            raise
-        # The transaction runs to its end even if the request is cancelled; the
-        # thread releases the pending count (see ingest_blocking's caller path).
+            raise StorageError("the store is closed") from None
+        # The transaction runs to its end even if the request is cancelled, and
+        # ingest_blocking releases the pending count whatever happens.
         return await asyncio.shield(future)
 
     async def record_outcomes(
@@ -429,7 +429,11 @@ class PostgresStore:
         if self._closed:
             raise StorageError("the store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            future = loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError:  # the executor shut down: close() ran meanwhile
+            raise StorageError("the store is closed") from None
+        return await future
 
     def _run(self, fn: Callable[[], T]) -> T:
         return self._executor.submit(fn).result()

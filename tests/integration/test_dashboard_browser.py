@@ -14,6 +14,7 @@ import shutil
 import struct
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import trustme
 from telemetry_core.schema import Event, SubmitRequest, new_event_id
 from tests.integration.collector_process import CollectorProcess
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(120)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -128,56 +129,63 @@ def test_dashboard_renders_the_collectors_numbers(
     assert (answer["accepted"], answer["duplicates"]) == (4, 3)
 
     screenshot = tmp_path / "dashboard.png"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            # The test CA is not in Chromium's store; TLS itself is tested elsewhere.
-            context = browser.new_context(
-                ignore_https_errors=True, viewport={"width": 1280, "height": 900}
-            )
-            page = context.new_page()
-            response = page.goto(f"{collector.base_url}/")
-            assert response is not None and response.status == 401
-            page.get_by_test_id("login-token").fill("not-the-token")
-            page.get_by_test_id("login-submit").click()
-            page.get_by_test_id("login-error").wait_for()
-            page.get_by_test_id("login-token").fill(collector.admin_token)
-            page.get_by_test_id("login-submit").click()
-            page.get_by_test_id("tiles").wait_for()
 
-            def text(test_id: str) -> str:
-                value: str = page.get_by_test_id(test_id).inner_text()
-                return value.strip()
+    def drive_browser() -> None:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                # The test CA is not in Chromium's store; TLS itself is tested elsewhere.
+                context = browser.new_context(
+                    ignore_https_errors=True, viewport={"width": 1280, "height": 900}
+                )
+                page = context.new_page()
+                response = page.goto(f"{collector.base_url}/")
+                assert response is not None and response.status == 401
+                page.get_by_test_id("login-token").fill("not-the-token")
+                page.get_by_test_id("login-submit").click()
+                page.get_by_test_id("login-error").wait_for()
+                page.get_by_test_id("login-token").fill(collector.admin_token)
+                page.get_by_test_id("login-submit").click()
+                page.get_by_test_id("tiles").wait_for()
 
-            assert text("total-count") == "10"
-            assert text("total-installs") == "4"
-            assert text("total-duplicates") == "3"
-            assert text("total-rejected") == "1"
-            assert text("total-throttled") == "0"
-            # 4 successes out of 7 events with an outcome.
-            assert text("success-rate") == "57.1%"
-            counts = {
-                row.get_attribute("data-type"): row.get_by_test_id("type-count").inner_text()
-                for row in page.get_by_test_id("type-row").all()
-            }
-            assert counts == {"cmd.run": "5", "error": "2", "startup": "3"}
-            codes = page.locator('[data-testid="rejected-row"][data-code="invalid_type"]')
-            assert codes.get_by_test_id("rejected-count").inner_text() == "1"
-            for chart in ("chart-events", "chart-success", "chart-p95", "chart-installs"):
-                assert page.get_by_test_id(chart).is_visible()
-            page.screenshot(path=str(screenshot), full_page=True)
+                def text(test_id: str) -> str:
+                    value: str = page.get_by_test_id(test_id).inner_text()
+                    return value.strip()
 
-            # The filter form submits GET parameters and the page follows them.
-            page.get_by_test_id("filter-type").fill("error")
-            page.get_by_test_id("filter-bucket").select_option("day")
-            page.get_by_test_id("filter-submit").click()
-            page.wait_for_url("**/?*type=error*")
-            assert text("total-count") == "2"
-            assert text("success-rate") == "0.0%"
-            assert page.get_by_test_id("type-row").count() == 1
-            context.close()
-        finally:
-            browser.close()
+                assert text("total-count") == "10"
+                assert text("total-installs") == "4"
+                assert text("total-duplicates") == "3"
+                assert text("total-rejected") == "1"
+                assert text("total-throttled") == "0"
+                # 4 successes out of 7 events with an outcome.
+                assert text("success-rate") == "57.1%"
+                counts = {
+                    row.get_attribute("data-type"): row.get_by_test_id("type-count").inner_text()
+                    for row in page.get_by_test_id("type-row").all()
+                }
+                assert counts == {"cmd.run": "5", "error": "2", "startup": "3"}
+                codes = page.locator('[data-testid="rejected-row"][data-code="invalid_type"]')
+                assert codes.get_by_test_id("rejected-count").inner_text() == "1"
+                for chart in ("chart-events", "chart-success", "chart-p95", "chart-installs"):
+                    assert page.get_by_test_id(chart).is_visible()
+                page.screenshot(path=str(screenshot), full_page=True)
+
+                # The filter form submits GET parameters and the page follows them.
+                page.get_by_test_id("filter-type").fill("error")
+                page.get_by_test_id("filter-bucket").select_option("day")
+                page.get_by_test_id("filter-submit").click()
+                page.wait_for_url("**/?*type=error*")
+                assert text("total-count") == "2"
+                assert text("success-rate") == "0.0%"
+                assert page.get_by_test_id("type-row").count() == 1
+                context.close()
+            finally:
+                browser.close()
+
+    # playwright's sync API refuses to run where an asyncio loop is running; a
+    # fresh thread guarantees there is none, whatever other plugins did.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(drive_browser).result(timeout=100)
 
     assert screenshot.exists()
     width, height = _png_size(screenshot)

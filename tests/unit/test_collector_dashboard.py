@@ -225,3 +225,9 @@ def test_login_page_posts_the_token_and_escapes_the_error() -> None:
     parsed = _parse(page)
     assert parsed.text("login-error") == [hostile]
     assert "<b>" not in page
+
+
+def test_success_rate_prefers_the_totals_when_given() -> None:
+    stats = _stats()
+    stats["totals"].update(success=9, failure=1)
+    assert _parse(render_dashboard(stats, title="T")).text("success-rate") == ["90.0%"]
