@@ -150,6 +150,7 @@ class SQLiteStore:
         self._pending_events = 0
         self._lock = threading.Lock()
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
+        self._wake_queued = False
         self._observers: list[CommitObserver] = []
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = False
@@ -206,7 +207,10 @@ class SQLiteStore:
                     self._counters[(hour, f"rejected:{code}")] += n
             if throttled:
                 self._counters[(hour, "throttled")] += throttled
-        self._queue.put(None)  # wake the writer so counters do not wait for traffic
+            wake = not self._wake_queued
+            self._wake_queued = True
+        if wake:  # one wake-up at a time, so a flood of 429s cannot grow the queue
+            self._queue.put(None)
 
     async def cleanup(self, retention_days: int, now_ms: int) -> int:
         """Delete raw events received more than ``retention_days`` before ``now_ms``."""
@@ -261,6 +265,7 @@ class SQLiteStore:
 
     def _take_counters(self) -> dict[tuple[int, str], int]:
         with self._lock:
+            self._wake_queued = False
             counters = dict(self._counters)
             self._counters.clear()
         return counters
