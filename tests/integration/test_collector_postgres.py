@@ -7,9 +7,13 @@ Skipped when PostgreSQL at 127.0.0.1:5432 is unreachable, except under
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -441,3 +445,39 @@ def test_two_collector_processes_count_concurrent_duplicates_once(
     assert _count_rows(pg_url, "events") == len(events)
     # The connection string never reaches the logs (it may hold a password).
     assert pg_url not in first.log() + second.log()
+
+
+def test_deadlocked_transaction_is_retried_with_its_counters(store: PostgresStore) -> None:
+    """A deadlock victim's work is redone; buffered counters are neither lost nor doubled."""
+    asyncio.run(store.record_outcomes(rejected={"pii": 2}, throttled=0, received_ms=RECEIVED))
+    attempts: list[int] = []
+
+    def body(cur: psycopg.Cursor, counters: dict) -> str:
+        attempts.append(len(attempts) + 1)
+        cur.execute("SELECT 1")
+        if len(attempts) == 1:
+            raise psycopg.errors.DeadlockDetected("injected deadlock")
+        return "done"
+
+    assert store._transaction(body) == "done"
+    assert attempts == [1, 2]
+    stats = asyncio.run(store.stats(StatsQuery()))
+    assert stats["totals"]["rejected_by_code"] == {"pii": 2}
+
+
+def test_stats_command_reads_the_postgres_store(store: PostgresStore, pg_url: str) -> None:
+    events = _events(random.Random(8), 25)
+    asyncio.run(store.ingest(events, RECEIVED))
+    result = subprocess.run(
+        [sys.executable, "-m", "telemetry_core.collector", "stats", "--json", "--bucket", "day"],
+        env={**os.environ, "TELEMETRY_COLLECTOR_DATABASE_URL": pg_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["totals"]["count"] == 25
+    assert document["totals"]["by_type"] == _exact_totals(events)["by_type"]
+    assert {row["bucket_start"] % DAY for row in document["series"]} == {0}
