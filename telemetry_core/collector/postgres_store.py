@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+import msgspec.structs
 import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -175,6 +176,31 @@ def redact_url(database_url: str) -> str:
         for k, e, v in (item.partition("=") for item in parts.query.split("&") if item)
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
+def _storable(event: Event) -> Event:
+    """``event`` with NUL characters replaced, which PostgreSQL text and JSONB refuse.
+
+    Without this, one such value would fail its whole batch on every retry.
+    """
+    fields = (event.app, event.install_id, event.session_id or "", event.app_version or "")
+    values = [v for v in event.properties.values() if isinstance(v, str)]
+    if not any("\x00" in v for v in (*fields, *values)):
+        return event
+    return msgspec.structs.replace(
+        event,
+        app=_no_nul(event.app),
+        install_id=_no_nul(event.install_id),
+        session_id=None if event.session_id is None else _no_nul(event.session_id),
+        app_version=None if event.app_version is None else _no_nul(event.app_version),
+        properties={
+            k: _no_nul(v) if isinstance(v, str) else v for k, v in event.properties.items()
+        },
+    )
 
 
 def _canonical_id(event_id: str) -> str:
@@ -510,7 +536,8 @@ class PostgresStore:
         ids = [_canonical_id(e.id) for e in events]
         first: dict[str, Event] = {}
         for event_id, event in zip(ids, events, strict=True):
-            first.setdefault(event_id, event)
+            if event_id not in first:
+                first[event_id] = _storable(event)
         # Sorted ids: concurrent batches take the primary-key locks in one order.
         order = sorted(first)
         rows = [first[i] for i in order]

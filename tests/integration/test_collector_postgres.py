@@ -481,3 +481,29 @@ def test_stats_command_reads_the_postgres_store(store: PostgresStore, pg_url: st
     assert document["totals"]["count"] == 25
     assert document["totals"]["by_type"] == _exact_totals(events)["by_type"]
     assert {row["bucket_start"] % DAY for row in document["series"]} == {0}
+
+
+def test_nul_characters_do_not_poison_a_batch(store: PostgresStore, pg_url: str) -> None:
+    """PostgreSQL text refuses NUL; such values are stored with U+FFFD, not retried forever."""
+    hostile = Event(
+        id=new_event_id(T0),
+        type="cmd.run",
+        timestamp=T0,
+        install_id="in\x00stall",
+        app="ax\x00",
+        session_id="s\x00",
+        app_version="1\x00",
+        properties={"k": "v\x00w", "n": 1},
+    )
+    plain = _events(random.Random(4), 3)
+    outcome = asyncio.run(store.ingest([hostile, *plain], RECEIVED))
+    assert outcome.inserted == (True,) * 4
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(
+            "SELECT app, install_id, session_id, app_version, properties->>'k' FROM events "
+            "WHERE id = %s",
+            (hostile.id,),
+        ).fetchone()
+    assert row == ("ax\ufffd", "in\ufffdstall", "s\ufffd", "1\ufffd", "v\ufffdw")
+    stats = asyncio.run(store.stats(StatsQuery(app="ax\ufffd")))
+    assert stats["totals"]["count"] == 1
