@@ -1,0 +1,1 @@
+"""Fault-injection, crash and hostile-input suites (issue 4)."""
