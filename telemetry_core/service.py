@@ -216,7 +216,11 @@ class TelemetryService:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the worker (bounded by ``timeout``, default ``config.exit_timeout``)
-        and close this thread's connections. The service may be used again."""
+        and close the store's connections.
+
+        The service may be used again: :meth:`track` still records (and
+        queues), but the worker only starts again with :meth:`open`.
+        """
         with self._lock:
             self._closed = True
             stopped = self._stop_worker(self._config.exit_timeout if timeout is None else timeout)
@@ -419,6 +423,10 @@ class TelemetryService:
         success: bool | None,
         session_id: str | None,
     ) -> str | None:
+        # Opened first, so that a rejection can be counted in the store.
+        opened = self._ensure_open()
+        if opened is None:
+            return None
         if not isinstance(event_type, str) or not EVENT_TYPE_PATTERN.match(event_type):
             raise EventRejected("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
         props = _copy_properties(properties)
@@ -430,9 +438,6 @@ class TelemetryService:
                 raise EventRejected("invalid_field", "session_id must be a string")
             if find_pii(session_id) is not None:
                 raise EventRejected("pii", "session_id looks like personal data")
-        opened = self._ensure_open()
-        if opened is None:
-            return None
         before = dict(props)
         self._host.scrub_event(event_type, props)
         self._count_scrubbed(before, props)

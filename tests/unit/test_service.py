@@ -1,0 +1,526 @@
+"""Tests of TelemetryService on real SQLite files, with a fake transport plugin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core.errors import ConfigError, EventRejected, TransportError
+from telemetry_core.models import SubmissionResult
+from telemetry_core.plugin_host import PluginHost
+from telemetry_core.privacy import local_identifiers
+from telemetry_core.schema import MAX_PROPERTIES
+from tests.unit.test_worker import FakeClock, FakeTransport, FakeTransportPlugin
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_config(tmp_path: Path, **changes: Any) -> TelemetryConfig:
+    options: dict[str, Any] = {
+        "app": "demo",
+        "db_path": tmp_path / "data" / "telemetry.db",
+        "enabled": True,
+        "remote_enabled": False,
+        "do_not_track": False,
+        "submission_interval": 3600.0,
+        "submission_batch_size": 10,
+    }
+    options.update(changes)
+    return TelemetryConfig(**options)
+
+
+def remote(tmp_path: Path, **changes: Any) -> TelemetryConfig:
+    return make_config(
+        tmp_path,
+        remote_enabled=True,
+        endpoint="https://127.0.0.1:9/v1/submit",
+        transport="fake",
+        **changes,
+    )
+
+
+class Rig:
+    """A service with a fake transport and a fake wall clock."""
+
+    def __init__(self, config: TelemetryConfig) -> None:
+        self.transport = FakeTransport()
+        self.plugin = FakeTransportPlugin(self.transport)
+        self.clock = FakeClock()
+        self.service = TelemetryService(
+            config,
+            host=PluginHost(load_entrypoints=False, disabled=(), plugins=[self.plugin]),
+            clock=self.clock,
+        )
+
+    def rows(self, sql: str) -> list[Any]:
+        conn = sqlite3.connect(self.service.config.db_path)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def local_rig(tmp_path: Path) -> Any:
+    rig = Rig(make_config(tmp_path))
+    yield rig
+    rig.service.close()
+
+
+@pytest.fixture
+def remote_rig(tmp_path: Path) -> Any:
+    rig = Rig(remote(tmp_path))
+    yield rig
+    rig.service.close(timeout=10)
+
+
+# -- consent ------------------------------------------------------------------
+
+
+def test_consent_off_records_nothing_and_creates_no_file(tmp_path: Path) -> None:
+    config = make_config(tmp_path, enabled=False)
+    with TelemetryService(config) as telemetry:
+        assert telemetry.track("command_executed", {"command": "run"}) is None
+        assert telemetry.queue_stats().pending == 0
+        assert telemetry.get_submission_stats().submissions == 0
+        assert telemetry.event_counts() == {}
+        assert telemetry.status()["install_id"] is None
+    assert not (tmp_path / "data").exists()
+
+
+def test_do_not_track_wins_over_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    config = TelemetryConfig(
+        app="demo",
+        db_path=tmp_path / "data" / "t.db",
+        enabled=True,
+        remote_enabled=True,
+        endpoint="https://127.0.0.1:9/v1/submit",
+    )
+    with TelemetryService(config) as telemetry:
+        assert telemetry.track("command_executed") is None
+        assert telemetry.submit_now().submissions == 0
+        with pytest.raises(ConfigError, match="DO_NOT_TRACK"):
+            telemetry.enable(remote=True)
+        telemetry.disable(purge=True)
+        assert telemetry.status()["enabled"] is False
+    assert not (tmp_path / "data").exists()
+
+
+def test_track_records_a_minimal_event(local_rig: Rig) -> None:
+    event_id = local_rig.service.track(
+        "command_executed", {"command": "run"}, duration_ms=12.5, success=True, session_id="s1"
+    )
+    assert event_id is not None
+    ((payload,),) = local_rig.rows("SELECT payload FROM telemetry_events")
+    event = json.loads(payload)
+    assert event == {
+        "id": event_id,
+        "type": "command_executed",
+        "timestamp": int(local_rig.clock.now * 1000),
+        "install_id": local_rig.service.status()["install_id"],
+        "app": "demo",
+        "session_id": "s1",
+        "duration_ms": 12.5,
+        "success": True,
+        "properties": {"command": "run"},
+    }  # schema 1 is the default, omitted on the wire
+    # Remote off: recorded locally, not queued.
+    assert local_rig.service.queue_stats().pending == 0
+    assert local_rig.service.event_counts() == {"command_executed": 1}
+
+
+def test_track_copies_properties(local_rig: Rig) -> None:
+    props = {"path": "/home/someone/x"}
+    local_rig.service.track("t", props)
+    assert props == {"path": "/home/someone/x"}
+
+
+def test_events_recorded_while_remote_is_off_are_never_queued(tmp_path: Path) -> None:
+    rig = Rig(make_config(tmp_path))
+    try:
+        rig.service.track("local_only")
+        rig.service.enable(remote=True, endpoint="https://127.0.0.1:9/v1/submit")
+        assert rig.service.queue_stats().pending == 0
+    finally:
+        rig.service.close()
+
+
+# -- privacy and validation ------------------------------------------------------
+
+
+def test_scrubbing_masks_and_counts(local_rig: Rig) -> None:
+    props: dict[str, Any] = {
+        "email": "write to jane@example.com",
+        "ip": "from 10.1.2.3",
+        "path": "/home/jane/project",
+        "secret": "token=abcdef123456",
+        "plain": "run",
+    }
+    names = local_identifiers()
+    if names:
+        props["who"] = f"by {names[0]}"
+    local_rig.service.track("t", props)
+    ((raw,),) = local_rig.rows("SELECT properties FROM telemetry_events")
+    stored = json.loads(raw)
+    assert stored["email"] == "write to <email>"
+    assert stored["ip"] == "from <ip>"
+    assert stored["path"] == "<home_path>/project"
+    assert stored["secret"] == "<secret>"
+    assert stored["plain"] == "run"
+    counters = local_rig.service.counters()
+    assert counters["scrubbed:email"] == 1
+    assert counters["scrubbed:ip"] == 1
+    assert counters["scrubbed:home_path"] == 1
+    assert counters["scrubbed:secret"] == 1
+    if names:
+        assert stored["who"] == "by <user>"
+        assert counters["scrubbed:identifier"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "code"),
+    [
+        (("Bad Type",), {}, "invalid_type"),
+        (("t", {f"k{i}": i for i in range(MAX_PROPERTIES + 1)}), {}, "too_many_properties"),
+        (("t", {"k": "x" * 5000}), {}, "invalid_property"),
+        (("t", {"bad key!": 1}), {}, "invalid_property"),
+        (("t", {"k": [1, 2]}), {}, "invalid_property"),
+        (("t", {1: "x"}), {}, "invalid_property"),
+        (("t", {"k": float("nan")}), {}, "invalid_property"),
+        (("t",), {"duration_ms": -1}, "invalid_duration"),
+        (("t",), {"duration_ms": "fast"}, "invalid_duration"),
+        (("t",), {"success": "yes"}, "invalid_field"),
+        (("t",), {"session_id": "jane@example.com"}, "pii"),
+        (("t", {f"k{i}": "x" * 1000 for i in range(20)}), {}, "too_large"),
+    ],
+)
+def test_bad_events_are_rejected_counted_never_raised(
+    local_rig: Rig, args: tuple[Any, ...], kwargs: dict[str, Any], code: str
+) -> None:
+    assert local_rig.service.track(*args, **kwargs) is None
+    assert local_rig.service.counters().get(f"rejected:{code}") == 1
+    assert local_rig.service.event_counts() == {}
+
+
+def test_rejections_warn_once_per_kind(local_rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="telemetry_core"):
+        for _ in range(3):
+            local_rig.service.track("Bad")
+        local_rig.service.track("t", {"k": [1]})
+    assert len(caplog.records) == 2
+    assert local_rig.service.counters()["rejected:invalid_type"] == 3
+
+
+def test_strict_mode_raises(tmp_path: Path) -> None:
+    rig = Rig(make_config(tmp_path, strict=True))
+    try:
+        with pytest.raises(EventRejected) as info:
+            rig.service.track("t", {"k": object()})  # type: ignore[dict-item]
+        assert info.value.code == "invalid_property"
+        assert rig.service.counters()["rejected:invalid_property"] == 1
+    finally:
+        rig.service.close()
+
+
+def test_a_scrubber_that_leaves_pii_gets_the_event_rejected(tmp_path: Path) -> None:
+    host = PluginHost(load_entrypoints=False, disabled=("scrubber",))
+    with TelemetryService(make_config(tmp_path), host=host) as telemetry:
+        assert telemetry.track("t", {"mail": "a@example.com"}) is None
+        assert telemetry.counters()["rejected:pii"] == 1
+
+
+def test_unopenable_store_degrades_to_a_no_op(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "data" / "telemetry.db"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not a database" * 100)
+    with (
+        caplog.at_level(logging.WARNING, logger="telemetry_core"),
+        TelemetryService(make_config(tmp_path)) as telemetry,
+    ):
+        assert telemetry.track("t") is None
+        assert telemetry.track("t") is None
+        assert telemetry.degraded is not None
+    assert len(caplog.records) == 1
+    assert str(db) in caplog.text
+
+
+def test_unopenable_store_raises_in_strict_mode(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "telemetry.db"
+    db.parent.mkdir()
+    db.write_bytes(b"x" * 4096)
+    telemetry = TelemetryService(make_config(tmp_path, strict=True))
+    with pytest.raises(Exception, match="telemetry"):
+        telemetry.track("t")
+
+
+# -- submission ------------------------------------------------------------------
+
+
+def test_submit_now_drains_and_stats_come_from_the_log(remote_rig: Rig) -> None:
+    service = remote_rig.service
+    service.close(timeout=10)  # no background worker: submit in this thread
+    ids = [service.track("t", {"i": i}) for i in range(25)]
+    assert all(ids)
+    assert service.worker is None
+    progress: list[tuple[int, int]] = []
+    stats = service.submit_now(lambda done, total: progress.append((done, total)))
+    sent = [i for batch in remote_rig.transport.batches for i in batch]
+    assert sorted(sent) == sorted(ids)
+    assert stats.submissions == 3 and stats.successful == 3
+    assert stats.events_sent == 25 and stats.events_accepted == 25
+    assert stats.success_rate == 1.0 and stats.queue_size == 0
+    assert stats.latency_p50_ms is not None
+    assert progress[-1] == (25, 25)
+    assert service.queue_stats().pending == 0
+
+
+def test_submit_now_stops_on_retryable_failure(remote_rig: Rig) -> None:
+    service = remote_rig.service
+    service.close(timeout=10)
+    for i in range(15):
+        service.track("t", {"i": i})
+    remote_rig.transport.script.append(TransportError("503", retryable=True, status=503))
+    stats = service.submit_now()
+    assert len(remote_rig.transport.batches) == 1
+    assert stats.submissions == 1 and stats.failed == 1 and stats.last_error == "503"
+    assert stats.queue_size == 15
+
+
+def test_terminal_answer_dead_letters_and_retry_dead_revives(remote_rig: Rig) -> None:
+    service = remote_rig.service
+    service.close(timeout=10)
+    service.track("t")
+    remote_rig.transport.script.append(TransportError("401", retryable=False, status=401))
+    service.submit_now()
+    assert service.queue_stats().dead == 1
+    assert service.retry_dead() == 1
+    stats = service.submit_now()
+    assert stats.dead == 0 and stats.queue_size == 0 and stats.events_accepted == 1
+
+
+def test_partial_success_is_counted(remote_rig: Rig) -> None:
+    service = remote_rig.service
+    service.close(timeout=10)
+    service.track("t")
+    service.track("t")
+    remote_rig.transport.script.append(SubmissionResult(accepted=1, rejected=1))
+    stats = service.submit_now()
+    assert stats.events_rejected == 1 and stats.queue_size == 0
+    assert service.counters()["server_rejected"] == 1
+
+
+def test_submit_now_with_remote_off_sends_nothing(local_rig: Rig) -> None:
+    local_rig.service.track("t")
+    assert local_rig.service.submit_now().submissions == 0
+    assert local_rig.transport.batches == []
+
+
+def test_worker_starts_lazily_and_stops_on_exit(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path))
+    with rig.service as service:
+        assert service.worker is not None and service.worker.running
+        service.track("t")
+        assert rig.plugin.made <= 1
+    assert service.worker is None
+    rig2 = Rig(remote(tmp_path / "b"))
+    try:
+        assert rig2.service.worker is None
+        rig2.service.track("t")
+        assert rig2.service.worker is not None and rig2.service.worker.running
+    finally:
+        rig2.service.close(timeout=10)
+
+
+def test_background_worker_delivers(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path, submission_interval=3600.0))
+    with rig.service as service:
+        event_id = service.track("t")
+        worker = service.worker
+        assert worker is not None
+        for _ in range(500):  # bounded: at most ~5 s
+            if rig.transport.batches:
+                break
+            worker.wake()
+            time.sleep(0.01)
+    assert rig.transport.batches and rig.transport.batches[0] == [event_id]
+
+
+# -- consent persistence, status, purge, cleanup -------------------------------------
+
+
+def test_enable_and_disable_persist_consent(tmp_path: Path) -> None:
+    config = make_config(tmp_path, enabled=False)
+    rig = Rig(config)
+    service = rig.service
+    service.enable(remote=True, endpoint="https://127.0.0.1:9/v1/submit")
+    assert service.config.sending
+    stored = dict(rig.rows("SELECT key, value FROM telemetry_config"))
+    assert stored["enabled"] == "true" and stored["remote-enabled"] == "true"
+    assert stored["remote-endpoint"] == "https://127.0.0.1:9/v1/submit"
+    again = TelemetryConfig.from_env(app="demo", db_path=config.db_path, environ={})
+    assert again.sending
+    service.disable_remote_submission()
+    assert service.config.recording and not service.config.sending
+    assert dict(rig.rows("SELECT key, value FROM telemetry_config"))["remote-enabled"] == "false"
+    service.disable()
+    assert not service.config.recording
+    assert service.track("t") is None
+    service.close()
+    assert not TelemetryConfig.from_env(app="demo", db_path=config.db_path, environ={}).enabled
+
+
+def test_enable_rejects_a_bad_endpoint_before_writing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, enabled=False)
+    service = TelemetryService(config)
+    with pytest.raises(ConfigError, match="endpoint"):
+        service.enable(remote=True, endpoint="http://example.com/v1/submit")
+    assert not config.db_path.exists()
+
+
+def test_disable_purge_deletes_local_data(local_rig: Rig) -> None:
+    local_rig.service.track("t")
+    db = local_rig.service.config.db_path
+    assert db.exists()
+    local_rig.service.disable(purge=True)
+    assert not db.exists()
+    assert local_rig.service.track("t") is None
+    assert not db.exists()
+
+
+def test_status_names_everything_but_the_key(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path, api_key="sekrit-key-123"))
+    with rig.service as service:
+        service.track("t")
+        status = service.status()
+    assert "sekrit" not in json.dumps(status, default=str)
+    assert status["app"] == "demo" and status["enabled"] and status["remote_enabled"]
+    assert status["endpoint"] == "https://127.0.0.1:9/v1/submit"
+    assert status["api_key_set"] is True
+    assert len(status["install_id"]) == 32
+    assert status["queue"]["pending"] == 1
+    assert status["plugins"]["transport"] == "fake"
+    assert "sqlite" in status["plugins"]["loaded"]
+
+
+def test_cleanup_runs_at_open_at_most_once_a_day(tmp_path: Path) -> None:
+    config = make_config(tmp_path, retention_days=0.25)
+    rig = Rig(config)
+    start = rig.clock.now
+    rig.service.track("old")  # first open: cleanup ran (nothing to do)
+    rig.service.close()
+    rig.clock.now = start + 0.9 * 86400
+    rig.service.track("new")  # reopened, but cleaned up less than a day ago
+    assert rig.service.event_counts() == {"new": 1, "old": 1}
+    rig.service.close()
+    rig.clock.now = start + 86400 + 1
+    rig.service.open()  # a day later: events older than 6 h go
+    assert rig.service.event_counts() == {"new": 1}
+    rig.clock.now += 86400
+    assert rig.service.cleanup() == 1
+    assert rig.service.event_counts() == {}
+    rig.service.close()
+
+
+# -- fork and exit ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_clean(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path))
+    service = rig.service
+    with service:
+        service.track("parent")
+        parent_worker = service.worker
+        assert parent_worker is not None and parent_worker.running
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                os.close(read_fd)
+                report = {
+                    "worker_none": service.worker is None,
+                    "event": service.track("child") is not None,
+                    "worker_running": service.worker is not None and service.worker.running,
+                    "not_parents": service.worker is not parent_worker,
+                }
+                service.close(timeout=5)
+                os.write(write_fd, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert json.loads(data) == {
+            "worker_none": True,
+            "event": True,
+            "worker_running": True,
+            "not_parents": True,
+        }
+        assert parent_worker.running
+        assert service.event_counts() == {"child": 1, "parent": 1}
+
+
+def test_exit_is_not_delayed_by_an_unreachable_endpoint(tmp_path: Path) -> None:
+    # A listener that never accepts: the worker's TLS handshake hangs until the
+    # 30 s timeout, so only the bounded at-exit stop lets the process end.
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as blackhole:
+        _run_exit_app(tmp_path, blackhole.getsockname()[1])
+        blackhole.settimeout(5)
+        conn, _ = blackhole.accept()  # the worker did reach the network
+        conn.close()
+
+
+def _run_exit_app(tmp_path: Path, port: int) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from telemetry_core import TelemetryConfig, TelemetryService
+        config = TelemetryConfig(
+            app="demo", db_path=sys.argv[1], enabled=True, remote_enabled=True,
+            endpoint=f"https://127.0.0.1:{sys.argv[2]}/v1/submit", do_not_track=False,
+            submission_interval=0.01, timeout=30,
+        )
+        telemetry = TelemetryService(config)
+        for i in range(50):
+            telemetry.track("cmd", {"i": i})
+        time.sleep(0.2)  # let the worker reach the network
+        print("worker running:", telemetry.worker.running, flush=True)
+        """
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "t.db"), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "worker running: True" in proc.stdout
+    assert elapsed < 5, elapsed  # generous: only catches a hang on the network
+    conn = sqlite3.connect(tmp_path / "t.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM telemetry_events").fetchone()[0] == 50
+    finally:
+        conn.close()
