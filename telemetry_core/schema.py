@@ -202,9 +202,20 @@ def _valid_uuid(text: str) -> bool:
     return True
 
 
+#: Identifiers carry no control characters at all; property values may hold
+#: tabs and line breaks, but no other C0/C1 control characters (NUL included),
+#: which some stores refuse and terminals misrender.
+_CONTROL_ANY: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _short(name: str, value: str | None, errors: list[tuple[str, str]]) -> None:
-    if value is not None and not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
+    if value is None:
+        return
+    if not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
         errors.append(("invalid_field", f"{name} must be 1-{MAX_SHORT_STRING_LENGTH} characters"))
+    elif _CONTROL_ANY.search(value):
+        errors.append(("invalid_field", f"{name} must not contain control characters"))
 
 
 def validate_event(
@@ -253,6 +264,8 @@ def validate_event(
         if isinstance(value, str):
             if len(value) > max_value_length:
                 return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
+            if _CONTROL_IN_TEXT.search(value):
+                return ("invalid_property", f"property {key!r} contains control characters")
         elif isinstance(value, bool) or value is None:
             continue
         elif isinstance(value, int):
