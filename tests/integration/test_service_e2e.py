@@ -1,0 +1,127 @@
+"""End to end over real HTTPS: TelemetryService -> https transport -> fake collector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telemetry_core import TelemetryConfig, TelemetryService
+from tests.fake_collector import FakeCollector, Reply
+from tests.unit.test_worker import FakeClock
+
+
+def make_service(
+    tmp_path: Path, collector: FakeCollector, clock: FakeClock | None = None, **changes: Any
+) -> TelemetryService:
+    options: dict[str, Any] = {
+        "app": "demo",
+        "db_path": tmp_path / "telemetry.db",
+        "enabled": True,
+        "remote_enabled": True,
+        "endpoint": collector.submit_url,
+        "ca_bundle": collector.ca_path,
+        "api_key": "k-123",
+        "do_not_track": False,
+        "submission_interval": 3600.0,
+        "submission_batch_size": 10,
+        "timeout": 10.0,
+    }
+    options.update(changes)
+    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    service = TelemetryService(TelemetryConfig(**options), **kwargs)
+    service.close()  # no background worker: the tests drive submit_now
+    return service
+
+
+def test_track_then_submit_delivers_every_event_once(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    fake_collector.api_keys = {"k-123"}
+    service = make_service(tmp_path, fake_collector)
+    ids = [
+        service.track("command_executed", {"command": "run", "i": i}, duration_ms=1.5, success=True)
+        for i in range(25)
+    ]
+    scrubbed = service.track("error", {"message": "failed for jane@example.com"})
+    stats = service.submit_now()
+    service.close()
+    received = {e.id: e for e in fake_collector.events}
+    assert set(received) == {*ids, scrubbed}
+    assert len(fake_collector.event_ids) == 26
+    assert fake_collector.duplicates == 0
+    assert stats.submissions == 3 and stats.successful == 3 and stats.events_accepted == 26
+    assert stats.queue_size == 0
+    event = received[ids[0]]
+    assert event.properties == {"command": "run", "i": 0}
+    assert event.app == "demo" and event.duration_ms == 1.5 and event.success is True
+    assert received[scrubbed].properties == {"message": "failed for <email>"}
+    submits = fake_collector.submit_requests
+    assert all(r.headers.get("x-api-key") == "k-123" for r in submits)
+    # A second submit has nothing to send.
+    again = make_service(tmp_path, fake_collector)
+    assert again.submit_now().submissions == 3
+    assert len(fake_collector.submit_requests) == 3
+
+
+def test_retry_after_then_delivery(tmp_path: Path, fake_collector: FakeCollector) -> None:
+    clock = FakeClock()
+    service = make_service(tmp_path, fake_collector, clock=clock)
+    ids = [service.track("t", {"i": i}) for i in range(5)]
+    fake_collector.script(Reply(status=503, headers={"Retry-After": "7"}))
+    stats = service.submit_now()
+    assert stats.failed == 1 and stats.queue_size == 5 and fake_collector.events == []
+    worker = service.worker
+    assert worker is not None and worker.pause_until == pytest.approx(clock.now + 7)
+    clock.now += 3
+    assert service.submit_now().submissions == 1  # server pause honoured
+    clock.now += 5
+    stats = service.submit_now()
+    assert stats.successful == 1 and stats.retries == 1 and stats.queue_size == 0
+    assert sorted(fake_collector.event_ids) == sorted(ids)
+    service.close()
+
+
+def test_too_large_batches_are_split(tmp_path: Path, fake_collector_factory: Any) -> None:
+    collector = fake_collector_factory(max_events=3)
+    service = make_service(tmp_path, collector)
+    ids = [service.track("t", {"i": i}) for i in range(10)]
+    stats = service.submit_now()
+    service.close()
+    assert sorted(collector.event_ids) == sorted(ids)
+    assert stats.queue_size == 0 and stats.dead == 0
+    statuses = [r.status for r in collector.submit_requests]
+    assert statuses.count(413) >= 1 and statuses.count(200) >= 4
+
+
+def test_unknown_key_dead_letters_until_revived(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    fake_collector.api_keys = {"another"}
+    service = make_service(tmp_path, fake_collector)
+    ids = [service.track("t") for _ in range(3)]
+    stats = service.submit_now()
+    assert stats.dead == 3 and stats.queue_size == 0 and fake_collector.events == []
+    fake_collector.api_keys = {"k-123"}
+    assert service.retry_dead() == 3
+    stats = service.submit_now()
+    service.close()
+    assert stats.dead == 0 and sorted(fake_collector.event_ids) == sorted(ids)
+
+
+def test_background_worker_delivers(tmp_path: Path, fake_collector: FakeCollector) -> None:
+    config = TelemetryConfig(
+        app="demo",
+        db_path=tmp_path / "telemetry.db",
+        enabled=True,
+        remote_enabled=True,
+        endpoint=fake_collector.submit_url,
+        ca_bundle=fake_collector.ca_path,
+        do_not_track=False,
+        submission_interval=0.05,
+    )
+    with TelemetryService(config) as service:
+        ids = [service.track("t", {"i": i}) for i in range(7)]
+        assert fake_collector.wait_for_events(7, timeout=20)
+    assert sorted(fake_collector.event_ids) == sorted(ids)
