@@ -9,11 +9,14 @@ appear in process listings: ``TELEMETRY_COLLECTOR_API_KEYS`` (comma-separated) o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -22,7 +25,12 @@ from telemetry_core._version import __version__
 from telemetry_core.collector.store import CollectorStore
 from telemetry_core.errors import TelemetryError
 
+if TYPE_CHECKING:
+    import uvicorn
+
 __all__ = ["main"]
+
+log = logging.getLogger("telemetry_core.collector")
 
 _LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"
 
@@ -46,6 +54,36 @@ def _open_store(db: str | None, database_url: str | None, **options: Any) -> Col
 
     assert db is not None
     return SQLiteStore(db, **options)
+
+
+def _serve_until_signal(config: uvicorn.Config) -> int:
+    """Run uvicorn until SIGINT/SIGTERM; return 0 after a graceful shutdown.
+
+    uvicorn's own signal handling re-raises the captured signal once shutdown is
+    complete, so a clean stop would end with status 143 and process managers
+    would report a failure. This server installs the same handlers and keeps the
+    signal. A second SIGINT forces an exit without waiting (status 1): in-flight
+    batches may then be cut off, and their clients resend them.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    server = _Server(config)
+    server.run()
+    if server.force_exit:
+        log.warning("collector forced to exit before in-flight requests finished")
+        return 1
+    return 0
 
 
 @click.group()
@@ -78,6 +116,11 @@ def main() -> None:
 @click.option("--rate-burst", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--max-pending-events", default=50_000, show_default=True, type=click.IntRange(1))
 @click.option(
+    "--pool-max",
+    type=click.IntRange(1),
+    help="PostgreSQL connection pool size per process (default 10; --database-url only).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -98,6 +141,7 @@ def serve(  # noqa: PLR0917
     rate_limit: int,
     rate_burst: int,
     max_pending_events: int,
+    pool_max: int | None,
     log_level: str,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM (in-flight batches finish and commit)."""
@@ -122,6 +166,11 @@ def serve(  # noqa: PLR0917
         admin_token = lines[0] if lines else None
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    store_options: dict[str, Any] = {"max_pending_events": max_pending_events}
+    if pool_max is not None:
+        if database_url is None:
+            raise click.UsageError("--pool-max applies to --database-url (PostgreSQL) only")
+        store_options["pool_max"] = pool_max
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
     try:
         settings = CollectorSettings(
@@ -133,7 +182,7 @@ def serve(  # noqa: PLR0917
             max_pending_events=max_pending_events,
             tls=tls_cert is not None,
         )
-        store = _open_store(db, database_url, max_pending_events=max_pending_events)
+        store = _open_store(db, database_url, **store_options)
     except TelemetryError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(settings, store)
@@ -149,7 +198,7 @@ def serve(  # noqa: PLR0917
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    sys.exit(_serve_until_signal(config))
 
 
 def _format_ms(value: int) -> str:

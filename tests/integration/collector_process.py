@@ -135,11 +135,8 @@ class CollectorProcess:
         return "".join(self.stderr_lines)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait for a graceful exit (SIGKILL past ``timeout``); return the code.
-
-        uvicorn re-raises the signal it handled once shutdown is complete, so a
-        graceful stop may end with ``-SIGTERM`` as well as 0.
-        """
+        """SIGTERM, wait for a graceful exit (SIGKILL past ``timeout``); return the code
+        (0 after a graceful shutdown)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

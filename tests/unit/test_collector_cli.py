@@ -71,3 +71,30 @@ def test_serve_refuses_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         main, ["serve", "--db", str(tmp_path / "c.db"), "--api-key", "k", "--admin-token", "x"]
     )
     assert short.exit_code == 1 and "admin_token" in short.output
+
+
+def test_serve_pool_max_reaches_the_postgres_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from telemetry_core.collector import postgres_store
+    from telemetry_core.errors import StorageError
+
+    seen: dict[str, object] = {}
+
+    def fake_store(url: str, **options: object) -> None:
+        seen.update(options, url=url)
+        raise StorageError("stop here: no database in a unit test")
+
+    monkeypatch.setattr(postgres_store, "PostgresStore", fake_store)
+    runner = CliRunner()
+    args = ["serve", "--api-key", "k", "--database-url", "postgresql://u@db/x", "--pool-max", "3"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "stop here" in result.output
+    assert seen == {"url": "postgresql://u@db/x", "pool_max": 3, "max_pending_events": 50_000}
+
+    sqlite = runner.invoke(
+        main, ["serve", "--api-key", "k", "--db", str(tmp_path / "c.db"), "--pool-max", "3"]
+    )
+    assert sqlite.exit_code == 2 and "--pool-max applies to --database-url" in sqlite.output
+    zero = runner.invoke(main, [*args[:-1], "0"])
+    assert zero.exit_code == 2
