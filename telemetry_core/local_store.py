@@ -173,6 +173,10 @@ class _Holder:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
 
 class LocalStore:
     """The client's SQLite database at ``path``.
@@ -437,7 +441,8 @@ class LocalStore:
 
     def increment_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (created at zero); joins the
-        current transaction if there is one."""
+        current transaction if there is one. Counters named ``dropped.<reason>``
+        show up in the queue's ``QueueStats.dropped`` under ``<reason>``."""
         if n == 0:
             return
         with self.transaction() as conn:

@@ -27,7 +27,17 @@ property_values: st.SearchStrategy[PropertyValue] = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=min(MAX_PROPERTY_VALUE_LENGTH, 64)),
+    # Tab, newline and carriage return are allowed; other control characters
+    # (C0, DEL, C1) are rejected by validate_event.
+    st.text(
+        st.characters(
+            blacklist_categories=("Cs",),
+            blacklist_characters=[
+                chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)] if chr(c) not in "\t\n\r"
+            ],
+        ),
+        max_size=min(MAX_PROPERTY_VALUE_LENGTH, 64),
+    ),
 )
 
 #: Flat property maps within the schema's bounds.

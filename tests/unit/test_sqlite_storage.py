@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from telemetry_core.config import TelemetryConfig
 from telemetry_core.errors import StorageError
@@ -19,9 +21,10 @@ from telemetry_core.local_store import LocalStore
 from telemetry_core.models import QueuedEvent
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.protocols import Storage
-from telemetry_core.schema import Event
+from telemetry_core.schema import Event, validate_event
 from telemetry_core_plugins import sqlite_storage
 from telemetry_core_plugins.sqlite_storage import SQLiteQueue
+from tests.property import strategies
 
 MakeEvent = Callable[..., Event]
 
@@ -288,6 +291,7 @@ _DRAIN_SCRIPT = """
 import sys, time
 from telemetry_core.local_store import LocalStore
 from telemetry_core_plugins.sqlite_storage import SQLiteQueue
+from tests.property import strategies
 
 class Backoff:
     def next_retry_delay(self, retry_count, retry_after=None): return 1.0
@@ -624,3 +628,23 @@ def test_close_closes_the_store_connections(queue: SQLiteQueue, make_event: Make
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         conn.execute("SELECT 1")
     assert queue.stats().pending == 1  # reopens on use
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(strategies.events(), min_size=1, max_size=5))
+def test_any_valid_event_round_trips_exactly(
+    tmp_path_factory: pytest.TempPathFactory, batch: list[Event]
+) -> None:
+    s = LocalStore(tmp_path_factory.mktemp("rt") / "telemetry.db")
+    try:
+        q = SQLiteQueue(s, FakeBackoff(FakeClock()))
+        for e in batch:
+            assert validate_event(e) is None
+            q.record(e, enqueue=True)
+        got = q.dequeue(len(batch))
+        assert [g.event for g in got] == batch
+        assert [msgspec.json.encode(g.event) for g in got] == [
+            msgspec.json.encode(e) for e in batch
+        ]
+    finally:
+        s.close()
