@@ -14,7 +14,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from typing import Final
 
 import msgspec
@@ -192,14 +191,16 @@ def new_event_id(now_ms: int | None = None) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _valid_uuid(text: str) -> bool:
-    if len(text) != 36:
-        return False
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
+#: ``uuid.UUID()`` alone is too lenient for an idempotency key: it ignores where
+#: hyphens are and lets ``int()`` accept signs, spaces and underscores, so
+#: distinct strings would pass that are not UUIDs (or name another UUID).
+_UUID_PATTERN: Final = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
+)
+
+
+def _valid_uuid(text: object) -> bool:
+    return isinstance(text, str) and _UUID_PATTERN.match(text) is not None
 
 
 #: Identifiers carry no control characters at all; property values may hold
@@ -207,14 +208,19 @@ def _valid_uuid(text: str) -> bool:
 #: which some stores refuse and terminals misrender.
 _CONTROL_ANY: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: Lone surrogates cannot be encoded as UTF-8: such an event could be stored
+#: but never sent.
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
-def _short(name: str, value: str | None, errors: list[tuple[str, str]]) -> None:
+def _short(name: str, value: object, errors: list[tuple[str, str]]) -> None:
     if value is None:
         return
-    if not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
+    if not isinstance(value, str):
+        errors.append(("invalid_field", f"{name} must be a string"))
+    elif not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
         errors.append(("invalid_field", f"{name} must be 1-{MAX_SHORT_STRING_LENGTH} characters"))
-    elif _CONTROL_ANY.search(value):
+    elif _CONTROL_ANY.search(value) or _SURROGATE.search(value):
         errors.append(("invalid_field", f"{name} must not contain control characters"))
 
 
@@ -240,13 +246,22 @@ def validate_event(
         return ("unsupported_schema", f"schema {event.schema} is not supported")
     if not _valid_uuid(event.id):
         return ("invalid_id", "id must be a hyphenated UUID")
-    if not EVENT_TYPE_PATTERN.match(event.type):
+    if not isinstance(event.type, str) or not EVENT_TYPE_PATTERN.match(event.type):
         return ("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
-    if not 0 <= event.timestamp <= _INT64_MAX:
+    if (
+        not isinstance(event.timestamp, int)
+        or isinstance(event.timestamp, bool)
+        or not 0 <= event.timestamp <= _INT64_MAX
+    ):
         return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
     if now_ms is not None and event.timestamp > now_ms + max_future_skew_ms:
         return ("future_timestamp", "timestamp is too far in the future")
-    if event.duration_ms is not None and not (0 <= event.duration_ms < 1e15):
+    duration: object = event.duration_ms
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not 0 <= duration < 1e15
+    ):
         return ("invalid_duration", "duration_ms must be a finite number >= 0")
     _short("install_id", event.install_id, errors)
     _short("session_id", event.session_id, errors)
@@ -255,10 +270,12 @@ def validate_event(
     if errors:
         return errors[0]
     # Apps hand ``track`` arbitrary objects: check types at run time, not only statically.
-    props: dict[str, object] = event.properties  # type: ignore[assignment]
+    props: dict[object, object] = event.properties  # type: ignore[assignment]
     if len(props) > max_properties:
         return ("too_many_properties", f"at most {max_properties} properties are allowed")
     for key, value in props.items():
+        if not isinstance(key, str):
+            return ("invalid_property", f"property key {key!r} is not a string")
         if len(key) > max_key_length or not _PROPERTY_KEY_PATTERN.match(key):
             return ("invalid_property", f"property key {key[:max_key_length]!r} is invalid")
         if isinstance(value, str):
@@ -266,6 +283,8 @@ def validate_event(
                 return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
             if _CONTROL_IN_TEXT.search(value):
                 return ("invalid_property", f"property {key!r} contains control characters")
+            if _SURROGATE.search(value):
+                return ("invalid_property", f"property {key!r} is not valid Unicode text")
         elif isinstance(value, bool) or value is None:
             continue
         elif isinstance(value, int):
