@@ -229,18 +229,32 @@ class TelemetryConfig:
             )
         path = Path(db_path).expanduser() if db_path is not None else default_db_path(app)
         values: dict[str, Any] = {}
+        # Where each value came from, so that a value that parses but fails
+        # validation is reported under the name the user actually set.
+        sources: dict[str, tuple[str, str]] = {}
         for key, value in read_stored_config(path).items():
             spec = STORED_KEYS.get(key)
             if spec is not None:
-                values[spec[0]] = _parse(f"stored config {key!r}", value, spec[1], spec[2])
+                source = f"stored config {key!r}"
+                values[spec[0]] = _parse(source, value, spec[1], spec[2])
+                sources[spec[0]] = (source, value)
         prefix = env_prefix(app)
         for suffix, (field, kind, scale) in ENV_KEYS.items():
             raw = env.get(prefix + suffix)
             if raw is not None and raw != "":
                 values[field] = _parse(prefix + suffix, raw, kind, scale)
+                sources[field] = (prefix + suffix, raw)
         values.update(explicit)
-        values["do_not_track"] = do_not_track(env)
-        return cls(app=app, db_path=path, **values)
+        for field in explicit:
+            sources.pop(field, None)
+        values["do_not_track"] = bool(explicit.get("do_not_track")) or do_not_track(env)
+        try:
+            return cls(app=app, db_path=path, **values)
+        except ConfigError as exc:
+            if exc.setting not in sources:
+                raise
+            source, raw = sources[exc.setting]
+            raise ConfigError(source, f"{exc.reason} ({exc.setting} from {raw!r})") from None
 
 
 def _parse(setting: str, raw: str, kind: type, scale: float) -> Any:

@@ -25,12 +25,14 @@ class ConfigError(TelemetryError, ValueError):
     """A configuration value is invalid.
 
     ``setting`` names the offending setting (for example ``"endpoint"``) so the
-    message a user sees always says which knob to turn.
+    message a user sees always says which knob to turn; ``reason`` is the
+    message without that prefix.
     """
 
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"invalid {setting}: {message}")
         self.setting = setting
+        self.reason = message
 
 
 class EventRejected(TelemetryError, ValueError):
