@@ -305,6 +305,11 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after this answer, so the traceback is still logged
+        # (by type and frame: our exceptions never carry keys or event properties).
+        return error_response(500, "internal_error", "the collector failed to answer")
+
     async def retention() -> None:
         while True:
             try:
@@ -338,7 +343,7 @@ def create_app(
             Route("/logout", logout, methods=["POST"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
     app.add_middleware(_RequestMetrics, metrics=metrics)
