@@ -7,6 +7,8 @@ can tell failures apart without matching on strings.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "EventRejected",
@@ -34,6 +36,10 @@ class ConfigError(TelemetryError, ValueError):
         self.setting = setting
         self.reason = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-style constructors break the default ``cls(*args)`` unpickling.
+        return (type(self), (self.setting, self.reason), self.__dict__)
+
 
 class EventRejected(TelemetryError, ValueError):
     """An event was refused before storage (bad type, bad properties, privacy).
@@ -45,6 +51,10 @@ class EventRejected(TelemetryError, ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.reason = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.reason), self.__dict__)
 
 
 class StorageError(TelemetryError):
@@ -80,8 +90,30 @@ class TransportError(TelemetryError):
         self.status = status
         self.too_large = too_large
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_transport_error,
+            (
+                type(self),
+                str(self),
+                {
+                    "retryable": self.retryable,
+                    "retry_after": self.retry_after,
+                    "status": self.status,
+                    "too_large": self.too_large,
+                },
+            ),
+            self.__dict__,
+        )
+
     def __repr__(self) -> str:
         return (
             f"TransportError({str(self)!r}, retryable={self.retryable}, "
             f"retry_after={self.retry_after}, status={self.status})"
         )
+
+
+def _rebuild_transport_error(
+    cls: type[TransportError], message: str, fields: dict[str, Any]
+) -> TransportError:
+    return cls(message, **fields)
