@@ -57,7 +57,10 @@ def service(db_path: Path, **changes: Any) -> Any:
         raise Unavailable(f"TelemetryService: {exc}") from exc
     if not hasattr(TelemetryService, "track"):
         raise Unavailable("TelemetryService.track not on main yet")
-    svc = TelemetryService(config(db_path, **changes))
+    try:
+        svc = TelemetryService(config(db_path, **changes))
+    except ImportError as exc:
+        raise Unavailable(f"TelemetryService: {exc}") from exc
     enter = getattr(svc, "__enter__", None)
     if enter is not None:
         svc = enter()
@@ -78,17 +81,26 @@ def track(svc: Any) -> object:
     return svc.track(EVENT_TYPE, EVENT_PROPERTIES, duration_ms=EVENT_DURATION_MS, success=True)
 
 
+def plugin_host() -> Any:
+    """A fresh :class:`PluginHost` with the bundled defaults registered."""
+    try:
+        from telemetry_core.plugin_host import PluginHost
+
+        return PluginHost()
+    except ImportError as exc:
+        raise Unavailable(f"plugin host: {exc}") from exc
+
+
 class Queue:
     """The ``sqlite`` storage plugin on its own, built through the plugin host."""
 
     def __init__(self, db_path: Path, **changes: Any) -> None:
         try:
             from telemetry_core.local_store import LocalStore
-            from telemetry_core.plugin_host import PluginHost
         except ImportError as exc:
             raise Unavailable(f"client queue: {exc}") from exc
         self.config = config(db_path, **changes)
-        self.host = PluginHost()
+        self.host = plugin_host()
         self.store = _open_local_store(LocalStore, self.config)
         self.backoff = self.host.make_backoff(self.config, random.Random(1), time.time)
         self.storage = self.host.make_storage(self.config, self.store, self.backoff, time.time)
