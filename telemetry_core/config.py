@@ -77,6 +77,9 @@ def _validate_endpoint(endpoint: str | None) -> None:
         _ = parts.port
     except ValueError as exc:
         raise ConfigError("endpoint", f"{exc} in {endpoint!r}") from None
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would end up in reprs and logs; keys go in api_key.
+        raise ConfigError("endpoint", "must not contain credentials; set api_key instead")
     if parts.scheme not in ("https", "http") or not host:
         raise ConfigError("endpoint", f"expected an https:// URL with a host, got {endpoint!r}")
     if parts.scheme == "http" and not is_loopback_host(host):

@@ -73,7 +73,7 @@ _INT64_MAX: Final = 2**63 - 1
 PropertyValue = str | int | float | bool | None
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One anonymous usage event (schema 1).
 
     ``id`` is a UUID (the client generates UUIDv7) and is the idempotency key at

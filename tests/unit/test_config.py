@@ -495,3 +495,10 @@ def test_do_not_track_in_the_process_environment_beats_direct_construction(
     assert config.evolve(enabled=True).enabled is False
     from_env = TelemetryConfig.from_env(APP, tmp_path / "t.db", enabled=True)
     assert from_env.enabled is False
+
+
+def test_endpoint_with_credentials_is_refused_and_never_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig(app="demo", endpoint="https://user:hunter2@collector.example/v1/submit")
+    assert info.value.setting == "endpoint"
+    assert "hunter2" not in str(info.value)

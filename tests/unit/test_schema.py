@@ -362,11 +362,24 @@ def test_checks_report_the_first_problem_with_a_message() -> None:
 # --- msgspec round trips ------------------------------------------------------------------
 
 
-def test_event_round_trip_and_omitted_defaults() -> None:
+def test_event_round_trip_carries_every_field_and_the_schema() -> None:
     event = build_event()
     wire = msgspec.json.encode(event)
     decoded = msgspec.json.decode(wire)
-    assert set(decoded) == {"id", "type", "timestamp", "install_id", "app"}
+    assert set(decoded) == {
+        "id",
+        "type",
+        "timestamp",
+        "install_id",
+        "app",
+        "app_version",
+        "session_id",
+        "duration_ms",
+        "success",
+        "properties",
+        "schema",
+    }
+    assert decoded["schema"] == SCHEMA_VERSION
     assert msgspec.json.decode(wire, type=Event) == event
     assert msgspec.json.decode(wire, type=Event).schema == SCHEMA_VERSION
 
