@@ -94,7 +94,8 @@ def decode_envelope(body: bytes, *, max_events: int) -> list[msgspec.Raw]:
     try:
         body.decode("utf-8")  # msgspec leaves the inside of raw events unchecked
         envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec raises RecursionError (not DecodeError) for deeply nested JSON.
         raise IngestError(400, "malformed", f"invalid envelope: {exc}") from exc
     if len(envelope.events) > max_events:
         raise IngestError(
@@ -145,7 +146,7 @@ def check_events(
             continue
         try:
             event = _event_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             errors.append(EventError(index, "invalid_event", str(exc)))
             continue
         problem = validate_event(event, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
