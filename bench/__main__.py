@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, about a minute (CI)")
     mode.add_argument("--full", action="store_true", help="full sizes and PNG plots")
-    parser.add_argument("--only", action="append", default=[], help="benchmark name(s), comma-separated")
+    parser.add_argument(
+        "--only", action="append", default=[], help="benchmark name(s), comma-separated"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
     parser.add_argument("--list", action="store_true", help="list benchmark names and exit")
     args = parser.parse_args(argv)
@@ -82,9 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": [r.name for r in reports],
         "crashed": failed,
         "checks": [
-            {"benchmark": r.name, "what": c.what, "measured": c.measured, "target": c.target,
-             "unit": c.unit, "verdict": c.verdict}
-            for r in reports for c in r.checks
+            {
+                "benchmark": r.name,
+                "what": c.what,
+                "measured": c.measured,
+                "target": c.target,
+                "unit": c.unit,
+                "verdict": c.verdict,
+            }
+            for r in reports
+            for c in r.checks
         ],
     }
     args.results.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ COMPARED_DISTRIBUTIONS = (
 )
 
 
-class Unavailable(Exception):  # noqa: N818 - reads as a state, not a failure
+class Unavailable(Exception):
     """A subject cannot be measured here (a piece not yet built, a server absent)."""
 
 
@@ -170,9 +170,7 @@ class Report:
         self.checks.append(check)
         return check
 
-    def check_value(
-        self, what: str, value: float | None, *, at_most: float, unit: str
-    ) -> Check:
+    def check_value(self, what: str, value: float | None, *, at_most: float, unit: str) -> Check:
         """Add a check of an absolute figure (ms, %, MB) against an upper bound."""
         passed = None if value is None else value <= at_most
         check = Check(what, value, f"<= {at_most:g} {unit}", passed, unit=unit)
@@ -200,8 +198,10 @@ class Report:
             measured = "n/a" if check.measured is None else f"{check.measured:.3g}{check.unit}"
             if check.unit not in ("x", ""):
                 measured = "n/a" if check.measured is None else f"{check.measured:.3g} {check.unit}"
-            lines.append(f"   check {check.what:<52} {measured:>12}  target {check.target:<16} "
-                         f"{check.verdict}")
+            lines.append(
+                f"   check {check.what:<52} {measured:>12}  target {check.target:<16} "
+                f"{check.verdict}"
+            )
         lines.extend(f"   note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -215,12 +215,8 @@ class Report:
             "machine": machine_info(),
             "versions": versions(),
             "params": self.params,
-            "rows": [
-                {**asdict(row), "per_second": row.per_second} for row in self.rows
-            ],
-            "checks": [
-                {**asdict(check), "verdict": check.verdict} for check in self.checks
-            ],
+            "rows": [{**asdict(row), "per_second": row.per_second} for row in self.rows],
+            "checks": [{**asdict(check), "verdict": check.verdict} for check in self.checks],
             "series": self.series,
             "notes": self.notes,
         }

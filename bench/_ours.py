@@ -207,9 +207,23 @@ def collector(
     store = ["--database-url", database_url] if database_url else ["--db", str(workdir / "c.db")]
     env = dict(os.environ, TELEMETRY_COLLECTOR_ADMIN_TOKEN="bench-admin-token")
     cmd = [
-        sys.executable, "-m", "telemetry_core.collector.cli", "serve", *store,
-        "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
-        "--admin-token", "bench-admin-token", "--tls-cert", str(cert), "--tls-key", str(key),
+        sys.executable,
+        "-m",
+        "telemetry_core.collector.cli",
+        "serve",
+        *store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        api_key,
+        "--admin-token",
+        "bench-admin-token",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
     ]
     log = (workdir / f"collector-{port}.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

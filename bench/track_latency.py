@@ -57,16 +57,20 @@ def run(ctx: Context) -> Report:
         from posthog import Posthog
 
         client = Posthog(
-            "phc_bench", host=host, thread=0, max_queue_size=10**7, sync_mode=False,
-            max_retries=0, timeout=0.1, enable_exception_autocapture=False,
+            "phc_bench",
+            host=host,
+            thread=0,
+            max_queue_size=10**7,
+            sync_mode=False,
+            max_retries=0,
+            timeout=0.1,
+            enable_exception_autocapture=False,
         )
         closers.append(client.shutdown)
         lane_queues = [getattr(client, "queue", None)]
 
         def op() -> None:
-            client.capture(
-                "command_executed", distinct_id="install-0", properties=props
-            )
+            client.capture("command_executed", distinct_id="install-0", properties=props)
 
         def one_round() -> Round:
             result = timed_ops([op] * n)
@@ -80,8 +84,13 @@ def run(ctx: Context) -> Report:
         from segment.analytics import Client
 
         client = Client(
-            "bench-write-key", host=host, thread=0, max_queue_size=10**7, sync_mode=False,
-            max_retries=0, timeout=0.1,
+            "bench-write-key",
+            host=host,
+            thread=0,
+            max_queue_size=10**7,
+            sync_mode=False,
+            max_retries=0,
+            timeout=0.1,
         )
         # With thread=0 the client never creates the list its atexit join() walks.
         if not hasattr(client, "consumers"):

@@ -1,0 +1,53 @@
+"""Helpers for benchmarks that time whole Python processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench._harness import Round
+
+#: Records one event and exits: what a CLI app adds to each of its runs.
+RECORD_ONE = """
+import sys
+from telemetry_core import TelemetryConfig, TelemetryService
+config = TelemetryConfig(app="bench", db_path=sys.argv[1], enabled=True, do_not_track=False,
+                         remote_enabled=len(sys.argv) > 2,
+                         endpoint=sys.argv[2] if len(sys.argv) > 2 else None)
+with TelemetryService(config) as telemetry:
+    telemetry.track("command_executed", {"command": "run"}, duration_ms=12.5, success=True)
+"""
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for child processes, without telemetry switches of the caller."""
+    env = {k: v for k, v in os.environ.items() if "TELEMETRY" not in k and k != "DO_NOT_TRACK"}
+    env.pop("PYTHONDEVMODE", None)
+    return env
+
+
+def process_round(args: Sequence[str], cwd: Path, timeout: float = 60.0) -> Callable[[], Round]:
+    """A round function that runs ``python args...`` once and times it end to end."""
+    env = clean_env()
+
+    def one_round() -> Round:
+        t0 = time.perf_counter_ns()
+        done = subprocess.run(
+            [sys.executable, *args],
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        elapsed = time.perf_counter_ns() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"{args!r} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+        return Round(elapsed, 1, [elapsed])
+
+    return one_round

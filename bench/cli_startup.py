@@ -1,0 +1,67 @@
+"""What telemetry-core adds to a short CLI process.
+
+Interleaved process launches: ``python -c pass`` (the floor), ``python -c
+"import telemetry_core"``, and a script that opens a service on a local
+database, records one event and exits (remote submission off). The figures are
+the median added milliseconds over the floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench import _proc
+from bench._harness import Context, Report, Round, Unavailable, interleave
+
+NAME = "cli_startup"
+PASS = "python -c pass"
+IMPORT = "python -c 'import telemetry_core'"
+RECORD = "import + record one event + exit"
+
+
+def added_ms(report: Report, subject: str, floor: str) -> float | None:
+    """Median of ``subject`` minus the median of ``floor``, in ms."""
+    a, b = report.row(subject), report.row(floor)
+    if a is None or b is None or a.median_ns is None or b.median_ns is None:
+        return None
+    return (a.median_ns - b.median_ns) / 1e6
+
+
+def run(ctx: Context) -> Report:
+    """Measure and compare; see the module docstring."""
+    rounds = ctx.pick(5, 25)
+    report = Report(NAME, "process start-up cost (wall time per process)")
+    report.params = {"rounds": rounds}
+    script = ctx.workdir / "record_one.py"
+    script.write_text(_proc.RECORD_ONE)
+
+    def available() -> None:
+        try:
+            import telemetry_core
+
+            if not hasattr(telemetry_core.TelemetryService, "track"):
+                raise Unavailable("TelemetryService.track not on main yet")
+        except ImportError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def floor() -> Callable[[], Round]:
+        return _proc.process_round(["-c", "pass"], ctx.workdir)
+
+    def imp() -> Callable[[], Round]:
+        available()
+        return _proc.process_round(["-c", "import telemetry_core"], ctx.workdir)
+
+    def record() -> Callable[[], Round]:
+        available()
+        return _proc.process_round([str(script), str(ctx.workdir / "cli.db")], ctx.workdir)
+
+    report.rows = interleave(
+        {PASS: floor, IMPORT: imp, RECORD: record}, rounds=rounds, unit="process"
+    )
+    report.check_value(
+        "added by import telemetry_core", added_ms(report, IMPORT, PASS), at_most=40, unit="ms"
+    )
+    report.check_value(
+        "added by import + record one event", added_ms(report, RECORD, PASS), at_most=60, unit="ms"
+    )
+    return report
