@@ -43,7 +43,7 @@ class _Discard(BaseHTTPRequestHandler):
         )
         self.wfile.write(head.encode() + self._BODY)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Silence the per-request log line."""
 
 

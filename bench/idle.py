@@ -1,0 +1,110 @@
+"""An idle worker's cost: CPU share and resident memory over a quiet window.
+
+Two child processes run side by side over the same window: an idle interpreter
+(``time.sleep``) and a process holding an open ``TelemetryService`` with remote
+submission on (endpoint on a loopback port where nothing listens, default
+5-minute interval), so its worker thread is alive and waiting. CPU time comes
+from ``/proc/<pid>/stat`` (user + system) sampled after a warm-up; RSS from
+``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import _ours, _proc
+from bench._harness import Context, Report, Row, Unavailable
+
+NAME = "idle"
+IDLE = "idle interpreter"
+OURS = "telemetry-core service, worker idle"
+
+_IDLE_SCRIPT = "import sys, time; print('ready', flush=True); time.sleep(float(sys.argv[1]))"
+_OURS_SCRIPT = """
+import sys, time
+from telemetry_core import TelemetryConfig, TelemetryService
+config = TelemetryConfig(app="bench", db_path=sys.argv[2], enabled=True, do_not_track=False,
+                         remote_enabled=True, endpoint=sys.argv[3])
+with TelemetryService(config) as telemetry:
+    telemetry.track("command_executed", {"command": "run"}, duration_ms=12.5, success=True)
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(ctx: Context) -> Report:
+    """Measure and compare; see the module docstring."""
+    window: float = ctx.pick(3.0, 60.0)
+    warmup = 1.0
+    report = Report(NAME, f"idle worker over {window:g} s (CPU share, RSS)")
+    report.params = {"window_s": window, "warmup_s": warmup}
+    if not Path("/proc/self/stat").exists():
+        raise Unavailable("needs /proc")
+    endpoint = f"https://127.0.0.1:{_ours.closed_port()}/v1/submit"
+    sleep_for = str(window + warmup + 5)
+    env = _proc.clean_env()
+    procs = {
+        IDLE: subprocess.Popen(
+            [sys.executable, "-c", _IDLE_SCRIPT, sleep_for], stdout=subprocess.PIPE, env=env
+        ),
+        OURS: subprocess.Popen(
+            [sys.executable, "-c", _OURS_SCRIPT, sleep_for, str(ctx.workdir / "idle.db"), endpoint],
+            stdout=subprocess.PIPE,
+            env=env,
+        ),
+    }
+    try:
+        for proc in procs.values():
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"child {proc.args!r} did not start")
+        time.sleep(warmup)
+        start = {name: _cpu_seconds(p.pid) for name, p in procs.items()}
+        t0 = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        cpu = {name: _cpu_seconds(p.pid) - start[name] for name, p in procs.items()}
+        rss = {name: _rss_mb(p.pid) for name, p in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    for name in procs:
+        report.rows.append(
+            Row(
+                name,
+                unit="window",
+                note=f"CPU {100 * cpu[name] / elapsed:.3f} %, RSS {rss[name]:.1f} MB",
+                extra={"cpu_s": cpu[name], "rss_mb": rss[name]},
+            )
+        )
+    report.check_value(
+        "CPU share of the worker process", 100 * cpu[OURS] / elapsed, at_most=0.1, unit="%"
+    )
+    report.check_value(
+        "RSS above an idle interpreter", rss[OURS] - rss[IDLE], at_most=10, unit="MB"
+    )
+    report.notes.append(
+        f"CPU counted over {elapsed:.1f} s; clock tick {1 / os.sysconf('SC_CLK_TCK'):.3f} s "
+        "bounds the resolution"
+    )
+    return report

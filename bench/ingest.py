@@ -1,0 +1,193 @@
+"""Collector ingest with 1, 4 and 16 concurrent clients, SQLite and PostgreSQL.
+
+Each client is a thread with its own urllib3 keep-alive connection, POSTing
+pre-encoded batches of 100 fresh events to ``telemetry-collector serve`` (TLS,
+loopback); a round times until every client has had its 200s (each sent only
+after the batch is committed). The floor is the stdlib ``sqlite3`` inserting
+the same events with ``executemany``, one transaction per batch of 100.
+PostgreSQL is measured when a server answers on 127.0.0.1:5432 (or at
+``TELEMETRY_BENCH_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+from bench import _ours
+from bench._harness import Context, Report, Round, Unavailable, interleave
+from bench._tls import Certs
+
+NAME = "ingest"
+BATCH = 100
+API_KEY = "bench-submission-key"
+RAW = "raw sqlite3 executemany (1 writer)"
+
+
+def _pg_url(ctx: Context) -> str | None:
+    url = os.environ.get("TELEMETRY_BENCH_DATABASE_URL")
+    if url:
+        return url
+    try:
+        import psycopg
+
+        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+        name = "telemetry_bench"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    except Exception:
+        return None
+
+
+def _bodies(count: int) -> list[bytes]:
+    return [json.dumps({"events": _ours.event_dicts(BATCH)}).encode() for _ in range(count)]
+
+
+def run(ctx: Context) -> Report:
+    """Measure and compare; see the module docstring."""
+    import urllib3
+
+    clients: list[int] = ctx.pick([1, 4], [1, 4, 16])
+    batches = ctx.pick(4, 10)  # per client per round
+    rounds = ctx.pick(3, 7)
+    report = Report(NAME, "collector ingest, concurrent clients (time per event)")
+    report.params = {
+        "clients": clients,
+        "batches_per_client": batches,
+        "batch": BATCH,
+        "rounds": rounds,
+    }
+    certs = Certs(ctx.workdir / "tls")
+    stores: dict[str, str | None] = {"sqlite": None}
+    pg = None if ctx.quick else _pg_url(ctx)
+    if pg:
+        stores["postgres"] = pg
+    else:
+        report.notes.append("PostgreSQL not measured (no server, or quick run)")
+    bases: dict[str, str] = {}
+    managers = []
+    subjects: dict[str, Callable[[], Callable[[], Round]]] = {}
+
+    def ours(store: str, c: int) -> Callable[[], Callable[[], Round]]:
+        def factory() -> Callable[[], Round]:
+            if store not in bases:
+                raise Unavailable("collector not running")
+            port = int(bases[store].rsplit(":", 1)[1])
+            pools = [
+                urllib3.HTTPSConnectionPool(
+                    "127.0.0.1",
+                    port,
+                    ca_certs=str(certs.ca),
+                    assert_hostname="127.0.0.1",
+                    maxsize=1,
+                )
+                for _ in range(c)
+            ]
+            headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
+            errors: list[str] = []
+
+            def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
+                for body in bodies:
+                    r = pool.request("POST", "/v1/submit", body=body, headers=headers)
+                    if r.status != 200:
+                        errors.append(f"{r.status} {r.data[:200]!r}")
+                        return
+
+            def one_round() -> Round:
+                work = [_bodies(batches) for _ in range(c)]
+                threads = [
+                    threading.Thread(target=client, args=(p, w))
+                    for p, w in zip(pools, work, strict=True)
+                ]
+                t0 = time.perf_counter_ns()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(120)
+                elapsed = time.perf_counter_ns() - t0
+                if errors:
+                    raise RuntimeError(f"collector answered {errors[0]}")
+                return Round(elapsed, c * batches * BATCH)
+
+            return one_round
+
+        return factory
+
+    def raw() -> Callable[[], Round]:
+        conn = sqlite3.connect(
+            ctx.workdir / "raw.db", isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT,"
+            " ts INTEGER, install_id TEXT, payload TEXT)"
+        )
+        managers.append(conn)
+
+        def one_round() -> Round:
+            total = 4 * batches
+            rows = [
+                [
+                    (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
+                    for e in _ours.event_dicts(BATCH)
+                ]
+                for _ in range(total)
+            ]
+            t0 = time.perf_counter_ns()
+            for batch in rows:
+                conn.execute("BEGIN")
+                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
+                conn.execute("COMMIT")
+            return Round(time.perf_counter_ns() - t0, total * BATCH)
+
+        return one_round
+
+    cms = []
+    try:
+        for store, url in stores.items():
+            try:
+                cm = _ours.collector(
+                    ctx.workdir / store,
+                    cert=certs.cert,
+                    key=certs.key,
+                    api_key=API_KEY,
+                    database_url=url,
+                )
+                (ctx.workdir / store).mkdir(parents=True, exist_ok=True)
+                bases[store] = cm.__enter__()
+                cms.append(cm)
+            except Unavailable as exc:
+                report.notes.append(f"{store} collector unavailable: {exc}")
+        subjects[RAW] = raw
+        for store in stores:
+            for c in clients:
+                subjects[f"collector {store}, {c} clients"] = ours(store, c)
+        report.rows = interleave(subjects, rounds=rounds, unit="event", max_seconds=300)
+    finally:
+        for cm in reversed(cms):
+            cm.__exit__(None, None, None)
+        for conn in managers:
+            conn.close()
+    for c in clients:
+        check = report.check_ratio(f"collector sqlite, {c} clients", RAW, at_least=0.25)
+        if c != 4:
+            report.checks.remove(check)
+    report.series = {
+        "clients": clients,
+        **{
+            f"{store}_events_per_s": [
+                (r.per_second if (r := report.row(f"collector {store}, {c} clients")) else None)
+                for c in clients
+            ]
+            for store in stores
+        },
+        "raw_events_per_s": (r.per_second if (r := report.row(RAW)) else None),
+    }
+    return report
