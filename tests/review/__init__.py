@@ -1,0 +1,1 @@
+"""Reviewers' reproductions of findings (see FINDINGS-*.md)."""
