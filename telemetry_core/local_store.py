@@ -45,7 +45,10 @@ _INSTALL_ID_KEY: Final = "install-id"
 #: Forward-only schema migrations; migration ``n`` (1-based) brings the file to
 #: ``PRAGMA user_version = n``. Never edit a released step, append a new one.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # 1: events, recorded locally whether or not they are sent.
+    # 1: events, recorded locally whether or not they are sent. Keyed by the
+    # time-ordered UUIDv7 id without a rowid, so a record appends to one b-tree
+    # and writes one page. No secondary index: per-type counts and the
+    # retention cleanup are rare calls that may scan.
     (
         """CREATE TABLE telemetry_events (
             id TEXT PRIMARY KEY,
@@ -61,9 +64,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             properties TEXT NOT NULL,
             payload BLOB NOT NULL,
             created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX idx_telemetry_events_type ON telemetry_events(type)",
-        "CREATE INDEX idx_telemetry_events_created_at ON telemetry_events(created_at)",
+        ) WITHOUT ROWID""",
     ),
     # 2: stored configuration (read by config.read_stored_config).
     (
@@ -74,18 +75,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
     ),
     # 3: counters, and the queue (the seed's migration 006 plus leases and dead
-    # letters). Triggers keep the size and dead counters exact in the same
-    # transaction as every change, including foreign-key cascades.
+    # letters). The rowid is the FIFO order: a plain INTEGER PRIMARY KEY always
+    # appends (max + 1), and a fresh entry (next_retry_at = 0, live) is in no
+    # secondary index, so enqueueing writes one page. Only the rarer states are
+    # indexed: partial indexes hold the entries leased or waiting for a retry,
+    # and the dead ones. The queue size is max(id) - queue.holes, where the
+    # storage plugin keeps queue.holes (ids below the max that are free) up to
+    # date on every delete, so no counter is written when recording.
     (
         """CREATE TABLE telemetry_counters (
             name TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
-        "INSERT INTO telemetry_counters(name, value) VALUES ('queue.size', 0), ('queue.dead', 0)",
+        "INSERT INTO telemetry_counters(name, value) VALUES ('queue.holes', 0)",
         """CREATE TABLE telemetry_queue (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_id TEXT NOT NULL UNIQUE
-                REFERENCES telemetry_events(id) ON DELETE CASCADE,
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
             created_at REAL NOT NULL,
             retry_count INTEGER NOT NULL DEFAULT 0,
             next_retry_at REAL NOT NULL DEFAULT 0,
@@ -94,30 +99,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             lease_expires_at REAL,
             dead INTEGER NOT NULL DEFAULT 0
         )""",
-        "CREATE INDEX idx_telemetry_queue_created_at ON telemetry_queue(created_at)",
-        # Live entries by due time: counts the (small) set not due yet.
+        # Live entries not due at once (leased, or waiting for a retry).
         """CREATE INDEX idx_telemetry_queue_next_retry_at
-            ON telemetry_queue(next_retry_at) WHERE dead = 0""",
-        # Live entries in FIFO order, covering the due test: dequeue walks it
-        # from the front and stops after batch_size due rows.
-        """CREATE INDEX idx_telemetry_queue_fifo
-            ON telemetry_queue(id, next_retry_at) WHERE dead = 0""",
-        """CREATE INDEX idx_telemetry_queue_lease
-            ON telemetry_queue(lease_expires_at) WHERE lease_owner IS NOT NULL""",
+            ON telemetry_queue(next_retry_at, lease_expires_at)
+            WHERE dead = 0 AND next_retry_at > 0""",
         "CREATE INDEX idx_telemetry_queue_dead ON telemetry_queue(id) WHERE dead = 1",
-        """CREATE TRIGGER telemetry_queue_insert AFTER INSERT ON telemetry_queue BEGIN
-            UPDATE telemetry_counters SET value = value + 1 WHERE name = 'queue.size';
-            UPDATE telemetry_counters SET value = value + new.dead WHERE name = 'queue.dead';
-        END""",
-        """CREATE TRIGGER telemetry_queue_delete AFTER DELETE ON telemetry_queue BEGIN
-            UPDATE telemetry_counters SET value = value - 1 WHERE name = 'queue.size';
-            UPDATE telemetry_counters SET value = value - old.dead WHERE name = 'queue.dead';
-        END""",
-        """CREATE TRIGGER telemetry_queue_dead AFTER UPDATE OF dead ON telemetry_queue
-            WHEN new.dead != old.dead BEGIN
-            UPDATE telemetry_counters SET value = value + new.dead - old.dead
-                WHERE name = 'queue.dead';
-        END""",
     ),
     # 4: the submission log.
     (

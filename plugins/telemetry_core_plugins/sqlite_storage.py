@@ -2,20 +2,25 @@
 
 Events go to ``telemetry_events`` with their exact wire encoding (``payload``),
 so the sender decodes once and never re-encodes. Queue entries live in
-``telemetry_queue``; every call is one transaction of set-based, constant SQL
-(id lists travel as one JSON parameter read with ``json_each``).
+``telemetry_queue``; every call is one transaction of constant SQL.
 
-How the queue stays cheap at any depth:
+How the queue stays cheap at any depth (see migration 3 of
+:mod:`telemetry_core.local_store`):
 
-* ``dequeue`` walks the partial index of live entries in FIFO order
-  (``idx_telemetry_queue_fifo``, covering ``next_retry_at``) and stops after
-  ``batch_size`` due rows; only entries that are leased or waiting for a retry
-  are skipped on the way.
-* A claim sets the entry's ``next_retry_at`` to its lease expiry, so "due" is
-  one comparison, and a crashed sender's entries come back by themselves.
-* Triggers keep ``queue.size`` and ``queue.dead`` in ``telemetry_counters``
-  within the same transaction; ``stats`` adds index-only counts of the small
-  subsets (not yet due, leased).
+* Recording writes two b-tree pages: the event (keyed by its time-ordered id)
+  and the queue entry (appended at ``max(id) + 1``). A fresh entry is in no
+  secondary index and no counter is touched.
+* ``dequeue`` walks the queue table in id (FIFO) order and stops after
+  ``batch_size`` due rows; only entries that are leased, waiting for a retry or
+  dead are skipped on the way. A claim sets the entry's ``next_retry_at`` to its
+  lease expiry, so "due" is one comparison, and a crashed sender's entries come
+  back by themselves.
+* The queue object remembers, for each entry it holds, the entry's row id and
+  retry count, so ``mark_*`` and ``release`` touch rows by id (no index on
+  ``event_id`` is needed) and re-check the event id and the lease owner.
+* The size is ``max(id) - queue.holes``; every delete updates ``queue.holes``
+  in its transaction. ``stats`` adds index-only counts of the small subsets
+  (not yet due, leased, dead), so it never counts the whole table.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -47,24 +52,28 @@ __all__ = ["NAME", "SQLiteQueue"]
 NAME: Final = "sqlite"
 #: ``last_error`` keeps at most this many characters.
 MAX_ERROR_LENGTH: Final = 1000
+#: Claims remembered per queue object before expired ones are forgotten (an
+#: acknowledgement of a forgotten claim is ignored, so the entry is resent).
+_MAX_CLAIMS: Final = 65_536
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Event)
-
-_IDS: Final = "SELECT value FROM json_each(?)"
+_batch_decoder = msgspec.json.Decoder(list[Event])
 
 _INSERT_EVENT: Final = (
     "INSERT OR IGNORE INTO telemetry_events(id, type, timestamp, session_id, duration_ms,"
     " success, app, app_version, install_id, schema, properties, payload, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_ENTRY: Final = "INSERT OR IGNORE INTO telemetry_queue(event_id, created_at) VALUES (?, ?)"
+_INSERT_ENTRY: Final = "INSERT INTO telemetry_queue(event_id, created_at) VALUES (?, ?)"
 _ENQUEUE: Final = (
-    "INSERT OR IGNORE INTO telemetry_queue(event_id, created_at)"
+    "INSERT INTO telemetry_queue(event_id, created_at)"
     " SELECT e.id, ? FROM json_each(?) AS j JOIN telemetry_events AS e ON e.id = j.value"
-    " ORDER BY j.key"
+    " WHERE e.id NOT IN (SELECT event_id FROM telemetry_queue)"
+    " GROUP BY e.id ORDER BY min(j.key)"
 )
-_QUEUE_SIZE: Final = "SELECT value FROM telemetry_counters WHERE name = 'queue.size'"
+_HOLES: Final = "SELECT value FROM telemetry_counters WHERE name = 'queue.holes'"
+_MAX_ID: Final = "SELECT coalesce(max(id), 0) FROM telemetry_queue"
+_ADD_HOLES: Final = "UPDATE telemetry_counters SET value = value + ? WHERE name = 'queue.holes'"
 _DROP_OLDEST: Final = (
     "DELETE FROM telemetry_queue WHERE id IN (SELECT id FROM telemetry_queue ORDER BY id LIMIT ?)"
 )
@@ -72,62 +81,52 @@ _COUNT: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?)"
     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 )
+# Walks the queue's rowid b-tree from the front (a LEFT JOIN keeps it outer; an
+# entry whose event is gone comes back with a NULL payload and is removed).
 _SELECT_DUE: Final = (
-    "SELECT q.id, q.retry_count, q.created_at, q.last_error, e.payload"
-    " FROM telemetry_queue AS q INDEXED BY idx_telemetry_queue_fifo"
-    " JOIN telemetry_events AS e ON e.id = q.event_id"
+    "SELECT q.id, q.event_id, q.retry_count, q.created_at, q.last_error, e.payload"
+    " FROM telemetry_queue AS q LEFT JOIN telemetry_events AS e ON e.id = q.event_id"
     " WHERE q.dead = 0 AND q.next_retry_at <= ? ORDER BY q.id LIMIT ?"
 )
-# The selected rows are exactly the due live rows up to the last selected id,
-# so one range update claims them all.
+# The selected rows are exactly the due live rows between the first and the
+# last selected id, so one range update claims them all.
 _CLAIM: Final = (
-    "UPDATE telemetry_queue INDEXED BY idx_telemetry_queue_fifo"
-    " SET lease_owner = ?, lease_expires_at = ?, next_retry_at = ?"
-    " WHERE dead = 0 AND next_retry_at <= ? AND id <= ?"
+    "UPDATE telemetry_queue SET lease_owner = ?, lease_expires_at = ?, next_retry_at = ?"
+    " WHERE id BETWEEN ? AND ? AND dead = 0 AND next_retry_at <= ?"
 )
-_SUBMITTED: Final = f"DELETE FROM telemetry_queue WHERE event_id IN ({_IDS}) AND lease_owner = ?"
-_HELD_BY_RETRY_COUNT: Final = (
-    "SELECT retry_count FROM telemetry_queue"
-    f" WHERE event_id IN ({_IDS}) AND lease_owner = ? GROUP BY retry_count"
-)
+_HELD: Final = " WHERE id = ? AND event_id = ? AND lease_owner = ?"
+_SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
 _RESCHEDULE: Final = (
     "UPDATE telemetry_queue SET retry_count = retry_count + 1, next_retry_at = ?,"
-    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
-    f" WHERE event_id IN ({_IDS}) AND lease_owner = ? AND retry_count = ?"
-)
-_KILL_RETRY_COUNT: Final = (
-    "UPDATE telemetry_queue SET retry_count = retry_count + 1, dead = 1,"
-    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
-    f" WHERE event_id IN ({_IDS}) AND lease_owner = ? AND retry_count = ?"
+    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
 )
 _KILL: Final = (
-    "UPDATE telemetry_queue SET retry_count = retry_count + 1, dead = 1,"
-    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
-    f" WHERE event_id IN ({_IDS}) AND lease_owner = ?"
+    "UPDATE telemetry_queue SET retry_count = retry_count + 1, dead = 1, next_retry_at = 0,"
+    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
 )
 _RELEASE: Final = (
     "UPDATE telemetry_queue SET next_retry_at = 0, lease_owner = NULL, lease_expires_at = NULL"
-    f" WHERE event_id IN ({_IDS}) AND lease_owner = ?"
+    + _HELD
 )
 _REVIVE: Final = (
     "UPDATE telemetry_queue INDEXED BY idx_telemetry_queue_dead"
     " SET dead = 0, retry_count = 0, next_retry_at = 0, lease_owner = NULL,"
     " lease_expires_at = NULL WHERE dead = 1"
 )
+_DEAD: Final = (
+    "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_dead WHERE dead = 1"
+)
+# Live entries not due yet (waiting for a retry, or leased), and how many of
+# them hold a live lease: a claim sets next_retry_at to the lease expiry.
 _NOT_DUE: Final = (
-    "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_next_retry_at"
-    " WHERE dead = 0 AND next_retry_at > ?"
+    "SELECT count(*), coalesce(sum(lease_expires_at > ?), 0) FROM telemetry_queue"
+    " INDEXED BY idx_telemetry_queue_next_retry_at"
+    " WHERE dead = 0 AND next_retry_at > 0 AND next_retry_at > ?"
 )
-_LEASED: Final = (
-    "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_lease"
-    " WHERE lease_owner IS NOT NULL AND lease_expires_at > ?"
-)
-_OLDEST: Final = (
-    "SELECT created_at FROM telemetry_queue INDEXED BY idx_telemetry_queue_created_at"
-    " WHERE dead = 0 ORDER BY created_at LIMIT 1"
-)
+# Enqueue order is id order, so the oldest live entry is the first live row.
+_OLDEST: Final = "SELECT created_at FROM telemetry_queue WHERE dead = 0 ORDER BY id LIMIT 1"
 _COUNTERS: Final = (
-    "SELECT name, value FROM telemetry_counters WHERE name IN ('queue.size', 'queue.dead')"
+    "SELECT name, value FROM telemetry_counters WHERE name = 'queue.holes'"
     " OR (name > 'dropped.' AND name < 'dropped/')"
 )
 _RETENTION_ENTRIES: Final = (
@@ -135,10 +134,16 @@ _RETENTION_ENTRIES: Final = (
     " WHERE event_id IN (SELECT id FROM telemetry_events WHERE created_at < ?)"
 )
 _RETENTION_EVENTS: Final = "DELETE FROM telemetry_events WHERE created_at < ?"
+_ORPHAN: Final = "DELETE FROM telemetry_queue WHERE id = ?"
 
 
-def _id_list(event_ids: Sequence[str]) -> str:
-    return _encoder.encode(list(event_ids)).decode()
+def _deleted(conn: sqlite3.Connection, count: int, max_before: int) -> None:
+    """Keep ``queue.holes`` exact after ``count`` rows were deleted: the size is
+    ``max(id) - holes``, and ``max(id)`` may have dropped."""
+    if count <= 0:
+        return
+    max_after = int(conn.execute(_MAX_ID).fetchone()[0])
+    conn.execute(_ADD_HOLES, (count + max_after - max_before,))
 
 
 class SQLiteQueue:
@@ -179,6 +184,9 @@ class SQLiteQueue:
         self.lease = lease
         self.max_queue_size = max_queue_size
         self._token = uuid.uuid4().hex
+        # event id -> (queue row id, retry count, lease expiry) of each entry
+        # this object claimed and has not acknowledged yet.
+        self._claims: dict[str, tuple[int, int, float]] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteQueue({self.store!r}, lease={self.lease}, max={self.max_queue_size})"
@@ -219,8 +227,10 @@ class SQLiteQueue:
                 ),
             )
             if enqueue and cursor.rowcount == 1:
-                conn.execute(_INSERT_ENTRY, (event.id, now))
-                self._trim(conn)
+                last = conn.execute(_INSERT_ENTRY, (event.id, now)).lastrowid or 0
+                # The size is at most the newest id: no lookup while that fits.
+                if last > self.max_queue_size:
+                    self._trim(conn, last)
 
     def enqueue(self, event_ids: Sequence[str]) -> int:
         """Queue stored events (unknown or already queued ids are skipped), in
@@ -228,16 +238,21 @@ class SQLiteQueue:
         if not event_ids:
             return 0
         with self.store.transaction() as conn:
-            added = conn.execute(_ENQUEUE, (self.clock(), _id_list(event_ids))).rowcount
-            if added:
-                self._trim(conn)
+            added = conn.execute(
+                _ENQUEUE, (self.clock(), _encoder.encode(list(event_ids)))
+            ).rowcount
+            if added > 0:
+                last = int(conn.execute(_MAX_ID).fetchone()[0])
+                if last > self.max_queue_size:
+                    self._trim(conn, last)
         return max(added, 0)
 
-    def _trim(self, conn: sqlite3.Connection) -> None:
-        size = conn.execute(_QUEUE_SIZE).fetchone()[0]
-        excess = int(size) - self.max_queue_size
+    def _trim(self, conn: sqlite3.Connection, max_id: int) -> None:
+        excess = max_id - int(conn.execute(_HOLES).fetchone()[0]) - self.max_queue_size
         if excess > 0:
+            # Dropping from the front leaves max(id) as it is.
             dropped = conn.execute(_DROP_OLDEST, (excess,)).rowcount
+            conn.execute(_ADD_HOLES, (dropped,))
             conn.execute(_COUNT, ("dropped.queue_full", dropped))
 
     # -- sending -----------------------------------------------------------
@@ -253,26 +268,73 @@ class SQLiteQueue:
             rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
             if not rows:
                 return []
-            conn.execute(_CLAIM, (self.owner, expires, expires, now, rows[-1][0]))
+            conn.execute(_CLAIM, (self.owner, expires, expires, rows[0][0], rows[-1][0], now))
+            if any(r[5] is None for r in rows):
+                rows = self._drop_orphans(conn, rows)
+        if not rows:
+            return []
         try:
-            return [
+            events = _batch_decoder.decode(b"[" + b",".join([r[5] for r in rows]) + b"]")
+        except msgspec.DecodeError as exc:
+            raise StorageError(f"a stored event payload does not decode: {exc}") from exc
+        claims = self._claims
+        if len(claims) >= _MAX_CLAIMS:
+            self._forget_expired(now)
+        batch = []
+        for (row_id, event_id, retry_count, created_at, last_error, _), event in zip(
+            rows, events, strict=True
+        ):
+            claims[event_id] = (row_id, retry_count, expires)
+            batch.append(
                 QueuedEvent(
-                    event=_decoder.decode(payload),
+                    event=event,
                     retry_count=retry_count,
                     enqueued_at=created_at,
                     last_error=last_error,
                 )
-                for _id, retry_count, created_at, last_error, payload in rows
-            ]
-        except msgspec.DecodeError as exc:
-            raise StorageError(f"a stored event payload does not decode: {exc}") from exc
+            )
+        return batch
+
+    def _drop_orphans(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Any]:
+        """Remove entries whose event is no longer stored; return the others."""
+        max_before = int(conn.execute(_MAX_ID).fetchone()[0])
+        orphans = [(r[0],) for r in rows if r[5] is None]
+        _deleted(conn, conn.executemany(_ORPHAN, orphans).rowcount, max_before)
+        return [r for r in rows if r[5] is not None]
+
+    def _forget_expired(self, now: float) -> None:
+        for event_id, claim in list(self._claims.items()):
+            if claim[2] <= now:
+                self._claims.pop(event_id, None)
+
+    def _held(self, event_ids: Iterable[str]) -> list[tuple[str, int, int]]:
+        """(event id, row id, retry count) of the given entries this object claimed."""
+        claims = self._claims
+        return [
+            (event_id, claim[0], claim[1])
+            for event_id in event_ids
+            if (claim := claims.get(event_id)) is not None
+        ]
+
+    def _settle(self, held: list[tuple[str, int, int]]) -> None:
+        for event_id, row_id, _ in held:
+            claim = self._claims.get(event_id)
+            if claim is not None and claim[0] == row_id:
+                del self._claims[event_id]
 
     def mark_submitted(self, event_ids: Sequence[str]) -> None:
         """Remove delivered entries this owner holds (events stay stored)."""
-        if not event_ids:
+        held = self._held(event_ids)
+        if not held:
             return
+        owner = self.owner
         with self.store.transaction() as conn:
-            conn.execute(_SUBMITTED, (_id_list(event_ids), self.owner))
+            max_before = int(conn.execute(_MAX_ID).fetchone()[0])
+            cursor = conn.executemany(
+                _SUBMITTED, [(row_id, event_id, owner) for event_id, row_id, _ in held]
+            )
+            _deleted(conn, cursor.rowcount, max_before)
+        self._settle(held)
 
     def mark_failed(
         self, event_ids: Sequence[str], error: str, retry_after: float | None = None
@@ -281,31 +343,58 @@ class SQLiteQueue:
         one at ``backoff.next_retry_timestamp(retry_count, retry_after)``, or
         dead-letter the entry once ``backoff.should_retry(retry_count)`` is false.
         ``retry_count`` is the number of failed attempts before this one."""
-        if not event_ids:
+        held = self._held(event_ids)
+        if not held:
             return
-        ids, owner, message = _id_list(event_ids), self.owner, error[:MAX_ERROR_LENGTH]
+        owner, message = self.owner, error[:MAX_ERROR_LENGTH]
+        backoff = self.backoff
+        # One backoff decision per distinct retry count, as one batch shares it.
+        plan: dict[int, float | None] = {}
+        for _, _, count in held:
+            if count not in plan:
+                plan[count] = (
+                    backoff.next_retry_timestamp(count, retry_after)
+                    if backoff.should_retry(count)
+                    else None
+                )
+        retry = [
+            (at, message, row_id, event_id, owner)
+            for event_id, row_id, count in held
+            if (at := plan[count]) is not None
+        ]
+        kill = [
+            (message, row_id, event_id, owner)
+            for event_id, row_id, count in held
+            if plan[count] is None
+        ]
         with self.store.transaction() as conn:
-            counts = [r[0] for r in conn.execute(_HELD_BY_RETRY_COUNT, (ids, owner))]
-            for count in counts:
-                if self.backoff.should_retry(count):
-                    at = self.backoff.next_retry_timestamp(count, retry_after)
-                    conn.execute(_RESCHEDULE, (at, message, ids, owner, count))
-                else:
-                    conn.execute(_KILL_RETRY_COUNT, (message, ids, owner, count))
+            if retry:
+                conn.executemany(_RESCHEDULE, retry)
+            if kill:
+                conn.executemany(_KILL, kill)
+        self._settle(held)
 
     def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
         """Dead-letter entries this owner holds at once (a terminal answer)."""
-        if not event_ids:
+        held = self._held(event_ids)
+        if not held:
             return
+        owner, message = self.owner, error[:MAX_ERROR_LENGTH]
         with self.store.transaction() as conn:
-            conn.execute(_KILL, (error[:MAX_ERROR_LENGTH], _id_list(event_ids), self.owner))
+            conn.executemany(
+                _KILL, [(message, row_id, event_id, owner) for event_id, row_id, _ in held]
+            )
+        self._settle(held)
 
     def release(self, event_ids: Sequence[str]) -> None:
         """Give entries this owner holds back, due now, without counting an attempt."""
-        if not event_ids:
+        held = self._held(event_ids)
+        if not held:
             return
+        owner = self.owner
         with self.store.transaction() as conn:
-            conn.execute(_RELEASE, (_id_list(event_ids), self.owner))
+            conn.executemany(_RELEASE, [(row_id, event_id, owner) for event_id, row_id, _ in held])
+        self._settle(held)
 
     def revive_dead(self) -> int:
         """Make every dead entry due again with ``retry_count`` 0; return how many."""
@@ -315,20 +404,21 @@ class SQLiteQueue:
     # -- housekeeping ------------------------------------------------------
 
     def stats(self) -> QueueStats:
-        """A consistent snapshot from counters and index-only counts of the
-        entries not due yet and of live leases; never a full-table count."""
+        """A consistent snapshot from the newest id, the counters and
+        index-only counts of the dead entries and of those not due yet (leased
+        or waiting); never a full-table count."""
         now = self.clock()
         with self.store.snapshot() as conn:
+            size = int(conn.execute(_MAX_ID).fetchone()[0])
             counters = dict(conn.execute(_COUNTERS).fetchall())
-            not_due = int(conn.execute(_NOT_DUE, (now,)).fetchone()[0])
-            leased = int(conn.execute(_LEASED, (now,)).fetchone()[0])
+            dead = int(conn.execute(_DEAD).fetchone()[0])
+            not_due, leased = conn.execute(_NOT_DUE, (now, now)).fetchone()
             oldest = conn.execute(_OLDEST).fetchone()
-        dead = int(counters.pop("queue.dead", 0))
-        pending = int(counters.pop("queue.size", 0)) - dead
+        pending = size - int(counters.pop("queue.holes", 0)) - dead
         return QueueStats(
             pending=pending,
-            due=max(pending - not_due, 0),
-            leased=leased,
+            due=max(pending - int(not_due), 0),
+            leased=int(leased),
             dead=dead,
             dropped={k.removeprefix("dropped."): int(v) for k, v in counters.items()},
             oldest_enqueued_at=None if oldest is None else float(oldest[0]),
@@ -338,8 +428,10 @@ class SQLiteQueue:
         """Delete events recorded before ``older_than`` and their queue entries
         (counted under ``dropped.retention``); return how many events went."""
         with self.store.transaction() as conn:
+            max_before = int(conn.execute(_MAX_ID).fetchone()[0])
             entries = conn.execute(_RETENTION_ENTRIES, (older_than,)).rowcount
             if entries > 0:
+                _deleted(conn, entries, max_before)
                 conn.execute(_COUNT, ("dropped.retention", entries))
             return max(conn.execute(_RETENTION_EVENTS, (older_than,)).rowcount, 0)
 
