@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 import urllib3
-from urllib3.exceptions import HTTPError, SSLError
+from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from telemetry_core._version import __version__
@@ -241,6 +241,12 @@ class HttpsClient:
                 self._redact(f"{method} {url}: TLS failure: {exc}"),
                 retryable=True,
                 retry_after=self._tls_pause,
+            ) from None
+        except NewConnectionError as exc:
+            # Checked before the timeout branch: urllib3 derives it from
+            # ConnectTimeoutError, but a refused connection is not a timeout.
+            raise TransportError(
+                self._redact(f"{method} {url}: cannot connect: {exc}"), retryable=True
             ) from None
         except Urllib3TimeoutError as exc:
             raise TransportError(

@@ -133,3 +133,26 @@ def test_importing_does_not_import_urllib3() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_refused_connection_is_not_reported_as_a_timeout(tmp_path: Path) -> None:
+    # urllib3's NewConnectionError derives from ConnectTimeoutError; the message
+    # users see in `telemetry submit` and last_error must still say what happened.
+    import socket
+
+    from telemetry_core.errors import TransportError
+    from telemetry_core.schema import Event, new_event_id
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    transport = HttpsTransport(config(tmp_path, endpoint=f"https://127.0.0.1:{port}/v1/submit"))
+    event = Event(id=new_event_id(), type="refused", timestamp=1, install_id="i", app="a")
+    try:
+        with pytest.raises(TransportError) as info:
+            transport.submit_batch([event])
+    finally:
+        transport.close()
+    assert info.value.retryable
+    assert "timed out" not in str(info.value)
+    assert "cannot connect" in str(info.value)
