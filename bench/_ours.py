@@ -158,9 +158,21 @@ def event_dicts(n: int) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(make_event()) for _ in range(n)]
 
 
+def time_ordered_id() -> str:
+    """A UUIDv7-shaped id from the stdlib (ms timestamp, then random bits).
+
+    The raw baselines key rows by it, as ours does with UUIDv7: a random UUIDv4 key
+    would make the floor slower at depth than the thing it bounds.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0b10 << 62)
+    return str(uuid.UUID(int=value | (rand & ((1 << 62) - 1))))
+
+
 def raw_event_json() -> tuple[str, str]:
     """An (id, JSON payload) pair the raw baselines store, built with the stdlib only."""
-    event_id = str(uuid.uuid4())
+    event_id = time_ordered_id()
     payload = json.dumps(
         {
             "id": event_id,
