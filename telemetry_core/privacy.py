@@ -107,17 +107,15 @@ def scrub_text(value: str, literals: Iterable[str] = ()) -> str:
     """
     literals = tuple(literals)
     for _ in range(_MAX_PASSES):
-        before = value
-        value = _mask_patterns(value)
-        if value == before and not literals:
-            return value  # no pattern matched: nothing to find
+        masked = _mask_patterns(value)
         for literal in literals:
-            if literal in value:
-                value = re.sub(
-                    rf"(?<![A-Za-z0-9]){re.escape(literal)}(?![A-Za-z0-9])", "<user>", value
+            if literal in masked:
+                masked = re.sub(
+                    rf"(?<![A-Za-z0-9]){re.escape(literal)}(?![A-Za-z0-9])", "<user>", masked
                 )
-        if find_pii(value) is None:
-            return value
+        if masked == value:
+            return value  # a pass that changes nothing found nothing
+        value = masked
     return REDACTED
 
 

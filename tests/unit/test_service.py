@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
@@ -21,7 +22,7 @@ from telemetry_core.errors import ConfigError, EventRejected, TransportError
 from telemetry_core.models import SubmissionResult
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import local_identifiers
-from telemetry_core.schema import MAX_PROPERTIES
+from telemetry_core.schema import MAX_PROPERTIES, Event
 from tests.unit.test_worker import FakeClock, FakeTransport, FakeTransportPlugin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,18 +126,20 @@ def test_track_records_a_minimal_event(local_rig: Rig) -> None:
     )
     assert event_id is not None
     ((payload,),) = local_rig.rows("SELECT payload FROM telemetry_events")
-    event = json.loads(payload)
-    assert event == {
-        "id": event_id,
-        "type": "command_executed",
-        "timestamp": int(local_rig.clock.now * 1000),
-        "install_id": local_rig.service.status()["install_id"],
-        "app": "demo",
-        "session_id": "s1",
-        "duration_ms": 12.5,
-        "success": True,
-        "properties": {"command": "run"},
-    }  # schema 1 is the default, omitted on the wire
+    event = msgspec.json.decode(payload, type=Event)
+    assert event == Event(
+        id=event_id,
+        type="command_executed",
+        timestamp=int(local_rig.clock.now * 1000),
+        install_id=local_rig.service.status()["install_id"],
+        app="demo",
+        session_id="s1",
+        duration_ms=12.5,
+        success=True,
+        properties={"command": "run"},
+    )
+    # Nothing else about the machine: only the schema's fields are stored.
+    assert set(json.loads(payload)) <= set(Event.__struct_fields__)
     # Remote off: recorded locally, not queued.
     assert local_rig.service.queue_stats().pending == 0
     assert local_rig.service.event_counts() == {"command_executed": 1}
