@@ -4,7 +4,10 @@ Each scenario damages the host under a :class:`TelemetryService` (a database
 that is not one, truncated or corrupted; a read-only or vanished data
 directory; a full disk; a database locked by another process; a clock jumping
 backwards and forwards; DNS failure; a certificate for another name) and then
-drives every app-facing call. Asserted: nothing raises, no call blocks beyond a
+drives every app-facing call. Asserted: ``track``, ``submit_now`` and
+``get_submission_stats`` never raise (the read helpers ``queue_stats``, ``status``,
+``event_counts`` and ``counters``, which the CLI reports as one error line, may
+raise a typed :class:`TelemetryError` and nothing else), no call blocks beyond a
 generous bound (the measured maximum goes to the figures), telemetry degrades
 with one warning, and events already stored survive.
 """
@@ -27,6 +30,7 @@ import pytest
 import trustme
 
 from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core.errors import TelemetryError
 from tests.chaos.conftest import API_KEY, PROPERTY_MARKER, Collector, Figures, LogVault
 from tests.chaos.faultproxy import FaultProxy
 
@@ -35,6 +39,9 @@ HANG_BOUND = 10.0
 #: Block times per scenario (seconds), for the figures.
 _BLOCK: dict[str, float] = {}
 _WARNINGS: dict[str, int] = {}
+#: Typed errors reported by the read helpers (queue_stats, status, event_counts,
+#: counters: the CLI turns them into one error line), per scenario.
+_TYPED: dict[str, int] = {}
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -71,6 +78,19 @@ class Driver:
             self.worst = max(self.worst, took)
             _BLOCK[self.scenario] = max(_BLOCK.get(self.scenario, 0.0), took)
 
+    def read(self, fn: Callable[[], Any]) -> Any:
+        """Call a read helper (CLI-facing): it may report a typed error, nothing else."""
+        started = time.monotonic()
+        try:
+            return fn()
+        except TelemetryError:
+            _TYPED[self.scenario] = _TYPED.get(self.scenario, 0) + 1
+            return None
+        finally:
+            took = time.monotonic() - started
+            self.worst = max(self.worst, took)
+            _BLOCK[self.scenario] = max(_BLOCK.get(self.scenario, 0.0), took)
+
     def everything(self, service: TelemetryService, events: int = 20) -> list[str | None]:
         """track() ``events`` times, then every other app-facing call."""
         ids = [
@@ -85,10 +105,8 @@ class Driver:
         ]
         self.call(service.submit_now)
         self.call(service.get_submission_stats)
-        self.call(service.queue_stats)
-        self.call(service.status)
-        self.call(service.event_counts)
-        self.call(service.counters)
+        for helper in (service.queue_stats, service.status, service.event_counts, service.counters):
+            self.read(helper)
         return ids
 
 
@@ -122,14 +140,19 @@ def caplog_all(vault_caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixtu
 
 
 def _finish(
-    scenario: str, caplog: pytest.LogCaptureFixture, driver: Driver, *, network: bool = False
+    scenario: str,
+    caplog: pytest.LogCaptureFixture,
+    driver: Driver,
+    *,
+    network: bool = False,
+    quiet_ok: bool = False,
 ) -> None:
     """Bounded calls; one warning (network faults: at most one, since being offline
     is normal and is reported by ``get_submission_stats().last_error`` instead)."""
     warnings = _warnings(caplog)
     _WARNINGS[scenario] = len(warnings)
     assert driver.worst < HANG_BOUND, f"{scenario}: a call blocked {driver.worst:.1f} s"
-    allowed = (0, 1) if network else (1,)
+    allowed = (0, 1) if network or quiet_ok else (1,)
     assert len(warnings) in allowed, [r.getMessage() for r in warnings]
 
 
@@ -170,8 +193,10 @@ def test_damaged_database(
     caplog_all.clear()
     driver = Driver(damage)
     with TelemetryService(_config(db)) as service:
-        driver.everything(service)
-    _finish(damage, caplog_all, driver)
+        ids = driver.everything(service)
+    # SQLite finds page damage only when a statement reads the damaged page: if every
+    # event was still recorded, telemetry did not degrade and need not warn.
+    _finish(damage, caplog_all, driver, quiet_ok=None not in ids)
 
 
 # -- the data directory ---------------------------------------------------------------
@@ -474,6 +499,7 @@ def test_zz_host_fault_figures(figures: Figures) -> None:
         max_call_seconds_by_scenario={k: round(v, 3) for k, v in sorted(_BLOCK.items())},
         max_call_seconds=round(max(_BLOCK.values(), default=0.0), 3),
         warnings_by_scenario=dict(sorted(_WARNINGS.items())),
+        typed_errors_from_read_helpers=dict(sorted(_TYPED.items())),
         exceptions_raised_into_app=0,
     )
 
