@@ -290,13 +290,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Print the figures and write them (``docs/reliability.json`` in full mode)."""
     if not _FIGURES.data:
         return
-    document = {"mode": "full" if FULL else "ci", "suites": _FIGURES.data}
-    text = json.dumps(document, indent=2, sort_keys=True)
+    document: dict[str, Any] = {"mode": "full" if FULL else "ci", "suites": _FIGURES.data}
     if FULL:
         target = ROOT / "docs" / "reliability.json"
+        # A partial rerun (one suite) updates its own figures and keeps the others.
+        if target.exists():
+            previous = json.loads(target.read_text())
+            document["suites"] = {**previous.get("suites", {}), **_FIGURES.data}
     else:
         base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
         target = Path(base) / "chaos-figures.json"
+    text = json.dumps(document, indent=2, sort_keys=True)
     target.write_text(text + "\n")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
