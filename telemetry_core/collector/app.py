@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +29,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from telemetry_core._version import __version__
 from telemetry_core.collector.auth import AdminAuth, KeyRing
 from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
-from telemetry_core.collector.ingest import IngestError, check_events, decode_envelope, read_body
+from telemetry_core.collector.ingest import (
+    BudgetLease,
+    InFlightBudget,
+    IngestError,
+    check_events,
+    decode_envelope,
+    read_body,
+)
 from telemetry_core.collector.limiter import KeyedRateLimiter
 from telemetry_core.collector.metrics import CollectorMetrics
 from telemetry_core.collector.settings import CollectorSettings
@@ -38,7 +45,13 @@ from telemetry_core.errors import StorageError
 from telemetry_core.models import Clock
 from telemetry_core.schema import ServerInfo, SubmitResponse
 
-__all__ = ["create_app", "error_response", "parse_stats_query"]
+__all__ = [
+    "DASHBOARD_HEADERS",
+    "MAX_LOGIN_FORM_BYTES",
+    "create_app",
+    "error_response",
+    "parse_stats_query",
+]
 
 log = logging.getLogger("telemetry_core.collector")
 
@@ -46,6 +59,21 @@ _KNOWN_PATHS = frozenset(
     {"/", "/ping", "/login", "/logout", "/metrics", "/v1/info", "/v1/stats", "/v1/submit"}
 )
 _encoder = msgspec.json.Encoder()
+
+#: The largest ``POST /login`` form read; larger ones get 413 without being read.
+MAX_LOGIN_FORM_BYTES = 4096
+
+#: Defensive headers of every dashboard page (it loads nothing and runs no script).
+DASHBOARD_HEADERS: Mapping[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -59,6 +87,19 @@ def error_response(
 ) -> Response:
     """The JSON error answer ``{"error": {"code": ..., "message": ...}}``."""
     return _json({"error": {"code": code, "message": message}}, status, headers)
+
+
+def _html(page: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(page, status_code=status, headers=DASHBOARD_HEADERS)
+
+
+def _client_host(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 def _parse_time(name: str, value: str) -> int:
@@ -129,13 +170,19 @@ def create_app(
     The app owns the store from then on: its lifespan runs retention every
     ``settings.cleanup_interval_s`` and closes the store (after in-flight
     batches commit) at shutdown. ``clock`` (wall seconds) dates receptions;
-    ``monotonic`` drives the rate limiter.
+    ``monotonic`` drives the rate limiters.
     """
     keys = KeyRing(settings.api_keys)
-    admin = AdminAuth(settings.admin_token)
+    admin = AdminAuth(settings.admin_token, session_ttl_s=settings.session_ttl_s, clock=clock)
     limiter = KeyedRateLimiter(
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, clock=monotonic
     )
+    admin_failures = KeyedRateLimiter(
+        per_minute=settings.admin_failures_per_minute,
+        burst=settings.admin_failures_per_minute,
+        clock=monotonic,
+    )
+    budget = InFlightBudget(settings.inflight_budget_bytes)
     metrics = CollectorMetrics(lambda: float(store.queue_depth))
     store.add_commit_observer(metrics.observe_commit)
     info = ServerInfo(name=settings.name, version=__version__, limits=settings.limits())
@@ -143,18 +190,57 @@ def create_app(
     def now_ms() -> int:
         return int(clock() * 1000)
 
+    def refusal(exc: IngestError) -> Response:
+        headers: dict[str, str] = {}
+        if exc.status == 503:
+            headers["Retry-After"] = "1"
+        if exc.close:
+            headers["Connection"] = "close"
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    def disconnected(path: str) -> Response:
+        # Nothing reaches the client; 499 (client closed request) is for the metrics.
+        log.info("client disconnected mid-request path=%s", path)
+        return error_response(499, "client_disconnected", "the client closed the connection")
+
+    async def read_capped(
+        request: Request, lease: BudgetLease, *, encoding: str, max_compressed: int, max_body: int
+    ) -> bytes:
+        """Read the body under the in-flight budget and the body deadline."""
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                return await read_body(
+                    request.stream(),
+                    encoding=encoding,
+                    max_compressed_bytes=max_compressed,
+                    max_body_bytes=max_body,
+                    lease=lease,
+                )
+        except TimeoutError:
+            raise IngestError(
+                408,
+                "request_timeout",
+                f"request body not received within {settings.body_timeout_s:g} s",
+                close=True,
+            ) from None
+        except IngestError as exc:
+            exc.close = True  # the rest of the body was not read
+            raise
+
     async def submit(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            return await _submit(request)
+            with budget.lease() as lease:
+                return await _submit(request, lease)
         except IngestError as exc:
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
             log.info("submit refused status=%d code=%s", exc.status, exc.code)
-            return error_response(exc.status, exc.code, exc.message, headers)
+            return refusal(exc)
+        except ClientDisconnect:
+            return disconnected("/v1/submit")
         finally:
             metrics.ingest_seconds.observe(time.perf_counter() - started)
 
-    async def _submit(request: Request) -> Response:
+    async def _submit(request: Request, lease: BudgetLease) -> Response:
         kid = keys.identify(request.headers.get("x-api-key"))
         if kid is None:
             raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
@@ -166,20 +252,21 @@ def create_app(
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
             raise IngestError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
-        declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > settings.max_compressed_body_bytes
-        ):
-            raise IngestError(413, "too_large", "request body too large")
+        declared = _declared_length(request)
+        if declared is not None and declared > settings.max_compressed_body_bytes:
+            raise IngestError(413, "too_large", "request body too large", close=True)
         if store.queue_depth >= settings.max_pending_events:
-            raise IngestError(503, "overloaded", "the collector is busy; retry later")
-        body = await read_body(
-            request.stream(),
+            raise IngestError(503, "overloaded", "the collector is busy; retry later", close=True)
+        if not lease.fits(declared or 1):
+            raise IngestError(
+                503, "overloaded", "too many request bodies in flight; retry later", close=True
+            )
+        body = await read_capped(
+            request,
+            lease,
             encoding=encoding,
-            max_compressed_bytes=settings.max_compressed_body_bytes,
-            max_body_bytes=settings.max_body_bytes,
+            max_compressed=settings.max_compressed_body_bytes,
+            max_body=settings.max_body_bytes,
         )
         raws = decode_envelope(body, max_events=settings.max_events_per_batch)
         received = now_ms()
@@ -235,10 +322,47 @@ def create_app(
     async def server_info(request: Request) -> Response:
         return _json(info)
 
-    def admin_ok(request: Request) -> bool:
-        return admin.check_header(request.headers.get("authorization")) or admin.check_cookie(
-            request.cookies.get(AdminAuth.COOKIE)
+    def throttled_admin(request: Request) -> Response | None:
+        """429 when this client address has used up its refused admin attempts."""
+        wait = admin_failures.wait_for(_client_host(request))
+        if not wait:
+            return None
+        log.warning(
+            "admin attempt throttled path=%s client=%s", request.url.path, _client_host(request)
         )
+        return error_response(
+            429,
+            "rate_limited",
+            "too many refused admin attempts; retry later",
+            {"Retry-After": str(wait)},
+        )
+
+    def admin_failed(request: Request, how: str) -> None:
+        """Count and log one refused admin credential (never its content)."""
+        admin_failures.acquire(_client_host(request), 1)
+        log.warning(
+            "admin auth refused path=%s via=%s client=%s",
+            request.url.path,
+            how,
+            _client_host(request),
+        )
+
+    def admin_check(request: Request, *, cookie: bool) -> Response | bool:
+        """True when the request carries the admin token (or, with ``cookie``, a valid
+        session); a 429 response when its address is throttled; False otherwise
+        (a wrong Bearer token counts as a refused attempt)."""
+        authorization = request.headers.get("authorization")
+        if cookie and admin.check_cookie(request.cookies.get(AdminAuth.COOKIE)):
+            return True
+        if not authorization:
+            return False
+        throttled = throttled_admin(request)
+        if throttled is not None:
+            return throttled
+        if admin.check_header(authorization):
+            return True
+        admin_failed(request, "bearer")
+        return False
 
     def admin_refused() -> Response:
         return error_response(
@@ -249,7 +373,10 @@ def create_app(
         )
 
     async def stats(request: Request) -> Response:
-        if not admin.check_header(request.headers.get("authorization")):
+        allowed = admin_check(request, cookie=False)
+        if isinstance(allowed, Response):
+            return allowed
+        if not allowed:
             return admin_refused()
         try:
             query = parse_stats_query(request.query_params)
@@ -258,8 +385,11 @@ def create_app(
         return _json(await store.stats(query))
 
     async def dashboard(request: Request) -> Response:
-        if not admin_ok(request):
-            return HTMLResponse(render_login(None, title=settings.name), status_code=401)
+        allowed = admin_check(request, cookie=True)
+        if isinstance(allowed, Response):
+            return allowed
+        if not allowed:
+            return _html(render_login(None, title=settings.name), 401)
         try:
             query = parse_stats_query(request.query_params)
         except IngestError as exc:
@@ -270,33 +400,64 @@ def create_app(
             filters=dict(request.query_params),
             generated_at_ms=now_ms(),
         )
-        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        return _html(page)
 
     async def login(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > 4096:
-            return error_response(413, "too_large", "form too large")
+        try:
+            with budget.lease() as lease:
+                return await _login(request, lease)
+        except IngestError as exc:
+            log.info("login refused status=%d code=%s", exc.status, exc.code)
+            return refusal(exc)
+        except ClientDisconnect:
+            return disconnected("/login")
+
+    async def _login(request: Request, lease: BudgetLease) -> Response:
+        throttled = throttled_admin(request)
+        if throttled is not None:
+            return throttled
+        declared = _declared_length(request)
+        if declared is not None and declared > MAX_LOGIN_FORM_BYTES:
+            raise IngestError(413, "too_large", "form too large", close=True)
+        body = await read_capped(
+            request,
+            lease,
+            encoding="identity",
+            max_compressed=MAX_LOGIN_FORM_BYTES,
+            max_body=MAX_LOGIN_FORM_BYTES,
+        )
         token = parse_qs(body.decode("utf-8", "replace")).get(LOGIN_TOKEN_FIELD, [""])[0]
         if not admin.check_token(token):
-            page = render_login("Wrong token.", title=settings.name)
-            return HTMLResponse(page, status_code=401)
+            admin_failed(request, "login")
+            return _html(render_login("Wrong token.", title=settings.name), 401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             AdminAuth.COOKIE,
-            admin.session_value(),
+            admin.new_session(),
+            max_age=settings.session_ttl_s,
             httponly=True,
             samesite="strict",
-            secure=settings.tls,
+            secure=settings.tls or settings.secure_cookies,
         )
+        log.info("dashboard login client=%s", _client_host(request))
         return response
 
     async def logout(request: Request) -> Response:
+        admin.revoke(request.cookies.get(AdminAuth.COOKIE))
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(AdminAuth.COOKIE)
+        response.delete_cookie(
+            AdminAuth.COOKIE,
+            httponly=True,
+            samesite="strict",
+            secure=settings.tls or settings.secure_cookies,
+        )
         return response
 
     async def prometheus(request: Request) -> Response:
-        if not admin.check_header(request.headers.get("authorization")):
+        allowed = admin_check(request, cookie=False)
+        if isinstance(allowed, Response):
+            return allowed
+        if not allowed:
             return admin_refused()
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import threading
+import time
 from collections.abc import Iterable
+
+from telemetry_core.models import Clock
 
 __all__ = ["AdminAuth", "KeyRing", "key_id"]
 
@@ -38,13 +43,43 @@ class KeyRing:
 
 
 class AdminAuth:
-    """The admin token, accepted as ``Authorization: Bearer <token>`` or as the
-    dashboard session cookie (an HMAC of the token, never the token itself)."""
+    """The admin token, accepted as ``Authorization: Bearer <token>`` or as a
+    dashboard session cookie.
+
+    A session cookie is ``<issued_at>.<nonce>.<mac>``: the issue time in whole
+    seconds, 16 random bytes, and an HMAC-SHA256 of both keyed by a key derived
+    from the token (never the token itself). It is valid for ``session_ttl_s``
+    after issue (checked against ``clock``) unless revoked by :meth:`revoke`
+    (logout). Being a MAC, a session opens the dashboard on every collector
+    sharing the token; revocation is kept in this process's memory, so behind a
+    load balancer logout ends the session on the instance that served it and the
+    expiry bounds it everywhere else. Revocations are kept until their session
+    expires; past ``max_revoked`` of them, every session issued up to the oldest
+    dropped one is refused (a forced logout, never a revived session).
+    """
 
     COOKIE = "telemetry_admin"
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        *,
+        session_ttl_s: int = 8 * 3600,
+        clock: Clock = time.time,
+        max_revoked: int = 10_000,
+    ) -> None:
         self._token = token
+        self._key = (
+            hmac.new(token.encode(), b"dashboard-session-key-v2", "sha256").digest()
+            if token is not None
+            else b""
+        )
+        self.session_ttl_s = session_ttl_s
+        self._clock = clock
+        self._max_revoked = max_revoked
+        self._revoked: dict[str, int] = {}  # nonce -> issued_at
+        self._not_after_issue = -1  # sessions issued at or before this are refused
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -67,13 +102,54 @@ class AdminAuth:
         scheme, _, value = authorization.partition(" ")
         return scheme.lower() == "bearer" and self.check_token(value.strip())
 
-    def session_value(self) -> str:
-        """The cookie value that proves a successful dashboard login."""
+    def _mac(self, issued_at: int, nonce: str) -> str:
+        return hmac.new(self._key, f"{issued_at}.{nonce}".encode(), "sha256").hexdigest()
+
+    def new_session(self) -> str:
+        """A fresh session cookie value, issued now."""
         assert self._token is not None
-        return hmac.new(self._token.encode(), b"dashboard-session-v1", "sha256").hexdigest()
+        issued_at = int(self._clock())
+        nonce = secrets.token_hex(16)
+        return f"{issued_at}.{nonce}.{self._mac(issued_at, nonce)}"
+
+    def _parse(self, value: str | None) -> tuple[int, str] | None:
+        """``(issued_at, nonce)`` of a well-formed, authentic session value, else None."""
+        if self._token is None or not value:
+            return None
+        parts = value.split(".")
+        if len(parts) != 3 or not parts[0].isdigit() or len(parts[0]) > 12:
+            return None
+        issued_at, nonce, mac = int(parts[0]), parts[1], parts[2]
+        if not hmac.compare_digest(mac.encode(), self._mac(issued_at, nonce).encode()):
+            return None
+        return issued_at, nonce
 
     def check_cookie(self, value: str | None) -> bool:
-        """True when ``value`` is the dashboard session cookie."""
-        if self._token is None or not value:
+        """True when ``value`` is an authentic, unexpired, unrevoked session cookie."""
+        parsed = self._parse(value)
+        if parsed is None:
             return False
-        return hmac.compare_digest(value.encode(), self.session_value().encode())
+        issued_at, nonce = parsed
+        now = self._clock()
+        if not issued_at <= now + 60 or now >= issued_at + self.session_ttl_s:
+            return False
+        with self._lock:
+            return issued_at > self._not_after_issue and nonce not in self._revoked
+
+    def revoke(self, value: str | None) -> None:
+        """End the session ``value`` (logout); unknown or forged values are ignored."""
+        parsed = self._parse(value)
+        if parsed is None:
+            return
+        issued_at, nonce = parsed
+        now = self._clock()
+        with self._lock:
+            self._revoked[nonce] = issued_at
+            if len(self._revoked) > self._max_revoked:
+                expired_before = now - self.session_ttl_s
+                for n, at in list(self._revoked.items()):
+                    if at <= expired_before:
+                        del self._revoked[n]
+            while len(self._revoked) > self._max_revoked:
+                oldest = min(self._revoked, key=self._revoked.__getitem__)
+                self._not_after_issue = max(self._not_after_issue, self._revoked.pop(oldest))

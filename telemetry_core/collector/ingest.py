@@ -2,7 +2,9 @@
 
 Framework-free: :func:`read_body` enforces both size caps while the body
 streams in (gzip is inflated incrementally with a hard output cap, so a gzip
-bomb costs at most ``max_body_bytes`` of memory), :func:`decode_envelope` reads
+bomb costs at most ``max_body_bytes`` of memory) and reserves every byte it
+holds from the process-wide :class:`InFlightBudget`, so the bodies of all
+requests being read together stay bounded; :func:`decode_envelope` reads
 ``{"events": [...]}`` keeping each event raw, and :func:`check_events` decodes and
 validates every event on its own, so one bad event is rejected with its index
 while the others are stored.
@@ -10,30 +12,114 @@ while the others are stored.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import AsyncIterator
 
 import attrs
 import msgspec
 
-from telemetry_core.privacy import find_pii
+from telemetry_core.privacy import PII_PATTERNS, find_pii
 from telemetry_core.schema import Event, EventError, SubmitEnvelope, validate_event
 
-__all__ = ["CheckedBatch", "IngestError", "check_events", "decode_envelope", "read_body"]
+__all__ = [
+    "BudgetLease",
+    "CheckedBatch",
+    "InFlightBudget",
+    "IngestError",
+    "check_events",
+    "decode_envelope",
+    "read_body",
+]
 
 
 class IngestError(Exception):
-    """A request-level refusal: HTTP ``status`` with an error ``code`` and ``message``."""
+    """A request-level refusal: HTTP ``status`` with an error ``code`` and ``message``.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    ``close`` asks the server to close the connection after answering (the
+    request body was not read to its end).
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.close = close
 
 
 def _too_large(message: str) -> IngestError:
     return IngestError(413, "too_large", message)
+
+
+def _overloaded() -> IngestError:
+    return IngestError(503, "overloaded", "too many request bodies in flight; retry later")
+
+
+class InFlightBudget:
+    """A process-wide bound on the bytes of request bodies held in memory.
+
+    Every request reads its body through a :class:`BudgetLease` that reserves
+    each compressed chunk as it arrives and each inflated piece as it is
+    produced; a reservation that does not fit is refused (the request answers
+    503 with ``Retry-After``), so N slow or stalled uploads cannot hold N times
+    ``max_body_bytes``. Thread-safe; never blocks.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Bytes currently reserved by all leases."""
+        return self._used
+
+    def lease(self) -> BudgetLease:
+        """A new, empty lease; release it (or use it as a context manager) when done."""
+        return BudgetLease(self)
+
+    def _reserve(self, n: int) -> bool:
+        with self._lock:
+            if self._used + n > self.max_bytes:
+                return False
+            self._used += n
+            return True
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
+
+
+class BudgetLease:
+    """The bytes one request holds from an :class:`InFlightBudget`."""
+
+    def __init__(self, budget: InFlightBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def fits(self, n: int) -> bool:
+        """True when ``n`` more bytes would fit in the budget right now (reserves nothing)."""
+        return self._budget.used + n <= self._budget.max_bytes
+
+    def reserve(self, n: int) -> None:
+        """Reserve ``n`` more bytes; raise :class:`IngestError` 503 when they do not fit."""
+        if not self._budget._reserve(n):
+            raise _overloaded()
+        self.held += n
+
+    def release(self) -> None:
+        """Give back everything this lease holds (idempotent)."""
+        held, self.held = self.held, 0
+        if held:
+            self._budget._release(held)
+
+    def __enter__(self) -> BudgetLease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 async def read_body(
@@ -42,12 +128,14 @@ async def read_body(
     encoding: str,
     max_compressed_bytes: int,
     max_body_bytes: int,
+    lease: BudgetLease | None = None,
 ) -> bytes:
     """Read a request body, enforcing both caps while it streams.
 
     ``encoding`` is the ``Content-Encoding`` (``identity`` or ``gzip``, already
     lowercased). Raises :class:`IngestError` 413 past a cap, 400 for a corrupt
-    gzip stream.
+    gzip stream, 503 when ``lease`` cannot reserve the bytes just received or
+    inflated (the lease keeps them until the caller releases it).
     """
     received = 0
     parts: list[bytes] = []
@@ -57,6 +145,8 @@ async def read_body(
         received += len(chunk)
         if received > max_compressed_bytes:
             raise _too_large(f"request body exceeds {max_compressed_bytes} bytes")
+        if lease is not None:
+            lease.reserve(len(chunk))
         if inflater is None:
             parts.append(chunk)
             size += len(chunk)
@@ -70,6 +160,8 @@ async def read_body(
             size += len(out)
             if size > max_body_bytes:
                 raise _too_large(f"decompressed body exceeds {max_body_bytes} bytes")
+            if lease is not None:
+                lease.reserve(len(out))
             parts.append(out)
             data = inflater.unconsumed_tail
     if inflater is None:
@@ -113,7 +205,26 @@ class CheckedBatch:
     errors: tuple[EventError, ...]
 
 
+def _version_pii(value: str) -> str | None:
+    # A four-part version ("10.0.0.1") is shaped like an IPv4 address: every other kind counts.
+    for kind, pattern in PII_PATTERNS.items():
+        if kind != "ip" and pattern.search(value):
+            return kind
+    return None
+
+
 def _pii_in(event: Event) -> str | None:
+    for field, text in (
+        ("install_id", event.install_id),
+        ("session_id", event.session_id),
+        ("app", event.app),
+        ("app_version", event.app_version),
+    ):
+        if text is None:
+            continue
+        kind = _version_pii(text) if field == "app_version" else find_pii(text)
+        if kind is not None:
+            return f"{field} looks like personal data ({kind})"
     for key, value in event.properties.items():
         kind = find_pii(key)
         if kind is None and isinstance(value, str):
@@ -134,8 +245,9 @@ def check_events(
 
     Codes: ``too_large`` (bytes per event), ``invalid_event`` (not a schema-1
     event object), the codes of :func:`telemetry_core.schema.validate_event`, and
-    ``pii`` (a property key or value looks like an e-mail address, IP address,
-    home path or secret).
+    ``pii`` (``install_id``, ``session_id``, ``app``, ``app_version``, a property
+    key or a property value looks like an e-mail address, IP address, home path
+    or secret).
     """
     events: list[Event] = []
     indexes: list[int] = []

@@ -48,6 +48,16 @@ class KeyedRateLimiter:
             needed = min(float(count), self._burst) - tokens
             return max(1, math.ceil(needed / self._rate))
 
+    def wait_for(self, key: str, count: int = 1) -> int:
+        """The whole seconds until ``count`` tokens are available (0: now); takes nothing."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + max(0.0, now - last) * self._rate)
+        if count <= tokens:
+            return 0
+        return max(1, math.ceil((min(float(count), self._burst) - tokens) / self._rate))
+
     def _forget_full(self, now: float) -> None:
         full_after = self._burst / self._rate
         for key, (_tokens, last) in list(self._buckets.items()):

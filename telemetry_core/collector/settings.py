@@ -32,8 +32,17 @@ class CollectorSettings:
     ``rate_limit_burst`` events of burst. ``max_pending_events`` bounds events
     waiting for the store's writer (503 past it). ``retention_days`` is how long
     raw events are kept (rollups are kept forever); ``cleanup_interval_s`` how
-    often retention runs. ``tls`` tells whether the server runs HTTPS (sets the
-    ``Secure`` flag of the dashboard cookie).
+    often retention runs. ``tls`` tells whether the server runs HTTPS;
+    ``secure_cookies`` forces the ``Secure`` flag of the dashboard cookie without
+    it (behind a TLS-terminating proxy); the flag is set when either is true.
+
+    ``max_inflight_bytes`` bounds the request-body bytes (compressed and
+    inflated) all requests being read hold together (503 past it; default
+    ``max_pending_events x max_event_bytes``, at least one full request, at most
+    256 MiB unless given). ``body_timeout_s`` is the deadline for reading one
+    request body (408 past it). ``session_ttl_s`` is the lifetime of a dashboard
+    session; ``admin_failures_per_minute`` the refused admin attempts one client
+    address may make per minute (burst of the same size) before 429.
     """
 
     api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple)
@@ -52,6 +61,11 @@ class CollectorSettings:
     retention_days: int = attrs.field(default=90, validator=_positive)
     cleanup_interval_s: float = 3600.0
     tls: bool = False
+    secure_cookies: bool = False
+    max_inflight_bytes: int | None = None
+    body_timeout_s: float = 30.0
+    session_ttl_s: int = attrs.field(default=8 * 3600, validator=_positive)
+    admin_failures_per_minute: int = attrs.field(default=10, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if any(not k for k in self.api_keys):
@@ -60,6 +74,26 @@ class CollectorSettings:
             raise ConfigError("admin_token", "must be at least 8 characters")
         if self.rate_limit_burst < self.max_events_per_batch:
             raise ConfigError("rate_limit_burst", "must hold at least one full batch")
+        if self.max_inflight_bytes is not None and self.max_inflight_bytes < self.one_request_bytes:
+            raise ConfigError(
+                "max_inflight_bytes",
+                f"must hold at least one full request ({self.one_request_bytes} bytes)",
+            )
+        if not self.body_timeout_s > 0:
+            raise ConfigError("body_timeout_s", "must be positive")
+
+    @property
+    def one_request_bytes(self) -> int:
+        """The most one request body can reserve: its compressed and inflated bytes."""
+        return self.max_compressed_body_bytes + self.max_body_bytes
+
+    @property
+    def inflight_budget_bytes(self) -> int:
+        """The effective in-flight body budget (see ``max_inflight_bytes``)."""
+        if self.max_inflight_bytes is not None:
+            return self.max_inflight_bytes
+        implied = min(self.max_pending_events * self.max_event_bytes, 256 * 1024 * 1024)
+        return max(implied, self.one_request_bytes)
 
     def limits(self) -> schema.Limits:
         """The limits published by ``GET /v1/info``."""

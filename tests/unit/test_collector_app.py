@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import sqlite3
 import threading
+import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,3 +327,324 @@ def test_settings_validation() -> None:
         CollectorSettings(api_keys=("k",), admin_token="short")
     with pytest.raises(ConfigError):
         CollectorSettings(api_keys=("k",), rate_limit_burst=10)
+
+
+# -- hardening (collector review findings 1, 2, 4, 5, 12, 13, 14) --------------------
+
+Message = dict[str, Any]
+
+
+def _scope(method: str, path: str, headers: dict[str, str]) -> Message:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 443),
+    }
+
+
+class _Sent:
+    """What the app sent on one ASGI call."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def header(self, name: str) -> str | None:
+        found = [v.decode() for k, v in self.headers if k.decode().lower() == name]
+        return found[0] if found else None
+
+
+def _asgi_app(tmp_path: Path, **settings: Any) -> tuple[Any, SQLiteStore]:
+    store = SQLiteStore(
+        tmp_path / "asgi.db", max_pending_events=settings.get("max_pending_events", 50_000)
+    )
+    options: dict[str, Any] = {"api_keys": (KEY,), "admin_token": ADMIN, "tls": True}
+    options.update(settings)
+    return create_app(CollectorSettings(**options), store, clock=lambda: NOW_MS / 1000), store
+
+
+def test_login_stops_reading_an_oversized_form(tmp_path: Path) -> None:
+    """Finding 1: an unauthenticated /login form past 4 KiB is refused after the first
+    chunk, not buffered whole (200 x 64 KiB offered, no Content-Length)."""
+    chunk = b"a" * 65536
+    offered = 200
+    consumed = 0
+
+    async def receive() -> Message:
+        nonlocal consumed
+        if consumed >= offered:
+            return {"type": "http.disconnect"}
+        consumed += 1
+        return {"type": "http.request", "body": chunk, "more_body": consumed < offered}
+
+    async def run() -> _Sent:
+        app, store = _asgi_app(tmp_path)
+        sent = _Sent()
+        try:
+            headers = {"content-type": "application/x-www-form-urlencoded"}
+            await app(_scope("POST", "/login", headers), receive, sent.send)
+        finally:
+            await store.close()
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent.status == 413
+    assert sent.header("connection") == "close"
+    assert consumed <= 2, f"read {consumed} chunks of an oversized form"
+
+
+def test_login_refuses_a_declared_oversized_form_without_reading(client: TestClient) -> None:
+    response = client.post(
+        "/login",
+        content=b"token=" + b"a" * 5000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_error(response, 413, "too_large")
+
+
+def test_concurrent_stalled_uploads_are_bounded(tmp_path: Path) -> None:
+    """Finding 2: 24 uploads each inflate to 1 MiB (from ~1 KiB on the wire) and stall.
+    The in-flight budget (1000 pending x 16 KiB = 16 MiB here) refuses some of them
+    with 503 + Retry-After instead of holding 24 MiB; once they end, the budget is
+    free again and a normal batch is accepted."""
+    n = 24
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    part = compressor.compress(b'{"events":[' + b" " * (1024 * 1024 - 64))
+    part += compressor.flush(zlib.Z_SYNC_FLUSH)
+    release = asyncio.Event()
+    stalled = 0
+
+    def receive_for() -> Any:
+        calls = 0
+
+        async def receive() -> Message:
+            nonlocal calls, stalled
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": part, "more_body": True}
+            stalled += 1
+            await release.wait()
+            return {"type": "http.disconnect"}
+
+        return receive
+
+    async def run() -> tuple[list[_Sent], _Sent]:
+        app, store = _asgi_app(tmp_path, max_pending_events=1000, max_body_bytes=2 * 1024 * 1024)
+        sent = [_Sent() for _ in range(n)]
+        headers = {"content-type": "application/json", "content-encoding": "gzip", "x-api-key": KEY}
+        tasks = [
+            asyncio.create_task(app(_scope("POST", "/v1/submit", headers), receive_for(), s.send))
+            for s in sent
+        ]
+        deadline = time.monotonic() + 20
+        for _ in range(100_000):
+            answered = sum(s.status is not None for s in sent)
+            if stalled + answered >= n or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*tasks)
+        after = _Sent()
+        body = json.dumps({"events": [event()]}).encode()
+        plain = {"content-type": "application/json", "x-api-key": KEY}
+        await app(_scope("POST", "/v1/submit", plain), _once(body), after.send)
+        await store.close()
+        return sent, after
+
+    sent, after = asyncio.run(run())
+    refused = [s for s in sent if s.status == 503]
+    assert refused, [s.status for s in sent]
+    assert len(refused) < n  # the budget admits uploads up to its size
+    assert all(s.header("retry-after") == "1" for s in refused)
+    assert after.status == 200, after.body
+
+
+def _once(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def test_stalled_body_gets_408_and_closes(tmp_path: Path) -> None:
+    """Finding 2: a body that stops arriving is cut off at the body deadline."""
+
+    async def run() -> _Sent:
+        app, store = _asgi_app(tmp_path, body_timeout_s=0.05)
+        calls = 0
+
+        async def receive() -> Message:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": b'{"events": [', "more_body": True}
+            await asyncio.Event().wait()  # never more data
+            raise AssertionError("unreachable")
+
+        sent = _Sent()
+        headers = {"content-type": "application/json", "x-api-key": KEY}
+        try:
+            await asyncio.wait_for(
+                app(_scope("POST", "/v1/submit", headers), receive, sent.send), 20
+            )
+        finally:
+            await store.close()
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent.status == 408
+    assert json.loads(sent.body)["error"]["code"] == "request_timeout"
+    assert sent.header("connection") == "close"
+
+
+@pytest.mark.parametrize("path", ["/v1/submit", "/login"])
+def test_client_disconnect_mid_body_is_handled(
+    tmp_path: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 5: a client hanging up mid-upload is one INFO line, not an ASGI error."""
+    caplog.set_level("INFO", logger="telemetry_core.collector")
+
+    async def run() -> _Sent:
+        app, store = _asgi_app(tmp_path)
+        calls = 0
+
+        async def receive() -> Message:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": b'{"events": [', "more_body": True}
+            return {"type": "http.disconnect"}
+
+        sent = _Sent()
+        headers = {"content-type": "application/json", "x-api-key": KEY}
+        try:
+            await app(_scope("POST", path, headers), receive, sent.send)
+        finally:
+            await store.close()
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent.status == 499
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "INFO"
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def _login(client: TestClient, token: str = ADMIN) -> Any:
+    return client.post("/login", data={"token": token}, follow_redirects=False)
+
+
+def test_logout_ends_the_dashboard_session(client: TestClient) -> None:
+    """Finding 4: a copy of the cookie taken before logout no longer opens the dashboard."""
+    first = _login(client)
+    assert first.status_code == 303
+    cookie = first.cookies["telemetry_admin"]
+    second = _login(client).cookies["telemetry_admin"]
+    assert cookie != second  # random per login, not a function of the token
+    client.cookies.clear()
+    assert client.get("/", headers=_cookie(cookie)).status_code == 200
+    client.post("/logout", headers=_cookie(cookie), follow_redirects=False)
+    client.cookies.clear()
+    assert client.get("/", headers=_cookie(cookie)).status_code == 401
+    assert client.get("/", headers=_cookie(second)).status_code == 200
+    client.cookies.clear()
+
+
+def test_dashboard_session_expires(client: TestClient, clock: FakeClock) -> None:
+    cookie = _login(client).cookies["telemetry_admin"]
+    client.cookies.clear()
+    clock.wall += 8 * 3600 - 1
+    assert client.get("/", headers=_cookie(cookie)).status_code == 200
+    clock.wall += 1
+    assert client.get("/", headers=_cookie(cookie)).status_code == 401
+    client.cookies.clear()
+
+
+def test_forged_session_cookies_are_refused(client: TestClient) -> None:
+    issued, nonce, mac = _login(client).cookies["telemetry_admin"].split(".")
+    client.cookies.clear()
+    later = str(int(issued) + 3600)
+    for forged in (f"{later}.{nonce}.{mac}", f"{issued}.{nonce}.{'0' * len(mac)}", "x", "1.2"):
+        assert client.get("/", headers=_cookie(forged)).status_code == 401
+    client.cookies.clear()
+
+
+@pytest.mark.parametrize(
+    ("tls", "secure_cookies", "secure"),
+    [(True, False, True), (False, True, True), (False, False, False)],
+)
+def test_session_cookie_flags(
+    tmp_path: Path, clock: FakeClock, tls: bool, secure_cookies: bool, secure: bool
+) -> None:
+    """Finding 12: ``Secure`` under TLS or with --secure-cookies (TLS-terminating proxy)."""
+    with make_client(tmp_path, clock, tls=tls, secure_cookies=secure_cookies) as c:
+        header = _login(c).headers["set-cookie"].lower()
+    assert "httponly" in header and "samesite=strict" in header and "max-age=28800" in header
+    assert ("; secure" in header) is secure
+
+
+def test_admin_failures_are_logged_and_throttled(
+    client: TestClient, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 13: each refused admin attempt logs one line (no token); past 10 a
+    minute from one address they get 429 with Retry-After, even the right token,
+    until the bucket refills."""
+    caplog.set_level("INFO", logger="telemetry_core.collector")
+    statuses = [_login(client, f"guess-{i}").status_code for i in range(5)]
+    bearer = {"Authorization": "Bearer guess-bearer"}
+    statuses += [client.get("/v1/stats", headers=bearer).status_code for _ in range(5)]
+    assert statuses == [401] * 10
+    throttled = _login(client)
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 429
+    refused = [r for r in caplog.records if "admin auth refused" in r.getMessage()]
+    assert len(refused) == 10
+    assert "guess" not in caplog.text and ADMIN not in caplog.text
+    clock.mono += 60
+    assert _login(client).status_code == 303
+    client.cookies.clear()
+
+
+def test_dashboard_pages_send_defensive_headers(client: TestClient) -> None:
+    """Finding 14: CSP, nosniff, frame denial and no referrer on every dashboard page."""
+    pages = [client.get("/"), _login(client, "wrong-token"), client.get("/", headers=_bearer())]
+    for page in pages:
+        assert page.headers["content-security-policy"] == (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+            "form-action 'self'; frame-ancestors 'none'"
+        )
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["referrer-policy"] == "no-referrer"
+    assert [p.status_code for p in pages] == [401, 401, 200]
+
+
+def _bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _cookie(value: str) -> dict[str, str]:
+    return {"Cookie": f"telemetry_admin={value}"}
