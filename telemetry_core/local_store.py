@@ -22,6 +22,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Final
 
 from telemetry_core.errors import StorageError
@@ -164,6 +165,50 @@ class _Holder:
             self.conn.close()
 
 
+class _Transaction:
+    """The context manager behind :meth:`LocalStore.transaction` (a plain class:
+    it sits on every record's path, where a generator-based one costs more)."""
+
+    __slots__ = ("conn", "outer", "store")
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.outer = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self.conn = self.store.connection()
+        if conn.in_transaction:
+            return conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"telemetry database {self.store.path}: {exc}") from exc
+        self.outer = True
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.outer:
+            return
+        conn = self.conn
+        if exc is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"telemetry database {self.store.path}: {exc}") from exc
+            return
+        try:
+            conn.commit()
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise StorageError(f"telemetry database {self.store.path}: {error}") from error
+
+
 class LocalStore:
     """The client's SQLite database at ``path``.
 
@@ -242,36 +287,14 @@ class LocalStore:
             self._holders.add(holder)
         return conn
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> _Transaction:
         """Run the block in one write transaction (``BEGIN IMMEDIATE``).
 
         Commits on success, rolls back on any exception. Nested use joins the
         outer transaction. SQLite errors surface as
         :class:`~telemetry_core.errors.StorageError`.
         """
-        conn = self.connection()
-        if conn.in_transaction:
-            yield conn
-            return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
-        try:
-            yield conn
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"telemetry database {self.path}: {exc}") from exc
-            raise
-        try:
-            conn.commit()
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
-            raise StorageError(f"telemetry database {self.path}: {exc}") from exc
+        return _Transaction(self)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

@@ -94,7 +94,13 @@ _CLAIM: Final = (
     "UPDATE telemetry_queue SET lease_owner = ?, lease_expires_at = ?, next_retry_at = ?"
     " WHERE id BETWEEN ? AND ? AND dead = 0 AND next_retry_at <= ?"
 )
-_HELD: Final = " WHERE id = ? AND event_id = ? AND lease_owner = ?"
+# Entries by row id (two JSON arrays: row ids, event ids) held by an owner. The
+# event id check keeps a stale claim on a row id that was freed and reused
+# from touching the new entry.
+_HELD: Final = (
+    " WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ?"
+    " AND event_id IN (SELECT value FROM json_each(?))"
+)
 _SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
 _RESCHEDULE: Final = (
     "UPDATE telemetry_queue SET retry_count = retry_count + 1, next_retry_at = ?,"
@@ -135,6 +141,15 @@ _RETENTION_ENTRIES: Final = (
 )
 _RETENTION_EVENTS: Final = "DELETE FROM telemetry_events WHERE created_at < ?"
 _ORPHAN: Final = "DELETE FROM telemetry_queue WHERE id = ?"
+
+
+def _held_params(held: list[tuple[str, int, int]], owner: str) -> tuple[str, str, str]:
+    """The parameters of :data:`_HELD` for (event id, row id, retry count) triples."""
+    return (
+        _encoder.encode([h[1] for h in held]).decode(),
+        owner,
+        _encoder.encode([h[0] for h in held]).decode(),
+    )
 
 
 def _deleted(conn: sqlite3.Connection, count: int, max_before: int) -> None:
@@ -239,7 +254,7 @@ class SQLiteQueue:
             return 0
         with self.store.transaction() as conn:
             added = conn.execute(
-                _ENQUEUE, (self.clock(), _encoder.encode(list(event_ids)))
+                _ENQUEUE, (self.clock(), _encoder.encode(list(event_ids)).decode())
             ).rowcount
             if added > 0:
                 last = int(conn.execute(_MAX_ID).fetchone()[0])
@@ -317,10 +332,9 @@ class SQLiteQueue:
         ]
 
     def _settle(self, held: list[tuple[str, int, int]]) -> None:
-        for event_id, row_id, _ in held:
-            claim = self._claims.get(event_id)
-            if claim is not None and claim[0] == row_id:
-                del self._claims[event_id]
+        pop = self._claims.pop
+        for event_id, _, _ in held:
+            pop(event_id, None)
 
     def mark_submitted(self, event_ids: Sequence[str]) -> None:
         """Remove delivered entries this owner holds (events stay stored)."""
@@ -330,10 +344,8 @@ class SQLiteQueue:
         owner = self.owner
         with self.store.transaction() as conn:
             max_before = int(conn.execute(_MAX_ID).fetchone()[0])
-            cursor = conn.executemany(
-                _SUBMITTED, [(row_id, event_id, owner) for event_id, row_id, _ in held]
-            )
-            _deleted(conn, cursor.rowcount, max_before)
+            deleted = conn.execute(_SUBMITTED, _held_params(held, owner)).rowcount
+            _deleted(conn, deleted, max_before)
         self._settle(held)
 
     def mark_failed(
@@ -357,21 +369,13 @@ class SQLiteQueue:
                     if backoff.should_retry(count)
                     else None
                 )
-        retry = [
-            (at, message, row_id, event_id, owner)
-            for event_id, row_id, count in held
-            if (at := plan[count]) is not None
-        ]
-        kill = [
-            (message, row_id, event_id, owner)
-            for event_id, row_id, count in held
-            if plan[count] is None
-        ]
         with self.store.transaction() as conn:
-            if retry:
-                conn.executemany(_RESCHEDULE, retry)
-            if kill:
-                conn.executemany(_KILL, kill)
+            for count, at in plan.items():
+                group = held if len(plan) == 1 else [h for h in held if h[2] == count]
+                if at is None:
+                    conn.execute(_KILL, (message, *_held_params(group, owner)))
+                else:
+                    conn.execute(_RESCHEDULE, (at, message, *_held_params(group, owner)))
         self._settle(held)
 
     def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
@@ -381,9 +385,7 @@ class SQLiteQueue:
             return
         owner, message = self.owner, error[:MAX_ERROR_LENGTH]
         with self.store.transaction() as conn:
-            conn.executemany(
-                _KILL, [(message, row_id, event_id, owner) for event_id, row_id, _ in held]
-            )
+            conn.execute(_KILL, (message, *_held_params(held, owner)))
         self._settle(held)
 
     def release(self, event_ids: Sequence[str]) -> None:
@@ -393,7 +395,7 @@ class SQLiteQueue:
             return
         owner = self.owner
         with self.store.transaction() as conn:
-            conn.executemany(_RELEASE, [(row_id, event_id, owner) for event_id, row_id, _ in held])
+            conn.execute(_RELEASE, _held_params(held, owner))
         self._settle(held)
 
     def revive_dead(self) -> int:
