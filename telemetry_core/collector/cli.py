@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
+from click.core import ParameterSource
 
 from telemetry_core._version import __version__
 from telemetry_core.collector.store import CollectorStore
@@ -40,7 +41,17 @@ def _read_secret_file(path: str) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise click.UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _explicit_store(db: str | None, database_url: str | None) -> tuple[str | None, str | None]:
+    """An explicit ``--db`` wins over ``TELEMETRY_COLLECTOR_DATABASE_URL`` in the environment."""
+    context = click.get_current_context()
+    from_env = context.get_parameter_source("database_url") is ParameterSource.ENVIRONMENT
+    if db is not None and from_env:
+        return db, None
+    return db, database_url
 
 
 def _open_store(db: str | None, database_url: str | None, **options: Any) -> CollectorStore:
@@ -116,6 +127,38 @@ def main() -> None:
 @click.option("--rate-burst", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--max-pending-events", default=50_000, show_default=True, type=click.IntRange(1))
 @click.option(
+    "--max-inflight-mb",
+    type=click.IntRange(1),
+    help="Request-body bytes (compressed + inflated) all requests may hold together, in MiB "
+    "(default: max-pending-events x 16 KiB, at most 256 MiB).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to receive one request body (408 past it).",
+)
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Open connections and requests in progress; past it new ones get 503.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--secure-cookies",
+    is_flag=True,
+    help="Mark the dashboard cookie Secure without --tls-cert (TLS ends at a proxy).",
+)
+@click.option(
     "--pool-max",
     type=click.IntRange(1),
     help="PostgreSQL connection pool size per process (default 10; --database-url only).",
@@ -141,6 +184,11 @@ def serve(  # noqa: PLR0917
     rate_limit: int,
     rate_burst: int,
     max_pending_events: int,
+    max_inflight_mb: int | None,
+    body_timeout: float,
+    max_connections: int,
+    keep_alive_timeout: int,
+    secure_cookies: bool,
     pool_max: int | None,
     log_level: str,
 ) -> None:
@@ -161,9 +209,12 @@ def serve(  # noqa: PLR0917
         raise click.UsageError(
             "no submission keys: use --api-key, --api-keys-file or TELEMETRY_COLLECTOR_API_KEYS"
         )
+    db, database_url = _explicit_store(db, database_url)
     if admin_token_file:
         lines = _read_secret_file(admin_token_file)
-        admin_token = lines[0] if lines else None
+        if not lines:
+            raise click.UsageError(f"--admin-token-file {admin_token_file} holds no token")
+        admin_token = lines[0]
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     store_options: dict[str, Any] = {"max_pending_events": max_pending_events}
@@ -181,6 +232,9 @@ def serve(  # noqa: PLR0917
             rate_limit_burst=rate_burst,
             max_pending_events=max_pending_events,
             tls=tls_cert is not None,
+            secure_cookies=secure_cookies,
+            body_timeout_s=body_timeout,
+            max_inflight_bytes=None if max_inflight_mb is None else max_inflight_mb * 1024 * 1024,
         )
         store = _open_store(db, database_url, **store_options)
     except TelemetryError as exc:
@@ -197,6 +251,10 @@ def serve(  # noqa: PLR0917
         server_header=False,
         timeout_graceful_shutdown=30,
         lifespan="on",
+        limit_concurrency=max_connections,
+        timeout_keep_alive=keep_alive_timeout,
+        # A request line plus headers larger than this is refused (uvicorn's default).
+        h11_max_incomplete_event_size=16 * 1024,
     )
     sys.exit(_serve_until_signal(config))
 
@@ -291,6 +349,7 @@ def stats(  # noqa: PLR0917
         query = parse_stats_query(params)
     except IngestError as exc:
         raise click.UsageError(exc.message) from exc
+    db, database_url = _explicit_store(db, database_url)
     try:
         if db is not None and database_url is None:
             from telemetry_core.collector.sqlite_store import read_stats_file

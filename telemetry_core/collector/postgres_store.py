@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -47,6 +48,8 @@ from telemetry_core.collector.store import (
 )
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
+
+log = logging.getLogger("telemetry_core.collector")
 
 __all__ = ["SCHEMA_LOCK_KEY", "PostgresStore", "redact_url"]
 
@@ -237,6 +240,7 @@ class PostgresStore:
         self._pending_events = 0
         self._lock = threading.Lock()
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
+        self._flushing: asyncio.Future[None] | None = None
         self._observers: list[CommitObserver] = []
         self._closed = False
         self._rng = random.Random()
@@ -304,7 +308,13 @@ class PostgresStore:
     async def record_outcomes(
         self, *, rejected: Mapping[str, int], throttled: int, received_ms: int
     ) -> None:
-        """Buffer outcome counters; they are written with the next transaction."""
+        """Add outcome counters and write them in a small transaction of their own,
+        so every collector sharing the database reports them at once.
+
+        Concurrent callers share one flush at a time (a flood of 429s costs at
+        most one transaction in flight plus one queued). A failed write keeps the
+        counters buffered for the next transaction and is logged, not raised.
+        """
         hour = hour_of(received_ms)
         with self._lock:
             for code, n in rejected.items():
@@ -312,6 +322,24 @@ class PostgresStore:
                     self._counters[(hour, f"rejected:{code}")] += n
             if throttled:
                 self._counters[(hour, "throttled")] += throttled
+        # Bounded: a round either finds the counters written or starts the flush that writes them.
+        for _ in range(3):
+            running = self._flushing
+            if running is None or running.done():
+                with self._lock:
+                    if not self._counters:
+                        return
+                running = self._flushing = asyncio.ensure_future(self._submit(self.flush_counters))
+                await self._await_flush(running)
+                return
+            await self._await_flush(running)
+
+    @staticmethod
+    async def _await_flush(flush: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.shield(flush)
+        except StorageError as exc:
+            log.warning("outcome counters not written yet (kept for the next write): %s", exc)
 
     async def stats(self, query: StatsQuery) -> dict[str, Any]:
         """Return the stats document for ``query`` (buffered counters are flushed first)."""

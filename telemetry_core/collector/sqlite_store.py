@@ -39,7 +39,10 @@ from telemetry_core.collector.store import (
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
-__all__ = ["SQLiteStore", "read_stats_file"]
+__all__ = ["CLEANUP_CHUNK", "SQLiteStore", "read_stats_file"]
+
+#: Raw events deleted per retention transaction; batches waiting commit between chunks.
+CLEANUP_CHUNK = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -116,6 +119,8 @@ class _Cleanup:
     before_ms: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[int]
+    chunk: int
+    deleted: int = 0
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -134,6 +139,7 @@ class SQLiteStore:
     :meth:`ingest` raises :class:`StoreOverloaded`. ``max_group_batches`` bounds
     how many batches one transaction commits together. ``synchronous`` is the
     SQLite ``synchronous`` pragma (``FULL``: a commit survives power loss).
+    ``cleanup_chunk`` is how many raw events one retention transaction deletes.
     """
 
     def __init__(
@@ -143,8 +149,10 @@ class SQLiteStore:
         max_pending_events: int = 50_000,
         max_group_batches: int = 64,
         synchronous: str = "FULL",
+        cleanup_chunk: int = CLEANUP_CHUNK,
     ) -> None:
         self.path = Path(path)
+        self._cleanup_chunk = cleanup_chunk
         self._max_pending = max_pending_events
         self._max_group = max_group_batches
         self._pending_events = 0
@@ -213,10 +221,19 @@ class SQLiteStore:
             self._queue.put(None)
 
     async def cleanup(self, retention_days: int, now_ms: int) -> int:
-        """Delete raw events received more than ``retention_days`` before ``now_ms``."""
+        """Delete raw events received more than ``retention_days`` before ``now_ms``.
+
+        The writer deletes ``cleanup_chunk`` rows per transaction and commits the
+        batches that arrived meanwhile between chunks, so ingest never waits for
+        the whole deletion.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue.put(_Cleanup(now_ms - retention_days * DAY_MS, loop, future))
+        if self._closed:
+            raise StorageError("the store is closed")
+        self._queue.put(
+            _Cleanup(now_ms - retention_days * DAY_MS, loop, future, self._cleanup_chunk)
+        )
         return await future
 
     async def stats(self, query: StatsQuery) -> dict[str, Any]:
@@ -261,7 +278,7 @@ class SQLiteStore:
             cleanups = [i for i in items if isinstance(i, _Cleanup)]
             self._commit_group(batches)
             for job in cleanups:
-                self._run_cleanup(job)
+                self._run_cleanup(job, finish=stopping)
 
     def _take_counters(self) -> dict[tuple[int, str], int]:
         with self._lock:
@@ -346,17 +363,29 @@ class SQLiteStore:
             execute(_INSERT_INSTALL, row)
         return IngestOutcome(inserted=tuple(inserted))
 
-    def _run_cleanup(self, job: _Cleanup) -> None:
+    def _run_cleanup(self, job: _Cleanup, *, finish: bool) -> None:
+        """Delete one chunk; queue the job again behind waiting batches while rows
+        remain (or, when ``finish``, at stop, keep deleting here)."""
         error: BaseException | None = None
-        deleted = 0
-        try:
-            deleted = self._conn.execute(
-                "DELETE FROM events WHERE received_ms < ?", (job.before_ms,)
-            ).rowcount
-        except sqlite3.Error as exc:
-            error = StorageError(f"cleanup failed: {exc}")
+        # Bounded: each round deletes a full chunk or ends; the cap guards the stop path.
+        for _ in range(1_000_000):
+            try:
+                count = self._conn.execute(
+                    "DELETE FROM events WHERE id IN "
+                    "(SELECT id FROM events WHERE received_ms < ? LIMIT ?)",
+                    (job.before_ms, job.chunk),
+                ).rowcount
+            except sqlite3.Error as exc:
+                error = StorageError(f"cleanup failed: {exc}")
+                break
+            job.deleted += count
+            if count < job.chunk:
+                break
+            if not finish:
+                self._queue.put(job)
+                return
         with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(_resolve, job.future, deleted, error)
+            job.loop.call_soon_threadsafe(_resolve, job.future, job.deleted, error)
 
 
 def read_stats_file(path: str | Path, query: StatsQuery) -> dict[str, Any]:
@@ -378,7 +407,12 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
         args.append(query.event_type)
     cond = " AND ".join(where)
     grain = 86_400_000 if query.bucket == "day" else 3_600_000
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    # as_uri() percent-encodes '?', '#' and '%' so they stay part of the path.
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read stats: {exc}") from exc
     try:
         rollups = conn.execute(
             f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",

@@ -508,3 +508,29 @@ def test_nul_characters_do_not_poison_a_batch(store: PostgresStore, pg_url: str)
     assert row == ("ax\ufffd", "in\ufffdstall", "s\ufffd", "1\ufffd", "v\ufffdw")
     stats = asyncio.run(store.stats(StatsQuery(app="ax\ufffd")))
     assert stats["totals"]["count"] == 1
+
+
+def test_rejections_are_visible_to_every_collector_on_postgres() -> None:
+    """Review finding 6: rejected/throttled counters recorded by one collector are
+    written at once, so another collector on the same database reports them
+    without the first one ever writing a batch."""
+
+    async def run(url: str) -> tuple[int, int]:
+        a = PostgresStore(url, pool_max=2)
+        b = PostgresStore(url, pool_max=2)
+        try:
+            await asyncio.gather(
+                a.record_outcomes(rejected={"invalid_type": 2}, throttled=0, received_ms=T_REVIEW),
+                a.record_outcomes(rejected={}, throttled=5, received_ms=T_REVIEW),
+            )
+            totals = (await b.stats(StatsQuery()))["totals"]
+        finally:
+            await a.close()
+            await b.close()
+        return int(totals["rejected"]), int(totals["throttled"])
+
+    with fresh_database() as url:
+        assert asyncio.run(run(url)) == (2, 5)
+
+
+T_REVIEW = 1_800_000_000_000

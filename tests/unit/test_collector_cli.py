@@ -98,3 +98,42 @@ def test_serve_pool_max_reaches_the_postgres_store(
     assert sqlite.exit_code == 2 and "--pool-max applies to --database-url" in sqlite.output
     zero = runner.invoke(main, [*args[:-1], "0"])
     assert zero.exit_code == 2
+
+
+def test_indented_comment_in_keys_file_is_not_a_key(tmp_path: Path) -> None:
+    """Review finding 8: comment lines are recognised after stripping."""
+    from telemetry_core.collector.cli import _read_secret_file
+
+    keys = tmp_path / "keys"
+    keys.write_text("key-a\n  # retired: key-b\n\t#x\n  key-c  \n", encoding="utf-8")
+    assert _read_secret_file(str(keys)) == ["key-a", "key-c"]
+
+
+def test_empty_admin_token_file_is_an_error(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("  # only a comment\n\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--db", str(tmp_path / "c.db"), "--api-key", "k",
+         "--admin-token-file", str(token)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "holds no token" in result.output
+
+
+def test_explicit_db_wins_over_database_url_in_environment(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 9: an explicit --db beats TELEMETRY_COLLECTOR_DATABASE_URL."""
+    monkeypatch.setenv("TELEMETRY_COLLECTOR_DATABASE_URL", "postgresql://127.0.0.1:1/nowhere")
+    result = CliRunner().invoke(main, ["stats", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["totals"]["count"] == 3
+
+
+def test_explicit_database_url_and_db_together_are_refused(db: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["stats", "--db", str(db), "--database-url", "postgresql://127.0.0.1:1/x"]
+    )
+    assert result.exit_code == 2
+    assert "exactly one" in result.output

@@ -190,3 +190,61 @@ def test_closed_store_and_missing_file(tmp_path: Path) -> None:
     asyncio.run(run())
     with pytest.raises(StorageError):
         read_stats_file(tmp_path / "missing.db", StatsQuery())
+
+
+def test_stats_read_works_for_a_path_with_uri_characters(tmp_path: Path) -> None:
+    """Review finding 7: '#', '?' and '%' in the path stay part of it (no stray file)."""
+    path = tmp_path / "we?ird#1%20.db"
+
+    async def fill() -> None:
+        store = SQLiteStore(path)
+        try:
+            await store.ingest(make_events(3), T0)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    stats = read_stats_file(path, StatsQuery())
+    assert stats["totals"]["count"] == 3
+    stray = [p.name for p in tmp_path.iterdir() if not p.name.startswith(path.name)]
+    assert stray == []  # the unquoted URI created "we" (cut at '?')
+
+
+def test_retention_deletes_in_chunks_and_lets_batches_commit_between(tmp_path: Path) -> None:
+    """Review finding 11: retention deletes ``cleanup_chunk`` rows per transaction and
+    re-queues itself behind waiting batches, so a batch handed in while a long
+    deletion runs commits before the deletion ends."""
+    day = 86_400_000
+    now = T0 + 100 * day
+
+    async def run() -> tuple[int, list[str], int]:
+        store = SQLiteStore(tmp_path / "c.db", synchronous="OFF", cleanup_chunk=10)
+        done: list[str] = []
+        try:
+            for i in range(20):
+                await store.ingest(make_events(100, ts=T0 + i * 1000), T0)
+            await store.ingest(make_events(7), now)  # recent: kept
+
+            async def cleanup() -> int:
+                deleted = await store.cleanup(30, now)
+                done.append("cleanup")
+                return deleted
+
+            async def ingest() -> None:
+                await store.ingest(make_events(1), now)
+                done.append("ingest")
+
+            deleted, _ = await asyncio.gather(cleanup(), ingest())
+            count = (await store.stats(StatsQuery()))["totals"]["count"]
+        finally:
+            await store.close()
+        with sqlite3.connect(tmp_path / "c.db") as conn:
+            (left,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        conn.close()
+        assert count == 2008  # rollups are kept
+        return deleted, done, left
+
+    deleted, done, left = asyncio.run(run())
+    assert deleted == 2000
+    assert left == 8
+    assert done == ["ingest", "cleanup"]
