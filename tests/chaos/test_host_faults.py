@@ -22,7 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -502,8 +502,3 @@ def test_zz_host_fault_figures(figures: Figures) -> None:
         typed_errors_from_read_helpers=dict(sorted(_TYPED.items())),
         exceptions_raised_into_app=0,
     )
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_services() -> Iterator[None]:
-    yield
