@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,71 @@ def test_graceful_shutdown_commits_in_flight_batch_and_exits_0(
     finally:
         conn.close()
     assert stored == {e["id"] for e in batch["events"]}
+
+
+def _open_tls(proc: CollectorProcess) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", proc.port), timeout=20)
+    return proc.context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _read_response(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
+    """Read one response up to the server closing the connection (bounded by the timeout)."""
+    data = b""
+    for _ in range(10_000):
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLError, OSError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _stalled_upload(
+    proc: CollectorProcess, body: bytes, extra: int, **headers: str
+) -> ssl.SSLSocket:
+    """Send headers declaring ``extra`` more bytes than ``body``, then ``body``, then stall."""
+    sock = _open_tls(proc)
+    h = {"Host": "127.0.0.1", "X-API-Key": KEY, "Content-Type": "application/json",
+         "Content-Length": str(len(body) + extra), **headers}  # fmt: skip
+    head = "POST /v1/submit HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return sock
+
+
+def test_stalled_body_is_cut_off_and_in_flight_bytes_are_bounded(
+    tmp_path: Path, module_ca: trustme.CA
+) -> None:
+    """Review finding 2 against a real server: uploads that inflate to ~3 MiB and then
+    stall are admitted only while the in-flight budget (7 MiB) holds them; the next one
+    gets 503 + Retry-After at once, and every stalled one gets 408 and is closed at the
+    body deadline (1 s), after which a normal batch is accepted again."""
+    proc = CollectorProcess(tmp_path, module_ca, "--body-timeout", "2", "--max-inflight-mb", "7")
+    sockets: list[ssl.SSLSocket] = []
+    try:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        part = compressor.compress(b'{"events":[' + b" " * (3 * 1024 * 1024))
+        part += compressor.flush(zlib.Z_SYNC_FLUSH)
+        gzip_header = {"Content-Encoding": "gzip"}
+        sockets += [_stalled_upload(proc, part, 100, **gzip_header) for _ in range(3)]
+        answers = [_read_response(sock) for sock in sockets]
+        assert sorted(status for status, _, _ in answers) == [408, 408, 503], proc.log_text()
+        for status, headers, body in answers:
+            assert headers["connection"] == "close"
+            code = json.loads(body)["error"]["code"]
+            if status == 503:
+                assert (headers["retry-after"], code) == ("1", "overloaded")
+            else:
+                assert code == "request_timeout"
+        ok_status, _, ok = proc.submit({"events": [event()]})
+        assert ok_status == 200 and ok["accepted"] == 1
+        log = proc.log_text()
+        assert "Traceback" not in log and "Exception in ASGI" not in log
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert proc.stop() == 0

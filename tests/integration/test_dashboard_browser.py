@@ -139,8 +139,12 @@ def test_dashboard_renders_the_collectors_numbers(
                     ignore_https_errors=True, viewport={"width": 1280, "height": 900}
                 )
                 page = context.new_page()
+                console: list[str] = []
+                page.on("console", lambda message: console.append(message.text))
                 response = page.goto(f"{collector.base_url}/")
                 assert response is not None and response.status == 401
+                # Review finding 14: the page renders under its own strict CSP.
+                assert "default-src 'none'" in response.headers["content-security-policy"]
                 page.get_by_test_id("login-token").fill("not-the-token")
                 page.get_by_test_id("login-submit").click()
                 page.get_by_test_id("login-error").wait_for()
@@ -178,6 +182,13 @@ def test_dashboard_renders_the_collectors_numbers(
                 assert text("total-count") == "2"
                 assert text("success-rate") == "0.0%"
                 assert page.get_by_test_id("type-row").count() == 1
+                # The inline stylesheet applied: tiles are laid out, not unstyled text.
+                display = page.evaluate(
+                    "getComputedStyle(document.querySelector('[data-testid=tiles]')).display"
+                )
+                assert display in ("grid", "flex"), display
+                blocked = [m for m in console if "Content Security Policy" in m]
+                assert blocked == [], blocked
                 context.close()
             finally:
                 browser.close()
