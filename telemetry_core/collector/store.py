@@ -166,8 +166,10 @@ class CollectorStore(Protocol):
     ) -> None:
         """Add to the ``rejected:<code>`` and ``throttled`` counters of ``received_ms``'s hour.
 
-        May be buffered and written with the next transaction; counters are
-        statistics, not data, and must never make a request wait for a disk.
+        Written promptly, so every collector sharing the store reports them soon
+        after: the SQLite store wakes its writer (no request waits for the disk),
+        the PostgreSQL store writes them in a small shared transaction. A failed
+        write keeps them buffered for the next one; they are never raised.
         """
         ...
 
