@@ -16,6 +16,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from bench._harness import Context, Report
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             reports.append(report)
             print(report.render())
             print(f"   ({time.monotonic() - t0:.1f} s, wrote {path})", flush=True)
-    summary = {
+    summary: dict[str, Any] = {
         "mode": mode_name,
         "seconds": round(time.monotonic() - started, 1),
         "benchmarks": [r.name for r in reports],

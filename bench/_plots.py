@@ -4,6 +4,7 @@ throughput against batch size and against concurrent clients."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def draw(results: Path) -> list[Path]:
             ("raw cycle", "raw sqlite3: claim + delete 100"),
             ("ours open+stats", "ours: open + stats()"),
         ):
-            ys = [None if v is None else v / 1e6 for v in s.get(key, [])]
-            if any(y is not None for y in ys):
+            ys = [float("nan") if v is None else v / 1e6 for v in s.get(key, [])]
+            if not all(math.isnan(y) for y in ys):
                 ax.plot(s["depths"], ys, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_xlabel("pending events in the queue")
