@@ -30,14 +30,24 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def process_round(args: Sequence[str], cwd: Path, timeout: float = 60.0) -> Callable[[], Round]:
-    """A round function that runs ``python args...`` once and times it end to end."""
+def process_round(
+    args: Sequence[str],
+    cwd: Path,
+    timeout: float = 60.0,
+    failures: list[str] | None = None,
+) -> Callable[[], Round]:
+    """A round function that runs ``python args...`` once and times it end to end.
+
+    A non-zero exit raises, unless ``failures`` is given: then the exit status and
+    the end of stderr are appended to it and the timing is kept, so that a
+    benchmark can report abnormal exits as a finding of its own.
+    """
     env = clean_env()
 
     def one_round() -> Round:
         t0 = time.perf_counter_ns()
         done = subprocess.run(
-            [sys.executable, *args],
+            [sys.executable, "-X", "faulthandler", *args],
             cwd=cwd,
             env=env,
             timeout=timeout,
@@ -46,7 +56,9 @@ def process_round(args: Sequence[str], cwd: Path, timeout: float = 60.0) -> Call
             check=False,
         )
         elapsed = time.perf_counter_ns() - t0
-        if done.returncode != 0:
+        if done.returncode != 0 and failures is not None:
+            failures.append(f"exit {done.returncode}: {done.stderr.decode()[-300:].strip()}")
+        elif done.returncode != 0:
             raise RuntimeError(f"{args!r} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
         return Round(elapsed, 1, [elapsed])
 

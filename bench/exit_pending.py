@@ -28,6 +28,7 @@ def run(ctx: Context) -> Report:
     script.write_text(_proc.RECORD_ONE)
     db = ctx.workdir / "pending.db"
     endpoint = f"https://127.0.0.1:{_ours.closed_port()}/v1/submit"
+    failures: list[str] = []
 
     def floor() -> Callable[[], Round]:
         return _proc.process_round(["-c", "pass"], ctx.workdir)
@@ -38,8 +39,14 @@ def run(ctx: Context) -> Report:
             queue.record(PENDING)
         finally:
             queue.close()
-        return _proc.process_round([str(script), str(db), endpoint], ctx.workdir)
+        return _proc.process_round([str(script), str(db), endpoint], ctx.workdir, failures=failures)
 
     report.rows = interleave({PASS: floor, OURS: ours}, rounds=rounds, unit="process")
     report.check_value("added at exit", added_ms(report, OURS, PASS), at_most=250, unit="ms")
+    ours_row = report.row(OURS)
+    runs = 0 if ours_row is None else ours_row.rounds + 1  # + the warm-up round
+    report.check_value(
+        "abnormal exits (e.g. -11 = SIGSEGV)", len(failures), at_most=0, unit=f"of {runs}"
+    )
+    report.notes.extend(failures[:5])
     return report
