@@ -84,12 +84,21 @@ def render(document: dict[str, Any]) -> str:
         out += [
             "### Host faults (client)",
             "",
-            "| scenario | max app-facing call (s) | warnings |",
-            "|---|---|---|",
+            "| scenario | max app-facing call (s) | warnings | typed errors from read helpers |",
+            "|---|---|---|---|",
         ]
+        typed = f.get("typed_errors_from_read_helpers", {})
         for name, seconds in f["max_call_seconds_by_scenario"].items():
-            out.append(f"| {name} | {seconds} | {f['warnings_by_scenario'].get(name, '-')} |")
-        out += ["", f"Exceptions raised into the app: **{f['exceptions_raised_into_app']}**.", ""]
+            out.append(
+                f"| {name} | {seconds} | {f['warnings_by_scenario'].get(name, '-')} "
+                f"| {typed.get(name, 0)} |"
+            )
+        out += [
+            "",
+            f"Exceptions raised into the app by `track`, `submit_now`, `get_submission_stats`: "
+            f"**{f['exceptions_raised_into_app']}** (any would fail the suite).",
+            "",
+        ]
     if "security" in suites:
         s = suites["security"]
         out += [
