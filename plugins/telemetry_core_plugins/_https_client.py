@@ -19,10 +19,12 @@ How answers map to :class:`~telemetry_core.errors.TransportError`
 - 413 sets ``too_large`` (the worker splits the batch); it is not retryable as is.
 - Every other status (other 4xx, 500, 501, 3xx) is terminal for the batch.
 - A TLS failure (untrusted or expired certificate, wrong host name) is
-  *retryable* with ``retry_after = TLS_ERROR_RETRY_AFTER``: it is often
-  transient (a captive portal, a proxy, a clock that is off) and events must not
-  be lost to it; the long pause keeps a misconfigured client from hammering the
-  network, and after ``max_retries`` the entries are kept as dead (revivable).
+  *retryable* without a ``retry_after``: it is often transient (a captive
+  portal, a proxy, a clock that is off) and events must not be lost to it. The
+  worker then treats the collector as offline and only probes it with
+  ``ping()`` until the handshake works again, so a misconfigured client neither
+  hammers the network nor burns its entries' retries, and a fixed CA bundle
+  takes effect at the next cycle.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "PING_TIMEOUT",
     "RETRYABLE_STATUSES",
-    "TLS_ERROR_RETRY_AFTER",
     "USER_AGENT",
     "HttpsClient",
     "parse_retry_after",
@@ -63,8 +64,6 @@ __all__ = [
 
 #: Statuses after which the same batch is sent again (DESIGN §7).
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
-#: Pause in seconds suggested after a TLS failure (see the module docstring).
-TLS_ERROR_RETRY_AFTER: Final = 600.0
 #: ``ping()`` waits at most this many seconds (or ``config.timeout`` if shorter).
 PING_TIMEOUT: Final = 5.0
 #: Answers larger than this are not read: no valid protocol answer comes close.
@@ -140,7 +139,6 @@ class HttpsClient:
         self._api_key = config.api_key
         self._gzip_threshold = config.gzip_threshold
         self._max_retry_after = config.max_retry_after
-        self._tls_pause = min(TLS_ERROR_RETRY_AFTER, config.max_retry_after)
         self._timeout = config.timeout
         self._clock = clock
         headers = {
@@ -234,13 +232,11 @@ class HttpsClient:
             raise TransportError(
                 str(exc),
                 retryable=True,
-                retry_after=self._tls_pause,
             ) from None
         except SSLError as exc:
             raise TransportError(
                 self._redact(f"{method} {url}: TLS failure: {exc}"),
                 retryable=True,
-                retry_after=self._tls_pause,
             ) from None
         except NewConnectionError as exc:
             # Checked before the timeout branch: urllib3 derives it from

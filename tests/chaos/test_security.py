@@ -143,8 +143,8 @@ def test_untrusted_certificate_refused_unless_its_ca_is_configured(  # noqa: PLR
         assert service.queue_stats().pending == 20
         assert "TLS" in (service.get_submission_stats().last_error or "")
     assert _stats(collector, client_context)["totals"]["count"] == 0
-    # A TLS failure pauses those entries for TLS_ERROR_RETRY_AFTER (600 s), so the
-    # trusted run uses its own database.
+    # The failed entries are scheduled for a retry by the backoff, so the trusted
+    # run uses its own database rather than waiting for them to come due.
     trusted = config.evolve(ca_bundle=str(cert_dir / "ca.pem"), db_path=tmp_path / "ok.db")
     with TelemetryService(trusted) as service:
         for i in range(20):
