@@ -10,8 +10,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from telemetry_core.collector.ingest import InFlightBudget, IngestError, check_events, read_body
+from telemetry_core.collector.ingest import (
+    InFlightBudget,
+    IngestError,
+    _check_each,
+    check_events,
+    read_body,
+)
 from telemetry_core.schema import new_event_id
 
 NOW_MS = 1_800_000_000_000
@@ -101,3 +109,114 @@ def test_budget_refuses_past_its_size_and_keeps_others_reservations() -> None:
     first.release()
     first.release()  # idempotent
     assert budget.used == 0
+
+
+# -- the one-call decode agrees with the event-by-event reference ---------------
+
+_field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["", "x" * 129, "a\x00b", "tab\there", "line\nbreak", "\x85", "ok"]),
+    st.text(max_size=20),
+)
+_mutations = st.dictionaries(
+    st.sampled_from(
+        ["id", "type", "timestamp", "install_id", "app", "app_version", "session_id",
+         "duration_ms", "success", "schema"]
+    ),
+    _field_values,
+    max_size=1,
+)  # fmt: skip
+_properties = st.dictionaries(
+    st.one_of(st.sampled_from(["k", "a.b:c-d", "1bad", "x" * 65, "sp ace"]), st.text(max_size=8)),
+    _field_values,
+    max_size=4,
+)
+
+
+def _verdicts(batch: Any) -> tuple[list[Any], list[int], list[tuple[int, str, str]]]:
+    return (
+        [msgspec.to_builtins(e) for e in batch.events],
+        list(batch.indexes),
+        [(e.index, e.code, e.message) for e in batch.errors],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.just({}), _mutations),
+            st.one_of(st.just({"k": "v"}), _properties),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(min_value=0, max_value=1),
+)
+def test_batch_decode_gives_the_reference_verdicts(
+    specs: list[tuple[dict[str, Any], dict[str, Any], bool]], skew_days: int
+) -> None:
+    """Whatever mix of valid and invalid events, the result is the reference path's."""
+    raws = []
+    for changes, properties, future in specs:
+        event = _event(properties=properties, **changes)
+        if future:
+            event["timestamp"] = NOW_MS + 2 * 86_400_000
+        raws.append(msgspec.Raw(json.dumps(event).encode()))
+    limits = {
+        "now_ms": NOW_MS,
+        "max_event_bytes": 16384,
+        "max_future_skew_ms": skew_days * 3 * 86_400_000,
+    }
+    assert _verdicts(check_events(raws, **limits)) == _verdicts(_check_each(raws, **limits))
+
+
+_EDGES = [
+    ("install_id", "x" * 128), ("install_id", "x" * 129), ("install_id", ""),
+    ("app", "a\x7fb"), ("app", "a\x9fb"), ("app", "a\xa0b"), ("session_id", "t\tab"),
+    ("app_version", "1.0\n"), ("timestamp", -1), ("timestamp", 2**63 - 1), ("timestamp", 2**63),
+    ("timestamp", 1.5), ("timestamp", True), ("duration_ms", 0), ("duration_ms", -0.5),
+    ("duration_ms", 1e15), ("duration_ms", 1e15 - 1), ("duration_ms", True), ("schema", 2),
+    ("schema", True), ("type", "Bad"), ("type", "a" * 64), ("type", "a" * 65),
+    ("id", "01A22327-CFEE-71C1-8B85-3BBCF27ACDAD"), ("id", "0" * 32), ("id", 7),
+    ("success", 1), ("properties", {"k": 2**63}), ("properties", {"k": -(2**63)}),
+    ("properties", {"k": -(2**63) - 1}), ("properties", {"k": "x" * 1024}),
+    ("properties", {"k": "x" * 1025}), ("properties", {"k": "a\tb\r\nc"}),
+    ("properties", {"k": "a\x0bb"}), ("properties", {"k": "\x85"}), ("properties", {"k": [1]}),
+    ("properties", {f"k{i}": i for i in range(64)}),
+    ("properties", {f"k{i}": i for i in range(65)}),
+    ("properties", {"x" * 64: 1}), ("properties", {"x" * 65: 1}), ("properties", {"_a.b:c-d": 1}),
+    ("properties", {"9a": 1}), ("properties", {"k": 1e308}), ("properties", {"k": None}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value"), _EDGES)
+def test_schema_edges_give_the_reference_verdicts(field: str, value: Any) -> None:
+    """Each limit of schema 1, just inside and just outside, beside a valid event."""
+    raws = [
+        msgspec.Raw(json.dumps(_event()).encode()),
+        msgspec.Raw(json.dumps(_event(**{field: value})).encode()),
+    ]
+    limits = {"now_ms": NOW_MS, "max_event_bytes": 16384, "max_future_skew_ms": 86_400_000}
+    assert _verdicts(check_events(raws, **limits)) == _verdicts(_check_each(raws, **limits))
+
+
+def test_a_valid_batch_takes_the_one_call_path() -> None:
+    """A batch of valid events is decoded into the constrained type in one call
+    (the test fails if the fast path stops accepting ordinary events)."""
+    raws = [msgspec.Raw(json.dumps(_event(properties={"n": 1, "s": "x"})).encode())] * 3
+    checked = check_events(raws, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=1)
+    assert checked.indexes == (0, 1, 2)
+    assert all(type(e).__name__ == "_CheckedEvent" for e in checked.events)
+
+
+def test_pii_found_in_a_remembered_string_is_still_found() -> None:
+    """Only clean verdicts are remembered: the same PII value is rejected every time."""
+    assert _codes(properties={"who": "bob@example.com"}) == ["pii"]
+    assert _codes(properties={"who": "bob@example.com"}) == ["pii"]
+    assert _codes(properties={"who": "bob"}) == []
+    assert _codes(properties={"who": "bob"}) == []
