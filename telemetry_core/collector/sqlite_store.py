@@ -298,10 +298,10 @@ class SQLiteStore:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                for batch in batches:
-                    outcomes.append(self._write_batch(batch, counters))
-                for (hour, name), n in counters.items():
-                    self._conn.execute(_UPSERT_COUNTER, (hour, name, n))
+                outcomes = self._write_group(batches, counters)
+                self._conn.executemany(
+                    _UPSERT_COUNTER, [(hour, name, n) for (hour, name), n in counters.items()]
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -321,47 +321,78 @@ class SQLiteStore:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 batch.loop.call_soon_threadsafe(_resolve, batch.future, value, error)
 
-    def _write_batch(self, batch: _Batch, counters: dict[tuple[int, str], int]) -> IngestOutcome:
-        execute = self._conn.execute
-        inserted: list[bool] = []
-        new: list[Event] = []
-        encode = msgspec.json.encode
-        for e in batch.events:
-            cur = execute(
-                _INSERT_EVENT,
-                (
-                    e.id.lower(),
-                    e.app,
-                    e.type,
-                    e.timestamp,
-                    batch.received_ms,
-                    e.install_id,
-                    e.session_id,
-                    e.app_version,
-                    e.duration_ms,
-                    None if e.success is None else int(e.success),
-                    encode(e.properties).decode(),
-                ),
+    def _write_group(
+        self, batches: list[_Batch], counters: dict[tuple[int, str], int]
+    ) -> list[IngestOutcome]:
+        """Write every batch of one transaction with a few set-wise statements.
+
+        The ids already stored are read in one query; the writer holds the write
+        lock (``BEGIN IMMEDIATE``), so the rest are new unless repeated in the
+        group, where the first one wins. Rollups, buckets and installs are summed
+        over the whole group before their upserts.
+        """
+        conn = self._conn
+        ids = [e.id.lower() for batch in batches for e in batch.events]
+        seen = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))",
+                (msgspec.json.encode(ids),),
             )
-            is_new = cur.rowcount == 1
-            inserted.append(is_new)
-            if is_new:
+        }
+        encode = msgspec.json.encode
+        rows: list[tuple[Any, ...]] = []
+        new: list[Event] = []
+        outcomes: list[IngestOutcome] = []
+        position = 0
+        for batch in batches:
+            received = batch.received_ms
+            inserted: list[bool] = []
+            for e in batch.events:
+                event_id = ids[position]
+                position += 1
+                if event_id in seen:
+                    inserted.append(False)
+                    continue
+                seen.add(event_id)
+                inserted.append(True)
                 new.append(e)
-        dups = len(inserted) - len(new)
-        if dups:
-            key = (hour_of(batch.received_ms), "duplicate")
-            counters[key] = counters.get(key, 0) + dups
+                rows.append(
+                    (
+                        event_id,
+                        e.app,
+                        e.type,
+                        e.timestamp,
+                        received,
+                        e.install_id,
+                        e.session_id,
+                        e.app_version,
+                        e.duration_ms,
+                        None if e.success is None else int(e.success),
+                        encode(e.properties).decode(),
+                    )
+                )
+            dups = len(inserted) - sum(inserted)
+            if dups:
+                key = (hour_of(received), "duplicate")
+                counters[key] = counters.get(key, 0) + dups
+            outcomes.append(IngestOutcome(inserted=tuple(inserted)))
+        before = conn.total_changes
+        conn.executemany(_INSERT_EVENT, rows)
+        if conn.total_changes - before != len(rows):
+            raise sqlite3.IntegrityError("an event id appeared while the write lock was held")
         rollups, buckets = hour_increments(
             (e.app, e.type, e.timestamp, e.duration_ms, e.success) for e in new
         )
-        for (app, etype, hour), (count, success, failure) in rollups.items():
-            execute(_UPSERT_ROLLUP, (app, etype, hour, count, success, failure))
-        for (app, etype, hour, index), count in buckets.items():
-            execute(_UPSERT_BUCKET, (app, etype, hour, index, count))
-        installs = {(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new}
-        for row in installs:
-            execute(_INSERT_INSTALL, row)
-        return IngestOutcome(inserted=tuple(inserted))
+        conn.executemany(
+            _UPSERT_ROLLUP,
+            [(app, etype, hour, *counts) for (app, etype, hour), counts in rollups.items()],
+        )
+        conn.executemany(_UPSERT_BUCKET, [(*key, count) for key, count in buckets.items()])
+        conn.executemany(
+            _INSERT_INSTALL, {(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new}
+        )
+        return outcomes
 
     def _run_cleanup(self, job: _Cleanup, *, finish: bool) -> None:
         """Delete one chunk; queue the job again behind waiting batches while rows
