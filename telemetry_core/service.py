@@ -54,7 +54,7 @@ from telemetry_core.schema import (
     new_event_id,
     validate_event,
 )
-from telemetry_core.worker import SubmissionWorker
+from telemetry_core.worker import SubmissionWorker, fork_guard, guarded
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -91,7 +91,11 @@ def _install_process_hooks() -> None:
             return
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+            os.register_at_fork(
+                before=fork_guard.before_fork,
+                after_in_parent=fork_guard.after_fork_in_parent,
+                after_in_child=_after_fork_in_child,
+            )
         _hooks_installed = True
 
 
@@ -109,6 +113,7 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    fork_guard.after_fork_in_child()
     for service in list(_services):
         service._reset_after_fork()
 
@@ -297,7 +302,8 @@ class TelemetryService:
             if self._broken is not None:
                 return None
             try:
-                self._opened = self._open()
+                with fork_guard.section():
+                    self._opened = self._open()
             except (TelemetryError, sqlite3.Error, OSError) as exc:
                 if self._config.strict:
                     raise
@@ -327,8 +333,8 @@ class TelemetryService:
             raise
         impls = self._host.pm.hook.telemetry_scrub_event.get_hookimpls()
         return _Opened(
-            store=store,
-            storage=storage,
+            store=guarded(store),
+            storage=guarded(storage),
             backoff=backoff,
             limiter=limiter,
             install_id=install_id,

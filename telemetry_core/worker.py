@@ -15,12 +15,13 @@ collector deduplicates it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import attrs
 
@@ -32,13 +33,106 @@ if TYPE_CHECKING:
     from telemetry_core.plugin_host import PluginHost
     from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
 
-__all__ = ["CycleResult", "SubmissionLog", "SubmissionWorker"]
+__all__ = [
+    "CycleResult",
+    "ForkGuard",
+    "SubmissionLog",
+    "SubmissionWorker",
+    "fork_guard",
+    "guarded",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("telemetry_core")
 
 #: Ceiling on one wait of the background loop, so that a clock jump or a huge
 #: ``Retry-After`` never parks the thread for longer than this between checks.
 MAX_WAIT = 3600.0
+
+
+class ForkGuard:
+    """Keeps ``os.fork()`` from happening while a thread is inside SQLite.
+
+    SQLite's internal mutexes are not fork-safe: a child forked while another
+    thread holds one (opening a file, committing) deadlocks on its first
+    connection. Database calls of the service and the worker run in a
+    :meth:`section`; :meth:`before_fork` waits (bounded) until no section is
+    active and holds new ones off until the fork is done. Sections never span
+    network I/O, so the wait is short.
+    """
+
+    #: Longest wait for running sections before forking anyway.
+    MAX_WAIT: Final = 5.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """Mark the block as touching SQLite."""
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        """Wait for active sections to end; keep the guard held across fork()."""
+        self._cond.acquire()
+        self._forking = True
+        deadline = time.monotonic() + self.MAX_WAIT
+        while self._active and (remaining := deadline - time.monotonic()) > 0:
+            self._cond.wait(remaining)
+
+    def after_fork_in_parent(self) -> None:
+        """Let sections run again."""
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        """Start afresh: the parent's other threads do not exist here."""
+        self._cond = threading.Condition()
+        self._active = 0
+        self._forking = False
+
+
+#: The process-wide guard (its fork hooks are installed by the service).
+fork_guard = ForkGuard()
+
+
+class _Guarded:
+    """Runs every method call of ``target`` inside a :data:`fork_guard` section."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with fork_guard.section():
+                return attr(*args, **kwargs)
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"guarded({self._target!r})"
+
+
+def guarded(target: T) -> T:
+    """``target`` with each method call run in a :data:`fork_guard` section."""
+    return cast(T, _Guarded(target))
 
 
 class SubmissionLog(Protocol):

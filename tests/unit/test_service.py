@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from telemetry_core.models import SubmissionResult
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import local_identifiers
 from telemetry_core.schema import MAX_PROPERTIES, Event
+from telemetry_core.worker import ForkGuard
 from tests.unit.test_worker import FakeClock, FakeTransport, FakeTransportPlugin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -468,10 +472,10 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
             finally:
                 os._exit(code)
         os.close(write_fd)
+        code = _wait_child(pid)  # first: a hung child would block the read
         with os.fdopen(read_fd, "rb") as pipe:
             data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert code == 0
         assert json.loads(data) == {
             "worker_none": True,
             "event": True,
@@ -480,6 +484,67 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
         }
         assert parent_worker.running
         assert service.event_counts() == {"child": 1, "parent": 1}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_the_worker_is_busy_never_deadlocks_the_child(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path, submission_interval=0.001, submission_batch_size=1))
+    with rig.service as service:
+        for i in range(200):
+            service.track("busy", {"i": i})
+        worker = service.worker
+        assert worker is not None
+        for _ in range(10):
+            worker.wake()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                faulthandler.dump_traceback_later(10, exit=True)  # a deadlock fails, bounded
+                ok = service.track("child") is not None
+                service.close(timeout=5)
+                os._exit(0 if ok else 3)
+            assert _wait_child(pid) == 0
+        assert service.event_counts()["child"] == 10
+
+
+def _wait_child(pid: int, timeout: float = 20.0) -> int:
+    """The child's exit code; a child still running after ``timeout`` is killed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung (deadlock after fork)")
+
+
+def test_fork_guard_waits_for_sections_and_holds_new_ones() -> None:
+    guard = ForkGuard()
+    inside = threading.Event()
+    leave = threading.Event()
+    order: list[str] = []
+
+    def db_call() -> None:
+        with guard.section():
+            inside.set()
+            leave.wait(10)
+            order.append("section done")
+
+    thread = threading.Thread(target=db_call)
+    thread.start()
+    assert inside.wait(10)
+    threading.Timer(0.05, leave.set).start()
+    guard.before_fork()  # returns only once the section has ended
+    order.append("forking")
+    late = threading.Thread(target=lambda: (guard.section().__enter__(), order.append("late")))
+    late.start()
+    late.join(0.05)
+    assert order == ["section done", "forking"]  # the late section waits for the fork
+    guard.after_fork_in_parent()
+    late.join(10)
+    thread.join(10)
+    assert order == ["section done", "forking", "late"]
 
 
 def test_exit_is_not_delayed_by_an_unreachable_endpoint(tmp_path: Path) -> None:
