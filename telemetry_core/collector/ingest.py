@@ -20,6 +20,7 @@ most values repeat from event to event.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import zlib
@@ -31,7 +32,6 @@ import msgspec
 
 from telemetry_core.privacy import PII_PATTERNS, find_pii
 from telemetry_core.schema import (
-    EVENT_TYPE_PATTERN,
     MAX_PROPERTIES,
     MAX_PROPERTY_KEY_LENGTH,
     MAX_PROPERTY_VALUE_LENGTH,
@@ -227,18 +227,13 @@ class CheckedBatch:
 
 
 _INT64_MAX: Final = 2**63 - 1
-# The same rules as schema.validate_event, written as msgspec constraints (tests
-# hold the two to the same verdicts). Control characters and lone surrogates:
-_IDENTIFIER = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*\Z"
-_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]*\Z"
-_Short = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_SHORT_STRING_LENGTH, pattern=_IDENTIFIER)
-]
-_Key = Annotated[
-    str, msgspec.Meta(max_length=MAX_PROPERTY_KEY_LENGTH, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*\Z")
-]
+# schema.validate_event's rules, split in two: lengths and ranges as msgspec
+# constraints (checked in C while decoding), character rules as a few regex
+# scans over the whole batch (see _BatchStrings). Tests hold the pair to the
+# verdicts of validate_event.
+_Short = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SHORT_STRING_LENGTH)]
 _Value = (
-    Annotated[str, msgspec.Meta(max_length=MAX_PROPERTY_VALUE_LENGTH, pattern=_TEXT)]
+    Annotated[str, msgspec.Meta(max_length=MAX_PROPERTY_VALUE_LENGTH)]
     | Annotated[int, msgspec.Meta(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
     | Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
     | bool
@@ -247,25 +242,79 @@ _Value = (
 
 
 class _CheckedEvent(Event, frozen=True, kw_only=True):
-    """An :class:`Event` whose decoding enforces schema 1 (all but the clock check)."""
+    """An :class:`Event` whose decoding enforces the lengths and ranges of schema 1."""
 
-    id: Annotated[
-        str,
-        msgspec.Meta(
-            pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
-        ),
-    ]
-    type: Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN.pattern)]
+    id: Annotated[str, msgspec.Meta(min_length=36, max_length=36)]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     timestamp: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
     install_id: _Short
     app: _Short
     app_version: _Short | None = None
     session_id: _Short | None = None
     duration_ms: Annotated[float, msgspec.Meta(ge=0, lt=1e15)] | None = None
-    properties: Annotated[dict[_Key, _Value], msgspec.Meta(max_length=MAX_PROPERTIES)] = (
-        msgspec.field(default_factory=dict)
-    )
+    properties: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=MAX_PROPERTY_KEY_LENGTH)], _Value],
+        msgspec.Meta(max_length=MAX_PROPERTIES),
+    ] = msgspec.field(default_factory=dict)
     schema: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+
+
+# Each matches a run of items, each followed by a space, which no item may hold.
+_IDS: Final = re.compile(
+    r"(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12} )*"
+)
+_TYPES: Final = re.compile(r"(?:[a-z][a-z0-9_.:-]* )*")
+_KEYS: Final = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.:-]* )*")
+# Found anywhere in a joined list, they condemn one of its items.
+_CONTROL_IN_IDENTIFIER: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _all_match(pattern: re.Pattern[str], items: list[str]) -> bool:
+    if not items:
+        return True
+    joined = " ".join(items) + " "
+    # The count rules out an item holding the separator (matching as two items).
+    return joined.count(" ") == len(items) and pattern.fullmatch(joined) is not None
+
+
+@attrs.frozen
+class _BatchStrings:
+    """The strings of a decoded batch, gathered once for the batch-wide checks."""
+
+    identifiers: list[str]
+    versions: list[str]
+    keys: list[str]
+    texts: list[str]
+
+    @classmethod
+    def of(cls, events: list[_CheckedEvent]) -> _BatchStrings:
+        """Gather the strings of ``events``."""
+        identifiers = [e.install_id for e in events]
+        identifiers += [e.app for e in events]
+        identifiers += [e.session_id for e in events if e.session_id is not None]
+        versions = [e.app_version for e in events if e.app_version is not None]
+        keys = [k for e in events for k in e.properties]
+        texts = [v for e in events for v in e.properties.values() if isinstance(v, str)]
+        return cls(identifiers, versions, keys, texts)
+
+    def valid(self, events: list[_CheckedEvent]) -> bool:
+        """True when every string follows schema 1's character rules."""
+        return (
+            _all_match(_IDS, [e.id for e in events])
+            and _all_match(_TYPES, [e.type for e in events])
+            and _all_match(_KEYS, self.keys)
+            and not _CONTROL_IN_IDENTIFIER.search(" ".join(self.identifiers + self.versions))
+            and not _CONTROL_IN_TEXT.search(" ".join(self.texts))
+        )
+
+    def clean(self) -> bool:
+        """True when no string holds personal data (the PII check of :func:`_pii_in`)."""
+        text_kind = _clean_text.kind
+        version_kind = _clean_version.kind
+        return all(
+            text_kind(t) is None for t in {*self.identifiers, *self.keys, *self.texts}
+        ) and all(version_kind(v) is None for v in set(self.versions))
 
 
 _batch_decoder = msgspec.json.Decoder(list[_CheckedEvent])
@@ -367,10 +416,20 @@ def check_events(
             max_event_bytes=max_event_bytes,
             max_future_skew_ms=max_future_skew_ms,
         )
+    strings = _BatchStrings.of(decoded)
+    if not strings.valid(decoded):
+        return _check_each(
+            raws,
+            now_ms=now_ms,
+            max_event_bytes=max_event_bytes,
+            max_future_skew_ms=max_future_skew_ms,
+        )
+    latest = now_ms + max_future_skew_ms
+    if max((e.timestamp for e in decoded), default=0) <= latest and strings.clean():
+        return CheckedBatch(events=tuple(decoded), indexes=tuple(range(len(decoded))), errors=())
     events: list[Event] = []
     indexes: list[int] = []
     errors: list[EventError] = []
-    latest = now_ms + max_future_skew_ms
     for index, item in enumerate(decoded):
         problem = (
             validate_event(item, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)

@@ -190,7 +190,9 @@ _EDGES = [
     ("properties", {f"k{i}": i for i in range(64)}),
     ("properties", {f"k{i}": i for i in range(65)}),
     ("properties", {"x" * 64: 1}), ("properties", {"x" * 65: 1}), ("properties", {"_a.b:c-d": 1}),
-    ("properties", {"9a": 1}), ("properties", {"k": 1e308}), ("properties", {"k": None}),
+    ("properties", {"9a": 1}), ("properties", {"sp ace": 1}), ("type", "a b"),
+    ("id", "01a22327-cfee-71c1-8b85 3bbcf27acdad"), ("app", "two words"),
+    ("properties", {"k": 1e308}), ("properties", {"k": None}),
 ]  # fmt: skip
 
 
@@ -208,10 +210,13 @@ def test_schema_edges_give_the_reference_verdicts(field: str, value: Any) -> Non
 def test_a_valid_batch_takes_the_one_call_path() -> None:
     """A batch of valid events is decoded into the constrained type in one call
     (the test fails if the fast path stops accepting ordinary events)."""
-    raws = [msgspec.Raw(json.dumps(_event(properties={"n": 1, "s": "x"})).encode())] * 3
+    raws = [msgspec.Raw(json.dumps(_event(properties={"n": 1, "s": "x"})).encode())] * 2
+    raws.append(msgspec.Raw(json.dumps(_event()).encode()))
     checked = check_events(raws, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=1)
     assert checked.indexes == (0, 1, 2)
     assert all(type(e).__name__ == "_CheckedEvent" for e in checked.events)
+    alone = check_events(raws[2:], now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=1)
+    assert type(alone.events[0]).__name__ == "_CheckedEvent"
 
 
 def test_pii_found_in_a_remembered_string_is_still_found() -> None:
