@@ -30,6 +30,7 @@ from telemetry_core.collector.aggregation import (
     hour_of,
 )
 from telemetry_core.collector.store import (
+    HOUR_MS,
     CommitObserver,
     IngestOutcome,
     StatsData,
@@ -390,7 +391,8 @@ class SQLiteStore:
         )
         conn.executemany(_UPSERT_BUCKET, [(*key, count) for key, count in buckets.items()])
         conn.executemany(
-            _INSERT_INSTALL, {(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new}
+            _INSERT_INSTALL,
+            {(e.app, e.type, e.timestamp - e.timestamp % HOUR_MS, e.install_id) for e in new},
         )
         return outcomes
 
