@@ -131,6 +131,7 @@ _INCREMENT_SQL: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 )
+_LAYOUT_SQL: Final = "SELECT 1 FROM telemetry_counters WHERE name = 'queue.holes'"
 _LOG_SQL: Final = (
     "INSERT INTO telemetry_submissions(started_at, latency_ms, batch_size, accepted, rejected,"
     " duplicates, status, error, retry, network_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -364,6 +365,7 @@ class LocalStore:
                             "upgrade telemetry-core or use another file"
                         )
                     if version == SCHEMA_VERSION:
+                        self._check_layout(conn)
                         conn.commit()
                         return
                     for statement in MIGRATIONS[version]:
@@ -379,6 +381,17 @@ class LocalStore:
                 f"cannot use telemetry database {self.path} ({exc}); "
                 "if the file is corrupt, delete it or run `telemetry disable --purge`"
             ) from exc
+
+    def _check_layout(self, conn: sqlite3.Connection) -> None:
+        # Migrations 1 and 3 were rewritten before the first release; a file
+        # made by an earlier development build has the same version number but
+        # the old queue layout, which this code would silently miscount.
+        if conn.execute(_LAYOUT_SQL).fetchone() is None:
+            raise StorageError(
+                f"telemetry database {self.path} was made by a pre-release build of "
+                "telemetry-core with an older queue layout; delete it or run "
+                "`telemetry disable --purge`"
+            )
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # Switching a brand-new file to WAL needs an exclusive lock; while

@@ -115,6 +115,16 @@ def test_migrates_an_older_file_forward(tmp_db_path: Path) -> None:
     s.close()
 
 
+def test_a_file_with_the_pre_release_queue_layout_is_refused(tmp_db_path: Path) -> None:
+    LocalStore(tmp_db_path).close()
+    conn = sqlite3.connect(tmp_db_path)
+    conn.execute("DELETE FROM telemetry_counters WHERE name = 'queue.holes'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="pre-release"):
+        LocalStore(tmp_db_path)
+
+
 def test_newer_schema_is_refused(tmp_db_path: Path) -> None:
     LocalStore(tmp_db_path).close()
     conn = sqlite3.connect(tmp_db_path)
