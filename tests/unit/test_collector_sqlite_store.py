@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.collector.sqlite_store import SQLiteStore, read_stats_file
+from telemetry_core.collector.sqlite_store import SQLiteStore, _Batch, read_stats_file
 from telemetry_core.collector.store import CollectorStore, StatsQuery, StoreOverloaded
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event, new_event_id
@@ -248,3 +248,34 @@ def test_retention_deletes_in_chunks_and_lets_batches_commit_between(tmp_path: P
     assert deleted == 2000
     assert left == 8
     assert done == ["ingest", "cleanup"]
+
+
+def test_one_group_first_occurrence_wins_across_batches_and_case(tmp_path: Path) -> None:
+    """Within one transaction the first occurrence of an id (compared lowercased) is
+    the new one; later ones, in the same or a later batch of the group, are duplicates."""
+    a, b, c = make_events(3)
+    b_upper = Event(**{**{f: getattr(b, f) for f in b.__struct_fields__}, "id": b.id.upper()})
+
+    async def run() -> list[tuple[bool, ...]]:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.ingest([c], T0)  # already stored before the group
+        await store.close()
+        store = SQLiteStore(tmp_path / "c.db")
+        loop = asyncio.get_running_loop()
+        batches = [
+            _Batch([a, b, a], T0, loop, loop.create_future()),
+            _Batch([b_upper, c], T0, loop, loop.create_future()),
+        ]
+        store._conn.execute("BEGIN IMMEDIATE")
+        counters: dict[tuple[int, str], int] = {}
+        outcomes = store._write_group(batches, counters)
+        store._conn.execute("COMMIT")
+        assert counters == {(T0 - T0 % 3_600_000, "duplicate"): 3}
+        await store.close()
+        return [o.inserted for o in outcomes]
+
+    assert asyncio.run(run()) == [(True, True, False), (False, False)]
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (3,)
+        assert conn.execute("SELECT SUM(count) FROM rollups").fetchone() == (3,)
+    conn.close()
