@@ -224,6 +224,11 @@ class LocalStore:
     ``os.fork()`` the child opens fresh ones. :meth:`close` closes every
     connection of this process; the store reopens lazily if used again.
     :meth:`purge` deletes the files and ends the store.
+
+    With ``read_only`` the file must already exist: it is opened with SQLite's
+    ``mode=ro`` and never created, migrated or switched to WAL; a file whose
+    schema version is not :data:`SCHEMA_VERSION` (not a telemetry database,
+    or one of another version) raises :class:`~telemetry_core.errors.StorageError`.
     """
 
     def __init__(
@@ -232,8 +237,10 @@ class LocalStore:
         *,
         clock: Clock = time.time,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
+        self.read_only = read_only
         self.clock = clock
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
@@ -241,14 +248,21 @@ class LocalStore:
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
         self._purged = False
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():
+            if read_only:
+                if not self.path.is_file():
+                    raise FileNotFoundError(f"no such file: {self.path}")
+            else:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not read_only and not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as exc:
             raise StorageError(f"cannot create telemetry database {self.path}: {exc}") from exc
         _live_stores.add(self)
         try:
-            self._migrate()
+            if read_only:
+                self._check_version()
+            else:
+                self._migrate()
         except BaseException:
             self.close()
             raise
@@ -266,9 +280,13 @@ class LocalStore:
             return holder.conn
         if self._purged:
             raise StorageError(f"telemetry database {self.path} was purged")
+        target: str | Path = self.path
+        if self.read_only:
+            target = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
             conn = sqlite3.connect(
-                self.path,
+                target,
+                uri=self.read_only,
                 timeout=self.busy_timeout_ms / 1000,
                 isolation_level=None,
                 check_same_thread=False,
@@ -391,6 +409,23 @@ class LocalStore:
                 f"telemetry database {self.path} was made by a pre-release build of "
                 "telemetry-core with an older queue layout; delete it or run "
                 "`telemetry disable --purge`"
+            )
+
+    def _check_version(self) -> None:
+        """For a read-only store: refuse a file this code would have to migrate."""
+        try:
+            conn = self.connection()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == SCHEMA_VERSION:
+                self._check_layout(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read telemetry database {self.path}: {exc}") from exc
+        if version == 0:
+            raise StorageError(f"{self.path} is not a telemetry database; it was left unchanged")
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"telemetry database {self.path} has schema version {version}, this "
+                f"telemetry-core reads version {SCHEMA_VERSION}; it was left unchanged"
             )
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:

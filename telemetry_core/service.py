@@ -16,11 +16,37 @@ logged once per kind on the ``telemetry_core`` logger, never raised (unless
 ``config.strict``); a store that cannot be opened turns the service into a
 no-op; interpreter exit is delayed by at most ``config.exit_timeout``; a forked
 child starts clean.
+
+Bounds on the caller's time:
+
+* Cheap checks come first: the number of properties, the lengths of keys,
+  values and identifiers and the value types are checked in O(size) before any
+  scrubbing or PII pattern runs, so one huge value is rejected at once.
+* Once the store is open, the app-facing connections wait at most
+  :data:`APP_BUSY_TIMEOUT_MS` for another process's write lock (the worker and
+  :meth:`TelemetryService.submit_now` wait :data:`WORKER_BUSY_TIMEOUT_MS`).
+  An event that cannot be stored within that bound is dropped and counted
+  (``dropped:locked``), with one warning. We chose not to keep such events in
+  an in-memory buffer: :meth:`TelemetryService.track` returns an id only for an
+  event that is durable, and a lock held longer than the bound by another
+  process is rare enough that an honest count beats a promise the process
+  may not keep at exit.
+* Failures are counted in memory first and written to the store later (after
+  the next successful record, by the worker, or on close), so counting a
+  failure never waits a second time.
+
+Read-only calls (:meth:`~TelemetryService.queue_stats`,
+:meth:`~TelemetryService.status`, :meth:`~TelemetryService.event_counts`,
+:meth:`~TelemetryService.counters`, :meth:`~TelemetryService.get_submission_stats`)
+with consent off open an existing file read-only (no cleanup, no migration; a
+file that is not a telemetry database is refused) and with ``DO_NOT_TRACK`` do
+not open it at all.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -49,6 +75,10 @@ from telemetry_core.privacy import find_pii
 from telemetry_core.schema import (
     EVENT_TYPE_PATTERN,
     MAX_EVENT_BYTES,
+    MAX_PROPERTIES,
+    MAX_PROPERTY_KEY_LENGTH,
+    MAX_PROPERTY_VALUE_LENGTH,
+    MAX_SHORT_STRING_LENGTH,
     Event,
     PropertyValue,
     new_event_id,
@@ -62,7 +92,7 @@ if TYPE_CHECKING:
     from telemetry_core.models import Clock
     from telemetry_core.protocols import Backoff, Limiter, Storage
 
-__all__ = ["CLEANUP_EVERY", "TelemetryService"]
+__all__ = ["APP_BUSY_TIMEOUT_MS", "CLEANUP_EVERY", "WORKER_BUSY_TIMEOUT_MS", "TelemetryService"]
 
 logger = logging.getLogger("telemetry_core")
 
@@ -71,6 +101,17 @@ CLEANUP_EVERY: Final = 24 * 3600.0
 #: Stored-config key holding the time of the last retention cleanup.
 _LAST_CLEANUP_KEY: Final = "last-cleanup"
 _DAY: Final = 24 * 3600.0
+#: How long app-facing calls wait for another process's write lock (milliseconds).
+APP_BUSY_TIMEOUT_MS: Final = 200
+#: How long the worker and submit_now() wait for it (milliseconds).
+WORKER_BUSY_TIMEOUT_MS: Final = 5000
+#: Counter of events dropped because the database stayed locked.
+DROPPED_LOCKED: Final = "dropped:locked"
+# An event whose properties hold fewer characters than this cannot encode to
+# more than MAX_EVENT_BYTES (6 bytes per escaped character, plus every other
+# field at its maximum length), so its encoded size need not be measured.
+_SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
+_MISSING: Final = object()
 
 _encoder = msgspec.json.Encoder()
 
@@ -100,7 +141,15 @@ def _install_process_hooks() -> None:
 
 
 def _at_exit() -> None:
-    """Stop every worker, never delaying exit by more than the largest exit_timeout."""
+    """Stop every worker, then close what they no longer use, from the main thread.
+
+    Every worker is told to stop first (it starts no new call), then each is
+    joined within the largest ``exit_timeout`` (see ``SubmissionWorker.stop``
+    for the grace given to a thread inside a short local call). A service whose
+    worker ended has its counts flushed and its connections closed here, so that
+    nothing is finalized under a running thread; one whose worker is still
+    inside a call keeps its connections open.
+    """
     services = list(_services)
     if not services:
         return
@@ -109,7 +158,7 @@ def _at_exit() -> None:
     for service in services:
         service._signal_stop()
     for service in services:
-        service._join_worker(max(deadline - time.monotonic(), 0.0))
+        service._finish_at_exit(max(deadline - time.monotonic(), 0.0))
 
 
 def _after_fork_in_child() -> None:
@@ -146,6 +195,9 @@ class TelemetryService:
     :param clock: wall clock in seconds; dates events, retries and the log.
     :param monotonic: monotonic clock in seconds; drives the rate limiter.
     :param rng: source of randomness for retry jitter (a seeded one in tests).
+    :param background: start the background worker when events can be sent;
+        with False, events are only sent by :meth:`submit_now` (one-shot
+        commands such as the CLI's ``enable --remote`` and ``submit``).
 
     Use it as a context manager: ``__enter__`` opens the store and starts the
     worker when remote submission is on; ``__exit__`` stops the worker,
@@ -162,8 +214,10 @@ class TelemetryService:
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
         rng: random.Random | None = None,
+        background: bool = True,
     ) -> None:
         self._config = config
+        self._background = background
         if host is None:
             host = PluginHost(strict=config.strict, plugins=plugins)
         else:
@@ -175,7 +229,13 @@ class TelemetryService:
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.RLock()
         self._opened: _Opened | None = None
+        # A read-only view of an existing file, for read calls with consent off.
+        self._reader: _Opened | None = None
         self._broken: str | None = None
+        # Counts not written yet (name -> n): failures are counted here first,
+        # so that counting never waits on a store that just failed.
+        self._pending_counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
         self._worker: SubmissionWorker | None = None
         self._warned: set[str] = set()
         self._closed = False
@@ -234,12 +294,17 @@ class TelemetryService:
         with self._lock:
             self._closed = True
             stopped = self._stop_worker(self._config.exit_timeout if timeout is None else timeout)
+            if stopped:
+                self._flush_counts()
             opened, self._opened = self._opened, None
+            reader, self._reader = self._reader, None
         # A worker still waiting on the network keeps using its connection; it
         # is a daemon thread, so leave the store to it rather than close it
         # under its feet.
-        if opened is not None and stopped:
-            for closeable in (opened.storage, opened.store):
+        for view in (opened if stopped else None, reader):
+            if view is None:
+                continue
+            for closeable in (view.storage, view.store):
                 try:
                     closeable.close()
                 except Exception as exc:
@@ -259,10 +324,11 @@ class TelemetryService:
         if worker is not None:
             worker.stop(0.0)
 
-    def _join_worker(self, timeout: float) -> None:
+    def _finish_at_exit(self, timeout: float) -> None:
         worker = self._worker
-        if worker is not None:
-            worker.stop(timeout)
+        if worker is not None and not worker.stop(timeout):
+            return  # still inside a call: leave its connections alone
+        self.close(timeout=0.0)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: forget the parent's thread, connections and locks."""
@@ -272,6 +338,8 @@ class TelemetryService:
                 _inherited.append(obj)
         self._worker = None
         self._opened = None
+        self._reader = None
+        self._counts_lock = threading.Lock()
 
     # -- warnings and counters -------------------------------------------------
 
@@ -280,14 +348,31 @@ class TelemetryService:
             self._warned.add(kind)
             logger.warning(message, *args)
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def _count(self, name: str, n: int = 1, *, defer: bool = False) -> None:
+        """Count ``name``: at once, or (``defer``) in memory until the next flush."""
+        with self._counts_lock:
+            self._pending_counts[name] = self._pending_counts.get(name, 0) + n
+        if not defer:
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        """Write the counts kept in memory; what cannot be written stays there."""
         opened = self._opened
-        if opened is None:
+        if opened is None or not self._pending_counts:
             return
+        with self._counts_lock:
+            pending, self._pending_counts = self._pending_counts, {}
+        done: list[str] = []
         try:
-            opened.store.increment_counter(name, n)
+            for name, n in pending.items():
+                opened.store.increment_counter(name, n)
+                done.append(name)
         except Exception as exc:
-            logger.debug("telemetry-core: could not count %s: %r", name, exc)
+            logger.debug("telemetry-core: could not write counters: %r", exc)
+            with self._counts_lock:
+                for name, n in pending.items():
+                    if name not in done:
+                        self._pending_counts[name] = self._pending_counts.get(name, 0) + n
 
     # -- opening -----------------------------------------------------------------
 
@@ -323,6 +408,10 @@ class TelemetryService:
 
         config = self._config
         store = LocalStore(config.db_path, clock=self._clock)
+        # Opening (a migration) may wait the default busy timeout once; after
+        # that, the app-facing connections wait only briefly for a lock.
+        store.busy_timeout_ms = APP_BUSY_TIMEOUT_MS
+        store.connection().execute(f"PRAGMA busy_timeout = {APP_BUSY_TIMEOUT_MS}")
         try:
             backoff = self._host.make_backoff(config, self._rng, self._clock)
             limiter = self._host.make_limiter(config, self._monotonic)
@@ -354,7 +443,41 @@ class TelemetryService:
                 raise
             self._warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
 
+    def _open_reader(self) -> _Opened:
+        """A read-only view of the existing file: no migration, no cleanup, no writes."""
+        from telemetry_core.local_store import LocalStore
+
+        config = self._config
+        store = LocalStore(
+            config.db_path,
+            clock=self._clock,
+            busy_timeout_ms=APP_BUSY_TIMEOUT_MS,
+            read_only=True,
+        )
+        try:
+            backoff = self._host.make_backoff(config, self._rng, self._clock)
+            limiter = self._host.make_limiter(config, self._monotonic)
+            storage = self._host.make_storage(config, store, backoff, self._clock)
+            install_id = store.get_config("install-id") or ""
+        except BaseException:
+            store.close()
+            raise
+        return _Opened(
+            store=guarded(store),
+            storage=guarded(storage),
+            backoff=backoff,
+            limiter=limiter,
+            install_id=install_id,
+            scrubbed_clean=False,
+        )
+
     def _make_worker(self, opened: _Opened) -> SubmissionWorker:
+        store = opened.store
+
+        def long_busy_timeout() -> None:
+            # The worker's connection may wait longer for a lock than the app's.
+            store.connection().execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
+
         return SubmissionWorker(
             self._config,
             host=self._host,
@@ -364,6 +487,8 @@ class TelemetryService:
             limiter=opened.limiter,
             clock=self._clock,
             monotonic=self._monotonic,
+            thread_setup=long_busy_timeout,
+            after_cycle=self._flush_counts,
         )
 
     def _ensure_worker(self) -> SubmissionWorker | None:
@@ -372,7 +497,7 @@ class TelemetryService:
         if worker is not None and worker.running:
             return worker
         with self._lock:
-            if self._closed or not self._config.sending:
+            if self._closed or not self._background or not self._config.sending:
                 return None
             opened = self._ensure_open()
             if opened is None:
@@ -401,9 +526,14 @@ class TelemetryService:
         and logged once per kind. With ``config.strict`` those failures raise
         (:class:`EventRejected`, :class:`StorageError`...) instead.
 
-        Properties are copied and scrubbed (e-mail addresses, IPs, home paths,
-        secrets, the user and host name are masked), then validated. The event
-        carries nothing else about the machine.
+        Properties are copied and checked for size and type (subclasses of
+        str/int/float become the base type), then scrubbed (e-mail addresses,
+        IPs, home paths, secrets, the user and host name are masked) and
+        validated. The event carries nothing else about the machine.
+
+        Once the store is open, a call waits at most :data:`APP_BUSY_TIMEOUT_MS`
+        for a lock held by another process; an event that cannot be stored by
+        then is dropped and counted (``dropped:locked``).
         """
         config = self._config
         if not config.recording:
@@ -422,11 +552,27 @@ class TelemetryService:
                 exc,
             )
         except Exception as exc:
-            self._count(_counter_name("failed", type(exc).__name__))
+            # Counted in memory: the store has just failed, counting there now
+            # would wait (a lock) or fail a second time.
+            if _is_locked(exc):
+                self._count(DROPPED_LOCKED, defer=True)
+            else:
+                self._count(_counter_name("failed", type(exc).__name__), defer=True)
             if config.strict:
                 if isinstance(exc, TelemetryError):
                     raise
                 raise StorageError(f"could not record the event: {exc!r}") from exc
+            if _is_locked(exc):
+                self._warn_once(
+                    DROPPED_LOCKED,
+                    "telemetry-core: the local database %s is locked by another process; "
+                    "events that cannot be stored within %d ms are dropped and counted "
+                    "(%s)",
+                    config.db_path,
+                    APP_BUSY_TIMEOUT_MS,
+                    DROPPED_LOCKED,
+                )
+                return None
             self._warn_once(
                 f"failed:{type(exc).__name__}",
                 "telemetry-core: could not record an event: %r (further failures of this "
@@ -449,18 +595,23 @@ class TelemetryService:
             return None
         if not isinstance(event_type, str) or not EVENT_TYPE_PATTERN.match(event_type):
             raise EventRejected("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
-        props = _copy_properties(properties)
+        props, chars = _copy_properties(properties)
         duration = _check_duration(duration_ms)
         if success is not None and not isinstance(success, bool):
             raise EventRejected("invalid_field", "success must be True, False or None")
         if session_id is not None:
             if not isinstance(session_id, str):
                 raise EventRejected("invalid_field", "session_id must be a string")
+            if len(session_id) > MAX_SHORT_STRING_LENGTH:
+                raise EventRejected(
+                    "invalid_field", f"session_id is longer than {MAX_SHORT_STRING_LENGTH}"
+                )
             if find_pii(session_id) is not None:
                 raise EventRejected("pii", "session_id looks like personal data")
-        before = dict(props)
-        self._host.scrub_event(event_type, props)
-        self._count_scrubbed(before, props)
+        if props:
+            before = dict(props)
+            self._host.scrub_event(event_type, props)
+            self._count_scrubbed(before, props)
         if not opened.scrubbed_clean:
             for key, value in props.items():
                 if isinstance(value, str) and (kind := find_pii(value)) is not None:
@@ -484,11 +635,17 @@ class TelemetryService:
         problem = validate_event(event, now_ms=timestamp)
         if problem is not None:
             raise EventRejected(*problem)
-        if len(_encoder.encode(event)) > MAX_EVENT_BYTES:
+        if chars >= _SMALL_EVENT_CHARS and len(_encoder.encode(event)) > MAX_EVENT_BYTES:
             raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
-        opened.storage.record(event, enqueue=self._config.sending)
-        self._host.event_recorded(event)
-        if self._config.sending:
+        sending = self._config.sending
+        opened.storage.record(event, enqueue=sending)
+        if self._pending_counts:
+            self._flush_counts()
+        # A cheap look at the implementations (kept up to date by pluggy on
+        # every registration) saves the hook call when nobody observes.
+        if self._host.pm.hook.telemetry_event_recorded.get_hookimpls():
+            self._host.event_recorded(event)
+        if sending and (self._worker is None or not self._worker.running):
             self._ensure_worker()
         return event.id
 
@@ -496,9 +653,12 @@ class TelemetryService:
         self, before: Mapping[str, PropertyValue], after: Mapping[str, PropertyValue]
     ) -> None:
         for key, value in before.items():
-            if after.get(key, None) != value or key not in after:
-                kind = find_pii(value) if isinstance(value, str) else None
-                self._count(_counter_name("scrubbed", kind or "identifier"))
+            new = after.get(key, _MISSING)
+            # Identity first: a NaN is not equal to itself but was not changed.
+            if new is value or (new is not _MISSING and new == value):
+                continue
+            kind = find_pii(value) if isinstance(value, str) else None
+            self._count(_counter_name("scrubbed", kind or "identifier"))
 
     # -- submission ----------------------------------------------------------------
 
@@ -522,6 +682,9 @@ class TelemetryService:
                 self._worker = self._make_worker(opened)
             worker = self._worker
         total = opened.storage.stats().due
+        # Sending is the caller's explicit wish: wait for a lock like the worker.
+        conn = opened.store.connection()
+        conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
         try:
             worker.drain(progress, total=total)
         except (PluginError, ConfigError):
@@ -530,13 +693,19 @@ class TelemetryService:
             if self._config.strict:
                 raise
             self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {APP_BUSY_TIMEOUT_MS}")
+        self._flush_counts()
         return self.get_submission_stats()
 
     def get_submission_stats(self) -> SubmissionStats:
-        """Totals, success rate, retries, latency percentiles, last error, queue size."""
-        if not self._config.recording and not self._config.db_path.exists():
-            return SubmissionStats()
-        opened = self._ensure_open()
+        """Totals, success rate, retries, latency percentiles, last error, queue size.
+
+        With consent off this only reads an existing file (never written); with
+        ``DO_NOT_TRACK`` the file is not opened at all.
+        """
+        opened = self._ensure_open() if self._config.recording else self._open_existing()
         if opened is None:
             return SubmissionStats()
         return opened.store.submission_stats(opened.storage.stats())
@@ -556,15 +725,18 @@ class TelemetryService:
         return dict(opened.store.event_counts())
 
     def counters(self) -> dict[str, int]:
-        """Local counters: rejected, scrubbed and failed events by reason."""
+        """Local counters: rejected, scrubbed and failed events by reason (with
+        the counts not written to the store yet)."""
         opened = self._open_existing()
-        if opened is None:
-            return {}
-        return dict(opened.store.counters())
+        counts = dict(opened.store.counters()) if opened is not None else {}
+        with self._counts_lock:
+            for name, n in self._pending_counts.items():
+                counts[name] = counts.get(name, 0) + n
+        return counts
 
     def retry_dead(self) -> int:
         """Make dead-lettered entries due again; return how many."""
-        opened = self._open_existing()
+        opened = self._open_existing(write=True)
         if opened is None:
             return 0
         revived = opened.storage.revive_dead()
@@ -574,7 +746,7 @@ class TelemetryService:
 
     def cleanup(self) -> int:
         """Delete events and queue entries older than ``config.retention_days``."""
-        opened = self._open_existing()
+        opened = self._open_existing(write=True)
         if opened is None:
             return 0
         now = self._clock()
@@ -582,15 +754,37 @@ class TelemetryService:
         opened.store.set_config(_LAST_CLEANUP_KEY, repr(now))
         return removed
 
-    def _open_existing(self) -> _Opened | None:
-        """Open the store for reading, but never create it when consent is off."""
+    def _open_existing(self, *, write: bool = False) -> _Opened | None:
+        """The open store; with consent off an existing file opened read-only
+        (or, with ``write``, read-write), never created; None under DO_NOT_TRACK."""
         if self._opened is not None:
             return self._opened
-        if self._config.do_not_track:
+        config = self._config
+        if config.do_not_track:
             return None
-        if not self._config.recording and not self._config.db_path.exists():
+        if config.recording:
+            return self._ensure_open()
+        if not config.db_path.exists():
             return None
-        return self._ensure_open()
+        if write:
+            return self._ensure_open()
+        reader = self._reader
+        if reader is not None:
+            return reader
+        with self._lock:
+            if self._reader is None:
+                try:
+                    with fork_guard.section():
+                        self._reader = self._open_reader()
+                except (TelemetryError, sqlite3.Error, OSError) as exc:
+                    if config.strict:
+                        raise
+                    self._broken = f"{type(exc).__name__}: {exc}"
+                    logger.warning(
+                        "telemetry-core: cannot read the local store %s: %s", config.db_path, exc
+                    )
+                    return None
+            return self._reader
 
     def status(self) -> dict[str, Any]:
         """What is configured and in use: app, db path, consent, endpoint (never
@@ -705,23 +899,87 @@ class TelemetryService:
         self.disable(remote_only=True)
 
 
-def _copy_properties(properties: Mapping[str, PropertyValue] | None) -> dict[str, PropertyValue]:
+def _is_locked(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause) is SQLite's "database is locked/busy"."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, (sqlite3.OperationalError, StorageError)):
+            text = str(error)
+            if "database is locked" in text or "database is busy" in text:
+                return True
+    return False
+
+
+def _copy_properties(
+    properties: Mapping[str, PropertyValue] | None,
+) -> tuple[dict[str, PropertyValue], int]:
+    """Copy ``properties``, checking the cheap bounds (count, key and value
+    lengths, types, finite numbers) in O(size), before anything scans the text.
+
+    Subclasses of str, int and float become their base type (the encoder
+    refuses them). Returns the copy and the number of characters in its keys
+    and string values.
+    """
     if properties is None:
-        return {}
+        return {}, 0
     if not isinstance(properties, Mapping):
         raise EventRejected("invalid_property", "properties must be a mapping")
+    if len(properties) > MAX_PROPERTIES:
+        raise EventRejected(
+            "too_many_properties", f"at most {MAX_PROPERTIES} properties are allowed"
+        )
     props: dict[str, PropertyValue] = {}
-    for key, value in properties.items():
+    chars = 0
+    for raw_key, raw_value in properties.items():
+        key = _plain_key(raw_key)
+        value = _plain_value(key, raw_value)
+        if type(value) is str:
+            if len(value) > MAX_PROPERTY_VALUE_LENGTH:
+                raise EventRejected(
+                    "invalid_property",
+                    f"property {key!r} is longer than {MAX_PROPERTY_VALUE_LENGTH}",
+                )
+            chars += len(value)
+        elif type(value) is float and not math.isfinite(value):
+            raise EventRejected("invalid_property", f"property {key!r} must be finite")
+        chars += len(key)
+        props[key] = value
+    if len(props) > MAX_PROPERTIES:  # a mapping whose len() and items() disagree
+        raise EventRejected(
+            "too_many_properties", f"at most {MAX_PROPERTIES} properties are allowed"
+        )
+    return props, chars
+
+
+def _plain_key(key: object) -> str:
+    if type(key) is not str:
         if not isinstance(key, str):
             raise EventRejected("invalid_property", "property keys must be strings")
-        if value is not None and not isinstance(value, (str, int, float, bool)):
-            raise EventRejected(
-                "invalid_property",
-                f"property {key[:64]!r} has type {type(value).__name__}; "
-                "use str, int, float, bool or None",
-            )
-        props[key] = value
-    return props
+        key = str.__str__(key)
+    if len(key) > MAX_PROPERTY_KEY_LENGTH:
+        raise EventRejected(
+            "invalid_property",
+            f"property key {key[:MAX_PROPERTY_KEY_LENGTH]!r}... is longer than "
+            f"{MAX_PROPERTY_KEY_LENGTH}",
+        )
+    return key
+
+
+def _plain_value(key: str, value: object) -> PropertyValue:
+    """``value`` as an exact str/int/float/bool/None (a subclass becomes its base
+    type, without calling methods it may override)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value  # type: ignore[return-value]
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):  # bool cannot be subclassed
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    raise EventRejected(
+        "invalid_property",
+        f"property {key!r} has type {kind.__name__}; use str, int, float, bool or None",
+    )
 
 
 def _check_duration(duration_ms: float | None) -> float | None:

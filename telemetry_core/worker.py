@@ -11,6 +11,14 @@ The worker never holds the only copy of an event: entries stay in the durable
 queue under a lease until they are acknowledged, so stopping (or killing) the
 process at any point loses nothing; at worst a batch is sent twice and the
 collector deduplicates it.
+
+Shutdown: once :meth:`SubmissionWorker.stop` has been called, the thread
+starts no new network call (nor a new cycle); it only finishes the database
+call or request it is in, gives back its leases and ends. :meth:`stop` waits
+for it at most its ``timeout``, plus up to :data:`SHUTDOWN_GRACE` when the
+thread is inside a short local call (SQLite, building the transport) rather
+than waiting on the network: a daemon thread left inside SQLite or OpenSSL C
+code while the interpreter finalizes can crash the process at exit.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ logger = logging.getLogger("telemetry_core")
 #: Ceiling on one wait of the background loop, so that a clock jump or a huge
 #: ``Retry-After`` never parks the thread for longer than this between checks.
 MAX_WAIT = 3600.0
+#: Extra wait in :meth:`SubmissionWorker.stop` for a thread inside a local
+#: (non-network) call, which ends quickly.
+SHUTDOWN_GRACE: Final = 1.0
 
 
 class ForkGuard:
@@ -203,8 +214,15 @@ class SubmissionWorker:
         limiter: Limiter,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
+        thread_setup: Callable[[], None] | None = None,
+        after_cycle: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self._thread_setup = thread_setup
+        self._after_cycle = after_cycle
+        # What the thread is inside: "network" (may take up to the timeout),
+        # "local" (SQLite, building the transport: short) or None.
+        self._busy: str | None = None
         self._host = host
         self._storage = storage
         self._log = log
@@ -279,7 +297,13 @@ class SubmissionWorker:
         if thread is None or thread is threading.current_thread():
             return True
         thread.join(max(timeout, 0.0))
+        if thread.is_alive() and timeout > 0 and self._busy != "network":
+            thread.join(SHUTDOWN_GRACE)
         return not thread.is_alive()
+
+    def _halting(self) -> bool:
+        """True in the worker thread once stop() was called: start nothing new."""
+        return self._stopping.is_set() and threading.current_thread() is self._thread
 
     def close(self) -> None:
         """Close the transport's connections (call after :meth:`stop`)."""
@@ -291,9 +315,17 @@ class SubmissionWorker:
                 logger.debug("telemetry-core: closing the transport failed: %r", exc)
 
     def _run(self) -> None:
+        if self._thread_setup is not None:
+            try:
+                self._thread_setup()
+            except Exception as exc:
+                logger.debug("telemetry-core: worker thread setup failed: %r", exc)
         while not self._stopping.is_set():
             try:
+                self._busy = "local"
                 cycle = self.run_once()
+                if self._after_cycle is not None and not self._stopping.is_set():
+                    self._after_cycle()
             except Exception as exc:
                 self._warn_once(
                     f"cycle:{type(exc).__name__}",
@@ -304,6 +336,8 @@ class SubmissionWorker:
                 cycle = CycleResult(
                     handled=0, more=False, wait=self.config.submission_interval, reason="error"
                 )
+            finally:
+                self._busy = None
             if cycle.more:
                 continue
             wait = min(max(cycle.wait, 0.0), MAX_WAIT)
@@ -340,7 +374,7 @@ class SubmissionWorker:
         """
         interval = self.config.submission_interval
         with self._send_lock:
-            if self._stopping.is_set() and threading.current_thread() is self._thread:
+            if self._halting():
                 return CycleResult(handled=0, more=False, wait=0.0, reason="stopping")
             now = self._clock()
             if self._pause_until > now and (honour_pause or self._server_pause):
@@ -348,7 +382,7 @@ class SubmissionWorker:
                     handled=0, more=False, wait=self._pause_until - now, reason="paused"
                 )
             if self._offline and self._transport is not None:
-                if not self._ping():
+                if self._halting() or not self._ping():
                     return CycleResult(handled=0, more=False, wait=interval, reason="offline")
                 self._offline = False
             size = max(1, min(self.config.submission_batch_size, self.config.burst))
@@ -367,7 +401,8 @@ class SubmissionWorker:
                 if not batch:
                     wait = self._limiter.wait_time(1)
                     return CycleResult(handled=0, more=False, wait=wait, reason="rate_limited")
-                self._get_transport()
+                if not self._halting():
+                    self._get_transport()
             except BaseException:
                 self._storage.release([q.event_id for q in batch])
                 raise
@@ -380,10 +415,13 @@ class SubmissionWorker:
 
     def _ping(self) -> bool:
         assert self._transport is not None
+        busy, self._busy = self._busy, "network"
         try:
             return bool(self._transport.ping())
         except Exception:
             return False
+        finally:
+            self._busy = busy
 
     def drain(
         self,
@@ -417,12 +455,16 @@ class SubmissionWorker:
 
     def _send(self, batch: Sequence[QueuedEvent]) -> tuple[int, bool]:
         """Send ``batch``; return (events handled, whether a retryable failure stopped it)."""
+        if self._halting():
+            self._storage.release([q.event_id for q in batch])
+            return 0, False
         events = [q.event for q in batch]
         ids = [e.id for e in events]
         retry = any(q.retry_count > 0 for q in batch)
         transport = self._get_transport()
         started = self._clock()
         t0 = self._monotonic()
+        busy, self._busy = self._busy, "network"
         try:
             result = transport.submit_batch(events)
         except TransportError as err:
@@ -432,9 +474,11 @@ class SubmissionWorker:
             # treat it like a network error, so the batch is retried later.
             error = TransportError(f"transport failed: {exc!r}", retryable=True)
         else:
+            self._busy = busy
             self._record(started, t0, batch, result=result, retry=retry)
             self._acknowledged(batch, result)
             return len(batch), False
+        self._busy = busy
         self._record(started, t0, batch, error=error, retry=retry)
         if error.too_large:
             return self._split(batch, error)

@@ -52,7 +52,6 @@ class _Recorder:
         self.recorded.append(event)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1")
 def test_oversized_values_are_rejected_before_scrubbing(tmp_path: Path) -> None:
     """Scrubbing (quadratic regexes, ~0.4 s at 10k chars, ~17 s at 80k) runs on
     values of any length before the length check rejects them, so one long
@@ -64,7 +63,6 @@ def test_oversized_values_are_rejected_before_scrubbing(tmp_path: Path) -> None:
     assert max(recorder.scrubbed_lengths, default=0) <= MAX_PROPERTY_VALUE_LENGTH
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1")
 def test_oversized_session_id_is_not_searched_for_pii(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,7 +97,6 @@ def test_property_keys_with_personal_data_never_recorded(tmp_path: Path, key: st
     assert leaked == []
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3")
 def test_do_not_track_reads_write_nothing(tmp_path: Path) -> None:
     """With DO_NOT_TRACK, get_submission_stats() (used by `telemetry stats`) opens
     the store read-write and runs the retention cleanup, which writes."""
@@ -117,7 +114,6 @@ def test_do_not_track_reads_write_nothing(tmp_path: Path) -> None:
     assert read_stored_config(config.db_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4")
 def test_consent_off_read_does_not_migrate_a_foreign_database(tmp_path: Path) -> None:
     """`telemetry --db other.sqlite queue` (consent off) adds telemetry tables to
     any existing SQLite file and switches it to WAL."""
@@ -144,7 +140,6 @@ class _Text(str):
     """A str subclass, as apps pass (wrapper types, lazy strings)."""
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5")
 def test_str_subclass_value_is_recorded_or_rejected_not_a_storage_failure(
     tmp_path: Path,
 ) -> None:
@@ -158,7 +153,6 @@ def test_str_subclass_value_is_recorded_or_rejected_not_a_storage_failure(
     assert isinstance(result, str)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6")
 def test_nan_value_is_not_counted_as_scrubbed(tmp_path: Path) -> None:
     """NaN != NaN, so _count_scrubbed counts a NaN property as scrubbed:identifier."""
     with TelemetryService(_config(tmp_path)) as telemetry:
