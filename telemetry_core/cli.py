@@ -130,8 +130,8 @@ class CliOptions:
     ) -> Iterator[TelemetryService]:
         """A service for one command, closed afterwards.
 
-        The service is not entered as a context manager on purpose: entering starts
-        the background worker, which a one-shot command must not do. The library's
+        The service never starts a background worker (``background=False``): a
+        one-shot command sends, if at all, in its own thread. The library's
         log warnings are printed as ``Warning:`` lines afterwards, or collected into
         ``notes`` when the caller passes a list.
         """
@@ -139,7 +139,7 @@ class CliOptions:
         from telemetry_core.service import TelemetryService
 
         with _captured_warnings() as captured:
-            svc = TelemetryService(config)
+            svc = TelemetryService(config, background=False)
             try:
                 yield svc
             finally:

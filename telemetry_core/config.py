@@ -22,9 +22,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from telemetry_core.errors import ConfigError
+from telemetry_core.schema import MAX_BATCH_EVENTS
 
 __all__ = [
     "ENV_KEYS",
+    "MAX_RATE_LIMIT",
+    "MIN_SUBMISSION_INTERVAL",
     "STORED_KEYS",
     "TelemetryConfig",
     "default_db_path",
@@ -99,6 +102,29 @@ def _positive(setting: str, *, allow_zero: bool = False) -> Callable[[Any, Any, 
     return check
 
 
+#: The shortest submission interval accepted (seconds): below it the worker
+#: would poll SQLite in a busy loop.
+MIN_SUBMISSION_INTERVAL: Final = 0.1
+#: The highest rate limit accepted (events per minute).
+MAX_RATE_LIMIT: Final = 10_000_000
+
+
+def _at_most(setting: str, limit: float) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if value > limit:
+            raise ConfigError(setting, f"must be at most {limit:g}, got {value!r}")
+
+    return check
+
+
+def _at_least(setting: str, limit: float) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if value < limit:
+            raise ConfigError(setting, f"must be at least {limit:g}, got {value!r}")
+
+    return check
+
+
 def _to_path(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser()
 
@@ -125,13 +151,25 @@ class TelemetryConfig:
     ca_bundle: str | None = None
     app_version: str | None = None
     submission_interval: float = attrs.field(
-        default=300.0, validator=_positive("submission_interval")
+        default=300.0,
+        validator=[
+            _positive("submission_interval"),
+            _at_least("submission_interval", MIN_SUBMISSION_INTERVAL),
+        ],
     )
     submission_batch_size: int = attrs.field(
-        default=100, validator=_positive("submission_batch_size")
+        default=100,
+        validator=[
+            _positive("submission_batch_size"),
+            _at_most("submission_batch_size", MAX_BATCH_EVENTS),
+        ],
     )
     submission_rate_limit: int = attrs.field(
-        default=1000, validator=_positive("submission_rate_limit")
+        default=1000,
+        validator=[
+            _positive("submission_rate_limit"),
+            _at_most("submission_rate_limit", MAX_RATE_LIMIT),
+        ],
     )
     rate_limit_burst: int | None = attrs.field(default=None)
     max_queue_size: int = attrs.field(default=10_000, validator=_positive("max_queue_size"))
@@ -175,6 +213,7 @@ class TelemetryConfig:
     def _check_burst(self, _attribute: Any, value: int | None) -> None:
         if value is not None:
             _positive("rate_limit_burst")(self, _attribute, value)
+            _at_most("rate_limit_burst", MAX_RATE_LIMIT)(self, _attribute, value)
 
     @lease_seconds.validator
     def _check_lease(self, _attribute: Any, value: float | None) -> None:

@@ -119,7 +119,7 @@ def test_background_worker_delivers(tmp_path: Path, fake_collector: FakeCollecto
         endpoint=fake_collector.submit_url,
         ca_bundle=fake_collector.ca_path,
         do_not_track=False,
-        submission_interval=0.05,
+        submission_interval=0.1,
     )
     with TelemetryService(config) as service:
         ids = [service.track("t", {"i": i}) for i in range(7)]

@@ -38,7 +38,7 @@ db, url, ca = sys.argv[1], sys.argv[2], sys.argv[3]
 config = TelemetryConfig(
     app="demo", db_path=db, enabled=True, remote_enabled=True, endpoint=url,
     ca_bundle=ca, do_not_track=False, submission_batch_size=50,
-    submission_interval=0.05, lease_seconds=1.0, timeout=20.0,
+    submission_interval=0.1, lease_seconds=1.0, timeout=20.0,
 )
 """
 

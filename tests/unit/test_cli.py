@@ -124,10 +124,8 @@ def assert_one_error_line(result: Result, *fragments: str) -> None:
 def record(db: Path, count: int, event_type: str = "command_executed") -> list[str]:
     """Record events the way an app does: configuration from env and stored consent."""
     config = TelemetryConfig.from_env(APP, db)
-    service = TelemetryService(config)
-    # A closed service still records but starts no background worker, so the
-    # events stay queued for the command under test.
-    service.close()
+    # No background worker, so the events stay queued for the command under test.
+    service = TelemetryService(config, background=False)
     try:
         ids = [
             service.track(event_type, {"command": "run", "n": i}, duration_ms=1.5, success=True)

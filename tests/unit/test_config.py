@@ -13,6 +13,8 @@ import pytest
 
 from telemetry_core.config import (
     ENV_KEYS,
+    MAX_RATE_LIMIT,
+    MIN_SUBMISSION_INTERVAL,
     TelemetryConfig,
     do_not_track,
     env_prefix,
@@ -20,6 +22,7 @@ from telemetry_core.config import (
     read_stored_config,
 )
 from telemetry_core.errors import ConfigError
+from telemetry_core.schema import MAX_BATCH_EVENTS
 
 APP = "automatosx"
 PREFIX = "AUTOMATOSX_TELEMETRY_"
@@ -321,6 +324,11 @@ def test_env_booleans_and_empty_values(tmp_path: Path) -> None:
         ("BATCH_SIZE", "2.5"),
         ("BATCH_SIZE", "0"),
         ("RATE_LIMIT", "-1"),
+        ("INTERVAL", "1e-9"),
+        ("INTERVAL", "99"),
+        ("BATCH_SIZE", "99999999999999999999"),
+        ("BATCH_SIZE", "1001"),
+        ("RATE_LIMIT", "99999999999999999999"),
         ("ENABLED", "maybe"),
         ("ENDPOINT", "http://example.com/v1/submit"),
         ("ENDPOINT", "nonsense"),
@@ -502,3 +510,31 @@ def test_endpoint_with_credentials_is_refused_and_never_echoed() -> None:
         TelemetryConfig(app="demo", endpoint="https://user:hunter2@collector.example/v1/submit")
     assert info.value.setting == "endpoint"
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("submission_interval", 0.099),
+        ("submission_batch_size", MAX_BATCH_EVENTS + 1),
+        ("submission_rate_limit", MAX_RATE_LIMIT + 1),
+        ("rate_limit_burst", MAX_RATE_LIMIT + 1),
+    ],
+)
+def test_absurd_values_are_refused_naming_the_setting(
+    tmp_path: Path, field: str, value: float
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig(app=APP, db_path=tmp_path / "t.db", **{field: value})
+    assert info.value.setting == field
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
+    config = TelemetryConfig(
+        app=APP,
+        db_path=tmp_path / "t.db",
+        submission_interval=MIN_SUBMISSION_INTERVAL,
+        submission_batch_size=MAX_BATCH_EVENTS,
+        submission_rate_limit=MAX_RATE_LIMIT,
+    )
+    assert config.submission_batch_size == MAX_BATCH_EVENTS

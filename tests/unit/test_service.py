@@ -488,7 +488,7 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_the_worker_is_busy_never_deadlocks_the_child(tmp_path: Path) -> None:
-    rig = Rig(remote(tmp_path, submission_interval=0.001, submission_batch_size=1))
+    rig = Rig(remote(tmp_path, submission_interval=0.1, submission_batch_size=1))
     with rig.service as service:
         for i in range(200):
             service.track("busy", {"i": i})
@@ -565,7 +565,7 @@ def _run_exit_app(tmp_path: Path, port: int) -> None:
         config = TelemetryConfig(
             app="demo", db_path=sys.argv[1], enabled=True, remote_enabled=True,
             endpoint=f"https://127.0.0.1:{sys.argv[2]}/v1/submit", do_not_track=False,
-            submission_interval=0.01, timeout=30,
+            submission_interval=0.1, timeout=30,
         )
         telemetry = TelemetryService(config)
         for i in range(50):
