@@ -82,7 +82,6 @@ def test_oversized_session_id_is_not_searched_for_pii(
     assert max(seen, default=0) <= MAX_SHORT_STRING_LENGTH
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2")
 @pytest.mark.parametrize(
     "key",
     ["a:10.1.2.3", "ghp_abcdefghijklmnopqrstuvwxyz012345", "sk_live_abcdefghijklmnop1234"],

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from telemetry_core.collector.ingest import check_events
 from telemetry_core.schema import new_event_id
 
@@ -40,7 +38,6 @@ def _event(**fields: Any) -> dict[str, Any]:
 # -- finding 10 -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 10: credentials in URLs pass the PII check")
 def test_url_with_credentials_is_rejected_as_pii() -> None:
     """A property value holding a URL with a user and password is a secret, but
     the collector stores it (e-mail, IP, home path, token shapes are all caught;

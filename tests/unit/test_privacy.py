@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry_core.privacy import (
+    PII_PATTERNS,
     REDACTED,
     find_pii,
     local_identifiers,
@@ -38,6 +39,11 @@ from telemetry_core.schema import PropertyValue
         ("-----BEGIN RSA PRIVATE KEY-----", "secret"),
         ("0123456789abcdef0123456789abcdef01234567", "secret"),
         ("dGhpcyBpcyBhIHNlY3JldCB0b2tlbiB2YWx1ZSAx2345==", "secret"),
+        ("postgresql://app:s3cret@db/prod", "secret"),
+        ("redis://:p4ssw0rd@cache:6379/0", "secret"),
+        ("https://deploy:hunter2@ci-host/r", "secret"),
+        ("clone git+ssh://u:x@h/r", "secret"),
+        ("token=abcd", "secret"),
     ],
 )
 def test_find_pii_finds(value: str, kind: str) -> None:
@@ -75,6 +81,10 @@ def test_find_pii_finds(value: str, kind: str) -> None:
         "<email> <ip> <home_path> <secret> <user> <redacted>",
         "/usr/local/bin/python3",
         "/homework/notes",
+        "ssh://git@host/repo.git",
+        "see http://example.org:8080/a:b@c",
+        "a:b",
+        "key=val",
     ],
 )
 def test_find_pii_leaves_ordinary_values(value: str) -> None:
@@ -106,7 +116,7 @@ def test_non_converging_values_are_redacted(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(privacy, "_mask_patterns", lambda value: value + "!")
     monkeypatch.setattr(privacy, "find_pii", lambda value: "secret")
-    assert privacy.scrub_text("x", ["y"]) == REDACTED
+    assert privacy.scrub_text("x@y", ["y"]) == REDACTED
 
 
 def test_local_identifiers_are_long_enough() -> None:
@@ -199,3 +209,100 @@ def test_scrub_text_with_literals_has_nothing_find_pii_finds(
 def test_scrub_text_is_idempotent_on_clean_output(value: str) -> None:
     once = scrub_text(value)
     assert scrub_text(once) == once
+
+
+def test_url_credentials_are_masked_and_the_scheme_kept() -> None:
+    assert scrub_text("db postgresql://app:s3cret@db/prod") == "db postgresql://<secret>@db/prod"
+    assert scrub_text("redis://:p4ssw0rd@cache:6379/0") == "redis://<secret>@cache:6379/0"
+
+
+def test_kinds_are_reported_in_pattern_order_wherever_they_stand() -> None:
+    # The IP comes first in the text; the e-mail kind is checked first.
+    assert find_pii("10.0.0.1 and a@b.io") == "email"
+    assert find_pii("/home/x 10.0.0.1") == "ip"
+
+
+@settings(max_examples=500, deadline=None)
+@given(_texty)
+def test_find_pii_agrees_with_each_pattern_on_its_own(value: str) -> None:
+    """The combined, gated scan finds exactly what the per-kind patterns find."""
+    expected = next((kind for kind, p in PII_PATTERNS.items() if p.search(value)), None)
+    assert find_pii(value) == expected
+
+
+# Inputs that made the former patterns rescan a run from each of its positions
+# (the e-mail pattern took ~6 s on 40k characters). The bound is only there to
+# catch catastrophic backtracking: linear scans of 100k characters take well
+# under a tenth of it even on a loaded machine.
+_ADVERSARIAL = [
+    "a.",
+    "aaaa@",
+    "1.2",
+    "1.",
+    "x",
+    "a:b@",
+    "ab:",
+    "a-",
+    "eyJ-",
+    "xoxb-",
+    "sk_",
+    "a://",
+    "::1:",
+    "/home/",
+    "password",
+    "-----BEGIN A",
+    "bearer ",
+    "a1-",
+]
+
+
+@pytest.mark.parametrize("unit", _ADVERSARIAL)
+def test_long_adversarial_values_are_scanned_in_linear_time(unit: str) -> None:
+    import time
+
+    value = (unit * (100_000 // len(unit) + 1))[:100_000]
+    start = time.perf_counter()
+    find_pii(value)
+    scrub_text(value, ["abc"])
+    telemetry_scrub_event(event_type="t", properties={value[:1000]: value})
+    assert time.perf_counter() - start < 3.0
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a:10.1.2.3",
+        "ghp_abcdefghijklmnopqrstuvwxyz012345",
+        "sk_live_abcdefghijklmnop1234",
+        "contact_a@b.io",
+    ],
+)
+def test_scrub_hook_drops_properties_whose_key_holds_personal_data(key: str) -> None:
+    props: dict[str, PropertyValue] = {key: 1, "kept": "run", "n": 2}
+    telemetry_scrub_event(event_type="t", properties=props)
+    assert props == {"kept": "run", "n": 2}
+
+
+def test_scrub_hook_drops_keys_naming_the_local_user_or_host() -> None:
+    names = local_identifiers()
+    if not names:
+        pytest.skip("no user or host name of 3+ characters here")
+    props: dict[str, PropertyValue] = {f"by:{names[-1]}": 1, "ok": 1}
+    telemetry_scrub_event(event_type="t", properties=props)
+    assert props == {"ok": 1}
+
+
+def test_patterns_are_compiled_on_first_use_not_at_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import telemetry_core.privacy as p\n"
+        "print(p._combined.cache_info().currsize, p._patterns.cache_info().currsize)\n"
+        "p.find_pii('at 10.0.0.1')\n"
+        "print(p._combined.cache_info().currsize, p._patterns.cache_info().currsize)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["0", "0", "1", "1"]
