@@ -592,3 +592,158 @@ def _run_exit_app(tmp_path: Path, port: int) -> None:
         assert conn.execute("SELECT count(*) FROM telemetry_events").fetchone()[0] == 50
     finally:
         conn.close()
+
+
+# -- client robustness fixes ------------------------------------------------------------
+
+
+def test_track_on_a_locked_database_drops_counts_in_memory_and_flushes_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    service = TelemetryService(config)
+    try:
+        assert service.track("before") is not None
+        locker = sqlite3.connect(config.db_path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            results = [service.track("locked", {"i": i}) for i in range(3)]
+            took = time.monotonic() - started
+            assert results == [None, None, None]
+            assert service.counters()["dropped:locked"] == 3  # held in memory
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        assert service.track("after") is not None  # and the counts are written now
+    finally:
+        service.close()
+    # Generous: three calls at 200 ms each; the old code waited 5 s twice per call.
+    assert took < 3.0, took
+    warnings = [r for r in caplog.records if "locked" in r.getMessage()]
+    assert len(warnings) == 1
+    conn = sqlite3.connect(config.db_path)
+    try:
+        stored = dict(conn.execute("SELECT name, value FROM telemetry_counters").fetchall())
+        events = conn.execute("SELECT count(*) FROM telemetry_events").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored["dropped:locked"] == 3
+    assert events == 2
+
+
+def test_background_false_never_starts_the_worker(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    service = TelemetryService(
+        remote(tmp_path),
+        host=PluginHost(
+            load_entrypoints=False, disabled=(), plugins=[FakeTransportPlugin(transport)]
+        ),
+        background=False,
+    )
+    try:
+        service.open()
+        assert service.track("queued") is not None
+        assert service.worker is None or not service.worker.running
+        assert transport.batches == []
+        stats = service.submit_now()
+        assert stats.events_accepted == 1
+        assert service.worker is not None and not service.worker.running
+    finally:
+        service.close()
+
+
+def _tables_and_mode(path: Path) -> tuple[set[str], str]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+    return tables, mode
+
+
+def test_consent_off_status_refuses_a_foreign_database_and_leaves_it_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE mine (x)")
+    conn.commit()
+    conn.close()
+    service = TelemetryService(make_config(tmp_path, db_path=path, enabled=False))
+    try:
+        assert service.status()["install_id"] is None
+        assert service.event_counts() == {}
+        assert service.degraded is not None and "not a telemetry database" in service.degraded
+    finally:
+        service.close()
+    assert _tables_and_mode(path) == ({"mine"}, "delete")
+
+
+def test_consent_off_reads_an_existing_store_without_writing(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with TelemetryService(config) as service:
+        assert service.track("kept") is not None
+    before = config.db_path.read_bytes()
+    later = time.time() + 3 * 24 * 3600.0  # a cleanup would be due
+    service = TelemetryService(config.evolve(enabled=False), clock=lambda: later)
+    try:
+        assert service.event_counts() == {"kept": 1}
+        assert service.queue_stats().pending == 0
+        assert service.get_submission_stats().submissions == 0
+        assert service.status()["install_id"]
+    finally:
+        service.close()
+    # The database is unchanged (a read-only WAL reader may leave empty -wal/-shm
+    # index files next to it, which SQLite itself manages).
+    assert config.db_path.read_bytes() == before
+    wal = Path(f"{config.db_path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+class _Label(str):
+    def __str__(self) -> str:
+        raise RuntimeError("not called")
+
+
+class _Ratio(float):
+    pass
+
+
+def test_subclasses_of_str_int_float_are_stored_as_their_base_type(local_rig: Rig) -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    event_id = local_rig.service.track(
+        "subclassed", {"label": _Label("ok"), "ratio": _Ratio(0.5), "level": Level.HIGH}
+    )
+    assert event_id is not None
+    (props,) = local_rig.rows(f"SELECT properties FROM telemetry_events WHERE id = '{event_id}'")
+    assert json.loads(props[0]) == {"label": "ok", "ratio": 0.5, "level": 3}
+
+
+def test_nan_is_rejected_before_scrubbing_and_never_counted_as_scrubbed(local_rig: Rig) -> None:
+    assert local_rig.service.track("nan", {"a": float("nan")}) is None
+    assert local_rig.service.counters().get("rejected:invalid_property") == 1
+    assert not [n for n in local_rig.service.counters() if n.startswith("scrubbed:")]
+
+
+def test_a_huge_value_is_rejected_without_scanning_it(
+    local_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import telemetry_core.privacy as privacy_module
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the scrubber ran on an oversized event")
+
+    monkeypatch.setattr(privacy_module, "scrub_text", never)
+    huge = "x" * 10_000_000
+    assert local_rig.service.track("huge", {"a": huge}) is None
+    assert local_rig.service.track("many", {f"k{i}": 1 for i in range(10_000)}) is None
+    assert local_rig.service.track("key", {"k" * 100_000: 1}) is None
+    counters = local_rig.service.counters()
+    assert counters["rejected:invalid_property"] == 2
+    assert counters["rejected:too_many_properties"] == 1
