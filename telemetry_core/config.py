@@ -105,8 +105,9 @@ def _positive(setting: str, *, allow_zero: bool = False) -> Callable[[Any, Any, 
 #: The shortest submission interval accepted (seconds): below it the worker
 #: would poll SQLite in a busy loop.
 MIN_SUBMISSION_INTERVAL: Final = 0.1
-#: The highest rate limit accepted (events per minute).
-MAX_RATE_LIMIT: Final = 10_000_000
+#: The highest rate limit accepted (events per minute): far above any real need
+#: ("unlimited" in practice) while token arithmetic in floats stays exact.
+MAX_RATE_LIMIT: Final = 10**12
 
 
 def _at_most(setting: str, limit: float) -> Callable[[Any, Any, Any], None]:
