@@ -16,8 +16,8 @@ Shutdown: once :meth:`SubmissionWorker.stop` has been called, the thread
 starts no new network call (nor a new cycle); it only finishes the database
 call or request it is in, gives back its leases and ends. :meth:`stop` waits
 for it at most its ``timeout``, plus up to :data:`SHUTDOWN_GRACE` when the
-thread is inside a short local call (SQLite, building the transport) rather
-than waiting on the network: a daemon thread left inside SQLite or OpenSSL C
+thread is inside a short local (SQLite) call rather than waiting on the
+network or importing the transport: a daemon thread left inside SQLite or OpenSSL C
 code while the interpreter finalizes can crash the process at exit.
 """
 
@@ -221,7 +221,7 @@ class SubmissionWorker:
         self._thread_setup = thread_setup
         self._after_cycle = after_cycle
         # What the thread is inside: "network" (may take up to the timeout),
-        # "local" (SQLite, building the transport: short) or None.
+        # "build" (making the transport: imports), "local" (SQLite: short) or None.
         self._busy: str | None = None
         self._host = host
         self._storage = storage
@@ -297,7 +297,7 @@ class SubmissionWorker:
         if thread is None or thread is threading.current_thread():
             return True
         thread.join(max(timeout, 0.0))
-        if thread.is_alive() and timeout > 0 and self._busy != "network":
+        if thread.is_alive() and timeout > 0 and self._busy == "local":
             thread.join(SHUTDOWN_GRACE)
         return not thread.is_alive()
 
@@ -348,7 +348,13 @@ class SubmissionWorker:
 
     def _get_transport(self) -> Transport:
         if self._transport is None:
-            self._transport = self._host.make_transport(self.config)
+            # Python imports under the GIL, not C code without it: stop() gives
+            # no grace for this (a daemon thread here just ends at finalization).
+            busy, self._busy = self._busy, "build"
+            try:
+                self._transport = self._host.make_transport(self.config)
+            finally:
+                self._busy = busy
         return self._transport
 
     def _take_tokens(self, wanted: int) -> int:
