@@ -10,13 +10,14 @@ pluggy does not pass parameter defaults.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    import random
+
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.errors import TransportError
     from telemetry_core.local_store import LocalStore

@@ -9,9 +9,9 @@ of taking the host application down. Nothing here runs at import time.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
-import random
+import re
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from types import ModuleType
@@ -26,6 +26,11 @@ from telemetry_core.errors import PluginError
 from telemetry_core.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
+    import random
+    from importlib.metadata import EntryPoint
+
+    from pluggy import HookCaller
+
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.errors import TransportError
     from telemetry_core.local_store import LocalStore
@@ -53,6 +58,54 @@ DEFAULT_PLUGINS: Final[dict[str, str]] = {
 
 #: Comma-separated plugin names that must not be loaded or registered.
 DISABLE_ENV: Final = "TELEMETRY_CORE_DISABLE_PLUGINS"
+
+
+def _may_have_entry_points(group: str) -> bool:
+    """Whether any distribution on ``sys.path`` may declare entry points in ``group``.
+
+    ``importlib.metadata`` costs ~30 ms to import (it pulls in ``email``,
+    ``zipfile``, ``csv`` and ``inspect``) plus a few ms to read every
+    distribution's metadata, on every start of a CLI process, when almost
+    always no third-party plugin is installed. This pre-scan only opens the
+    ``entry_points.txt`` of ``*.dist-info`` and ``*.egg-info`` folders; it
+    answers ``True`` whenever it cannot be sure (a zip or an unusual finder on
+    the path), so that ``importlib.metadata`` then decides.
+    """
+    from importlib.machinery import PathFinder
+
+    for finder in sys.meta_path:
+        if finder is not PathFinder and hasattr(finder, "find_distributions"):
+            return True
+    header = re.compile(rf"^\s*\[\s*{re.escape(group)}\s*\]", re.MULTILINE)
+    for entry in sys.path:
+        try:
+            listing = os.scandir(entry or ".")
+        except OSError:
+            if os.path.isfile(entry):  # a zip archive may hold distributions
+                return True
+            continue
+        with listing:
+            for item in listing:
+                if not item.name.endswith((".dist-info", ".egg-info")):
+                    continue
+                try:
+                    with open(os.path.join(item.path, "entry_points.txt"), "rb") as file:
+                        text = file.read().decode("utf-8", "replace")
+                except OSError:
+                    continue
+                if group in text and header.search(text):
+                    return True
+    return False
+
+
+def _entry_points(group: str) -> Sequence[EntryPoint]:
+    """The entry points of ``group``; ``importlib.metadata`` is imported only if
+    some distribution may declare one."""
+    if not _may_have_entry_points(group):
+        return ()
+    import importlib.metadata
+
+    return importlib.metadata.entry_points(group=group)
 
 
 class PluginLoadWarning(UserWarning):
@@ -117,10 +170,17 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             # Plugins passed in by the embedding app are its own code: fail loudly.
             raise PluginError(f"invalid plugin: {exc}") from exc
+        # Hook callers are looked up once: a caller object stays valid (and sees
+        # plugins registered later), and the per-event paths skip the lookup.
+        hook = self.pm.hook
+        self._scrub_caller: HookCaller = hook.telemetry_scrub_event
+        self._recorded_caller: HookCaller = hook.telemetry_event_recorded
+        self._submitted_caller: HookCaller = hook.telemetry_batch_submitted
+        self._failed_caller: HookCaller = hook.telemetry_batch_failed
 
     def _load_entrypoints(self) -> None:
         seen: set[str] = set()
-        for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
+        for ep in _entry_points(PROJECT_NAME):
             # The same distribution can be visible twice on sys.path (editable
             # installs); its first entry point wins, the copy is not an error.
             if ep.name in seen or ep.name in self.disabled:
@@ -151,7 +211,7 @@ class PluginHost:
                 dist.version if dist else None,
             )
 
-    def _skip(self, ep: importlib.metadata.EntryPoint, exc: Exception) -> None:
+    def _skip(self, ep: EntryPoint, exc: Exception) -> None:
         """Warn about (or, in strict mode, raise) a third-party plugin that failed."""
         why = f"{type(exc).__name__}: {exc}"
         if self.strict:
@@ -253,28 +313,30 @@ class PluginHost:
         counts the rejection); any other plugin error does too, since an event
         that could not be scrubbed must not be stored.
         """
-        self.pm.hook.telemetry_scrub_event(event_type=event_type, properties=properties)
+        self._scrub_caller(event_type=event_type, properties=properties)
 
-    def _observe(self, hook: str, **kwargs: Any) -> None:
+    def _observe(self, caller: HookCaller, **kwargs: Any) -> None:
+        if not caller.get_hookimpls():
+            return  # nobody listens: skip pluggy's call machinery
         try:
-            getattr(self.pm.hook, hook)(**kwargs)
+            caller(**kwargs)
         except Exception as exc:
             if self.strict:
                 raise
             warnings.warn(
-                f"telemetry-core: observer hook {hook} raised {exc!r}",
+                f"telemetry-core: observer hook {caller.name} raised {exc!r}",
                 PluginObserverWarning,
                 stacklevel=3,
             )
 
     def event_recorded(self, event: Event) -> None:
         """Notify observers that ``event`` is stored."""
-        self._observe("telemetry_event_recorded", event=event)
+        self._observe(self._recorded_caller, event=event)
 
     def batch_submitted(self, events: Sequence[Event], result: SubmissionResult) -> None:
         """Notify observers that a batch was acknowledged."""
-        self._observe("telemetry_batch_submitted", events=events, result=result)
+        self._observe(self._submitted_caller, events=events, result=result)
 
     def batch_failed(self, events: Sequence[Event], error: TransportError) -> None:
         """Notify observers that a batch failed."""
-        self._observe("telemetry_batch_failed", events=events, error=error)
+        self._observe(self._failed_caller, events=events, error=error)

@@ -78,3 +78,45 @@ def test_import_telemetry_core_is_light() -> None:
 def test_default_plugins_register_without_heavy_imports(code: str) -> None:
     modules = imported_after(code)
     assert heavy_in(modules) == []
+
+
+#: Standard-library modules that only entry-point discovery needs (~30 ms).
+METADATA = ("importlib.metadata", "email", "zipfile", "csv")
+
+
+def test_probe_detects_metadata_imports() -> None:
+    modules = imported_after("import importlib.metadata")
+    assert set(METADATA) <= modules
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import telemetry_core",
+        "from telemetry_core.plugin_host import PluginHost\nPluginHost()",
+        "from telemetry_core import TelemetryConfig, TelemetryService",
+    ],
+    ids=["package", "plugin-host-with-defaults", "public-api"],
+)
+def test_no_entry_point_metadata_is_read_without_plugins(code: str) -> None:
+    # No third-party plugin is installed in the test environment, so the
+    # entry_points.txt pre-scan spares the import of importlib.metadata.
+    assert sorted(set(METADATA) & imported_after(code)) == []
+
+
+def test_import_telemetry_core_loads_only_the_package() -> None:
+    modules = imported_after("import telemetry_core")
+    loaded = sorted(m for m in modules if m.startswith("telemetry_core."))
+    assert loaded == ["telemetry_core._version"]
+    assert "attr" not in modules
+    assert "msgspec" not in modules
+
+
+def test_public_names_still_resolve() -> None:
+    import telemetry_core
+
+    for name in telemetry_core.__all__:
+        assert getattr(telemetry_core, name) is not None
+    assert set(telemetry_core.__all__) <= set(dir(telemetry_core))
+    with pytest.raises(AttributeError):
+        telemetry_core.no_such_name  # noqa: B018

@@ -104,6 +104,10 @@ def entry_points(
     group lists exactly these (nothing installed on the machine leaks in).
     """
     monkeypatch.syspath_prepend(str(tmp_path))
+    # The host reads entry_points.txt files before it imports importlib.metadata.
+    dist_info = tmp_path / "fake_plugins-0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "entry_points.txt").write_text(f"[{PROJECT_NAME}]\n")
     created: list[str] = []
     eps: list[importlib.metadata.EntryPoint] = []
 
@@ -390,3 +394,80 @@ def test_plugin_records_are_values(entry_points: EntryPointFactory) -> None:
     with pytest.raises(AttributeError):
         record.name = "other"  # type: ignore[misc]
     assert type(record) is plugin_host.PluginRecord
+
+
+# -- entry-point discovery without importlib.metadata -----------------------------
+
+
+def _dist_info(root: Path, name: str, entry_points: str) -> Path:
+    folder = root / f"{name}-1.2.3.dist-info"
+    folder.mkdir(parents=True)
+    (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (folder / "entry_points.txt").write_text(entry_points)
+    return folder
+
+
+def test_pre_scan_sees_only_the_telemetry_core_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    _dist_info(tmp_path, "other", "[console_scripts]\ntelemetry_core = x:y\n")
+    assert plugin_host._may_have_entry_points(PROJECT_NAME) is False
+    _dist_info(tmp_path, "mine", f"[console_scripts]\na = b\n\n[ {PROJECT_NAME} ]\nx = y\n")
+    assert plugin_host._may_have_entry_points(PROJECT_NAME) is True
+
+
+def test_pre_scan_defers_to_importlib_metadata_for_zips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "plugins.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    monkeypatch.setattr(sys, "path", [str(archive)])
+    assert plugin_host._may_have_entry_points(PROJECT_NAME) is True
+
+
+def test_installed_distribution_plugin_is_found_with_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: TelemetryConfig
+) -> None:
+    """A real dist-info folder on sys.path, read by the real importlib.metadata."""
+    module = f"fake_plugin_{uuid.uuid4().hex[:12]}"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(GOOD_PLUGIN))
+    _dist_info(tmp_path, "telemetry-null", f"[{PROJECT_NAME}]\nnull = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = PluginHost()
+        assert host.make_transport(config.evolve(transport="null")).ping()
+        (record,) = [r for r in host.plugins() if r.name == "null"]
+        assert (record.distribution, record.version, record.bundled) == (
+            "telemetry-null",
+            "1.2.3",
+            False,
+        )
+    finally:
+        sys.modules.pop(module, None)
+
+
+def test_no_candidate_means_no_importlib_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin_host, "_may_have_entry_points", lambda group: False)
+
+    def fail(**params: str) -> list[importlib.metadata.EntryPoint]:
+        raise AssertionError("importlib.metadata consulted")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fail)
+    assert [r.name for r in PluginHost().plugins()] == sorted(DEFAULT_PLUGINS)
+
+
+def test_observer_hooks_run_only_when_implemented(entry_points: EntryPointFactory) -> None:
+    calls: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def telemetry_event_recorded(self, event: Event) -> None:
+            calls.append(event.id)
+
+    event = Event(id=new_event_id(), type="t", timestamp=1, install_id="i", app="a")
+    host = PluginHost()
+    host.event_recorded(event)  # no observer: nothing to call, nothing raised
+    host.pm.register(Observer())  # registered after construction: still seen
+    host.event_recorded(event)
+    assert calls == [event.id]
