@@ -213,15 +213,71 @@ _CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
-def _short(name: str, value: object, errors: list[tuple[str, str]]) -> None:
+#: A short field that is certainly valid: 1-128 characters, none of them
+#: control characters or surrogates. One C-level match per field; the exact
+#: reason of a failure is worked out by :func:`_short_problem`.
+_SHORT_OK: Final = re.compile(rf"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_SHORT_STRING_LENGTH}}}")
+#: Anything a property value may not hold (control characters, surrogates).
+_TEXT_BAD: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+#: Strings already found well-formed: property keys, short fields (no control
+#: characters) and property values (tabs and line breaks allowed), kept apart.
+#: Apps send the same few keys and values again and again, so a set lookup
+#: replaces most regex calls. Bounded: cleared when full; only strings up to
+#: ``_KNOWN_MAX_LENGTH`` are kept.
+_known_keys: set[str] = set()
+_known_short: set[str] = set()
+_known_values: set[str] = set()
+_KNOWN_SIZE: Final = 4096
+_KNOWN_MAX_LENGTH: Final = 128
+
+
+def _remember(known: set[str], text: str) -> None:
+    if len(text) <= _KNOWN_MAX_LENGTH:
+        if len(known) >= _KNOWN_SIZE:
+            known.clear()
+        known.add(text)
+
+
+def _short_problem(name: str, value: object) -> tuple[str, str] | None:
     if value is None:
-        return
+        return None
     if not isinstance(value, str):
-        errors.append(("invalid_field", f"{name} must be a string"))
-    elif not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
-        errors.append(("invalid_field", f"{name} must be 1-{MAX_SHORT_STRING_LENGTH} characters"))
-    elif _CONTROL_ANY.search(value) or _SURROGATE.search(value):
-        errors.append(("invalid_field", f"{name} must not contain control characters"))
+        return ("invalid_field", f"{name} must be a string")
+    if not 0 < len(value) <= MAX_SHORT_STRING_LENGTH:
+        return ("invalid_field", f"{name} must be 1-{MAX_SHORT_STRING_LENGTH} characters")
+    if _CONTROL_ANY.search(value) or _SURROGATE.search(value):
+        return ("invalid_field", f"{name} must not contain control characters")
+    return None
+
+
+def _property_problem(
+    key: object, value: object, max_key_length: int, max_value_length: int
+) -> tuple[str, str] | None:
+    """The exact verdict on one property (the slow path of :func:`validate_event`)."""
+    if not isinstance(key, str):
+        return ("invalid_property", f"property key {key!r} is not a string")
+    if len(key) > max_key_length or not _PROPERTY_KEY_PATTERN.match(key):
+        return ("invalid_property", f"property key {key[:max_key_length]!r} is invalid")
+    if isinstance(value, str):
+        if len(value) > max_value_length:
+            return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
+        if _CONTROL_IN_TEXT.search(value):
+            return ("invalid_property", f"property {key!r} contains control characters")
+        if _SURROGATE.search(value):
+            return ("invalid_property", f"property {key!r} is not valid Unicode text")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+            return ("invalid_property", f"property {key!r} does not fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return ("invalid_property", f"property {key!r} must be finite")
+    else:
+        return ("invalid_property", f"property {key!r} has an unsupported type")
+    return None
 
 
 def validate_event(
@@ -241,20 +297,20 @@ def validate_event(
     ``invalid_field``, ``unsupported_schema``, ``too_many_properties``,
     ``invalid_property``. Privacy checks live in :mod:`telemetry_core.privacy`.
     """
-    errors: list[tuple[str, str]] = []
     if event.schema != SCHEMA_VERSION:
         return ("unsupported_schema", f"schema {event.schema} is not supported")
     if not _valid_uuid(event.id):
         return ("invalid_id", "id must be a hyphenated UUID")
     if not isinstance(event.type, str) or not EVENT_TYPE_PATTERN.match(event.type):
         return ("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
-    if (
-        not isinstance(event.timestamp, int)
-        or isinstance(event.timestamp, bool)
-        or not 0 <= event.timestamp <= _INT64_MAX
+    timestamp = event.timestamp
+    if type(timestamp) is not int and (
+        not isinstance(timestamp, int) or isinstance(timestamp, bool)
     ):
         return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
-    if now_ms is not None and event.timestamp > now_ms + max_future_skew_ms:
+    if not 0 <= timestamp <= _INT64_MAX:
+        return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
+    if now_ms is not None and timestamp > now_ms + max_future_skew_ms:
         return ("future_timestamp", "timestamp is too far in the future")
     duration: object = event.duration_ms
     if duration is not None and (
@@ -263,36 +319,52 @@ def validate_event(
         or not 0 <= duration < 1e15
     ):
         return ("invalid_duration", "duration_ms must be a finite number >= 0")
-    _short("install_id", event.install_id, errors)
-    _short("session_id", event.session_id, errors)
-    _short("app", event.app, errors)
-    _short("app_version", event.app_version, errors)
-    if errors:
-        return errors[0]
+    short_ok = _SHORT_OK.fullmatch
+    for name, text in (
+        ("install_id", event.install_id),
+        ("session_id", event.session_id),
+        ("app", event.app),
+        ("app_version", event.app_version),
+    ):
+        # Exact str only: a subclass takes the slow path, which accepts it.
+        if text is None or text in _known_short:
+            continue
+        if type(text) is str and short_ok(text) is not None:
+            _remember(_known_short, text)
+            continue
+        problem = _short_problem(name, text)
+        if problem is not None:
+            return problem
     # Apps hand ``track`` arbitrary objects: check types at run time, not only statically.
     props: dict[object, object] = event.properties  # type: ignore[assignment]
     if len(props) > max_properties:
         return ("too_many_properties", f"at most {max_properties} properties are allowed")
+    key_ok = _PROPERTY_KEY_PATTERN.match
+    text_bad = _TEXT_BAD.search
     for key, value in props.items():
-        if not isinstance(key, str):
-            return ("invalid_property", f"property key {key!r} is not a string")
-        if len(key) > max_key_length or not _PROPERTY_KEY_PATTERN.match(key):
-            return ("invalid_property", f"property key {key[:max_key_length]!r} is invalid")
-        if isinstance(value, str):
-            if len(value) > max_value_length:
-                return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
-            if _CONTROL_IN_TEXT.search(value):
-                return ("invalid_property", f"property {key!r} contains control characters")
-            if _SURROGATE.search(value):
-                return ("invalid_property", f"property {key!r} is not valid Unicode text")
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int):
-            if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-                return ("invalid_property", f"property {key!r} does not fit in 64 bits")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                return ("invalid_property", f"property {key!r} must be finite")
-        else:
-            return ("invalid_property", f"property {key!r} has an unsupported type")
+        # The fast path decides plain values of the exact wire types; anything
+        # else (a failure, a subclass) gets the exact verdict of the slow path.
+        if type(key) is str and len(key) <= max_key_length:
+            if key not in _known_keys:
+                if key_ok(key) is None:
+                    return _property_problem(key, value, max_key_length, max_value_length)
+                _remember(_known_keys, key)
+            kind = type(value)
+            if kind is bool or value is None:
+                continue
+            if isinstance(value, str):
+                if kind is str and len(value) <= max_value_length:
+                    if value in _known_values:
+                        continue
+                    if text_bad(value) is None:
+                        _remember(_known_values, value)
+                        continue
+            elif isinstance(value, int):
+                if kind is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:
+                    continue
+            elif kind is float and isinstance(value, float) and math.isfinite(value):
+                continue
+        problem = _property_problem(key, value, max_key_length, max_value_length)
+        if problem is not None:
+            return problem
     return None

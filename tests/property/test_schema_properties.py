@@ -88,3 +88,52 @@ def test_ids_sort_like_creation_order(start: int, steps: list[int]) -> None:
         assert parsed.variant == uuid.RFC_4122
     assert uuid.UUID(ids[0]).int >> 80 == max(0, start + steps[0])
     assert uuid.UUID(ids[-1]).int >> 80 >= now
+
+
+class _Str(str):
+    pass
+
+
+class _Float(float):
+    pass
+
+
+_any_key = st.one_of(
+    property_keys,
+    st.text(max_size=70),
+    st.integers(),
+    st.builds(_Str, property_keys),
+)
+_any_value = st.one_of(
+    property_values,
+    st.text(max_size=1100),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(),
+    st.builds(_Str, st.text(max_size=20)),
+    st.builds(_Float, st.floats()),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300)
+@given(events(), st.dictionaries(_any_key, _any_value, max_size=6))
+def test_fast_path_gives_the_exact_verdict_of_the_per_property_checks(
+    event: Event, properties: dict[object, object]
+) -> None:
+    """validate_event's fast path never accepts what the exact checks reject, and
+    reports the same first problem."""
+    candidate = msgspec.structs.replace(event, properties=properties)  # type: ignore[arg-type]
+    expected = next(
+        (
+            problem
+            for key, value in properties.items()
+            if (
+                problem := schema._property_problem(
+                    key, value, schema.MAX_PROPERTY_KEY_LENGTH, schema.MAX_PROPERTY_VALUE_LENGTH
+                )
+            )
+            is not None
+        ),
+        None,
+    )
+    assert validate_event(candidate) == expected

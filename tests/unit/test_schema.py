@@ -486,3 +486,18 @@ def test_non_string_type_is_invalid_not_a_crash(event_type: Any) -> None:
 @pytest.mark.parametrize("event_id", [None, 7, uuid.uuid4()])
 def test_non_string_id_is_invalid_not_a_crash(event_id: Any) -> None:
     assert _code(build_event(id=event_id)) == "invalid_id"
+
+
+def test_remembered_well_formed_strings_keep_their_own_rules() -> None:
+    """A value with a tab is a valid property value, never a valid short field,
+    however often it was seen before; a remembered key still obeys the length limit."""
+    for _ in range(3):
+        assert validate_event(build_event(properties={"k": "a\tb"})) is None
+        assert validate_event(build_event(app="a\tb")) == (
+            "invalid_field",
+            "app must not contain control characters",
+        )
+    key = "k" * MAX_PROPERTY_KEY_LENGTH
+    assert validate_event(build_event(properties={key: 1})) is None
+    problem = validate_event(build_event(properties={key: 1}), max_key_length=10)
+    assert problem is not None and problem[0] == "invalid_property"
