@@ -279,3 +279,20 @@ def test_one_group_first_occurrence_wins_across_batches_and_case(tmp_path: Path)
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (3,)
         assert conn.execute("SELECT SUM(count) FROM rollups").fetchone() == (3,)
     conn.close()
+
+
+def test_a_batch_larger_than_one_insert_is_stored_whole(tmp_path: Path) -> None:
+    """250 new events take three multi-row INSERTs (100, 100, 50); none is lost."""
+    events = make_events(250)
+
+    async def run() -> int:
+        store = SQLiteStore(tmp_path / "c.db")
+        outcome = await store.ingest(events + events[:3], T0)
+        await store.close()
+        return outcome.accepted
+
+    assert asyncio.run(run()) == 250
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (250,)
+        assert conn.execute("SELECT SUM(count) FROM rollups").fetchone() == (250,)
+    conn.close()
