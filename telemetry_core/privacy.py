@@ -253,10 +253,21 @@ def scrub_text(value: str, literals: Iterable[str] = ()) -> str:
     return REDACTED
 
 
+#: Property keys found clean (apps use the same few keys on every event); bounded.
+_clean_keys: set[str] = set()
+_CLEAN_KEYS_SIZE: Final = 1024
+
+
 def _is_personal_key(key: str, literals: tuple[str, ...]) -> bool:
-    if find_pii(key) is not None:
+    if key in _clean_keys:
+        return False
+    if find_pii(key) is not None or (literals and _mask_literals(key, literals) != key):
         return True
-    return bool(literals) and _mask_literals(key, literals) != key
+    if len(_clean_keys) >= _CLEAN_KEYS_SIZE:
+        _clean_keys.clear()
+    if len(key) <= 128:
+        _clean_keys.add(key)
+    return False
 
 
 # -- the bundled default scrubber (registered as plugin "scrubber") -----------
