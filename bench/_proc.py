@@ -27,6 +27,10 @@ def clean_env() -> dict[str, str]:
     """The environment for child processes, without telemetry switches of the caller."""
     env = {k: v for k, v in os.environ.items() if "TELEMETRY" not in k and k != "DO_NOT_TRACK"}
     env.pop("PYTHONDEVMODE", None)
+    # Installed apps run from cached bytecode; without this the children would
+    # recompile telemetry-core on every start and the figures would measure the
+    # compiler (a sandbox here sets it).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
