@@ -23,12 +23,11 @@ code while the interpreter finalizes can crash the process at exit.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import attrs
@@ -66,42 +65,67 @@ class ForkGuard:
     """Keeps ``os.fork()`` from happening while a thread is inside SQLite.
 
     SQLite's internal mutexes are not fork-safe: a child forked while another
-    thread holds one (opening a file, committing) deadlocks on its first
-    connection. Database calls of the service and the worker run in a
-    :meth:`section`; :meth:`before_fork` waits (bounded) until no section is
-    active and holds new ones off until the fork is done. Sections never span
-    network I/O, so the wait is short.
+    thread holds one (opening a file, committing, closing) deadlocks on its
+    first connection. Database calls of the service and the worker run in a
+    :meth:`section`; :meth:`before_fork` waits (bounded by ``max_wait``) until
+    no section is active and holds new ones off until the fork is done.
+    Sections never span network I/O, so the wait is short.
+
+    :param max_wait: longest wait in :meth:`before_fork` for running sections
+        before forking anyway (default :attr:`MAX_WAIT`).
     """
 
-    #: Longest wait for running sections before forking anyway.
+    #: Default longest wait for running sections before forking anyway.
     MAX_WAIT: Final = 5.0
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
+    def __init__(self, max_wait: float = MAX_WAIT) -> None:
+        self.max_wait = max_wait
+        self._cond = threading.Condition(threading.Lock())
         self._active = 0
         self._forking = False
+        self._section = _Section(self)
 
-    @contextlib.contextmanager
-    def section(self) -> Iterator[None]:
-        """Mark the block as touching SQLite."""
-        with self._cond:
+    @property
+    def active(self) -> int:
+        """How many sections are running now."""
+        return self._active
+
+    @property
+    def forking(self) -> bool:
+        """True from :meth:`before_fork` until the fork is done."""
+        return self._forking
+
+    def section(self) -> _Section:
+        """Mark the block (``with guard.section():``) as touching SQLite.
+
+        The returned context manager is stateless and reentrant; one object is
+        shared by every caller (a plain class, not a generator: it sits on
+        every event's path).
+        """
+        return self._section
+
+    def _enter(self) -> None:
+        cond = self._cond
+        with cond:
             while self._forking:
-                self._cond.wait()
+                cond.wait()
             self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+
+    def _exit(self) -> None:
+        cond = self._cond
+        with cond:
+            self._active -= 1
+            if self._forking and not self._active:
+                cond.notify_all()
 
     def before_fork(self) -> None:
         """Wait for active sections to end; keep the guard held across fork()."""
-        self._cond.acquire()
+        cond = self._cond
+        cond.acquire()
         self._forking = True
-        deadline = time.monotonic() + self.MAX_WAIT
+        deadline = time.monotonic() + self.max_wait
         while self._active and (remaining := deadline - time.monotonic()) > 0:
-            self._cond.wait(remaining)
+            cond.wait(remaining)
 
     def after_fork_in_parent(self) -> None:
         """Let sections run again."""
@@ -111,9 +135,24 @@ class ForkGuard:
 
     def after_fork_in_child(self) -> None:
         """Start afresh: the parent's other threads do not exist here."""
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._active = 0
         self._forking = False
+
+
+class _Section:
+    """The context manager of :meth:`ForkGuard.section`."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, guard: ForkGuard) -> None:
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._guard._enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._guard._exit()
 
 
 #: The process-wide guard (its fork hooks are installed by the service).
@@ -132,8 +171,12 @@ class _Guarded:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with fork_guard.section():
+            guard = fork_guard
+            guard._enter()
+            try:
                 return attr(*args, **kwargs)
+            finally:
+                guard._exit()
 
         return call
 

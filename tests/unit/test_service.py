@@ -21,12 +21,14 @@ import msgspec
 import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core import service as service_module
 from telemetry_core.errors import ConfigError, EventRejected, TransportError
 from telemetry_core.models import SubmissionResult
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import local_identifiers
 from telemetry_core.schema import MAX_PROPERTIES, Event
 from telemetry_core.worker import ForkGuard
+from telemetry_core_plugins.sqlite_storage import SQLiteQueue
 from tests.unit.test_worker import FakeClock, FakeTransport, FakeTransportPlugin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,7 @@ def remote(tmp_path: Path, **changes: Any) -> TelemetryConfig:
 class Rig:
     """A service with a fake transport and a fake wall clock."""
 
-    def __init__(self, config: TelemetryConfig) -> None:
+    def __init__(self, config: TelemetryConfig, **options: Any) -> None:
         self.transport = FakeTransport()
         self.plugin = FakeTransportPlugin(self.transport)
         self.clock = FakeClock()
@@ -67,6 +69,7 @@ class Rig:
             config,
             host=PluginHost(load_entrypoints=False, disabled=(), plugins=[self.plugin]),
             clock=self.clock,
+            **options,
         )
 
     def rows(self, sql: str) -> list[Any]:
@@ -429,18 +432,124 @@ def test_cleanup_runs_at_open_at_most_once_a_day(tmp_path: Path) -> None:
     rig = Rig(config)
     start = rig.clock.now
     rig.service.track("old")  # first open: cleanup ran (nothing to do)
+    _wait_cleanup(rig.service)
     rig.service.close()
     rig.clock.now = start + 0.9 * 86400
     rig.service.track("new")  # reopened, but cleaned up less than a day ago
+    assert rig.service._cleaner is None
     assert rig.service.event_counts() == {"new": 1, "old": 1}
     rig.service.close()
     rig.clock.now = start + 86400 + 1
-    rig.service.open()  # a day later: events older than 6 h go
+    rig.service.open()  # a day later: events older than 6 h go (in the background)
+    _wait_cleanup(rig.service)
     assert rig.service.event_counts() == {"new": 1}
     rig.clock.now += 86400
     assert rig.service.cleanup() == 1
     assert rig.service.event_counts() == {}
     rig.service.close()
+
+
+def _wait_cleanup(service: TelemetryService) -> None:
+    cleaner = service._cleaner
+    assert cleaner is not None, "no cleanup was started"
+    assert cleaner.join(10), "the cleanup did not end"
+
+
+def test_track_never_runs_the_cleanup_on_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(make_config(tmp_path, retention_days=1))
+    start = rig.clock.now
+    for i in range(3):
+        rig.service.track("old", {"i": i})
+    _wait_cleanup(rig.service)
+    rig.service.close()
+    threads: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+    real = SQLiteQueue.cleanup_page
+
+    def spy(self: SQLiteQueue, older_than: float, after: str, page: int) -> Any:
+        threads.append(threading.current_thread().name)
+        entered.set()
+        assert release.wait(10)
+        return real(self, older_than, after, page)
+
+    monkeypatch.setattr(SQLiteQueue, "cleanup_page", spy)
+    rig.clock.now = start + 2 * 86400  # the old events are due for deletion
+    assert rig.service.track("new") is not None  # returns while the cleanup is held
+    assert entered.wait(10)
+    assert threads == ["telemetry-core-cleanup"]
+    assert rig.service.event_counts() == {"new": 1, "old": 3}
+    release.set()
+    _wait_cleanup(rig.service)
+    assert rig.service.event_counts() == {"new": 1}
+    assert threading.current_thread().name not in threads
+    rig.service.close()
+
+
+def test_cleanup_deletes_in_pages_with_their_queue_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "CLEANUP_PAGE", 4)
+    removed: list[int] = []
+    real = SQLiteQueue.cleanup_page
+
+    def counting(self: SQLiteQueue, older_than: float, after: str, page: int) -> Any:
+        result = real(self, older_than, after, page)
+        removed.append(result[1])
+        return result
+
+    monkeypatch.setattr(SQLiteQueue, "cleanup_page", counting)
+    rig = Rig(remote(tmp_path, retention_days=1), background=False)
+    start = rig.clock.now
+    service = rig.service
+    for i in range(10):
+        service.track("old", {"i": i})
+    _wait_cleanup(service)
+    service.close()
+    removed.clear()
+    rig.clock.now = start + 2 * 86400
+    service.track("new")
+    _wait_cleanup(service)  # the background run: pages of 4 events
+    assert removed == [4, 4, 2]
+    assert service.event_counts() == {"new": 1}
+    assert service.queue_stats().pending == 1
+    assert service.counters().get("dropped.retention") == 10
+    service.close()
+
+
+def test_close_interrupts_a_running_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered = threading.Event()
+    ended: list[str] = []
+
+    def endless(self: SQLiteQueue, older_than: float, after: str, page: int) -> Any:
+        entered.set()
+        # A statement that runs until it is interrupted (bounded all the same).
+        try:
+            self.store.connection().execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                " WHERE i < 2000000000) SELECT count(*) FROM n"
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            ended.append(str(exc))
+            raise
+        ended.append("completed")
+        return None, 0
+
+    monkeypatch.setattr(SQLiteQueue, "cleanup_page", endless)
+    rig = Rig(make_config(tmp_path))
+    rig.service.track("t")
+    assert entered.wait(10)
+    cleaner = rig.service._cleaner
+    assert cleaner is not None
+    rig.service.close(timeout=5)
+    assert not cleaner.running
+    assert ended == ["interrupted"]
+    # Not marked done: the next open cleans up again.
+    assert rig.rows("SELECT value FROM telemetry_config WHERE key = 'last-cleanup'") == []
 
 
 # -- fork and exit ------------------------------------------------------------------
@@ -520,31 +629,66 @@ def _wait_child(pid: int, timeout: float = 20.0) -> int:
 
 
 def test_fork_guard_waits_for_sections_and_holds_new_ones() -> None:
-    guard = ForkGuard()
+    # Every step is ordered by events or by the guard itself, never by timing:
+    # the guard's own bound is far above any scheduling delay.
+    guard = ForkGuard(max_wait=60.0)
     inside = threading.Event()
     leave = threading.Event()
+    forked = threading.Event()
+    resume = threading.Event()
     order: list[str] = []
 
     def db_call() -> None:
         with guard.section():
             inside.set()
-            leave.wait(10)
+            assert leave.wait(30)
             order.append("section done")
 
-    thread = threading.Thread(target=db_call)
-    thread.start()
-    assert inside.wait(10)
-    threading.Timer(0.05, leave.set).start()
-    guard.before_fork()  # returns only once the section has ended
-    order.append("forking")
-    late = threading.Thread(target=lambda: (guard.section().__enter__(), order.append("late")))
+    def fork() -> None:
+        guard.before_fork()  # returns only once the section has ended
+        order.append("forking")
+        forked.set()
+        assert resume.wait(30)
+        guard.after_fork_in_parent()
+
+    def late_call() -> None:
+        with guard.section():
+            order.append("late")
+
+    section = threading.Thread(target=db_call)
+    section.start()
+    assert inside.wait(30)
+    forker = threading.Thread(target=fork)
+    forker.start()
+    for _ in range(3000):  # bounded: until the forker is inside before_fork
+        if guard.forking:
+            break
+        time.sleep(0.01)
+    assert guard.forking
+    assert not forked.is_set()  # the section is still running
+    late = threading.Thread(target=late_call)
     late.start()
-    late.join(0.05)
+    leave.set()
+    assert forked.wait(30)
     assert order == ["section done", "forking"]  # the late section waits for the fork
-    guard.after_fork_in_parent()
-    late.join(10)
-    thread.join(10)
+    resume.set()
+    for thread in (late, forker, section):
+        thread.join(30)
+        assert not thread.is_alive()
     assert order == ["section done", "forking", "late"]
+    assert guard.active == 0
+
+
+def test_fork_guard_section_is_reentrant_and_counts() -> None:
+    guard = ForkGuard()
+    with guard.section():
+        assert guard.active == 1
+        with guard.section():
+            assert guard.active == 2
+    assert guard.active == 0
+    with pytest.raises(ValueError), guard.section():
+        raise ValueError("the count is restored on errors")
+    assert guard.active == 0
 
 
 def test_exit_is_not_delayed_by_an_unreachable_endpoint(tmp_path: Path) -> None:
