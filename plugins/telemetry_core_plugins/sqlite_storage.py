@@ -141,6 +141,18 @@ _RETENTION_ENTRIES: Final = (
 )
 _RETENTION_EVENTS: Final = "DELETE FROM telemetry_events WHERE created_at < ?"
 _ORPHAN: Final = "DELETE FROM telemetry_queue WHERE id = ?"
+# One page of the retention scan, in id order: the last id seen, the ids of
+# the page recorded before the cutoff (a JSON array) and the rows seen.
+_RETENTION_PAGE: Final = (
+    "SELECT max(id), json_group_array(id) FILTER (WHERE created_at < ?), count(*)"
+    " FROM (SELECT id, created_at FROM telemetry_events WHERE id > ? ORDER BY id LIMIT ?)"
+)
+_RETENTION_ENTRIES_OF: Final = (
+    "DELETE FROM telemetry_queue WHERE event_id IN (SELECT value FROM json_each(?))"
+)
+_RETENTION_EVENTS_OF: Final = (
+    "DELETE FROM telemetry_events WHERE id IN (SELECT value FROM json_each(?)) AND created_at < ?"
+)
 
 
 def _held_params(held: list[tuple[str, int, int]], owner: str) -> tuple[str, str, str]:
@@ -436,6 +448,29 @@ class SQLiteQueue:
                 _deleted(conn, entries, max_before)
                 conn.execute(_COUNT, ("dropped.retention", entries))
             return max(conn.execute(_RETENTION_EVENTS, (older_than,)).rowcount, 0)
+
+    def cleanup_page(self, older_than: float, after: str, page: int) -> tuple[str | None, int]:
+        """One bounded step of :meth:`cleanup`: look at the next ``page`` events
+        after the id ``after`` (``""`` to start), without a write lock, then
+        delete those recorded before ``older_than`` and their queue entries in
+        one short transaction.
+
+        Returns the id to pass as ``after`` for the next step (None when the
+        table is done) and how many events went. Lets a caller clean a large
+        store in small steps that never hold the write lock for long.
+        """
+        conn = self.store.connection()
+        last, old, seen = conn.execute(_RETENTION_PAGE, (older_than, after, page)).fetchone()
+        removed = 0
+        if old is not None and old != "[]":
+            with self.store.transaction() as conn:
+                max_before = int(conn.execute(_MAX_ID).fetchone()[0])
+                entries = conn.execute(_RETENTION_ENTRIES_OF, (old,)).rowcount
+                if entries > 0:
+                    _deleted(conn, entries, max_before)
+                    conn.execute(_COUNT, ("dropped.retention", entries))
+                removed = max(conn.execute(_RETENTION_EVENTS_OF, (old, older_than)).rowcount, 0)
+        return (last if seen >= page else None), removed
 
     def close(self) -> None:
         """Close the store's connections in this process (reopened on next use)."""
