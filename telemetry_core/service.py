@@ -56,7 +56,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 import msgspec
@@ -84,7 +84,7 @@ from telemetry_core.schema import (
     new_event_id,
     validate_event,
 )
-from telemetry_core.worker import SubmissionWorker, fork_guard, guarded
+from telemetry_core.worker import SHUTDOWN_GRACE, SubmissionWorker, fork_guard, guarded
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -92,12 +92,27 @@ if TYPE_CHECKING:
     from telemetry_core.models import Clock
     from telemetry_core.protocols import Backoff, Limiter, Storage
 
-__all__ = ["APP_BUSY_TIMEOUT_MS", "CLEANUP_EVERY", "WORKER_BUSY_TIMEOUT_MS", "TelemetryService"]
+__all__ = [
+    "APP_BUSY_TIMEOUT_MS",
+    "CLEANUP_EVERY",
+    "CLEANUP_PAGE",
+    "WORKER_BUSY_TIMEOUT_MS",
+    "TelemetryService",
+]
 
 logger = logging.getLogger("telemetry_core")
 
 #: Retention cleanup runs when the store opens, at most this often (seconds).
 CLEANUP_EVERY: Final = 24 * 3600.0
+#: Events the retention cleanup looks at per step (one short write transaction
+#: per step that found something to delete).
+CLEANUP_PAGE: Final = 5000
+#: Most steps one cleanup takes (5000 x 20,000 = 100M stored events).
+_CLEANUP_MAX_PAGES: Final = 20_000
+#: Scrubbing verdicts remembered per service (cleared when full); string values
+#: longer than _SCRUB_CACHE_VALUE_LENGTH are never remembered.
+_SCRUB_CACHE_SIZE: Final = 2048
+_SCRUB_CACHE_VALUE_LENGTH: Final = 256
 #: Stored-config key holding the time of the last retention cleanup.
 _LAST_CLEANUP_KEY: Final = "last-cleanup"
 _DAY: Final = 24 * 3600.0
@@ -112,6 +127,8 @@ DROPPED_LOCKED: Final = "dropped:locked"
 # field at its maximum length), so its encoded size need not be measured.
 _SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
 _MISSING: Final = object()
+#: Scrub verdict: the property stays as it is.
+_KEEP: Final = object()
 
 _encoder = msgspec.json.Encoder()
 
@@ -185,6 +202,105 @@ class _Opened:
     scrubbed_clean: bool
 
 
+def _clean(opened: _Opened, older_than: float, stop: threading.Event | None) -> int | None:
+    """Delete what was recorded before ``older_than``, in steps of
+    :data:`CLEANUP_PAGE` events when the storage offers ``cleanup_page``;
+    return how many events went, or None when ``stop`` was set first."""
+    page = getattr(opened.storage, "cleanup_page", None)
+    if page is None:  # a third-party storage: one call
+        return int(opened.storage.cleanup(older_than))
+    removed = 0
+    after: str | None = ""
+    for _ in range(_CLEANUP_MAX_PAGES):
+        if stop is not None and stop.is_set():
+            return None
+        after, n = page(older_than, after, CLEANUP_PAGE)
+        removed += n
+        if after is None:
+            break
+    return removed
+
+
+class _Cleaner:
+    """The retention cleanup of an open store, in a one-shot daemon thread.
+
+    It runs off the app's threads because it scans every stored event (there
+    is no index on the recording time, which keeps each record at two written
+    pages). Each step holds the write lock only to delete what it found.
+    :meth:`stop` interrupts the SQLite statement in progress, so the thread
+    ends at once; an unfinished cleanup is not marked done and runs again at
+    the next open.
+    """
+
+    def __init__(self, service: TelemetryService, opened: _Opened, now: float) -> None:
+        self._service = service
+        self._opened = opened
+        self._now = now
+        self._stop = threading.Event()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="telemetry-core-cleanup", daemon=True
+        )
+
+    @property
+    def running(self) -> bool:
+        """True while the thread is alive."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the cleanup to end; True if it did."""
+        self._thread.join(max(timeout, 0.0))
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        """Interrupt the cleanup and wait at most ``timeout`` seconds (plus a
+        short grace for the interrupted statement); True if the thread ended."""
+        self._stop.set()
+        thread = self._thread
+        if thread is threading.current_thread():
+            return True
+        # Interrupted again and again: an interrupt that comes between two
+        # statements is lost, the next statement would run in full.
+        deadline = time.monotonic() + max(timeout, 0.0) + (SHUTDOWN_GRACE if timeout > 0 else 0.0)
+        for _ in range(100_000):  # bounded by the deadline long before this
+            conn = self._conn
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.interrupt()
+            remaining = deadline - time.monotonic()
+            if self.join(min(0.01, remaining)) or remaining <= 0:
+                break
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        opened = self._opened
+        service = self._service
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = opened.store.connection()
+            with fork_guard.section():
+                # A background step may wait for a lock like the worker.
+                conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
+            self._conn = conn
+            cutoff = self._now - service.config.retention_days * _DAY
+            if _clean(opened, cutoff, self._stop) is not None and not self._stop.is_set():
+                opened.store.set_config(_LAST_CLEANUP_KEY, repr(self._now))
+        except Exception as exc:
+            if not self._stop.is_set():
+                service._warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
+        finally:
+            self._conn = None
+            if conn is not None:
+                # This thread's connection, closed here (not by the garbage
+                # collector at some later point, outside a fork-guard section).
+                with fork_guard.section(), contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+
 class TelemetryService:
     """Record anonymous usage events locally and submit them in the background.
 
@@ -237,6 +353,10 @@ class TelemetryService:
         self._pending_counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
         self._worker: SubmissionWorker | None = None
+        self._cleaner: _Cleaner | None = None
+        # Verdicts of the bundled scrubber by property (key, or key and string
+        # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
+        self._scrub_cache: dict[object, object] = {}
         self._warned: set[str] = set()
         self._closed = False
         _install_process_hooks()
@@ -293,14 +413,16 @@ class TelemetryService:
         """
         with self._lock:
             self._closed = True
-            stopped = self._stop_worker(self._config.exit_timeout if timeout is None else timeout)
+            budget = self._config.exit_timeout if timeout is None else timeout
+            stopped = self._stop_worker(budget)
+            stopped = self._stop_cleaner(budget) and stopped
             if stopped:
                 self._flush_counts()
             opened, self._opened = self._opened, None
             reader, self._reader = self._reader, None
-        # A worker still waiting on the network keeps using its connection; it
-        # is a daemon thread, so leave the store to it rather than close it
-        # under its feet.
+        # A worker still waiting on the network (or a cleanup still inside a
+        # statement) keeps using its connection; it is a daemon thread, so
+        # leave the store to it rather than close it under its feet.
         for view in (opened if stopped else None, reader):
             if view is None:
                 continue
@@ -319,15 +441,30 @@ class TelemetryService:
             worker.close()
         return stopped
 
+    def _stop_cleaner(self, timeout: float) -> bool:
+        cleaner = self._cleaner
+        if cleaner is None:
+            return True
+        stopped = cleaner.stop(timeout)
+        if stopped:
+            self._cleaner = None
+        return stopped
+
     def _signal_stop(self) -> None:
         worker = self._worker
         if worker is not None:
             worker.stop(0.0)
+        cleaner = self._cleaner
+        if cleaner is not None:
+            cleaner.stop(0.0)
 
     def _finish_at_exit(self, timeout: float) -> None:
         worker = self._worker
         if worker is not None and not worker.stop(timeout):
             return  # still inside a call: leave its connections alone
+        cleaner = self._cleaner
+        if cleaner is not None and not cleaner.stop(timeout):
+            return
         self.close(timeout=0.0)
 
     def _reset_after_fork(self) -> None:
@@ -337,6 +474,7 @@ class TelemetryService:
             if obj is not None:
                 _inherited.append(obj)
         self._worker = None
+        self._cleaner = None
         self._opened = None
         self._reader = None
         self._counts_lock = threading.Lock()
@@ -400,7 +538,7 @@ class TelemetryService:
                     exc,
                 )
                 return None
-            self._maybe_cleanup(self._opened)
+            self._schedule_cleanup(self._opened)
             return self._opened
 
     def _open(self) -> _Opened:
@@ -430,18 +568,27 @@ class TelemetryService:
             scrubbed_clean=[impl.plugin for impl in impls] == [privacy],
         )
 
-    def _maybe_cleanup(self, opened: _Opened) -> None:
+    def _schedule_cleanup(self, opened: _Opened) -> None:
+        """Start the retention cleanup in the background when one is due."""
         try:
             now = self._clock()
             last = opened.store.get_config(_LAST_CLEANUP_KEY)
-            if last is not None and 0 <= now - float(last) < CLEANUP_EVERY:
-                return
-            opened.storage.cleanup(now - self._config.retention_days * _DAY)
-            opened.store.set_config(_LAST_CLEANUP_KEY, repr(now))
         except Exception as exc:
             if self._config.strict:
                 raise
             self._warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
+            return
+        if last is not None:
+            try:
+                if 0 <= now - float(last) < CLEANUP_EVERY:
+                    return
+            except ValueError:
+                pass  # an unreadable time: clean up (and store a good one)
+        cleaner = self._cleaner
+        if cleaner is not None and cleaner.running:
+            return
+        self._cleaner = _Cleaner(self, opened, now)
+        self._cleaner.start()
 
     def _open_reader(self) -> _Opened:
         """A read-only view of the existing file: no migration, no cleanup, no writes."""
@@ -476,7 +623,9 @@ class TelemetryService:
 
         def long_busy_timeout() -> None:
             # The worker's connection may wait longer for a lock than the app's.
-            store.connection().execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
+            conn = store.connection()
+            with fork_guard.section():
+                conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
 
         return SubmissionWorker(
             self._config,
@@ -608,7 +757,11 @@ class TelemetryService:
                 )
             if find_pii(session_id) is not None:
                 raise EventRejected("pii", "session_id looks like personal data")
-        if props:
+        if not props:
+            pass
+        elif opened.scrubbed_clean:
+            self._scrub_bundled(event_type, props)
+        else:
             before = dict(props)
             self._host.scrub_event(event_type, props)
             self._count_scrubbed(before, props)
@@ -649,6 +802,58 @@ class TelemetryService:
             self._ensure_worker()
         return event.id
 
+    def _scrub_bundled(self, event_type: str, props: dict[str, PropertyValue]) -> None:
+        """Scrub ``props`` in place as the bundled scrubber (the only one
+        registered) does, remembering its verdict per property.
+
+        The bundled scrubber decides every property on its own, from its key
+        and value alone, and apps send the same keys and values again and
+        again: a verdict seen before costs one dict lookup. Only properties not
+        seen yet go through the scrubber (one call for all of them).
+        """
+        cache = self._scrub_cache
+        todo: dict[str, PropertyValue] | None = None
+        changes: list[tuple[str, object]] | None = None
+        for key, value in props.items():
+            verdict = cache.get((key, value) if type(value) is str else key)
+            if verdict is _KEEP:
+                continue
+            if verdict is None:
+                if todo is None:
+                    todo = {}
+                todo[key] = value
+            else:
+                if changes is None:
+                    changes = []
+                changes.append((key, verdict))
+        if todo is not None:
+            before = dict(todo)
+            privacy.telemetry_scrub_event(event_type, todo)
+            if len(cache) + len(before) > _SCRUB_CACHE_SIZE:
+                cache.clear()
+            for key, value in before.items():
+                new = todo.get(key, _MISSING)
+                if new is value or (new is not _MISSING and new == value):
+                    verdict = _KEEP
+                else:
+                    kind = find_pii(value) if isinstance(value, str) else None
+                    verdict = (new, _counter_name("scrubbed", kind or "identifier"))
+                    if changes is None:
+                        changes = []
+                    changes.append((key, verdict))
+                if type(value) is not str:
+                    cache[key] = verdict
+                elif len(value) <= _SCRUB_CACHE_VALUE_LENGTH:
+                    cache[(key, value)] = verdict
+        if changes is not None:
+            for key, verdict in changes:
+                new, counter = cast("tuple[object, str]", verdict)
+                if new is _MISSING:
+                    del props[key]
+                else:
+                    props[key] = cast("PropertyValue", new)
+                self._count(counter)
+
     def _count_scrubbed(
         self, before: Mapping[str, PropertyValue], after: Mapping[str, PropertyValue]
     ) -> None:
@@ -684,7 +889,8 @@ class TelemetryService:
         total = opened.storage.stats().due
         # Sending is the caller's explicit wish: wait for a lock like the worker.
         conn = opened.store.connection()
-        conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
+        with fork_guard.section():
+            conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
         try:
             worker.drain(progress, total=total)
         except (PluginError, ConfigError):
@@ -694,7 +900,7 @@ class TelemetryService:
                 raise
             self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with fork_guard.section(), contextlib.suppress(sqlite3.Error):
                 conn.execute(f"PRAGMA busy_timeout = {APP_BUSY_TIMEOUT_MS}")
         self._flush_counts()
         return self.get_submission_stats()
@@ -750,7 +956,7 @@ class TelemetryService:
         if opened is None:
             return 0
         now = self._clock()
-        removed = opened.storage.cleanup(now - self._config.retention_days * _DAY)
+        removed = _clean(opened, now - self._config.retention_days * _DAY, None) or 0
         opened.store.set_config(_LAST_CLEANUP_KEY, repr(now))
         return removed
 
@@ -879,7 +1085,10 @@ class TelemetryService:
                 return
             if purge:
                 # Deletes the database files: with them go the events, the
-                # queue, the log, the counters and the stored consent.
+                # queue, the log, the counters and the stored consent. A
+                # cleanup still running is interrupted first: its connection
+                # is closed with the others.
+                self._stop_cleaner(WORKER_BUSY_TIMEOUT_MS / 1000)
                 self._opened = None
                 for closeable in (opened.storage, opened.store):
                     closeable.close()
@@ -930,8 +1139,14 @@ def _copy_properties(
     props: dict[str, PropertyValue] = {}
     chars = 0
     for raw_key, raw_value in properties.items():
-        key = _plain_key(raw_key)
-        value = _plain_value(key, raw_value)
+        key = raw_key if type(raw_key) is str else _plain_key(raw_key)
+        if len(key) > MAX_PROPERTY_KEY_LENGTH:
+            _plain_key(key)  # raises, naming the key
+        kind = type(raw_value)
+        if kind is str or kind is int or kind is float or kind is bool or raw_value is None:
+            value: PropertyValue = raw_value
+        else:
+            value = _plain_value(key, raw_value)
         if type(value) is str:
             if len(value) > MAX_PROPERTY_VALUE_LENGTH:
                 raise EventRejected(
