@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
-import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+
+from tests.integration.collector_process import start_collector
 
 #: Full scale (``make chaos``) or the scaled-down CI run.
 FULL = os.environ.get("TELEMETRY_CHAOS_FULL", "") == "1"
@@ -34,17 +31,6 @@ API_KEY = "chaos-submit-key-5f3a9c1e7d"
 ADMIN_TOKEN = "chaos-admin-token-b8e2d4f6a0"
 #: A marker put into property values; property values must never be logged.
 PROPERTY_MARKER = "propval-7c1d93ab"
-
-_LISTENING = re.compile(r"running on https://127\.0\.0\.1:(\d+)")
-
-
-def collector_command() -> list[str]:
-    """The installed ``telemetry-collector`` console script (or ``python -m``)."""
-    script = Path(sys.executable).with_name("telemetry-collector")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("telemetry-collector")
-    return [found] if found else [sys.executable, "-m", "telemetry_core.collector"]
 
 
 class LogVault:
@@ -102,61 +88,32 @@ class Collector:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait for its port (bounded)."""
-        env = dict(os.environ)
-        env["TELEMETRY_COLLECTOR_API_KEYS"] = API_KEY
-        env["TELEMETRY_COLLECTOR_ADMIN_TOKEN"] = ADMIN_TOKEN
-        process = subprocess.Popen(
-            [
-                *collector_command(),
-                "serve",
-                *self.store_args,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--tls-cert",
-                str(self.cert_path),
-                "--tls-key",
-                str(self.key_path),
-                *self.extra_args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.process = process
         self.starts += 1
-        lines: queue.Queue[str | None] = queue.Queue()
-        buf: list[str] = []
         self.logs.append("")
         index = len(self.logs) - 1
+        buf: list[str] = []
 
-        def drain() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                buf.append(line)
-                self.logs[index] = "".join(buf)
-                lines.put(line)
-            lines.put(None)
+        def on_line(line: str) -> None:
+            buf.append(line)
+            self.logs[index] = "".join(buf)
 
-        self._reader = threading.Thread(target=drain, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_text}")
-            match = _LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                return
-        self.kill()
-        raise RuntimeError(f"{self.name} did not start within {timeout} s:\n{self.log_text}")
+        try:
+            self.process, self._reader, self.port = start_collector(
+                self.store_args,
+                self.cert_path,
+                self.key_path,
+                api_key=API_KEY,
+                admin_token=ADMIN_TOKEN,
+                extra_args=self.extra_args,
+                on_line=on_line,
+                timeout=timeout,
+                merge_stdout=True,
+                name=self.name,
+            )
+        except RuntimeError:
+            self.process = None
+            self._reader = None
+            raise
 
     @property
     def log_text(self) -> str:

@@ -41,8 +41,8 @@ from tests.chaos.conftest import (
     Collector,
     Figures,
     LogVault,
-    collector_command,
 )
+from tests.integration.collector_process import collector_command
 
 REQUESTS = int(os.environ.get("TELEMETRY_CHAOS_HOSTILE_REQUESTS", "10000" if FULL else "2000"))
 #: How long to wait for an answer that may legitimately never come.

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trustme
 
-__all__ = ["ADMIN_TOKEN", "API_KEY", "CollectorProcess"]
+__all__ = ["ADMIN_TOKEN", "API_KEY", "CollectorProcess", "collector_command", "start_collector"]
 
 #: Submission key and admin token of test collectors (throwaway values).
 API_KEY = "test-submit-key"
@@ -31,12 +32,93 @@ ADMIN_TOKEN = "test-admin-token-123"
 _LISTENING = re.compile(r"running on https://127\.0\.0\.1:(\d+)")
 
 
-def _command() -> list[str]:
+def collector_command() -> list[str]:
+    """The installed ``telemetry-collector`` console script (or ``python -m``)."""
     script = Path(sys.executable).with_name("telemetry-collector")
     if script.exists():
         return [str(script)]
     found = shutil.which("telemetry-collector")
     return [found] if found else [sys.executable, "-m", "telemetry_core.collector"]
+
+
+def start_collector(
+    store_args: list[str],
+    cert_path: Path,
+    key_path: Path,
+    *,
+    api_key: str,
+    admin_token: str,
+    extra_args: list[str],
+    on_line: Callable[[str], None],
+    timeout: float,
+    merge_stdout: bool = False,
+    name: str = "collector",
+) -> tuple[subprocess.Popen[str], threading.Thread, int]:
+    """Spawn ``telemetry-collector serve`` on 127.0.0.1 port 0 and wait for its port.
+
+    Secrets go through the environment, as an operator would pass them. A
+    thread drains stderr (with stdout too when ``merge_stdout``) for the
+    process's whole life, handing each line to ``on_line``. Returns the
+    process, the draining thread and the bound port; on failure the process is
+    killed, the thread joined and RuntimeError raised with the output so far.
+    """
+    env = dict(os.environ)
+    env["TELEMETRY_COLLECTOR_API_KEYS"] = api_key
+    env["TELEMETRY_COLLECTOR_ADMIN_TOKEN"] = admin_token
+    process = subprocess.Popen(
+        [
+            *collector_command(),
+            "serve",
+            *store_args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-cert",
+            str(cert_path),
+            "--tls-key",
+            str(key_path),
+            *extra_args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if merge_stdout else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    stream = process.stdout if merge_stdout else process.stderr
+    assert stream is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def drain() -> None:
+        for line in stream:
+            seen.append(line)
+            on_line(line)
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    problem = f"{name} did not start within {timeout} s"
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:
+            problem = f"{name} exited early"
+            break
+        match = _LISTENING.search(line)
+        if match:
+            return process, reader, int(match.group(1))
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+    reader.join(timeout=10)
+    stream.close()
+    raise RuntimeError(f"{problem}:\n{''.join(seen)}")
 
 
 class CollectorProcess:
@@ -68,61 +150,17 @@ class CollectorProcess:
         self.api_key = api_key
         self.admin_token = admin_token
         self.stderr_lines: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        env = dict(os.environ)
-        # Secrets through the environment, as an operator would pass them.
-        env["TELEMETRY_COLLECTOR_API_KEYS"] = api_key
-        env["TELEMETRY_COLLECTOR_ADMIN_TOKEN"] = admin_token
-        self.process = subprocess.Popen(
-            [
-                *_command(),
-                "serve",
-                *store_args,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--tls-cert",
-                str(self.cert_path),
-                "--tls-key",
-                str(self.key_path),
-                *(extra_args or []),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        self.process, self._reader, self.port = start_collector(
+            store_args,
+            self.cert_path,
+            self.key_path,
+            api_key=api_key,
+            admin_token=admin_token,
+            extra_args=extra_args or [],
+            on_line=self.stderr_lines.append,
+            timeout=start_timeout,
         )
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-        try:
-            self.port = self._wait_for_port(start_timeout)
-        except BaseException:
-            self.stop()
-            raise
         self.base_url = f"https://127.0.0.1:{self.port}"
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_lines.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise RuntimeError(f"collector exited early:\n{self.log()}")
-            match = _LISTENING.search(line)
-            if match:
-                return int(match.group(1))
-        raise RuntimeError(f"collector did not start within {timeout} s:\n{self.log()}")
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context trusting only the test CA."""
