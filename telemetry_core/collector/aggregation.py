@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
 from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
@@ -24,6 +24,7 @@ __all__ = [
     "DAY_MS",
     "GAMMA",
     "ZERO_BUCKET",
+    "add_outcomes",
     "bucket_index",
     "bucket_start",
     "bucket_value",
@@ -188,3 +189,23 @@ def hour_increments(
         if duration is not None:
             buckets[(app, etype, hour, bucket_index(duration))] += n
     return dict(rollups), dict(buckets)
+
+
+def add_outcomes(
+    counters: MutableMapping[tuple[int, str], int],
+    *,
+    rejected: Mapping[str, int],
+    throttled: int,
+    received_ms: int,
+) -> None:
+    """Add outcome counts to ``counters`` (keyed by hour of reception and name).
+
+    ``rejected`` maps error codes to event counts (named ``rejected:<code>``);
+    ``throttled`` counts events refused for the rate limit. Zero counts add no key.
+    """
+    hour = hour_of(received_ms)
+    named = [(f"rejected:{code}", n) for code, n in rejected.items()]
+    named.append(("throttled", throttled))
+    for name, n in named:
+        if n:
+            counters[(hour, name)] = counters.get((hour, name), 0) + n

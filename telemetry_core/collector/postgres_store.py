@@ -38,7 +38,13 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from telemetry_core.collector.aggregation import DAY_MS, build_stats, hour_increments, hour_of
+from telemetry_core.collector.aggregation import (
+    DAY_MS,
+    add_outcomes,
+    build_stats,
+    hour_increments,
+    hour_of,
+)
 from telemetry_core.collector.store import (
     CommitObserver,
     IngestOutcome,
@@ -315,13 +321,10 @@ class PostgresStore:
         most one transaction in flight plus one queued). A failed write keeps the
         counters buffered for the next transaction and is logged, not raised.
         """
-        hour = hour_of(received_ms)
         with self._lock:
-            for code, n in rejected.items():
-                if n:
-                    self._counters[(hour, f"rejected:{code}")] += n
-            if throttled:
-                self._counters[(hour, "throttled")] += throttled
+            add_outcomes(
+                self._counters, rejected=rejected, throttled=throttled, received_ms=received_ms
+            )
         # Bounded: a round either finds the counters written or starts the flush that writes them.
         for _ in range(3):
             running = self._flushing

@@ -26,6 +26,7 @@ import msgspec
 
 from telemetry_core.collector.aggregation import (
     DAY_MS,
+    add_outcomes,
     build_stats,
     hour_increments,
     hour_of,
@@ -221,13 +222,10 @@ class SQLiteStore:
         self, *, rejected: Mapping[str, int], throttled: int, received_ms: int
     ) -> None:
         """Buffer outcome counters; they are written with the next transaction."""
-        hour = hour_of(received_ms)
         with self._lock:
-            for code, n in rejected.items():
-                if n:
-                    self._counters[(hour, f"rejected:{code}")] += n
-            if throttled:
-                self._counters[(hour, "throttled")] += throttled
+            add_outcomes(
+                self._counters, rejected=rejected, throttled=throttled, received_ms=received_ms
+            )
             wake = not self._wake_queued
             self._wake_queued = True
         if wake:  # one wake-up at a time, so a flood of 429s cannot grow the queue

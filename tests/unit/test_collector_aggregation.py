@@ -9,6 +9,7 @@ import pytest
 from telemetry_core.collector.aggregation import (
     ALPHA,
     ZERO_BUCKET,
+    add_outcomes,
     bucket_index,
     bucket_start,
     bucket_value,
@@ -97,3 +98,14 @@ def test_build_stats_merges_hours_into_days() -> None:
 def test_ingest_outcome_counts() -> None:
     outcome = IngestOutcome(inserted=(True, False, True))
     assert (outcome.accepted, outcome.duplicates) == (2, 1)
+
+
+def test_add_outcomes_counts_by_hour_of_reception_and_skips_zeros() -> None:
+    counters: dict[tuple[int, str], int] = {(0, "throttled"): 2}
+    add_outcomes(counters, rejected={"bad_type": 3, "too_large": 0}, throttled=4, received_ms=5_000)
+    add_outcomes(counters, rejected={"bad_type": 1}, throttled=0, received_ms=3_600_000)
+    assert counters == {
+        (0, "throttled"): 6,
+        (0, "rejected:bad_type"): 3,
+        (3_600_000, "rejected:bad_type"): 1,
+    }
