@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from telemetry_core.local_store import (
     LocalStore,
 )
 from telemetry_core.models import QueueStats
+from tests.processes import in_forked_child, run_released_together
 
 
 @pytest.fixture
@@ -148,25 +148,11 @@ s.close()
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_processes_open_a_new_file_at_once(tmp_db_path: Path, attempt: int) -> None:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _OPEN_SCRIPT, str(tmp_db_path), str(i)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    # Both interpreters are up and waiting; release them together.
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    outputs = [p.communicate(timeout=60) for p in procs]
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err
-    lines = {out.strip() for out, _ in outputs}
+    # Both interpreters are up and waiting; they are released together.
+    outputs = run_released_together(
+        [[sys.executable, "-c", _OPEN_SCRIPT, str(tmp_db_path), str(i)] for i in range(2)], 60
+    )
+    lines = {out.strip() for out in outputs}
     assert len(lines) == 1  # same version, same install id
     s = LocalStore(tmp_db_path)
     assert s.schema_version() == SCHEMA_VERSION
@@ -408,23 +394,13 @@ def test_close_then_reuse_reopens(store: LocalStore) -> None:
 def test_forked_child_opens_its_own_connection(store: LocalStore) -> None:
     parent_conn = store.connection()
     store.set_config("parent", "1")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_fd)
-            ok = store.connection() is not parent_conn and store.get_config("parent") == "1"
-            store.set_config("child", "1")
-            os.write(write_fd, b"ok" if ok else b"no")
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        answer = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> bytes:
+        ok = store.connection() is not parent_conn and store.get_config("parent") == "1"
+        store.set_config("child", "1")
+        return b"ok" if ok else b"no"
+
+    answer = in_forked_child(child)
     assert answer == b"ok"
     assert store.get_config("child") == "1"
     assert store.connection() is parent_conn

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from telemetry_core.protocols import Storage
 from telemetry_core.schema import Event, validate_event
 from telemetry_core_plugins import sqlite_storage
 from telemetry_core_plugins.sqlite_storage import SQLiteQueue
+from tests.processes import in_forked_child, run_released_together
 from tests.property import strategies
 
 MakeEvent = Callable[..., Event]
@@ -317,24 +317,10 @@ def test_leases_are_exclusive_across_processes(tmp_db_path: Path, make_event: Ma
     queue = SQLiteQueue(store, FakeBackoff(FakeClock()), lease=300)
     events = record_many(queue, make_event, 400)
     store.close()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _DRAIN_SCRIPT, str(tmp_db_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err
-    sent = [line for out, _ in outputs for line in out.split()]
+    outputs = run_released_together(
+        [[sys.executable, "-c", _DRAIN_SCRIPT, str(tmp_db_path)]] * 2, 120
+    )
+    sent = [line for out in outputs for line in out.split()]
     assert len(sent) == len(set(sent)) == 400
     assert set(sent) == {e.id for e in events}
 
@@ -685,22 +671,12 @@ def test_a_forked_child_can_record(
     record_many(queue, make_event, 1)
     parent_owner = queue.owner
     child_event = make_event("from_child")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_fd)
-            queue.record(child_event, enqueue=True)
-            os.write(write_fd, queue.owner.encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        child_owner = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> bytes:
+        queue.record(child_event, enqueue=True)
+        return queue.owner.encode()
+
+    child_owner = in_forked_child(child).decode()
     assert child_owner and child_owner != parent_owner
     assert store.event_counts() == {"from_child": 1, "test_event": 1}
     assert queue.stats().pending == 2
