@@ -32,6 +32,24 @@ def build_event(
     return Event(**values)
 
 
+#: "Now" of the collector tests (ms since epoch); :func:`wire_event` stamps a second before it.
+COLLECTOR_NOW_MS = 1_800_000_000_000
+
+
+def wire_event(**fields: Any) -> dict[str, Any]:
+    """A valid schema-1 event as the JSON object a client sends; ``fields`` override or add."""
+    base: dict[str, Any] = {
+        "id": new_event_id(),
+        "type": "command_executed",
+        "timestamp": COLLECTOR_NOW_MS - 1000,
+        "install_id": "install-a",
+        "app": "demo",
+        "schema": 1,
+    }
+    base.update(fields)
+    return base
+
+
 @pytest.fixture
 def make_event() -> Callable[..., Event]:
     """Factory of valid events: ``make_event("type", {"k": 1}, success=True)``."""

@@ -14,25 +14,11 @@ Finding 10 belongs to ``telemetry_core.privacy`` (the client side).
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from telemetry_core.collector.ingest import check_events
-from telemetry_core.schema import new_event_id
+from tests.conftest import COLLECTOR_NOW_MS, wire_event
 
-NOW_MS = 1_800_000_000_000
-
-
-def _event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": new_event_id(),
-        "type": "command_executed",
-        "timestamp": NOW_MS - 1000,
-        "install_id": "install-a",
-        "app": "demo",
-        "schema": 1,
-    }
-    base.update(fields)
-    return base
+NOW_MS = COLLECTOR_NOW_MS
 
 
 # -- finding 10 -----------------------------------------------------------------
@@ -44,7 +30,7 @@ def test_url_with_credentials_is_rejected_as_pii() -> None:
     ``postgresql://app:s3cret@db/prod`` and ``redis://:p4ssw0rd@cache:6379/0`` are not)."""
     import msgspec
 
-    raw = json.dumps(_event(properties={"db": "postgresql://app:s3cret@db/prod"}))
+    raw = json.dumps(wire_event(properties={"db": "postgresql://app:s3cret@db/prod"}))
     checked = check_events(
         [msgspec.Raw(raw.encode())],
         now_ms=NOW_MS,

@@ -22,14 +22,15 @@ from telemetry_core.collector.app import create_app
 from telemetry_core.collector.settings import CollectorSettings
 from telemetry_core.collector.sqlite_store import SQLiteStore
 from telemetry_core.errors import ConfigError
-from telemetry_core.schema import ServerInfo, SubmitResponse, new_event_id
+from telemetry_core.schema import ServerInfo, SubmitResponse
+from tests.conftest import COLLECTOR_NOW_MS, wire_event
 
 with warnings.catch_warnings():
     # starlette warns at import that it prefers httpx2 over the installed httpx
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-NOW_MS = 1_800_000_000_000
+NOW_MS = COLLECTOR_NOW_MS
 KEY = "submit-key-1"
 ADMIN = "admin-token-123"
 
@@ -43,18 +44,10 @@ class FakeClock:
 
 
 def event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": new_event_id(),
-        "type": "command_executed",
-        "timestamp": NOW_MS - 1000,
-        "install_id": "install-a",
-        "app": "demo",
-        "duration_ms": 12.5,
-        "success": True,
-        "properties": {"command": "run"},
-    }
-    base.update(fields)
-    return base
+    """A valid event with a duration, an outcome and one property; ``fields`` override."""
+    return wire_event(
+        **{"duration_ms": 12.5, "success": True, "properties": {"command": "run"}, **fields}
+    )
 
 
 @pytest.fixture

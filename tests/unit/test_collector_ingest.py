@@ -21,25 +21,13 @@ from telemetry_core.collector.ingest import (
     read_body,
 )
 from telemetry_core.schema import new_event_id
+from tests.conftest import COLLECTOR_NOW_MS, wire_event
 
-NOW_MS = 1_800_000_000_000
-
-
-def _event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": new_event_id(),
-        "type": "command_executed",
-        "timestamp": NOW_MS - 1000,
-        "install_id": "install-a",
-        "app": "demo",
-        "schema": 1,
-    }
-    base.update(fields)
-    return base
+NOW_MS = COLLECTOR_NOW_MS
 
 
 def _codes(**fields: Any) -> list[str]:
-    raw = msgspec.Raw(json.dumps(_event(**fields)).encode())
+    raw = msgspec.Raw(json.dumps(wire_event(**fields)).encode())
     checked = check_events(
         [raw], now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=86_400_000
     )
@@ -73,7 +61,7 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 def test_budget_reserves_compressed_and_inflated_bytes_and_releases_them() -> None:
-    body = json.dumps({"events": [_event()]}).encode() * 10
+    body = json.dumps({"events": [wire_event()]}).encode() * 10
     wire = zlib.compress(body, wbits=31)
     budget = InFlightBudget(10_000)
 
@@ -163,7 +151,7 @@ def test_batch_decode_gives_the_reference_verdicts(
     """Whatever mix of valid and invalid events, the result is the reference path's."""
     raws = []
     for changes, properties, future in specs:
-        event = _event(properties=properties, **changes)
+        event = wire_event(properties=properties, **changes)
         if future:
             event["timestamp"] = NOW_MS + 2 * 86_400_000
         raws.append(msgspec.Raw(json.dumps(event).encode()))
@@ -200,8 +188,8 @@ _EDGES = [
 def test_schema_edges_give_the_reference_verdicts(field: str, value: Any) -> None:
     """Each limit of schema 1, just inside and just outside, beside a valid event."""
     raws = [
-        msgspec.Raw(json.dumps(_event()).encode()),
-        msgspec.Raw(json.dumps(_event(**{field: value})).encode()),
+        msgspec.Raw(json.dumps(wire_event()).encode()),
+        msgspec.Raw(json.dumps(wire_event(**{field: value})).encode()),
     ]
     limits = {"now_ms": NOW_MS, "max_event_bytes": 16384, "max_future_skew_ms": 86_400_000}
     assert _verdicts(check_events(raws, **limits)) == _verdicts(_check_each(raws, **limits))
@@ -210,8 +198,8 @@ def test_schema_edges_give_the_reference_verdicts(field: str, value: Any) -> Non
 def test_a_valid_batch_takes_the_one_call_path() -> None:
     """A batch of valid events is decoded into the constrained type in one call
     (the test fails if the fast path stops accepting ordinary events)."""
-    raws = [msgspec.Raw(json.dumps(_event(properties={"n": 1, "s": "x"})).encode())] * 2
-    raws.append(msgspec.Raw(json.dumps(_event()).encode()))
+    raws = [msgspec.Raw(json.dumps(wire_event(properties={"n": 1, "s": "x"})).encode())] * 2
+    raws.append(msgspec.Raw(json.dumps(wire_event()).encode()))
     checked = check_events(raws, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=1)
     assert checked.indexes == (0, 1, 2)
     assert all(type(e).__name__ == "_CheckedEvent" for e in checked.events)
