@@ -127,6 +127,10 @@ DROPPED_LOCKED: Final = "dropped:locked"
 # field at its maximum length), so its encoded size need not be measured.
 _SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
 _MISSING: Final = object()
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
+#: validate_event's bound on duration_ms.
+_MAX_DURATION_MS: Final = 1e15
 #: Scrub verdict: the property stays as it is.
 _KEEP: Final = object()
 
@@ -357,6 +361,11 @@ class TelemetryService:
         # Verdicts of the bundled scrubber by property (key, or key and string
         # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
         self._scrub_cache: dict[object, object] = {}
+        # The same verdicts for properties seen in a valid event, keyed by key
+        # and string value or key and type: such a property needs no check.
+        self._known: dict[object, object] = {}
+        # install_id, app and app_version of the last valid event.
+        self._trusted: tuple[str, str, str | None] | None = None
         self._warned: set[str] = set()
         self._closed = False
         _install_process_hooks()
@@ -744,6 +753,16 @@ class TelemetryService:
             return None
         if not isinstance(event_type, str) or not EVENT_TYPE_PATTERN.match(event_type):
             raise EventRejected("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
+        config = self._config
+        known = None
+        if (
+            opened.scrubbed_clean
+            and session_id is None
+            and self._trusted == (opened.install_id, config.app, config.app_version)
+        ):
+            known = self._known_properties(properties)
+        if known is not None:
+            return self._track_known(opened, event_type, known, duration_ms, success)
         props, chars = _copy_properties(properties)
         duration = _check_duration(duration_ms)
         if success is not None and not isinstance(success, bool):
@@ -757,9 +776,11 @@ class TelemetryService:
                 )
             if find_pii(session_id) is not None:
                 raise EventRejected("pii", "session_id looks like personal data")
+        original: list[tuple[str, PropertyValue]] | None = None
         if not props:
             pass
         elif opened.scrubbed_clean:
+            original = list(props.items())
             self._scrub_bundled(event_type, props)
         else:
             before = dict(props)
@@ -790,6 +811,114 @@ class TelemetryService:
             raise EventRejected(*problem)
         if chars >= _SMALL_EVENT_CHARS and len(_encoder.encode(event)) > MAX_EVENT_BYTES:
             raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
+        if opened.scrubbed_clean:
+            self._learn(event, original)
+        return self._store(opened, event)
+
+    def _learn(self, event: Event, original: list[tuple[str, PropertyValue]] | None) -> None:
+        """Remember what a valid event showed: its fixed fields, and for each
+        property the scrubber's verdict, now known to yield a valid property."""
+        self._trusted = (event.install_id, event.app, event.app_version)
+        if not original:
+            return
+        verdicts = self._scrub_cache
+        known = self._known
+        if len(known) + len(original) > _SCRUB_CACHE_SIZE:
+            known.clear()
+        for key, value in original:
+            kind = type(value)
+            verdict = verdicts.get((key, value) if kind is str else key)
+            if verdict is not None:
+                known[(key, value) if kind is str else (key, kind)] = verdict
+
+    def _known_properties(
+        self, properties: Mapping[str, PropertyValue] | None
+    ) -> tuple[dict[str, PropertyValue], int, list[str] | None] | None:
+        """``properties`` scrubbed and checked when every one of them was seen
+        before in a valid event (the common case: apps repeat keys and values);
+        else None, and the full path decides.
+
+        Returns the properties to store, their characters (keys and string
+        values) and the scrub counters to add.
+        """
+        if properties is None:
+            return {}, 0, None
+        if type(properties) is not dict or len(properties) > MAX_PROPERTIES:
+            return None
+        known = self._known
+        props: dict[str, PropertyValue] = {}
+        chars = 0
+        counters: list[str] | None = None
+        for key, value in properties.items():
+            if type(key) is not str:
+                return None
+            kind = type(value)
+            if kind is str:
+                verdict = known.get((key, value))
+            else:
+                if (kind is int and not _INT64_MIN <= value <= _INT64_MAX) or (
+                    kind is float and not math.isfinite(value)
+                ):
+                    return None
+                verdict = known.get((key, kind))
+            if verdict is _KEEP:
+                props[key] = value
+                if kind is str:
+                    chars += len(value)
+            elif verdict is None:
+                return None
+            else:
+                new, counter = cast("tuple[object, str]", verdict)
+                if new is not _MISSING:
+                    props[key] = cast("PropertyValue", new)
+                    if type(new) is str:
+                        chars += len(new)
+                if counters is None:
+                    counters = []
+                counters.append(counter)
+            chars += len(key)
+        return props, chars, counters
+
+    def _track_known(
+        self,
+        opened: _Opened,
+        event_type: str,
+        known: tuple[dict[str, PropertyValue], int, list[str] | None],
+        duration_ms: float | None,
+        success: bool | None,
+    ) -> str | None:
+        """Record an event whose every part the service built or has seen valid
+        before: only what is new (duration, success, timestamp) is checked."""
+        props, chars, counters = known
+        duration = _check_duration(duration_ms)
+        if success is not None and not isinstance(success, bool):
+            raise EventRejected("invalid_field", "success must be True, False or None")
+        if counters is not None:
+            for counter in counters:
+                self._count(counter)
+        timestamp = int(self._clock() * 1000)
+        config = self._config
+        event = Event(
+            id=new_event_id(),
+            type=event_type,
+            timestamp=timestamp,
+            install_id=opened.install_id,
+            app=config.app,
+            app_version=config.app_version,
+            duration_ms=duration,
+            success=success,
+            properties=props,
+        )
+        if not 0 <= timestamp <= _INT64_MAX:
+            raise EventRejected(
+                "invalid_timestamp", "timestamp must be milliseconds since the epoch"
+            )
+        if chars >= _SMALL_EVENT_CHARS and len(_encoder.encode(event)) > MAX_EVENT_BYTES:
+            raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
+        return self._store(opened, event)
+
+    def _store(self, opened: _Opened, event: Event) -> str:
+        """Write a checked event (and queue it when sending), then notify."""
         sending = self._config.sending
         opened.storage.record(event, enqueue=sending)
         if self._pending_counts:
@@ -1202,6 +1331,6 @@ def _check_duration(duration_ms: float | None) -> float | None:
         return None
     if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)):
         raise EventRejected("invalid_duration", "duration_ms must be a number")
-    if not math.isfinite(duration_ms) or duration_ms < 0:
+    if not math.isfinite(duration_ms) or not 0 <= duration_ms < _MAX_DURATION_MS:
         raise EventRejected("invalid_duration", "duration_ms must be a finite number >= 0")
     return float(duration_ms)
