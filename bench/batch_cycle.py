@@ -10,11 +10,10 @@ enough entries for all rounds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from bench import _ours
-from bench._harness import Context, Report, Round, interleave
+from bench._harness import Context, Report, Round, interleave, timed_ops
 from bench._raw import RawQueue
 
 NAME = "batch_cycle"
@@ -23,16 +22,6 @@ OURS = "telemetry-core dequeue(100)+mark_submitted"
 RAW = "raw claim+delete 100 rows"
 PERSIST = "persist-queue get+ack x100"
 LITE = "litequeue pop+done x100"
-
-
-def _cycles(fn: Callable[[], object], k: int) -> Round:
-    clock = time.perf_counter_ns
-    per = []
-    for _ in range(k):
-        t0 = clock()
-        fn()
-        per.append(clock() - t0)
-    return Round(sum(per), k, per)
 
 
 def run(ctx: Context) -> Report:
@@ -54,7 +43,7 @@ def run(ctx: Context) -> Report:
             batch = storage.dequeue(BATCH)
             storage.mark_submitted([q.event_id for q in batch])
 
-        return lambda: _cycles(cycle, k)
+        return lambda: timed_ops([cycle] * k)
 
     def raw() -> Callable[[], Round]:
         queue = RawQueue(ctx.workdir / "raw.db")
@@ -64,7 +53,7 @@ def run(ctx: Context) -> Report:
         def cycle() -> None:
             queue.delete([row[0] for row in queue.claim(BATCH)])
 
-        return lambda: _cycles(cycle, k)
+        return lambda: timed_ops([cycle] * k)
 
     def persist() -> Callable[[], Round]:
         from persistqueue import SQLiteAckQueue
@@ -79,7 +68,7 @@ def run(ctx: Context) -> Report:
                 item = queue.get(block=False, raw=True)
                 queue.ack(id=item["pqid"])
 
-        return lambda: _cycles(cycle, k)
+        return lambda: timed_ops([cycle] * k)
 
     def lite() -> Callable[[], Round]:
         from litequeue import LiteQueue
@@ -95,7 +84,7 @@ def run(ctx: Context) -> Report:
                 message = queue.pop()
                 queue.done(message.message_id)
 
-        return lambda: _cycles(cycle, k)
+        return lambda: timed_ops([cycle] * k)
 
     try:
         report.rows = interleave(

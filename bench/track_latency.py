@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 from collections.abc import Callable
+from typing import Any
 
 from bench import _ours
 from bench._harness import Context, Report, Round, interleave, timed_ops
@@ -21,6 +22,15 @@ NAME = "track_latency"
 OURS = "telemetry-core track() (durable)"
 POSTHOG = "posthog capture() (in memory)"
 SEGMENT = "segment track() (in memory)"
+#: Options both in-memory peers take alike: no sender thread, an unbounded
+#: queue, no retries, so a call measures only the enqueue.
+_PEER_OPTIONS: dict[str, Any] = {
+    "thread": 0,
+    "max_queue_size": 10**7,
+    "sync_mode": False,
+    "max_retries": 0,
+    "timeout": 0.1,
+}
 
 
 def _drain(q: object) -> None:
@@ -36,6 +46,14 @@ def _drain(q: object) -> None:
         # shutdown() joins the queue: every item taken must be marked done.
         if done is not None:
             done()
+
+
+def _drained_round(op: Callable[[], object], n: int, queues: list[object]) -> Round:
+    """Time ``n`` calls of ``op``, then empty the peers' queues (untimed)."""
+    result = timed_ops([op] * n)
+    for q in queues:
+        _drain(q)
+    return result
 
 
 def run(ctx: Context) -> Report:
@@ -57,14 +75,7 @@ def run(ctx: Context) -> Report:
         from posthog import Posthog
 
         client = Posthog(
-            "phc_bench",
-            host=host,
-            thread=0,
-            max_queue_size=10**7,
-            sync_mode=False,
-            max_retries=0,
-            timeout=0.1,
-            enable_exception_autocapture=False,
+            "phc_bench", host=host, **_PEER_OPTIONS, enable_exception_autocapture=False
         )
         closers.append(client.shutdown)
         lane_queues = [getattr(client, "queue", None)]
@@ -72,26 +83,12 @@ def run(ctx: Context) -> Report:
         def op() -> None:
             client.capture("command_executed", distinct_id="install-0", properties=props)
 
-        def one_round() -> Round:
-            result = timed_ops([op] * n)
-            for q in lane_queues:
-                _drain(q)
-            return result
-
-        return one_round
+        return lambda: _drained_round(op, n, lane_queues)
 
     def segment() -> Callable[[], Round]:
         from segment.analytics import Client
 
-        client = Client(
-            "bench-write-key",
-            host=host,
-            thread=0,
-            max_queue_size=10**7,
-            sync_mode=False,
-            max_retries=0,
-            timeout=0.1,
-        )
+        client = Client("bench-write-key", host=host, **_PEER_OPTIONS)
         # With thread=0 the client never creates the list its atexit join() walks.
         if not hasattr(client, "consumers"):
             client.consumers = []
@@ -100,12 +97,7 @@ def run(ctx: Context) -> Report:
         def op() -> None:
             client.track(user_id="install-0", event="command_executed", properties=props)
 
-        def one_round() -> Round:
-            result = timed_ops([op] * n)
-            _drain(client.queue)
-            return result
-
-        return one_round
+        return lambda: _drained_round(op, n, [client.queue])
 
     quiet = [logging.getLogger(n) for n in ("posthog", "segment", "analytics")]
     levels = [lg.level for lg in quiet]
