@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,18 @@ def _explicit_store(db: str | None, database_url: str | None) -> tuple[str | Non
     if db is not None and from_env:
         return db, None
     return db, database_url
+
+
+def _store_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``--db PATH`` / ``--database-url URL`` pair that names a collector store."""
+    command = click.option(
+        "--database-url",
+        envvar="TELEMETRY_COLLECTOR_DATABASE_URL",
+        help="PostgreSQL URL (scale-out).",
+    )(command)
+    return click.option(
+        "--db", type=click.Path(dir_okay=False), help="SQLite database file (embedded)."
+    )(command)
 
 
 def _open_store(db: str | None, database_url: str | None, **options: Any) -> CollectorStore:
@@ -104,10 +116,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file (embedded).")
-@click.option(
-    "--database-url", envvar="TELEMETRY_COLLECTOR_DATABASE_URL", help="PostgreSQL URL (scale-out)."
-)
+@_store_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", "api_keys", multiple=True, help="A submission key (repeatable).")
@@ -316,8 +325,7 @@ def format_stats_table(stats: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file.")
-@click.option("--database-url", envvar="TELEMETRY_COLLECTOR_DATABASE_URL", help="PostgreSQL URL.")
+@_store_options
 @click.option("--from", "from_", help="Start (ms since epoch or ISO-8601; naive means UTC).")
 @click.option("--to", help="End, exclusive (ms or ISO-8601).")
 @click.option("--app", help="Only this app.")
