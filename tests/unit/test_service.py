@@ -23,6 +23,7 @@ import pytest
 from telemetry_core import TelemetryConfig, TelemetryService
 from telemetry_core import service as service_module
 from telemetry_core.errors import ConfigError, EventRejected, TransportError
+from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import SubmissionResult
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import local_identifiers
@@ -891,3 +892,92 @@ def test_a_huge_value_is_rejected_without_scanning_it(
     counters = local_rig.service.counters()
     assert counters["rejected:invalid_property"] == 2
     assert counters["rejected:too_many_properties"] == 1
+
+
+# -- the known-property fast path ------------------------------------------------------
+
+
+def test_repeated_events_are_scrubbed_and_counted_every_time(local_rig: Rig) -> None:
+    props: dict[str, Any] = {
+        "email": "write to jane@example.com",
+        "jane@example.com": "a personal key is dropped",
+        "plain": "run",
+        "n": 3,
+        "ok": True,
+        "ratio": 0.5,
+        "none": None,
+    }
+    for _ in range(3):
+        assert local_rig.service.track("t", dict(props)) is not None
+    rows = local_rig.rows("SELECT properties FROM telemetry_events")
+    stored = [json.loads(raw) for (raw,) in rows]
+    expected = {
+        "email": "write to <email>",
+        "plain": "run",
+        "n": 3,
+        "ok": True,
+        "ratio": 0.5,
+        "none": None,
+    }
+    assert stored == [expected] * 3
+    counters = local_rig.service.counters()
+    assert counters["scrubbed:email"] == 3  # the value, in each event
+    assert counters["scrubbed:identifier"] == 3  # the dropped key, in each event
+
+
+def test_known_properties_skip_validation_but_new_values_are_checked(
+    local_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = service_module.validate_event
+
+    def spy(event: Event, **kwargs: Any) -> Any:
+        calls.append(event.type)
+        return real(event, **kwargs)
+
+    monkeypatch.setattr(service_module, "validate_event", spy)
+    service = local_rig.service
+    assert service.track("a", {"k": "v", "n": 1}) is not None
+    assert service.track("b", {"k": "v", "n": 2}) is not None  # all known: no validation
+    assert calls == ["a"]
+    # A known key with a new value, a value out of range, a new type: checked in full.
+    assert service.track("c", {"k": "bad\x00", "n": 1}) is None
+    assert service.track("d", {"k": "v", "n": 2**63}) is None
+    assert service.track("e", {"k": "v", "n": float("inf")}) is None
+    assert service.track("f", {"k": "v", "n": [1]}) is None
+    assert service.track("g", {"k": "v", "n": 1}, session_id="s1") is not None
+    assert service.track("h", {"k": "v"}, duration_ms=1e16) is None
+    assert calls == ["a", "c", "d", "g"]
+    counters = service.counters()
+    assert counters["rejected:invalid_property"] == 4
+    assert counters["rejected:invalid_duration"] == 1
+    assert service.event_counts() == {"a": 1, "b": 1, "g": 1}
+
+
+def test_the_verdict_caches_are_bounded(local_rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_module, "_SCRUB_CACHE_SIZE", 8)
+    service = local_rig.service
+    for i in range(50):
+        assert service.track("t", {"k": f"v{i}", "i": i}) is not None
+    assert len(service._known) <= 8
+    assert len(service._scrub_cache) <= 8
+    assert service.event_counts() == {"t": 50}
+
+
+def test_another_scrubber_disables_the_fast_path(tmp_path: Path) -> None:
+    class Upper:
+        @hookimpl
+        def telemetry_scrub_event(self, event_type: str, properties: dict[str, Any]) -> None:
+            for key, value in list(properties.items()):
+                if isinstance(value, str):
+                    properties[key] = value.upper()
+
+    rig = Rig(make_config(tmp_path))
+    rig.service.host.pm.register(Upper())
+    try:
+        for _ in range(2):
+            rig.service.track("t", {"k": "v"})
+        rows = rig.rows("SELECT properties FROM telemetry_events")
+        assert [json.loads(raw) for (raw,) in rows] == [{"k": "V"}, {"k": "V"}]
+    finally:
+        rig.service.close()
