@@ -185,15 +185,11 @@ def run(ctx: Context) -> Report:
         check = report.check_ratio(f"collector sqlite, {c} clients", RAW, at_least=0.25)
         if c != 4:
             report.checks.remove(check)
-    if report.row(RAW_FULL) is not None:
+    r4, rf = report.row("collector sqlite, 4 clients"), report.row(RAW_FULL)
+    if r4 is not None and rf is not None:
         report.notes.append(
             "beside the target: collector sqlite, 4 clients vs the same floor with"
-            " synchronous=FULL (equal durability) = "
-            + (
-                f"{r4.per_second / rf.per_second:.3f}x"
-                if (r4 := report.row("collector sqlite, 4 clients")) and (rf := report.row(RAW_FULL))
-                else "n/a"
-            )
+            f" synchronous=FULL (equal durability) = {r4.per_second / rf.per_second:.3f}x"
         )
     report.series = {
         "clients": clients,
