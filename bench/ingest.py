@@ -186,7 +186,7 @@ def run(ctx: Context) -> Report:
         if c != 4:
             report.checks.remove(check)
     r4, rf = report.row("collector sqlite, 4 clients"), report.row(RAW_FULL)
-    if r4 is not None and rf is not None:
+    if r4 and rf and r4.per_second and rf.per_second:
         report.notes.append(
             "beside the target: collector sqlite, 4 clients vs the same floor with"
             f" synchronous=FULL (equal durability) = {r4.per_second / rf.per_second:.3f}x"
