@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
@@ -178,6 +179,10 @@ class _Guarded:
             finally:
                 guard._exit()
 
+        if isinstance(attr, types.MethodType):
+            # A method stays what it is: the next lookup of the name finds
+            # the wrapper without __getattr__.
+            self.__dict__[name] = call
         return call
 
     def __repr__(self) -> str:
