@@ -118,10 +118,10 @@ def _at_most(setting: str, limit: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-def _at_least(setting: str, limit: float) -> Callable[[Any, Any, Any], None]:
+def _at_least(setting: str, limit: float, unit: str = "") -> Callable[[Any, Any, Any], None]:
     def check(_instance: Any, _attribute: Any, value: float) -> None:
         if value < limit:
-            raise ConfigError(setting, f"must be at least {limit:g}, got {value!r}")
+            raise ConfigError(setting, f"must be at least {limit:g}{unit}, got {value!r}{unit}")
 
     return check
 
@@ -155,7 +155,7 @@ class TelemetryConfig:
         default=300.0,
         validator=[
             _positive("submission_interval"),
-            _at_least("submission_interval", MIN_SUBMISSION_INTERVAL),
+            _at_least("submission_interval", MIN_SUBMISSION_INTERVAL, " s"),
         ],
     )
     submission_batch_size: int = attrs.field(
