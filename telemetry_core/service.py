@@ -357,6 +357,9 @@ class TelemetryService:
         self._pending_counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
         self._worker: SubmissionWorker | None = None
+        # A worker that close() could not stop in time (still inside a call):
+        # the at-exit hook waits for it again before the process exits.
+        self._stray: SubmissionWorker | None = None
         self._cleaner: _Cleaner | None = None
         # Verdicts of the bundled scrubber by property (key, or key and string
         # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
@@ -448,6 +451,8 @@ class TelemetryService:
         stopped = worker.stop(timeout)
         if stopped:
             worker.close()
+        else:
+            self._stray = worker
         return stopped
 
     def _stop_cleaner(self, timeout: float) -> bool:
@@ -460,14 +465,21 @@ class TelemetryService:
         return stopped
 
     def _signal_stop(self) -> None:
-        worker = self._worker
-        if worker is not None:
-            worker.stop(0.0)
+        for worker in (self._worker, self._stray):
+            if worker is not None:
+                worker.stop(0.0, grace=0.0)
         cleaner = self._cleaner
         if cleaner is not None:
             cleaner.stop(0.0)
 
     def _finish_at_exit(self, timeout: float) -> None:
+        # The grace of SubmissionWorker.stop applies even when the budget is
+        # spent: a thread inside native code must leave it before exit().
+        stray = self._stray
+        if stray is not None:
+            if not stray.stop(timeout):
+                return  # still inside a call: leave its connections alone
+            self._stray = None
         worker = self._worker
         if worker is not None and not worker.stop(timeout):
             return  # still inside a call: leave its connections alone
@@ -483,6 +495,7 @@ class TelemetryService:
             if obj is not None:
                 _inherited.append(obj)
         self._worker = None
+        self._stray = None
         self._cleaner = None
         self._opened = None
         self._reader = None

@@ -16,9 +16,16 @@ Shutdown: once :meth:`SubmissionWorker.stop` has been called, the thread
 starts no new network call (nor a new cycle); it only finishes the database
 call or request it is in, gives back its leases and ends. :meth:`stop` waits
 for it at most its ``timeout``, plus up to :data:`SHUTDOWN_GRACE` when the
-thread is inside a short local (SQLite) call rather than waiting on the
-network or importing the transport: a daemon thread left inside SQLite or OpenSSL C
-code while the interpreter finalizes can crash the process at exit.
+thread is inside a short local (SQLite) call or inside the first call of a new
+transport, rather than waiting on the network. A daemon thread left inside
+native code that runs without the GIL when the process exits crashes it: C
+``exit()`` runs OpenSSL's own exit handler (``OPENSSL_cleanup``), which frees
+the library's global state under the thread's feet (SIGSEGV, after Python's
+faulthandler has already been uninstalled, so nothing is printed). The first
+call of a transport is where the https transport builds its TLS context lazily:
+it loads the CA bundle (about 50 ms of OpenSSL work without the GIL) and makes
+the first handshake. Later calls mostly wait in ``poll()``, which is safe to
+abandon.
 """
 
 from __future__ import annotations
@@ -58,8 +65,11 @@ logger = logging.getLogger("telemetry_core")
 #: ``Retry-After`` never parks the thread for longer than this between checks.
 MAX_WAIT = 3600.0
 #: Extra wait in :meth:`SubmissionWorker.stop` for a thread inside a local
-#: (non-network) call, which ends quickly.
+#: (non-network) call or the first call of a new transport, which end quickly.
 SHUTDOWN_GRACE: Final = 1.0
+#: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
+#: the grace: native work that must not be running when the process exits.
+_NATIVE_PHASES: Final = frozenset({"local", "setup"})
 
 
 class ForkGuard:
@@ -269,8 +279,13 @@ class SubmissionWorker:
         self._thread_setup = thread_setup
         self._after_cycle = after_cycle
         # What the thread is inside: "network" (may take up to the timeout),
-        # "build" (making the transport: imports), "local" (SQLite: short) or None.
+        # "setup" (the first call of a new transport: its lazy imports, CA
+        # bundle and first handshake), "build" (making the transport object:
+        # Python only), "local" (SQLite: short) or None.
         self._busy: str | None = None
+        # Whether a call of the current transport has returned (its lazy
+        # setup is done).
+        self._transport_ready = False
         self._host = host
         self._storage = storage
         self._log = log
@@ -331,13 +346,17 @@ class SubmissionWorker:
         """Run the next cycle now instead of at the end of the interval."""
         self._wake.set()
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float, *, grace: float = SHUTDOWN_GRACE) -> bool:
         """Stop the thread, waiting at most ``timeout`` seconds; True if it ended.
 
         The thread gives back (``release``) every lease it holds on entries it
         has not sent yet. A request already on the wire is not interrupted: if
         the thread is still waiting for it when ``timeout`` expires, its entries
         stay leased and become due again when the lease expires.
+
+        :param grace: extra wait, after ``timeout``, for a thread inside native
+            work that ends on its own shortly (a SQLite call, the first call of
+            a new transport). ``0`` only signals the thread.
         """
         self._stopping.set()
         self._wake.set()
@@ -345,8 +364,8 @@ class SubmissionWorker:
         if thread is None or thread is threading.current_thread():
             return True
         thread.join(max(timeout, 0.0))
-        if thread.is_alive() and timeout > 0 and self._busy == "local":
-            thread.join(SHUTDOWN_GRACE)
+        if thread.is_alive() and grace > 0 and self._busy in _NATIVE_PHASES:
+            thread.join(grace)
         return not thread.is_alive()
 
     def _halting(self) -> bool:
@@ -356,6 +375,7 @@ class SubmissionWorker:
     def close(self) -> None:
         """Close the transport's connections (call after :meth:`stop`)."""
         transport, self._transport = self._transport, None
+        self._transport_ready = False
         if transport is not None:
             try:
                 transport.close()
@@ -401,6 +421,7 @@ class SubmissionWorker:
             busy, self._busy = self._busy, "build"
             try:
                 self._transport = self._host.make_transport(self.config)
+                self._transport_ready = False
             finally:
                 self._busy = busy
         return self._transport
@@ -469,12 +490,13 @@ class SubmissionWorker:
 
     def _ping(self) -> bool:
         assert self._transport is not None
-        busy, self._busy = self._busy, "network"
+        busy, self._busy = self._busy, "network" if self._transport_ready else "setup"
         try:
             return bool(self._transport.ping())
         except Exception:
             return False
         finally:
+            self._transport_ready = True
             self._busy = busy
 
     def drain(
@@ -518,7 +540,9 @@ class SubmissionWorker:
         transport = self._get_transport()
         started = self._clock()
         t0 = self._monotonic()
-        busy, self._busy = self._busy, "network"
+        # The first call of a transport runs its lazy setup (native TLS work
+        # without the GIL): stop() waits for it, see the module docstring.
+        busy, self._busy = self._busy, "network" if self._transport_ready else "setup"
         try:
             result = transport.submit_batch(events)
         except TransportError as err:
@@ -528,10 +552,12 @@ class SubmissionWorker:
             # treat it like a network error, so the batch is retried later.
             error = TransportError(f"transport failed: {exc!r}", retryable=True)
         else:
+            self._transport_ready = True
             self._busy = busy
             self._record(started, t0, batch, result=result, retry=retry)
             self._acknowledged(batch, result)
             return len(batch), False
+        self._transport_ready = True
         self._busy = busy
         self._record(started, t0, batch, error=error, retry=retry)
         if error.too_large:
