@@ -702,6 +702,37 @@ def test_exit_is_not_delayed_by_an_unreachable_endpoint(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_a_worker_close_could_not_stop_is_waited_for_at_exit(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path))
+    service = rig.service
+    service.track("t")
+    service.submit_now()  # the transport's first call (its setup) is done
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hang(events: Any) -> None:
+        entered.set()
+        release.wait(10)
+
+    rig.transport.on_submit = hang
+    event_id = service.track("t")
+    worker = service.worker
+    assert worker is not None
+    for _ in range(500):  # bounded: at most ~5 s
+        worker.wake()
+        if entered.wait(0.01):
+            break
+    assert entered.is_set()
+    service.close(timeout=0.0)  # waiting on the network: no grace, left running
+    assert worker.running and service._stray is worker
+    service._signal_stop()  # as the at-exit hook does first: only signals
+    assert worker.running
+    release.set()
+    service._finish_at_exit(10.0)
+    assert not worker.running and service._stray is None
+    assert rig.transport.batches[-1] == [event_id]
+
+
 def _run_exit_app(tmp_path: Path, port: int) -> None:
     script = textwrap.dedent(
         """

@@ -508,14 +508,62 @@ def test_stop_does_not_wait_for_a_hung_request(tmp_path: Path) -> None:
         entered.set()
         release.wait(10)
 
+    first = rig.storage.add(1)
+    assert rig.worker.run_once().reason == "sent"  # the transport's setup is done
     rig.transport.on_submit = hang
     ids = rig.storage.add(1)
     rig.worker.start()
     assert entered.wait(10)
+    assert rig.worker._busy == "network"  # no grace for a thread waiting on the network
     assert rig.worker.stop(0.05) is False  # the request is still on the wire
     release.set()
     assert rig.worker.stop(10) is True
+    assert rig.storage.submitted == first + ids
+
+
+def test_stop_waits_for_the_first_call_of_a_new_transport(tmp_path: Path) -> None:
+    # The first call runs the transport's lazy setup (the https transport loads
+    # the CA bundle in OpenSSL without the GIL): a daemon thread left there when
+    # the process exits crashed it with SIGSEGV. stop() gives it the grace.
+    rig = Rig(tmp_path, submission_interval=3600.0)
+    entered = threading.Event()
+    release = threading.Event()
+    phases: list[str | None] = []
+
+    def setup(events: Sequence[Event]) -> None:
+        phases.append(rig.worker._busy)
+        entered.set()
+        release.wait(10)
+
+    rig.transport.on_submit = setup
+    ids = rig.storage.add(1)
+    rig.worker.start()
+    assert entered.wait(10)
+    assert rig.worker.stop(0.0, grace=0.0) is False  # signal only: no wait
+    # Released once stop() is waiting; it must not return before the call ends.
+    releaser = threading.Thread(target=release.set)
+    releaser.start()
+    try:
+        assert rig.worker.stop(0.0, grace=10.0) is True
+    finally:
+        releaser.join(10)
+    assert phases == ["setup"]
     assert rig.storage.submitted == ids
+    assert not rig.worker.running
+
+
+def test_a_new_transport_is_set_up_again_after_close(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, submission_interval=3600.0)
+    phases: list[str | None] = []
+    rig.transport.on_submit = lambda events: phases.append(rig.worker._busy)
+    rig.storage.add(1)
+    rig.worker.run_once()
+    rig.storage.add(1)
+    rig.worker.run_once()
+    rig.worker.close()
+    rig.storage.add(1)
+    rig.worker.run_once()
+    assert phases == ["setup", "network", "setup"]
 
 
 def test_stopping_thread_releases_unsent_split_halves(tmp_path: Path) -> None:
