@@ -17,6 +17,17 @@ How answers map to :class:`~telemetry_core.errors.TransportError`
   503, 504 are retryable, with ``retry_after`` from ``Retry-After`` (seconds or
   HTTP-date, clamped to ``[0, config.max_retry_after]``).
 - 413 sets ``too_large`` (the worker splits the batch); it is not retryable as is.
+- A batch that would exceed the collector's body limits is never put on the
+  wire: a JSON body over ``max_body_bytes``, a body as sent (after gzip) over
+  ``max_compressed_body_bytes`` or more events than ``max_events_per_batch``
+  raises ``too_large`` locally (``status`` ``None``), so the worker splits it
+  before the collector has to refuse it. The limits are the protocol defaults
+  of :mod:`telemetry_core.schema` until :meth:`HttpsClient.server_info` has
+  fetched the collector's own (no extra round trip per batch). A connection
+  reset or TLS EOF while sending stays a retryable network error: with the
+  local cap no conforming body is large enough to be refused that way, and a
+  reset is far more often a real network fault, which splitting (and dead
+  letters for a single event) would turn into loss.
 - Every other status (other 4xx, 500, 501, 3xx) is terminal for the batch.
 - A TLS failure (untrusted or expired certificate, wrong host name) is
   *retryable* without a ``retry_after``: it is often transient (a captive
@@ -39,6 +50,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+import attrs
 import msgspec
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
@@ -47,7 +59,15 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from telemetry_core._version import __version__
 from telemetry_core.errors import ConfigError, TransportError
 from telemetry_core.models import SubmissionResult
-from telemetry_core.schema import Event, ServerInfo, SubmitRequest, SubmitResponse
+from telemetry_core.schema import (
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    MAX_COMPRESSED_BODY_BYTES,
+    Event,
+    ServerInfo,
+    SubmitRequest,
+    SubmitResponse,
+)
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -58,6 +78,7 @@ __all__ = [
     "PING_TIMEOUT",
     "RETRYABLE_STATUSES",
     "USER_AGENT",
+    "BodyLimits",
     "HttpsClient",
     "parse_retry_after",
 ]
@@ -108,6 +129,30 @@ def parse_retry_after(value: str | None, *, now: float, maximum: float) -> float
     return min(max(seconds, 0.0), maximum)
 
 
+@attrs.frozen
+class BodyLimits:
+    """The collector's request limits a batch is checked against before sending."""
+
+    max_events_per_batch: int = MAX_BATCH_EVENTS
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_compressed_body_bytes: int = MAX_COMPRESSED_BODY_BYTES
+
+    @classmethod
+    def of(cls, info: ServerInfo) -> BodyLimits:
+        """The limits ``info`` publishes; a non-positive value keeps the protocol default."""
+        limits = info.limits
+        default = cls()
+
+        def pick(value: int, fallback: int) -> int:
+            return value if value > 0 else fallback
+
+        return cls(
+            pick(limits.max_events_per_batch, default.max_events_per_batch),
+            pick(limits.max_body_bytes, default.max_body_bytes),
+            pick(limits.max_compressed_body_bytes, default.max_compressed_body_bytes),
+        )
+
+
 def _base_url(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc}"
@@ -152,6 +197,7 @@ class HttpsClient:
         self._ca_bundle = config.ca_bundle
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
+        self._limits = BodyLimits()
 
     def __repr__(self) -> str:
         return f"HttpsClient(endpoint={self._endpoint!r})"
@@ -173,6 +219,11 @@ class HttpsClient:
                     headers=self._headers,
                 )
             return self._pool
+
+    @property
+    def limits(self) -> BodyLimits:
+        """The body limits batches are checked against (learned by :meth:`server_info`)."""
+        return self._limits
 
     def close(self) -> None:
         """Drop pooled connections; the next request opens a new pool."""
@@ -271,13 +322,28 @@ class HttpsClient:
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
         """``POST`` ``events`` to the endpoint as one request (see the module docstring)."""
+        limits = self._limits
+        if len(events) > limits.max_events_per_batch:
+            raise self._too_large(
+                f"{len(events)} events; the collector takes at most {limits.max_events_per_batch}"
+            )
         body = _request_encoder.encode(SubmitRequest(events=list(events)))
+        if len(body) > limits.max_body_bytes:
+            raise self._too_large(
+                f"{len(events)} events encode to {len(body)} bytes; "
+                f"the collector takes at most {limits.max_body_bytes}"
+            )
         extra: dict[str, str] = {}
         if len(body) > self._gzip_threshold:
             # Level 1: telemetry JSON is repetitive, so it already shrinks ~12x,
             # at under half the CPU of the default level (measured on 100 events).
             body = gzip.compress(body, compresslevel=1, mtime=0)
             extra["Content-Encoding"] = "gzip"
+        if len(body) > limits.max_compressed_body_bytes:
+            raise self._too_large(
+                f"{len(events)} events make a {len(body)}-byte body as sent; "
+                f"the collector takes at most {limits.max_compressed_body_bytes}"
+            )
         started = time.perf_counter()
         status, data, headers = self._request("POST", self._endpoint, body=body, headers=extra)
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -313,6 +379,14 @@ class HttpsClient:
             latency_ms=latency_ms,
         )
 
+    def _too_large(self, reason: str) -> TransportError:
+        """The local refusal of a batch the collector would answer 413 (never sent)."""
+        return TransportError(
+            f"POST {self._endpoint}: not sent, too large: {reason}",
+            retryable=False,
+            too_large=True,
+        )
+
     def ping(self) -> bool:
         """``GET /ping``: True on a 2xx, False otherwise; never raises."""
         try:
@@ -324,14 +398,19 @@ class HttpsClient:
         return 200 <= status < 300
 
     def server_info(self) -> ServerInfo:
-        """``GET /v1/info`` decoded to :class:`~telemetry_core.schema.ServerInfo`."""
+        """``GET /v1/info`` decoded to :class:`~telemetry_core.schema.ServerInfo`.
+
+        Its limits replace the protocol defaults that later batches are checked against.
+        """
         url = f"{self._base}/v1/info"
         status, data, headers = self._request("GET", url)
         if not 200 <= status < 300:
             raise self._status_error("GET", url, status, data, headers)
         try:
-            return _info_decoder.decode(data)
+            info = _info_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise TransportError(
                 f"GET {url}: invalid server info: {exc}", retryable=True, status=status
             ) from None
+        self._limits = BodyLimits.of(info)
+        return info

@@ -158,6 +158,80 @@ class _RequestMetrics:
         await self.app(scope, receive, send_counted)
 
 
+class _ConcurrencyCap:
+    """ASGI middleware bounding the HTTP requests handled at once.
+
+    A request past ``limit`` is answered at once, without reading its body:
+    503 ``overloaded`` with ``Retry-After: 1`` and ``Connection: close``, the
+    JSON error of every other refusal. It runs on the event loop's one thread,
+    so a plain counter suffices.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            refused = error_response(
+                503,
+                "overloaded",
+                "too many requests in progress; retry later",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+            await refused(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+class _BodyStream:
+    """A request body read straight from ASGI ``receive``, remembering how far it got.
+
+    Unlike ``Request.stream()`` it knows, after a refusal mid-body, whether the
+    last chunk has arrived, so :meth:`drain` reads only what is still coming.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.received = 0
+        self.complete = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the body's chunks; raise ``ClientDisconnect`` if the client goes away."""
+        while not self.complete:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
+            self.received += len(chunk)
+            self.complete = not message.get("more_body", False)
+            if chunk:
+                yield chunk
+
+    async def drain(self, max_bytes: int, seconds: float) -> bool:
+        """Read and discard the rest of the body while the whole body stays within
+        ``max_bytes`` and ``seconds``; True when it was read to its end."""
+        try:
+            async with asyncio.timeout(seconds):
+                while not self.complete and self.received <= max_bytes:
+                    message = await self._receive()
+                    if message["type"] != "http.request":
+                        return False
+                    self.received += len(message.get("body", b""))
+                    self.complete = not message.get("more_body", False)
+        except TimeoutError:
+            return False
+        return self.complete and self.received <= max_bytes
+
+
 def create_app(
     settings: CollectorSettings,
     store: CollectorStore,
@@ -204,13 +278,13 @@ def create_app(
         return error_response(499, "client_disconnected", "the client closed the connection")
 
     async def read_capped(
-        request: Request, lease: BudgetLease, *, encoding: str, max_compressed: int, max_body: int
+        body: _BodyStream, lease: BudgetLease, *, encoding: str, max_compressed: int, max_body: int
     ) -> bytes:
         """Read the body under the in-flight budget and the body deadline."""
         try:
             async with asyncio.timeout(settings.body_timeout_s):
                 return await read_body(
-                    request.stream(),
+                    body.chunks(),
                     encoding=encoding,
                     max_compressed_bytes=max_compressed,
                     max_body_bytes=max_body,
@@ -227,20 +301,45 @@ def create_app(
             exc.close = True  # the rest of the body was not read
             raise
 
+    async def drained(request: Request, body: _BodyStream) -> bool:
+        """Read and discard what is left of a refused body, within the drain bounds.
+
+        A client sends its whole body before it reads the answer; a connection
+        closed under it while it sends turns the answer into a reset or a TLS
+        EOF, which it cannot tell from a network fault (a 413 would then never
+        make it split its batch). A declared length past the bound is not read.
+        """
+        if body.complete:
+            return True
+        declared = _declared_length(request)
+        if declared is not None and declared > settings.drain_bytes:
+            return False
+        return await body.drain(settings.drain_bytes, settings.drain_seconds)
+
     async def submit(request: Request) -> Response:
         started = time.perf_counter()
+        body = _BodyStream(request.receive)
         try:
             with budget.lease() as lease:
-                return await _submit(request, lease)
+                return await _submit(request, lease, body)
         except IngestError as exc:
-            log.info("submit refused status=%d code=%s", exc.status, exc.code)
+            if exc.status == 413:
+                read_all = await drained(request, body)
+                log.info(
+                    "submit refused status=413 code=%s drained=%s bytes=%d",
+                    exc.code,
+                    "yes" if read_all else "no",
+                    body.received,
+                )
+            else:
+                log.info("submit refused status=%d code=%s", exc.status, exc.code)
             return refusal(exc)
         except ClientDisconnect:
             return disconnected("/v1/submit")
         finally:
             metrics.ingest_seconds.observe(time.perf_counter() - started)
 
-    async def _submit(request: Request, lease: BudgetLease) -> Response:
+    async def _submit(request: Request, lease: BudgetLease, stream: _BodyStream) -> Response:
         kid = keys.identify(request.headers.get("x-api-key"))
         if kid is None:
             raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
@@ -262,7 +361,7 @@ def create_app(
                 503, "overloaded", "too many request bodies in flight; retry later", close=True
             )
         body = await read_capped(
-            request,
+            stream,
             lease,
             encoding=encoding,
             max_compressed=settings.max_compressed_body_bytes,
@@ -420,7 +519,7 @@ def create_app(
         if declared is not None and declared > MAX_LOGIN_FORM_BYTES:
             raise IngestError(413, "too_large", "form too large", close=True)
         body = await read_capped(
-            request,
+            _BodyStream(request.receive),
             lease,
             encoding="identity",
             max_compressed=MAX_LOGIN_FORM_BYTES,
@@ -507,6 +606,8 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
+    # Added first, so it runs inside the metrics middleware, which counts its 503s.
+    app.add_middleware(_ConcurrencyCap, limit=settings.max_concurrent_requests)
     app.add_middleware(_RequestMetrics, metrics=metrics)
     app.state.metrics = metrics
     return app

@@ -79,6 +79,15 @@ def _open_store(db: str | None, database_url: str | None, **options: Any) -> Col
     return SQLiteStore(db, **options)
 
 
+def _connection_backstop(max_connections: int) -> int:
+    """uvicorn's hard cap on open connections, above the app's cap on requests.
+
+    Idle keep-alive connections count towards it, so it leaves room for them
+    above ``--max-connections``.
+    """
+    return 2 * max_connections + 64
+
+
 def _serve_until_signal(config: uvicorn.Config) -> int:
     """Run uvicorn until SIGINT/SIGTERM; return 0 after a graceful shutdown.
 
@@ -153,7 +162,8 @@ def main() -> None:
     default=1000,
     show_default=True,
     type=click.IntRange(1),
-    help="Open connections and requests in progress; past it new ones get 503.",
+    help="Requests in progress; past it new ones get 503 overloaded with Retry-After "
+    "(open connections are capped at twice this plus 64).",
 )
 @click.option(
     "--keep-alive-timeout",
@@ -244,6 +254,7 @@ def serve(  # noqa: PLR0917
             secure_cookies=secure_cookies,
             body_timeout_s=body_timeout,
             max_inflight_bytes=None if max_inflight_mb is None else max_inflight_mb * 1024 * 1024,
+            max_concurrent_requests=max_connections,
         )
         store = _open_store(db, database_url, **store_options)
     except TelemetryError as exc:
@@ -260,7 +271,9 @@ def serve(  # noqa: PLR0917
         server_header=False,
         timeout_graceful_shutdown=30,
         lifespan="on",
-        limit_concurrency=max_connections,
+        # The app answers past max_connections itself (JSON 503 + Retry-After);
+        # uvicorn's own bare 503 is only a backstop on open connections.
+        limit_concurrency=_connection_backstop(max_connections),
         timeout_keep_alive=keep_alive_timeout,
         # A request line plus headers larger than this is refused (uvicorn's default).
         h11_max_incomplete_event_size=16 * 1024,

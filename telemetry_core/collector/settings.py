@@ -43,6 +43,15 @@ class CollectorSettings:
     request body (408 past it). ``session_ttl_s`` is the lifetime of a dashboard
     session; ``admin_failures_per_minute`` the refused admin attempts one client
     address may make per minute (burst of the same size) before 429.
+
+    ``max_concurrent_requests`` bounds the requests being handled at once;
+    past it a request is answered 503 ``overloaded`` with ``Retry-After``
+    without being read. A submission refused 413 before its body was read to
+    its end first has the rest of its body read and discarded, at most
+    ``drain_max_bytes`` (default twice the largest body a conforming client can
+    build: ``max_events_per_batch x max_event_bytes``) within
+    ``drain_timeout_s`` (at most ``body_timeout_s``), so the client, still
+    sending, can read the answer; past either bound the connection is closed.
     """
 
     api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple)
@@ -66,6 +75,9 @@ class CollectorSettings:
     body_timeout_s: float = 30.0
     session_ttl_s: int = attrs.field(default=8 * 3600, validator=_positive)
     admin_failures_per_minute: int = attrs.field(default=10, validator=_positive)
+    max_concurrent_requests: int = attrs.field(default=1000, validator=_positive)
+    drain_max_bytes: int | None = None
+    drain_timeout_s: float = 5.0
 
     def __attrs_post_init__(self) -> None:
         if any(not k for k in self.api_keys):
@@ -81,6 +93,10 @@ class CollectorSettings:
             )
         if not self.body_timeout_s > 0:
             raise ConfigError("body_timeout_s", "must be positive")
+        if self.drain_max_bytes is not None and self.drain_max_bytes < 0:
+            raise ConfigError("drain_max_bytes", "must not be negative")
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError("drain_timeout_s", "must not be negative")
 
     @property
     def one_request_bytes(self) -> int:
@@ -94,6 +110,18 @@ class CollectorSettings:
             return self.max_inflight_bytes
         implied = min(self.max_pending_events * self.max_event_bytes, 256 * 1024 * 1024)
         return max(implied, self.one_request_bytes)
+
+    @property
+    def drain_bytes(self) -> int:
+        """The effective drain bound in bytes (see ``drain_max_bytes``)."""
+        if self.drain_max_bytes is not None:
+            return self.drain_max_bytes
+        return 2 * self.max_events_per_batch * self.max_event_bytes
+
+    @property
+    def drain_seconds(self) -> float:
+        """The effective drain deadline: ``drain_timeout_s``, at most ``body_timeout_s``."""
+        return min(self.drain_timeout_s, self.body_timeout_s)
 
     def limits(self) -> schema.Limits:
         """The limits published by ``GET /v1/info``."""

@@ -1,10 +1,9 @@
 """Failing reproductions of the round-2 acceptance findings (tests/review/FINDINGS-round2.md).
 
-Each test states the behaviour DESIGN §4-§7 asks for and is marked
-``xfail(strict=True)`` while the defect stands: when a fix lands, the test
-passes, strict xfail turns that into a failure, and the mark must go.
-Both drive a real ``telemetry-collector serve`` subprocess over HTTPS on
-127.0.0.1 (trustme CA), as the acceptance checkers will.
+Each test states the behaviour DESIGN §4-§7 asks for; both findings are
+fixed, so the ``xfail(strict=True)`` marks are gone. Both drive a real
+``telemetry-collector serve`` subprocess over HTTPS on 127.0.0.1 (trustme CA),
+as the acceptance checkers will.
 """
 
 from __future__ import annotations
@@ -25,14 +24,14 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;!-"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="round 2 finding 1")
 def test_batch_over_the_body_limit_is_split_not_lost(tmp_path: Path) -> None:
     """1,000 valid events of ~14 KB each (every one under max_event_bytes) in one
-    batch of the allowed size 1,000 make a gzip body of several MiB. The
-    collector answers 413 and closes before reading the body, so the client sees
-    ``TLS failure: EOF occurred in violation of protocol``, a network error: it
-    never splits, and after max_retries the events are dead, never delivered.
-    Expected: the batch is split (413 semantics) and every event is accepted."""
+    batch of the allowed size 1,000 make a gzip body of several MiB. Before the
+    fix the collector answered 413 and closed before reading the body, so the
+    client saw ``TLS failure: EOF occurred in violation of protocol``, a network
+    error, never split, and the events died after max_retries. Now the client
+    refuses such a batch locally (``too_large``) and the worker splits it:
+    every event is accepted."""
     rng = random.Random(1)
     ca = trustme.CA()
     ca_path = tmp_path / "ca.pem"
@@ -60,11 +59,10 @@ def test_batch_over_the_body_limit_is_split_not_lost(tmp_path: Path) -> None:
     assert (stats.events_accepted, queue.dead, queue.pending) == (1000, 0, 0), stats.last_error
 
 
-@pytest.mark.xfail(strict=True, reason="round 2 finding 2")
 def test_connection_cap_503_carries_retry_after(tmp_path: Path) -> None:
-    """Past ``--max-connections`` uvicorn answers a bare ``503 Service
+    """Past ``--max-connections`` uvicorn answered a bare ``503 Service
     Unavailable`` (text/plain, no Retry-After). DESIGN §7: 503 overloaded +
-    ``Retry-After``."""
+    ``Retry-After``, which the app's own cap now sends."""
     ca = trustme.CA()
     extra = ["--max-connections", "1"]
     with CollectorProcess(
@@ -93,8 +91,9 @@ def test_connection_cap_503_carries_retry_after(tmp_path: Path) -> None:
                     headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
                 )
                 response = conn.getresponse()
-                response.read()
+                answer = response.read()
                 status, retry_after = response.status, response.getheader("Retry-After")
+                content_type = response.getheader("Content-Type")
             finally:
                 conn.close()
         finally:
@@ -102,3 +101,5 @@ def test_connection_cap_503_carries_retry_after(tmp_path: Path) -> None:
                 sock.close()
     assert status == 503
     assert retry_after is not None and retry_after.isdigit()
+    assert content_type == "application/json"
+    assert b'"code":"overloaded"' in answer
