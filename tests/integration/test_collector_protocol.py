@@ -362,3 +362,80 @@ def test_stalled_body_is_cut_off_and_in_flight_bytes_are_bounded(
         for sock in sockets:
             sock.close()
         assert proc.stop() == 0
+
+
+# --- round 2 finding 1: a 413 the client can read, however large its body ---
+
+
+@pytest.mark.parametrize("mib", [6, 20])
+def test_oversized_body_gets_a_readable_413_not_an_eof(
+    collector: CollectorProcess, mib: int
+) -> None:
+    """A client that writes its whole body before reading (urllib3, as the https
+    transport) must see the 413, not a reset or a TLS EOF: the collector reads
+    and discards the rest of the body (within its drain bound) before answering."""
+    import urllib3
+
+    body = b"x" * (mib * 1024 * 1024)
+    with urllib3.PoolManager(
+        ssl_context=collector.context, retries=False, timeout=urllib3.Timeout(total=60)
+    ) as pool:
+        response = pool.request(
+            "POST",
+            f"{collector.url}/v1/submit",
+            body=body,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+        assert response.status == 413
+        assert response.headers["Connection"] == "close"
+        assert response.json()["error"]["code"] == "too_large"
+    assert "drained=yes" in collector.log_text()
+
+
+def test_chunked_oversized_body_is_refused_mid_stream_and_answered(
+    collector: CollectorProcess,
+) -> None:
+    """Without a Content-Length the 413 comes while the body streams; the rest is drained."""
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", collector.port, context=collector.context, timeout=60
+    )
+    try:
+        conn.request(
+            "POST",
+            "/v1/submit",
+            body=iter([b"x" * (256 * 1024)] * 24),  # 6 MiB
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        conn.close()
+    assert (response.status, answer["error"]["code"]) == (413, "too_large")
+    assert "drained=yes" in collector.log_text()
+
+
+def test_declared_body_past_the_drain_bound_is_answered_and_closed_unread(
+    collector: CollectorProcess,
+) -> None:
+    """A declared length above the drain bound (32 MiB by default) is not read at
+    all: the 413 is written and the connection closed without waiting for the body."""
+    raw = socket.create_connection(("127.0.0.1", collector.port), timeout=30)
+    with collector.context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(
+            b"POST /v1/submit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+            b"Content-Length: 41943040\r\n\r\n" + b"x" * 65536
+        )
+        received = b""
+        for _ in range(1000):  # until the collector closes (bounded by the socket timeout)
+            try:
+                chunk = sock.recv(65536)
+            except (ssl.SSLError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in received.lower()
+    assert "drained=no" in collector.log_text()

@@ -641,3 +641,139 @@ def _bearer() -> dict[str, str]:
 
 def _cookie(value: str) -> dict[str, str]:
     return {"Cookie": f"telemetry_admin={value}"}
+
+
+# --- the request cap and the drain of refused bodies (round 2 findings) ---
+
+
+def _asgi_scope(path: str = "/v1/submit") -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+
+
+def test_request_cap_answers_503_json_with_retry_after_and_frees_its_slot() -> None:
+    from telemetry_core.collector.app import _ConcurrencyCap
+
+    async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        release = asyncio.Event()
+
+        async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+            await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        cap = _ConcurrencyCap(slow_app, limit=1)
+        answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+        async def call() -> None:
+            parts: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                parts.append(message)
+
+            await cap(_asgi_scope(), receive, send)
+            start, *bodies = parts
+            body = b"".join(m.get("body", b"") for m in bodies)
+            answers.append((start["status"], dict(start["headers"]), body))
+
+        first = asyncio.create_task(call())
+        await asyncio.sleep(0)  # let the first request take the only slot
+        await asyncio.wait_for(call(), 5)  # refused at once, never waits for the first
+        assert cap.active == 1
+        release.set()
+        await asyncio.wait_for(first, 5)
+        await asyncio.wait_for(call(), 5)  # the slot is free again
+        assert cap.active == 0
+        return answers
+
+    refused, done, again = asyncio.run(scenario())
+    assert refused[0] == 503
+    assert refused[1][b"retry-after"] == b"1"
+    assert refused[1][b"connection"] == b"close"
+    assert refused[1][b"content-type"] == b"application/json"
+    assert json.loads(refused[2])["error"]["code"] == "overloaded"
+    assert (done[0], again[0]) == (200, 200)
+
+
+def _receive_from(messages: list[dict[str, Any]], *, then_block: bool = False) -> Any:
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        if then_block:
+            await asyncio.Event().wait()  # a client that stops sending
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _chunks(*sizes: int, last_done: bool = True) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "http.request",
+            "body": b"x" * n,
+            "more_body": not (last_done and i == len(sizes) - 1),
+        }
+        for i, n in enumerate(sizes)
+    ]
+
+
+def test_body_drain_reads_the_rest_within_the_byte_bound() -> None:
+    from telemetry_core.collector.app import _BodyStream
+
+    async def scenario() -> tuple[bool, int, bool, int]:
+        whole = _BodyStream(_receive_from(_chunks(100, 100, 100)))
+        ok = await whole.drain(300, 5)
+        over = _BodyStream(_receive_from(_chunks(100, 100, 100, 100)))
+        stopped = await over.drain(250, 5)
+        return ok, whole.received, stopped, over.received
+
+    ok, received, stopped, over_received = asyncio.run(scenario())
+    assert (ok, received) == (True, 300)
+    # Past the bound it stops reading (the connection is then closed).
+    assert (stopped, over_received) == (False, 300)
+
+
+def test_body_drain_stops_on_disconnect_and_on_its_deadline() -> None:
+    from telemetry_core.collector.app import _BodyStream
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        gone = _BodyStream(_receive_from(_chunks(10, last_done=False)))
+        stalled = _BodyStream(_receive_from(_chunks(10, last_done=False), then_block=True))
+        finished = _BodyStream(_receive_from([]))
+        finished.complete = True  # nothing left to read: returns without receiving
+        return (
+            await gone.drain(1000, 5),
+            await asyncio.wait_for(stalled.drain(1000, 0.01), 5),
+            await finished.drain(0, 0),
+        )
+
+    assert asyncio.run(scenario()) == (False, False, True)
+
+
+def test_413_mid_stream_drains_the_rest_then_closes(tmp_path: Path, clock: FakeClock) -> None:
+    # A body without Content-Length past the compressed cap is refused while it
+    # streams; the rest is read (the log says drained=yes) and the answer closes.
+    with make_client(tmp_path, clock, max_compressed_body_bytes=1000) as c:
+        chunks = iter([b"x" * 600, b"x" * 600, b"x" * 600])
+        response = c.post(
+            "/v1/submit",
+            content=chunks,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert response.headers["connection"] == "close"
+
+
+def test_settings_drain_bounds() -> None:
+    settings = CollectorSettings(api_keys=("k",))
+    assert settings.drain_bytes == 2 * 1000 * 16 * 1024
+    assert settings.drain_seconds == 5.0
+    short = CollectorSettings(api_keys=("k",), body_timeout_s=2.0, drain_max_bytes=0)
+    assert (short.drain_bytes, short.drain_seconds) == (0, 2.0)
+    with pytest.raises(ConfigError):
+        CollectorSettings(api_keys=("k",), drain_max_bytes=-1)
+    with pytest.raises(ConfigError):
+        CollectorSettings(api_keys=("k",), max_concurrent_requests=0)
