@@ -408,3 +408,100 @@ def test_fake_collector_runs_as_a_subprocess(tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == 0
     lines = events_file.read_bytes().splitlines()
     assert [msgspec.json.decode(line, type=Event).id for line in lines] == [e.id for e in events]
+
+
+# --- round 2 finding 1: a body over the collector's limits is never sent ---
+
+
+def incompressible_events(count: int, properties: int, seed: int = 7) -> list[Event]:
+    """Valid events of ``properties`` properties of 1,000 random letters each
+    (gzip shrinks them to about 0.6)."""
+    import random
+
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    return [
+        Event(
+            id=new_event_id(),
+            type="big_event",
+            timestamp=now_ms,
+            install_id="install-1",
+            app="demo",
+            properties={
+                f"p{j}": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=1000))
+                for j in range(properties)
+            },
+        )
+        for _ in range(count)
+    ]
+
+
+def test_body_over_the_compressed_cap_is_refused_locally(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    # 100 x 1,000 random letters: ~100 KB of JSON, ~60 KB gzipped; the defaults
+    # (5 MiB / 1 MiB) take it, a learned compressed cap of 32 KiB does not.
+    fake_collector.max_compressed_body_bytes = 32 * 1024
+    transport = make_transport(fake_collector)
+    events = incompressible_events(100, 1)
+    assert transport.server_info().limits.max_compressed_body_bytes == 32 * 1024
+    with pytest.raises(TransportError) as info:
+        transport.submit_batch(events)
+    error = info.value
+    assert (error.too_large, error.retryable, error.status) == (True, False, None)
+    assert "not sent" in str(error)
+    assert fake_collector.submit_requests == []  # nothing was put on the wire
+    assert transport.submit_batch(events[:25]).accepted == 25
+
+
+def test_body_over_the_decompressed_cap_is_refused_before_gzip(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    fake_collector.max_body_bytes = 50_000
+    transport = make_transport(fake_collector)
+    transport.server_info()
+    with pytest.raises(TransportError) as info:
+        transport.submit_batch(make_events(200, padding=500))  # compresses well, ~130 KB raw
+    assert (info.value.too_large, info.value.status) == (True, None)
+    assert "encode to" in str(info.value)
+    assert fake_collector.submit_requests == []
+
+
+def test_more_events_than_the_learned_batch_limit_are_refused_locally(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    fake_collector.max_events = 3
+    transport = make_transport(fake_collector)
+    transport.server_info()
+    with pytest.raises(TransportError) as info:
+        transport.submit_batch(make_events(4))
+    assert (info.value.too_large, info.value.status) == (True, None)
+    assert fake_collector.submit_requests == []
+
+
+def test_default_limits_apply_without_server_info(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    # 1,000 x 3 x 1,000 random letters: ~3 MB of JSON (under the default 5 MiB),
+    # ~1.8 MB gzipped, over the default 1 MiB as sent.
+    transport = make_transport(fake_collector)
+    with pytest.raises(TransportError) as info:
+        transport.submit_batch(incompressible_events(1000, 3))
+    assert (info.value.too_large, info.value.status) == (True, None)
+    assert "as sent" in str(info.value)
+    assert fake_collector.submit_requests == []
+
+
+def test_reset_on_a_large_body_stays_a_retryable_network_error(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    # The decision documented in _https_client: only the local cap splits; a
+    # reset, even on a body near the cap, is a network fault (never too_large,
+    # which would dead-letter a single event).
+    fake_collector.script(Reply(action="reset"))
+    transport = make_transport(fake_collector)
+    events = incompressible_events(900, 1)  # ~0.9 MB JSON, ~0.55 MB gzipped
+    with pytest.raises(TransportError, match="network error") as info:
+        transport.submit_batch(events)
+    assert (info.value.retryable, info.value.too_large, info.value.status) == (True, False, None)
+    assert transport.submit_batch(events).accepted == 900
