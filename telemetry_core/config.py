@@ -9,7 +9,6 @@ everything off, whatever else says.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -53,6 +52,8 @@ def is_loopback_host(host: str) -> bool:
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress  # only when an endpoint is checked: a CLI start may not need it
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -29,6 +29,7 @@ from telemetry_core.errors import StorageError
 from telemetry_core.models import Clock, QueueStats, SubmissionStats
 
 __all__ = [
+    "CACHE_SIZE_KIB",
     "DEFAULT_BUSY_TIMEOUT_MS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -38,6 +39,10 @@ __all__ = [
 
 #: How long a connection waits for another writer before failing, in milliseconds.
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
+#: SQLite page cache per connection, in KiB (SQLite's default is 2000 KiB). Each
+#: thread has its own connection and the queue's hot pages (the b-tree roots and
+#: the newest leaves) are few; the OS page cache holds the rest of the file.
+CACHE_SIZE_KIB: Final = 256
 #: The submission log keeps at most this many rows (the newest).
 SUBMISSION_LOG_LIMIT: Final = 10_000
 #: Config key of the anonymous install id.
@@ -297,6 +302,7 @@ class LocalStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA cache_size = {-CACHE_SIZE_KIB}")
         except sqlite3.Error as exc:
             conn.close()
             raise StorageError(f"cannot open telemetry database {self.path}: {exc}") from exc
@@ -372,6 +378,11 @@ class LocalStore:
         conn = self.connection()
         try:
             self._enable_wal(conn)
+            # The common case, a file already at this version, needs no write
+            # lock: one read of the header, and the layout check.
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+                self._check_layout(conn)
+                return
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 try:

@@ -180,12 +180,19 @@ def local_identifiers() -> tuple[str, ...]:
     They are masked wherever they appear in a string value; short names would
     mask ordinary words, so they are left to the patterns above.
     """
-    import contextlib
-    import getpass
-
     names: set[str] = set()
-    with contextlib.suppress(Exception):  # no user name is a fine answer here
-        names.add(getpass.getuser())
+    # getpass.getuser() reads these variables first; asking them directly spares
+    # a short CLI process the import of getpass (and termios) in most sessions.
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if user := os.environ.get(var):
+            names.add(user)
+            break
+    else:
+        import contextlib
+        import getpass
+
+        with contextlib.suppress(Exception):  # no user name is a fine answer here
+            names.add(getpass.getuser())
     if hasattr(os, "uname"):
         host = os.uname().nodename
     else:  # Windows

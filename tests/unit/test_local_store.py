@@ -15,6 +15,7 @@ import pytest
 from telemetry_core.config import read_stored_config
 from telemetry_core.errors import StorageError
 from telemetry_core.local_store import (
+    CACHE_SIZE_KIB,
     MIGRATIONS,
     SCHEMA_VERSION,
     SUBMISSION_LOG_LIMIT,
@@ -404,3 +405,33 @@ def test_forked_child_opens_its_own_connection(store: LocalStore) -> None:
     assert answer == b"ok"
     assert store.get_config("child") == "1"
     assert store.connection() is parent_conn
+
+
+def test_reopening_an_up_to_date_file_takes_no_write_lock(tmp_db_path: Path) -> None:
+    LocalStore(tmp_db_path).close()
+    writer = sqlite3.connect(tmp_db_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process is writing
+        # With a write transaction for the version check, this open would fail
+        # with "database is locked" after the (short) busy timeout.
+        again = LocalStore(tmp_db_path, busy_timeout_ms=10)
+        try:
+            assert again.schema_version() == SCHEMA_VERSION
+        finally:
+            again.close()
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_connections_use_a_small_page_cache(store: LocalStore) -> None:
+    per_thread: list[int] = []
+
+    def other() -> None:
+        per_thread.append(store.connection().execute("PRAGMA cache_size").fetchone()[0])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(10)
+    assert store.connection().execute("PRAGMA cache_size").fetchone()[0] == -CACHE_SIZE_KIB
+    assert per_thread == [-CACHE_SIZE_KIB]

@@ -306,3 +306,17 @@ def test_patterns_are_compiled_on_first_use_not_at_import() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["0", "0", "1", "1"]
+
+
+def test_local_identifiers_take_the_user_name_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("USER", "zelda-the-tester")
+    local_identifiers.cache_clear()
+    try:
+        assert "zelda-the-tester" in local_identifiers()
+    finally:
+        monkeypatch.undo()
+        local_identifiers.cache_clear()
