@@ -606,6 +606,9 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
+    # No 307 to the slash-less path: every unknown path gets the JSON 404, and
+    # a client never has to follow a redirect with its body.
+    app.router.redirect_slashes = False
     # Added first, so it runs inside the metrics middleware, which counts its 503s.
     app.add_middleware(_ConcurrencyCap, limit=settings.max_concurrent_requests)
     app.add_middleware(_RequestMetrics, metrics=metrics)

@@ -487,7 +487,7 @@ def _check(probe: Probe, answer: Answer, problems: list[str]) -> int:
         if not probe.may_close:
             problems.append(f"{label}: connection closed without an answer")
         return 0
-    if answer.status >= 500:
+    if answer.status >= 500 or 300 <= answer.status < 400:
         problems.append(f"{label}: {answer.status} {answer.body[:200]!r}")
         return 0
     if answer.status >= 400:

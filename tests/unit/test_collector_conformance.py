@@ -206,3 +206,9 @@ def test_unexpected_error_is_a_json_500(tmp_path: Path) -> None:
     with TestClient(_app(BrokenStatsStore(tmp_path / "c.db")), raise_server_exceptions=False) as c:
         response = admin_get(c, "/v1/stats")
     assert_error(response, 500, "internal_error")
+
+
+def test_a_trailing_slash_is_a_json_404_not_a_redirect(client: TestClient) -> None:
+    answer = client.post("/v1/submit/", content=b"{}", follow_redirects=False)
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "not_found"
