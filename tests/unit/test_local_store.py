@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,15 +179,39 @@ def test_corrupt_database_raises_storage_error(tmp_db_path: Path) -> None:
         LocalStore(tmp_db_path)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
-def test_unwritable_location_raises_storage_error(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
+def _open_in_unwritable_dir(parent: Path) -> bytes:
+    locked = parent / "locked"
     try:
-        with pytest.raises(StorageError, match="locked"):
-            LocalStore(locked / "sub" / "telemetry.db")
+        LocalStore(locked / "sub" / "telemetry.db")
+    except StorageError as exc:
+        return b"StorageError" if "locked" in str(exc) else b"StorageError without the path"
+    return b"opened"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions")
+def test_unwritable_location_raises_storage_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        try:
+            assert _open_in_unwritable_dir(tmp_path) == b"StorageError"
+        finally:
+            (tmp_path / "locked").chmod(0o700)
+        return
+    # Root ignores permissions: a forked child drops to nobody first, in a
+    # directory it may enter (pytest's tmp dirs are 0700 root-only).
+    parent = Path(tempfile.mkdtemp(prefix="tc-perm-", dir="/tmp"))
+    try:
+        parent.chmod(0o755)
+        (parent / "locked").mkdir(mode=0o555)
+
+        def as_nobody() -> bytes:
+            os.setgid(65534)
+            os.setuid(65534)
+            return _open_in_unwritable_dir(parent)
+
+        assert in_forked_child(as_nobody) == b"StorageError"
     finally:
-        locked.chmod(0o700)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_a_file_where_the_directory_should_be_raises_storage_error(tmp_path: Path) -> None:
