@@ -355,8 +355,8 @@ class LocalStore:
                 holder.conn.close()
 
     def purge(self) -> None:
-        """Close the store and delete the database with its ``-wal`` and ``-shm``
-        files. The store cannot be used afterwards."""
+        """Close the store and delete the database with its ``-wal``, ``-shm`` and
+        ``-journal`` files. The store cannot be used afterwards."""
         self._purged = True
         self.close()
         for suffix in ("", "-wal", "-shm", "-journal"):

@@ -107,7 +107,7 @@ class ExponentialJitterBackoff:
         if retry_after is not None and not math.isnan(retry_after):
             return min(max(retry_after, 0.0), self.max_retry_after)
         exponent = min(max(retry_count, 0), _MAX_EXPONENT)
-        nominal = self.base_delay * 2.0**exponent  # may be inf: min() below caps it
+        nominal = self.base_delay * 2.0**exponent  # may be inf: the cap check below catches it
         if nominal * (1.0 - JITTER) >= self.max_delay:
             return self.max_delay  # even the lowest jitter lands above the cap
         delay = nominal * (1.0 + JITTER * (2.0 * self._rng.random() - 1.0))

@@ -62,7 +62,7 @@ class TokenBucket:
 
     def _refill(self) -> float:
         # Caller holds the lock. A clock that went backwards adds nothing
-        # (max(..., 0)) and re-anchors ``_last`` to the new reading.
+        # (elapsed <= 0) and re-anchors ``_last`` to the new reading.
         now = self._clock()
         elapsed = now - self._last
         self._last = now
