@@ -237,7 +237,8 @@ class CycleResult:
     dead-lettered); ``more`` says another batch is probably due right now;
     ``wait`` is how long the loop should sleep before trying again; ``reason``
     is a short word for logs and tests: ``sent``, ``empty``, ``paused``,
-    ``offline``, ``rate_limited``, ``retry``, ``stopping``.
+    ``offline``, ``rate_limited``, ``retry``, ``stopping`` or (a cycle that
+    raised, in the background loop) ``error``.
     """
 
     handled: int
@@ -259,6 +260,11 @@ class SubmissionWorker:
     :param limiter: the submission rate limit (events per minute).
     :param clock: wall clock in seconds (pauses, the submission log).
     :param monotonic: monotonic clock in seconds (latencies).
+    :param thread_setup: called once in the background thread before its first
+        cycle (the service raises that thread's SQLite busy timeout); an error
+        is logged at debug level and ignored.
+    :param after_cycle: called in the background thread after each cycle unless
+        stopping (the service writes its in-memory counters there).
     """
 
     def __init__(
