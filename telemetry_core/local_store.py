@@ -517,7 +517,7 @@ class LocalStore:
             conn.execute(_INCREMENT_SQL, (name, n))
 
     def counters(self) -> dict[str, int]:
-        """Every counter by name (``queue.size``, ``dropped.queue_full``, ...)."""
+        """Every counter by name (``queue.holes``, ``dropped.queue_full``, ...)."""
         rows = self._read("SELECT name, value FROM telemetry_counters ORDER BY name")
         return {str(k): int(v) for k, v in rows}
 

@@ -67,8 +67,8 @@ class QueueStats:
     or leased to a sender); ``due`` those that may be dequeued now; ``leased``
     those claimed by a sender whose lease has not expired; ``dead`` those past
     ``max_retries``, kept locally but not resent. ``dropped`` counts entries
-    removed without delivery, by reason (``"queue_full"``, ``"retention"``,
-    ``"rejected"``).
+    removed without delivery, by reason (the bundled storage writes
+    ``"queue_full"`` and ``"retention"``).
     """
 
     pending: int
