@@ -46,6 +46,7 @@ from telemetry_core.collector.aggregation import (
     hour_of,
 )
 from telemetry_core.collector.store import (
+    HOUR_MS,
     CommitObserver,
     IngestOutcome,
     StatsData,
@@ -393,7 +394,7 @@ class PostgresStore:
             where.append("type = %s")
             args.append(query.event_type)
         cond = " AND ".join(where)
-        grain = DAY_MS if query.bucket == "day" else 3_600_000
+        grain = DAY_MS if query.bucket == "day" else HOUR_MS
         try:
             with self._pool.connection() as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -455,7 +455,7 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
         where.append("type = ?")
         args.append(query.event_type)
     cond = " AND ".join(where)
-    grain = 86_400_000 if query.bucket == "day" else 3_600_000
+    grain = DAY_MS if query.bucket == "day" else HOUR_MS
     # as_uri() percent-encodes '?', '#' and '%' so they stay part of the path.
     uri = f"{path.absolute().as_uri()}?mode=ro"
     try:
