@@ -81,11 +81,6 @@ class AdminAuth:
         self._not_after_issue = -1  # sessions issued at or before this are refused
         self._lock = threading.Lock()
 
-    @property
-    def enabled(self) -> bool:
-        """False when no admin token is configured: admin endpoints then refuse everyone."""
-        return self._token is not None
-
     def check_token(self, presented: str | None) -> bool:
         """True when ``presented`` is the admin token."""
         if self._token is None or presented is None:
