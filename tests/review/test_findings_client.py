@@ -1,8 +1,8 @@
-"""Failing reproductions of the client review findings (tests/review/FINDINGS-client.md).
+"""Regression tests of the client review's findings (tests/review/FINDINGS-client.md).
 
-Each test states the behaviour DESIGN §4-§8 asks for and is marked
-``xfail(strict=True)`` while the defect stands: when an owner fixes it, the test
-passes, strict xfail turns that into a failure, and the mark should be removed.
+Each test states the behaviour DESIGN §4-§8 asks for. They were written as
+``xfail(strict=True)`` reproductions while the defects stood; every finding is
+fixed now, the marks are gone, and they guard against a relapse.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Reproductions of the collector review's findings (tests/review/FINDINGS-collector.md).
 
-Each test states the behaviour the collector should have and is marked
-``xfail(strict=True)`` while the defect is there: when a fix lands, the test
-passes, strict xfail turns that into a failure, and the marker must go.
+Each test states the behaviour the collector should have. They were written as
+``xfail(strict=True)`` reproductions while the defects stood; the marks are gone
+now that the findings are fixed.
 
 Findings 1-9 and 11-14 are fixed; their regression tests now live with the
 collector's own tests (tests/unit/test_collector_app.py, test_collector_ingest.py,

@@ -1,4 +1,4 @@
-"""Failing reproductions of the round-2 acceptance findings (tests/review/FINDINGS-round2.md).
+"""Regression tests of the round-2 acceptance findings (tests/review/FINDINGS-round2.md).
 
 Each test states the behaviour DESIGN §4-§7 asks for; both findings are
 fixed, so the ``xfail(strict=True)`` marks are gone. Both drive a real
