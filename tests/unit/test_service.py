@@ -395,6 +395,29 @@ def test_enable_and_disable_persist_consent(tmp_path: Path) -> None:
     assert not TelemetryConfig.from_env(app="demo", db_path=config.db_path, environ={}).enabled
 
 
+def test_enable_and_disable_remote_submission_persist_and_update_config(tmp_path: Path) -> None:
+    config = make_config(tmp_path, transport="fake")
+    rig = Rig(config)
+    service = rig.service
+    assert service.config.recording and not service.config.sending
+    service.enable_remote_submission("https://127.0.0.1:9/v1/submit")
+    assert service.config.remote_enabled and service.config.sending
+    assert service.config.endpoint == "https://127.0.0.1:9/v1/submit"
+    stored = dict(rig.rows("SELECT key, value FROM telemetry_config"))
+    assert stored["enabled"] == "true"
+    assert stored["remote-enabled"] == "true"
+    assert stored["remote-endpoint"] == "https://127.0.0.1:9/v1/submit"
+    assert TelemetryConfig.from_env(app="demo", db_path=config.db_path, environ={}).sending
+    service.disable_remote_submission()
+    assert service.config.recording and not service.config.remote_enabled
+    assert not service.config.sending
+    stored = dict(rig.rows("SELECT key, value FROM telemetry_config"))
+    assert stored["remote-enabled"] == "false" and stored["enabled"] == "true"
+    service.close()
+    again = TelemetryConfig.from_env(app="demo", db_path=config.db_path, environ={})
+    assert again.recording and not again.remote_enabled
+
+
 def test_enable_rejects_a_bad_endpoint_before_writing(tmp_path: Path) -> None:
     config = make_config(tmp_path, enabled=False)
     service = TelemetryService(config)
