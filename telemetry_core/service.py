@@ -62,6 +62,7 @@ import attrs
 import msgspec
 
 from telemetry_core import privacy
+from telemetry_core._forksafe import fork_guard, guarded
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
@@ -84,7 +85,7 @@ from telemetry_core.schema import (
     new_event_id,
     validate_event,
 )
-from telemetry_core.worker import SHUTDOWN_GRACE, SubmissionWorker, fork_guard, guarded
+from telemetry_core.worker import SHUTDOWN_GRACE, SubmissionWorker
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig

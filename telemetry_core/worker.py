@@ -34,9 +34,8 @@ import logging
 import math
 import threading
 import time
-import types
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
@@ -50,158 +49,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CycleResult",
-    "ForkGuard",
     "SubmissionLog",
     "SubmissionWorker",
-    "fork_guard",
-    "guarded",
 ]
-
-T = TypeVar("T")
 
 logger = logging.getLogger("telemetry_core")
 
 #: Ceiling on one wait of the background loop, so that a clock jump or a huge
 #: ``Retry-After`` never parks the thread for longer than this between checks.
-MAX_WAIT = 3600.0
+MAX_LOOP_WAIT = 3600.0
 #: Extra wait in :meth:`SubmissionWorker.stop` for a thread inside a local
 #: (non-network) call or the first call of a new transport, which end quickly.
 SHUTDOWN_GRACE: Final = 1.0
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
-
-
-class ForkGuard:
-    """Keeps ``os.fork()`` from happening while a thread is inside SQLite.
-
-    SQLite's internal mutexes are not fork-safe: a child forked while another
-    thread holds one (opening a file, committing, closing) deadlocks on its
-    first connection. Database calls of the service and the worker run in a
-    :meth:`section`; :meth:`before_fork` waits (bounded by ``max_wait``) until
-    no section is active and holds new ones off until the fork is done.
-    Sections never span network I/O, so the wait is short.
-
-    :param max_wait: longest wait in :meth:`before_fork` for running sections
-        before forking anyway (default :attr:`MAX_WAIT`).
-    """
-
-    #: Default longest wait for running sections before forking anyway.
-    MAX_WAIT: Final = 5.0
-
-    def __init__(self, max_wait: float = MAX_WAIT) -> None:
-        self.max_wait = max_wait
-        self._cond = threading.Condition(threading.Lock())
-        self._active = 0
-        self._forking = False
-        self._section = _Section(self)
-
-    @property
-    def active(self) -> int:
-        """How many sections are running now."""
-        return self._active
-
-    @property
-    def forking(self) -> bool:
-        """True from :meth:`before_fork` until the fork is done."""
-        return self._forking
-
-    def section(self) -> _Section:
-        """Mark the block (``with guard.section():``) as touching SQLite.
-
-        The returned context manager is stateless and reentrant; one object is
-        shared by every caller (a plain class, not a generator: it sits on
-        every event's path).
-        """
-        return self._section
-
-    def _enter(self) -> None:
-        cond = self._cond
-        with cond:
-            while self._forking:
-                cond.wait()
-            self._active += 1
-
-    def _exit(self) -> None:
-        cond = self._cond
-        with cond:
-            self._active -= 1
-            if self._forking and not self._active:
-                cond.notify_all()
-
-    def before_fork(self) -> None:
-        """Wait for active sections to end; keep the guard held across fork()."""
-        cond = self._cond
-        cond.acquire()
-        self._forking = True
-        deadline = time.monotonic() + self.max_wait
-        while self._active and (remaining := deadline - time.monotonic()) > 0:
-            cond.wait(remaining)
-
-    def after_fork_in_parent(self) -> None:
-        """Let sections run again."""
-        self._forking = False
-        self._cond.notify_all()
-        self._cond.release()
-
-    def after_fork_in_child(self) -> None:
-        """Start afresh: the parent's other threads do not exist here."""
-        self._cond = threading.Condition(threading.Lock())
-        self._active = 0
-        self._forking = False
-
-
-class _Section:
-    """The context manager of :meth:`ForkGuard.section`."""
-
-    __slots__ = ("_guard",)
-
-    def __init__(self, guard: ForkGuard) -> None:
-        self._guard = guard
-
-    def __enter__(self) -> None:
-        self._guard._enter()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._guard._exit()
-
-
-#: The process-wide guard (its fork hooks are installed by the service).
-fork_guard = ForkGuard()
-
-
-class _Guarded:
-    """Runs every method call of ``target`` inside a :data:`fork_guard` section."""
-
-    def __init__(self, target: object) -> None:
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            guard = fork_guard
-            guard._enter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                guard._exit()
-
-        if isinstance(attr, types.MethodType):
-            # A method stays what it is: the next lookup of the name finds
-            # the wrapper without __getattr__.
-            self.__dict__[name] = call
-        return call
-
-    def __repr__(self) -> str:
-        return f"guarded({self._target!r})"
-
-
-def guarded(target: T) -> T:
-    """``target`` with each method call run in a :data:`fork_guard` section."""
-    return cast(T, _Guarded(target))
 
 
 class SubmissionLog(Protocol):
@@ -414,7 +276,7 @@ class SubmissionWorker:
                 self._busy = None
             if cycle.more:
                 continue
-            wait = min(max(cycle.wait, 0.0), MAX_WAIT)
+            wait = min(max(cycle.wait, 0.0), MAX_LOOP_WAIT)
             if self._wake.wait(wait):
                 self._wake.clear()
 

@@ -22,13 +22,13 @@ import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
 from telemetry_core import service as service_module
+from telemetry_core._forksafe import ForkGuard
 from telemetry_core.errors import ConfigError, EventRejected, TransportError
 from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import SubmissionResult
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import local_identifiers
 from telemetry_core.schema import MAX_PROPERTIES, Event
-from telemetry_core.worker import ForkGuard
 from telemetry_core_plugins.sqlite_storage import SQLiteQueue
 from tests.unit.test_worker import FakeClock, FakeTransport, FakeTransportPlugin
 
