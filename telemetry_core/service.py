@@ -63,6 +63,14 @@ import msgspec
 
 from telemetry_core import privacy
 from telemetry_core._forksafe import fork_guard, guarded
+from telemetry_core._retention import (
+    CLEANUP_EVERY,
+    CLEANUP_PAGE,
+    DAY,
+    LAST_CLEANUP_KEY,
+    Cleaner,
+    clean,
+)
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
@@ -85,7 +93,7 @@ from telemetry_core.schema import (
     new_event_id,
     validate_event,
 )
-from telemetry_core.worker import SHUTDOWN_GRACE, SubmissionWorker
+from telemetry_core.worker import SubmissionWorker
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -103,20 +111,10 @@ __all__ = [
 
 logger = logging.getLogger("telemetry_core")
 
-#: Retention cleanup runs when the store opens, at most this often (seconds).
-CLEANUP_EVERY: Final = 24 * 3600.0
-#: Events the retention cleanup looks at per step (one short write transaction
-#: per step that found something to delete).
-CLEANUP_PAGE: Final = 5000
-#: Most steps one cleanup takes (5000 x 20,000 = 100M stored events).
-_CLEANUP_MAX_PAGES: Final = 20_000
 #: Scrubbing verdicts remembered per service (cleared when full); string values
 #: longer than _SCRUB_CACHE_VALUE_LENGTH are never remembered.
 _SCRUB_CACHE_SIZE: Final = 2048
 _SCRUB_CACHE_VALUE_LENGTH: Final = 256
-#: Stored-config key holding the time of the last retention cleanup.
-_LAST_CLEANUP_KEY: Final = "last-cleanup"
-_DAY: Final = 24 * 3600.0
 #: How long app-facing calls wait for another process's write lock (milliseconds).
 APP_BUSY_TIMEOUT_MS: Final = 200
 #: How long the worker and submit_now() wait for it (milliseconds).
@@ -207,105 +205,6 @@ class _Opened:
     scrubbed_clean: bool
 
 
-def _clean(opened: _Opened, older_than: float, stop: threading.Event | None) -> int | None:
-    """Delete what was recorded before ``older_than``, in steps of
-    :data:`CLEANUP_PAGE` events when the storage offers ``cleanup_page``;
-    return how many events went, or None when ``stop`` was set first."""
-    page = getattr(opened.storage, "cleanup_page", None)
-    if page is None:  # a third-party storage: one call
-        return int(opened.storage.cleanup(older_than))
-    removed = 0
-    after: str | None = ""
-    for _ in range(_CLEANUP_MAX_PAGES):
-        if stop is not None and stop.is_set():
-            return None
-        after, n = page(older_than, after, CLEANUP_PAGE)
-        removed += n
-        if after is None:
-            break
-    return removed
-
-
-class _Cleaner:
-    """The retention cleanup of an open store, in a one-shot daemon thread.
-
-    It runs off the app's threads because it scans every stored event (there
-    is no index on the recording time, which keeps each record at two written
-    pages). Each step holds the write lock only to delete what it found.
-    :meth:`stop` interrupts the SQLite statement in progress, so the thread
-    ends at once; an unfinished cleanup is not marked done and runs again at
-    the next open.
-    """
-
-    def __init__(self, service: TelemetryService, opened: _Opened, now: float) -> None:
-        self._service = service
-        self._opened = opened
-        self._now = now
-        self._stop = threading.Event()
-        self._conn: sqlite3.Connection | None = None
-        self._thread = threading.Thread(
-            target=self._run, name="telemetry-core-cleanup", daemon=True
-        )
-
-    @property
-    def running(self) -> bool:
-        """True while the thread is alive."""
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def join(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for the cleanup to end; True if it did."""
-        self._thread.join(max(timeout, 0.0))
-        return not self._thread.is_alive()
-
-    def stop(self, timeout: float) -> bool:
-        """Interrupt the cleanup and wait at most ``timeout`` seconds (plus a
-        short grace for the interrupted statement); True if the thread ended."""
-        self._stop.set()
-        thread = self._thread
-        if thread is threading.current_thread():
-            return True
-        # Interrupted again and again: an interrupt that comes between two
-        # statements is lost, the next statement would run in full.
-        deadline = time.monotonic() + max(timeout, 0.0) + (SHUTDOWN_GRACE if timeout > 0 else 0.0)
-        for _ in range(100_000):  # bounded by the deadline long before this
-            conn = self._conn
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.interrupt()
-            remaining = deadline - time.monotonic()
-            if self.join(min(0.01, remaining)) or remaining <= 0:
-                break
-        return not thread.is_alive()
-
-    def _run(self) -> None:
-        opened = self._opened
-        service = self._service
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = opened.store.connection()
-            with fork_guard.section():
-                # A background step may wait for a lock like the worker.
-                conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
-            self._conn = conn
-            cutoff = self._now - service.config.retention_days * _DAY
-            if _clean(opened, cutoff, self._stop) is not None and not self._stop.is_set():
-                opened.store.set_config(_LAST_CLEANUP_KEY, repr(self._now))
-        except Exception as exc:
-            if not self._stop.is_set():
-                service._warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
-        finally:
-            self._conn = None
-            if conn is not None:
-                # This thread's connection, closed here (not by the garbage
-                # collector at some later point, outside a fork-guard section).
-                with fork_guard.section(), contextlib.suppress(sqlite3.Error):
-                    conn.close()
-
-
 class TelemetryService:
     """Record anonymous usage events locally and submit them in the background.
 
@@ -361,7 +260,7 @@ class TelemetryService:
         # A worker that close() could not stop in time (still inside a call):
         # the at-exit hook waits for it again before the process exits.
         self._stray: SubmissionWorker | None = None
-        self._cleaner: _Cleaner | None = None
+        self._cleaner: Cleaner | None = None
         # Verdicts of the bundled scrubber by property (key, or key and string
         # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
         self._scrub_cache: dict[object, object] = {}
@@ -595,7 +494,7 @@ class TelemetryService:
         """Start the retention cleanup in the background when one is due."""
         try:
             now = self._clock()
-            last = opened.store.get_config(_LAST_CLEANUP_KEY)
+            last = opened.store.get_config(LAST_CLEANUP_KEY)
         except Exception as exc:
             if self._config.strict:
                 raise
@@ -610,7 +509,14 @@ class TelemetryService:
         cleaner = self._cleaner
         if cleaner is not None and cleaner.running:
             return
-        self._cleaner = _Cleaner(self, opened, now)
+        self._cleaner = Cleaner(
+            store=opened.store,
+            storage=opened.storage,
+            now=now,
+            cutoff=now - self._config.retention_days * DAY,
+            busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
+            warn=self._warn_once,
+        )
         self._cleaner.start()
 
     def _open_reader(self) -> _Opened:
@@ -1099,8 +1005,8 @@ class TelemetryService:
         if opened is None:
             return 0
         now = self._clock()
-        removed = _clean(opened, now - self._config.retention_days * _DAY, None) or 0
-        opened.store.set_config(_LAST_CLEANUP_KEY, repr(now))
+        removed = clean(opened.storage, now - self._config.retention_days * DAY, None) or 0
+        opened.store.set_config(LAST_CLEANUP_KEY, repr(now))
         return removed
 
     def _open_existing(self, *, write: bool = False) -> _Opened | None:

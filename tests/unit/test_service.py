@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core import _retention as retention_module
 from telemetry_core import service as service_module
 from telemetry_core._forksafe import ForkGuard
 from telemetry_core.errors import ConfigError, EventRejected, TransportError
@@ -515,7 +516,7 @@ def test_track_never_runs_the_cleanup_on_the_callers_thread(
 def test_cleanup_deletes_in_pages_with_their_queue_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "CLEANUP_PAGE", 4)
+    monkeypatch.setattr(retention_module, "CLEANUP_PAGE", 4)
     removed: list[int] = []
     real = SQLiteQueue.cleanup_page
 
