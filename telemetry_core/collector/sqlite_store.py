@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
 __all__ = ["CLEANUP_CHUNK", "SQLiteStore", "read_stats_file"]
+
+log = logging.getLogger("telemetry_core.collector")
 
 #: Raw events deleted per retention transaction; batches waiting commit between chunks.
 CLEANUP_CHUNK = 5000
@@ -174,6 +177,7 @@ class SQLiteStore:
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._wake_queued = False
         self._observers: list[CommitObserver] = []
+        self._observer_failed = False
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = False
         try:
@@ -298,6 +302,11 @@ class SQLiteStore:
             self._counters.clear()
         return counters
 
+    def _restore_counters(self, counters: Mapping[tuple[int, str], int]) -> None:
+        with self._lock:
+            for key, n in counters.items():
+                self._counters[key] += n
+
     def _commit_group(self, batches: list[_Batch]) -> None:
         counters = self._take_counters()
         if not batches and not counters:
@@ -306,31 +315,50 @@ class SQLiteStore:
         outcomes: list[IngestOutcome] = []
         error: BaseException | None = None
         n_events = sum(len(b.events) for b in batches)
+        # _write_group adds the group's duplicates to this copy; a failed commit
+        # gives back only the buffered counters, the duplicates were never stored.
+        written = dict(counters)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = self._write_group(batches, counters)
+                outcomes = self._write_group(batches, written)
                 self._conn.executemany(
-                    _UPSERT_COUNTER, [(hour, name, n) for (hour, name), n in counters.items()]
+                    _UPSERT_COUNTER, [(hour, name, n) for (hour, name), n in written.items()]
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             error = StorageError(f"commit failed: {exc}")
+        except Exception:
+            # Any other failure must not end the writer thread: every waiting
+            # ingest would hang. The log names the failure, never event data.
+            log.exception("collector writer failed to commit batches=%d", len(batches))
+            error = StorageError("commit failed: internal error in the writer")
+        if error is not None:
             outcomes = []
+            self._restore_counters(counters)
         elapsed = time.perf_counter() - started
         with self._lock:
             self._pending_events -= n_events
         if error is None:
-            for observer in self._observers:
-                with contextlib.suppress(Exception):
-                    observer(elapsed, n_events)
+            self._notify_observers(elapsed, n_events)
         for i, batch in enumerate(batches):
             value = outcomes[i] if error is None else None
             with contextlib.suppress(RuntimeError):  # loop already closed
                 batch.loop.call_soon_threadsafe(_resolve, batch.future, value, error)
+
+    def _notify_observers(self, elapsed: float, n_events: int) -> None:
+        """Call the commit observers; a failing one is logged once, never fatal."""
+        for observer in self._observers:
+            try:
+                observer(elapsed, n_events)
+            except Exception:
+                if not self._observer_failed:
+                    self._observer_failed = True
+                    log.exception("commit observer failed (further failures are not logged)")
 
     def _write_group(
         self, batches: list[_Batch], counters: dict[tuple[int, str], int]
@@ -426,6 +454,10 @@ class SQLiteStore:
                 ).rowcount
             except sqlite3.Error as exc:
                 error = StorageError(f"cleanup failed: {exc}")
+                break
+            except Exception:
+                log.exception("collector writer failed to run retention")
+                error = StorageError("cleanup failed: internal error in the writer")
                 break
             job.deleted += count
             if count < job.chunk:

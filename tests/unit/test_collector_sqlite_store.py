@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +299,95 @@ def test_a_batch_larger_than_one_insert_is_stored_whole(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (250,)
         assert conn.execute("SELECT SUM(count) FROM rollups").fetchone() == (250,)
     conn.close()
+
+
+def _fail_once(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> tuple[threading.Event, list[int]]:
+    """Make the writer's ``hour_increments`` raise ``error`` on its first call."""
+    from telemetry_core.collector import sqlite_store
+
+    real = sqlite_store.hour_increments
+    failed = threading.Event()
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            failed.set()
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite_store, "hour_increments", flaky)
+    return failed, calls
+
+
+def test_a_non_sqlite_error_fails_the_group_and_keeps_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fail_once(monkeypatch, RuntimeError("boom"))
+    first, second = make_events(3), make_events(2, ts=T0 + 10)
+
+    async def run() -> tuple[int, dict[str, object]]:
+        store = SQLiteStore(tmp_path / "c.db")
+        with pytest.raises(StorageError, match="internal error"):
+            await asyncio.wait_for(store.ingest(first, T0), 10)
+        assert store.queue_depth == 0
+        outcome = await asyncio.wait_for(store.ingest(second, T0), 10)
+        stats = await store.stats(StatsQuery())
+        await store.close()
+        return outcome.accepted, stats
+
+    with caplog.at_level(logging.ERROR, logger="telemetry_core.collector"):
+        accepted, stats = asyncio.run(run())
+    assert accepted == 2
+    totals = stats["totals"]
+    assert isinstance(totals, dict)
+    assert totals["count"] == 2  # the failed group was rolled back
+    assert any("writer failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "error", [sqlite3.OperationalError("disk I/O error"), RuntimeError("boom")]
+)
+def test_counters_survive_a_failed_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    failed, calls = _fail_once(monkeypatch, error)
+
+    async def run() -> dict[str, object]:
+        store = SQLiteStore(tmp_path / "c.db")
+        await store.record_outcomes(rejected={"pii": 2}, throttled=7, received_ms=T0)
+        # the wake-up commit carries only the counters and fails
+        assert await asyncio.to_thread(failed.wait, 10)
+        await asyncio.wait_for(store.ingest(make_events(1), T0), 10)
+        stats = await store.stats(StatsQuery())
+        await store.close()
+        return stats
+
+    stats = asyncio.run(run())
+    assert len(calls) >= 2
+    totals = stats["totals"]
+    assert isinstance(totals, dict)
+    assert totals["throttled"] == 7
+    assert totals["rejected_by_code"] == {"pii": 2}
+
+
+def test_a_failing_commit_observer_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_seconds: float, _events: int) -> None:
+        raise ValueError("observer bug")
+
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "c.db")
+        store.add_commit_observer(broken)
+        await store.ingest(make_events(1), T0)
+        await store.ingest(make_events(1, ts=T0 + 5), T0)
+        await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="telemetry_core.collector"):
+        asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records].count(
+        "commit observer failed (further failures are not logged)"
+    ) == 1
