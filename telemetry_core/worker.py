@@ -361,7 +361,9 @@ class SubmissionWorker:
         busy, self._busy = self._busy, "network" if self._transport_ready else "setup"
         try:
             return bool(self._transport.ping())
-        except Exception:
+        except Exception as exc:
+            # The type only: a message could quote the request (and its key).
+            logger.debug("telemetry-core: transport ping failed: %s", type(exc).__name__)
             return False
         finally:
             self._transport_ready = True

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import logging
 import math
 import ssl
 import threading
@@ -82,6 +83,8 @@ __all__ = [
     "HttpsClient",
     "parse_retry_after",
 ]
+
+logger = logging.getLogger("telemetry_core")
 
 #: Statuses after which the same batch is sent again (DESIGN §7).
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
@@ -393,7 +396,9 @@ class HttpsClient:
             status, _, _ = self._request(
                 "GET", f"{self._base}/ping", timeout=min(self._timeout, PING_TIMEOUT)
             )
-        except Exception:
+        except Exception as exc:
+            # The type only: a message could quote the request (and its key).
+            logger.debug("telemetry-core: GET /ping failed: %s", type(exc).__name__)
             return False
         return 200 <= status < 300
 

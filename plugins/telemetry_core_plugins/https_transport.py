@@ -9,6 +9,7 @@ imports urllib3. See that module for how each answer maps to
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from telemetry_core_plugins._https_client import HttpsClient
 
 __all__ = ["NAME", "HttpsTransport"]
+
+logger = logging.getLogger("telemetry_core")
 
 #: The name configuration selects this provider by (``transport = "https"``).
 NAME: Final = "https"
@@ -100,7 +103,9 @@ class HttpsTransport:
         """True when ``GET /ping`` answers 2xx; never raises."""
         try:
             return self._get_client().ping()
-        except Exception:
+        except Exception as exc:
+            # The type only: a message could quote the request (and its key).
+            logger.debug("telemetry-core: https ping failed: %s", type(exc).__name__)
             return False
 
     def server_info(self) -> ServerInfo:

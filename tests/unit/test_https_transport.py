@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,25 @@ def test_ping_never_raises(tmp_path: Path) -> None:
     transport = HttpsTransport(config(tmp_path, endpoint="https://127.0.0.1:9/v1/submit"))
     assert transport.ping() is False
     transport.close()
+
+
+def test_ping_failures_log_the_exception_type_but_never_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = HttpsTransport(config(tmp_path, endpoint="https://127.0.0.1:9/v1/submit"))
+    with caplog.at_level(logging.DEBUG, logger="telemetry_core"):
+        assert transport.ping() is False  # refused, inside the client
+
+        def broken() -> object:
+            raise RuntimeError(f"cannot build a client for {KEY}")
+
+        transport._get_client = broken  # type: ignore[method-assign]
+        assert transport.ping() is False  # raised before the client
+    transport.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("GET /ping failed" in m for m in messages)
+    assert "telemetry-core: https ping failed: RuntimeError" in messages
+    assert all(KEY not in m for m in messages)
 
 
 def test_close_before_use_is_harmless(tmp_path: Path) -> None:

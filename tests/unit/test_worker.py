@@ -371,6 +371,25 @@ def test_network_error_goes_offline_until_ping(rig: Rig) -> None:
     assert rig.transport.pings == [False, True] and not rig.worker.offline
 
 
+def test_a_ping_that_raises_counts_as_offline_and_logs_its_type(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.storage.add(1)
+    rig.transport.script.append(TransportError("refused", retryable=True))
+    rig.worker.run_once()
+    rig.clock.now += 10
+
+    def raising() -> bool:
+        raise OSError("secret-api-key in a message")
+
+    rig.transport.ping = raising  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG, logger="telemetry_core"):
+        assert rig.worker.run_once().reason == "offline"
+    messages = [record.getMessage() for record in caplog.records]
+    assert "telemetry-core: transport ping failed: OSError" in messages
+    assert all("secret-api-key" not in m for m in messages)
+
+
 def test_failures_grow_the_pause(rig: Rig) -> None:
     rig.storage.add(1)
     pauses = []
