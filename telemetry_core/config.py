@@ -34,6 +34,7 @@ __all__ = [
     "env_prefix",
     "is_loopback_host",
     "read_stored_config",
+    "validate_endpoint",
 ]
 
 _APP_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
@@ -91,6 +92,13 @@ def _validate_endpoint(endpoint: str | None) -> None:
             "endpoint",
             f"plain http is only allowed to loopback addresses, use https for {host!r}",
         )
+
+
+def validate_endpoint(endpoint: str | None) -> None:
+    """Raise :class:`ConfigError` (setting ``endpoint``) unless ``endpoint`` is
+    None or a submit URL the configuration accepts: ``https://`` (``http://``
+    only to loopback) with a host and no credentials."""
+    _validate_endpoint(endpoint)
 
 
 def _positive(setting: str, *, allow_zero: bool = False) -> Callable[[Any, Any, Any], None]:

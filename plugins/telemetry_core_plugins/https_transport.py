@@ -14,9 +14,8 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
-from telemetry_core.config import is_loopback_host
+from telemetry_core.config import validate_endpoint
 from telemetry_core.errors import ConfigError
 from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import ProviderInfo
@@ -38,16 +37,8 @@ NAME: Final = "https"
 def _check_endpoint(endpoint: str | None) -> str:
     if not endpoint:
         raise ConfigError("endpoint", "the https transport needs an endpoint URL")
-    try:
-        parts = urlsplit(endpoint)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError as exc:
-        raise ConfigError("endpoint", f"{exc} in {endpoint!r}") from None
-    if not host or parts.scheme not in ("https", "http"):
-        raise ConfigError("endpoint", f"expected an https:// URL with a host, got {endpoint!r}")
-    if parts.scheme == "http" and not is_loopback_host(host):
-        raise ConfigError("endpoint", f"plain http is only allowed to loopback, not {host!r}")
+    # The configuration's own check, again: a config object may bypass it.
+    validate_endpoint(endpoint)
     return endpoint
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from telemetry_core.errors import StorageError
+from telemetry_core.errors import ConfigError, StorageError
 from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import ProviderInfo, QueuedEvent, QueueStats
 from telemetry_core.schema import Event
@@ -202,9 +202,9 @@ class SQLiteQueue:
         max_queue_size: int = 10_000,
     ) -> None:
         if lease <= 0:
-            raise ValueError(f"lease must be > 0, got {lease!r}")
+            raise ConfigError("lease_seconds", f"must be > 0, got {lease!r}")
         if max_queue_size <= 0:
-            raise ValueError(f"max_queue_size must be > 0, got {max_queue_size!r}")
+            raise ConfigError("max_queue_size", f"must be > 0, got {max_queue_size!r}")
         self.store = store
         self.backoff = backoff
         self.clock = clock

@@ -64,7 +64,15 @@ def test_user_agent_carries_the_version() -> None:
 
 @pytest.mark.parametrize(
     "endpoint",
-    [None, "", "ftp://collector.example/v1/submit", "http://collector.example/v1/submit"],
+    [
+        None,
+        "",
+        "ftp://collector.example/v1/submit",
+        "http://collector.example/v1/submit",
+        # Only config.validate_endpoint (the shared check) refuses credentials.
+        "https://user:pw@collector.example/v1/submit",
+        "https://collector.example:99999/v1/submit",
+    ],
 )
 def test_rejects_bad_endpoints(tmp_path: Path, endpoint: str | None) -> None:
     cfg = config(tmp_path, endpoint=None)

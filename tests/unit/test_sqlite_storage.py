@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telemetry_core.config import TelemetryConfig
-from telemetry_core.errors import StorageError
+from telemetry_core.errors import ConfigError, StorageError
 from telemetry_core.local_store import LocalStore
 from telemetry_core.models import QueuedEvent
 from telemetry_core.plugin_host import PluginHost
@@ -126,10 +126,12 @@ def test_make_storage_through_the_plugin_host(
 
 
 def test_bad_parameters_are_refused(store: LocalStore, backoff: FakeBackoff) -> None:
-    with pytest.raises(ValueError, match="lease"):
+    with pytest.raises(ConfigError, match="lease") as info:
         SQLiteQueue(store, backoff, lease=0)
-    with pytest.raises(ValueError, match="max_queue_size"):
+    assert info.value.setting == "lease_seconds"
+    with pytest.raises(ConfigError, match="max_queue_size") as info:
         SQLiteQueue(store, backoff, max_queue_size=0)
+    assert info.value.setting == "max_queue_size"
 
 
 # -- recording ----------------------------------------------------------------
