@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m telemetry_core.demo
+	$(PY) -m telemetry_core.collector.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

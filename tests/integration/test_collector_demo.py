@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m telemetry_core.demo``) as a user runs it: a real
+"""``make demo`` (``python -m telemetry_core.collector.demo``) as a user runs it: a real
 subprocess that starts its own collector, exits 0 and prints the aggregates."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_demo_prints_the_aggregates_and_exits_0(do_not_track: bool) -> None:
     if do_not_track:
         env["DO_NOT_TRACK"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "telemetry_core.demo"],
+        [sys.executable, "-m", "telemetry_core.collector.demo"],
         capture_output=True,
         text=True,
         env=env,

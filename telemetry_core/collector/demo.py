@@ -1,4 +1,5 @@
-"""``make demo``: the whole system on one machine, in well under a minute.
+"""``make demo`` (``python -m telemetry_core.collector.demo``): the whole system on
+one machine, in well under a minute.
 
 Starts ``telemetry-collector serve`` on a free 127.0.0.1 port (SQLite in a
 temporary directory; HTTPS with a throwaway certificate when ``trustme`` is
