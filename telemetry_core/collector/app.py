@@ -55,6 +55,9 @@ __all__ = [
 
 log = logging.getLogger("telemetry_core.collector")
 
+#: Shortest pause between two retention runs, so a failing run cannot spin.
+_MIN_RETENTION_PAUSE_S = 1.0
+
 _KNOWN_PATHS = frozenset(
     {"/", "/ping", "/login", "/logout", "/metrics", "/v1/info", "/v1/stats", "/v1/submit"}
 )
@@ -577,7 +580,10 @@ def create_app(
                 log.info("retention deleted=%d", deleted)
             except StorageError as exc:
                 log.warning("retention failed error=%s", exc)
-            await asyncio.sleep(settings.cleanup_interval_s)
+            except Exception:
+                # a bug in one run must not end retention for the life of the process
+                log.exception("retention failed unexpectedly")
+            await asyncio.sleep(max(_MIN_RETENTION_PAUSE_S, settings.cleanup_interval_s))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

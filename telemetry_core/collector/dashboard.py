@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from telemetry_core.collector.aggregation import DAY_MS
+
 __all__ = [
     "LOGIN_TOKEN_FIELD",
     "render_dashboard",
@@ -203,7 +205,7 @@ def _line_chart(
             f'<text x="{_MARGIN_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
             f"{_esc(_fmt_tick(value) if y_format == '{:g}' else y_format.format(value))}</text>"
         )
-    span_days = (x_hi - x_lo) / 86_400_000
+    span_days = (x_hi - x_lo) / DAY_MS
     ticks = sorted({x_lo, x_hi, *(x_lo + (x_hi - x_lo) * k // 4 for k in range(1, 4))})
     for x in ticks:
         anchor = "start" if x == x_lo and len(ticks) > 1 else "end" if x == x_hi else "middle"

@@ -249,6 +249,7 @@ class PostgresStore:
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._flushing: asyncio.Future[None] | None = None
         self._observers: list[CommitObserver] = []
+        self._observer_failed = False
         self._closed = False
         self._rng = random.Random()
         self._pool = ConnectionPool(
@@ -378,8 +379,12 @@ class PostgresStore:
         finally:
             self._release(len(events))
         for observer in self._observers:
-            with contextlib.suppress(Exception):
+            try:
                 observer(elapsed, len(events))
+            except Exception:
+                if not self._observer_failed:
+                    self._observer_failed = True
+                    log.exception("commit observer failed (further failures are not logged)")
         return outcome
 
     def read_stats_data(self, query: StatsQuery) -> StatsData:

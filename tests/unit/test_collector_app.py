@@ -777,3 +777,34 @@ def test_settings_drain_bounds() -> None:
         CollectorSettings(api_keys=("k",), drain_max_bytes=-1)
     with pytest.raises(ConfigError):
         CollectorSettings(api_keys=("k",), max_concurrent_requests=0)
+
+
+def test_retention_survives_an_unexpected_error(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from telemetry_core.collector import app as app_module
+
+    monkeypatch.setattr(app_module, "_MIN_RETENTION_PAUSE_S", 0.0)
+    second_run = threading.Event()
+
+    class FlakyStore(SQLiteStore):
+        """Retention raises a non-storage error once, then works."""
+
+        runs = 0
+
+        async def cleanup(self, retention_days: int, now_ms: int) -> int:
+            FlakyStore.runs += 1
+            if FlakyStore.runs == 1:
+                raise RuntimeError("retention bug")
+            second_run.set()
+            return await super().cleanup(retention_days, now_ms)
+
+    store = FlakyStore(tmp_path / "c.db")
+    settings = CollectorSettings(api_keys=(KEY,), admin_token=ADMIN, cleanup_interval_s=0.0)
+    app = create_app(settings, store, clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    with caplog.at_level("ERROR", logger="telemetry_core.collector"), TestClient(app):
+        assert second_run.wait(10)
+    assert any(r.getMessage() == "retention failed unexpectedly" for r in caplog.records)
