@@ -534,3 +534,22 @@ def test_rejections_are_visible_to_every_collector_on_postgres() -> None:
 
 
 T_REVIEW = 1_800_000_000_000
+
+
+def test_a_failing_commit_observer_is_logged_once(
+    store: PostgresStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_seconds: float, _events: int) -> None:
+        raise ValueError("observer bug")
+
+    store.add_commit_observer(broken)
+    events = _events(random.Random(7), 2)
+
+    async def run() -> None:
+        await store.ingest(events[:1], RECEIVED)
+        await store.ingest(events[1:], RECEIVED)
+
+    with caplog.at_level(logging.ERROR, logger="telemetry_core.collector"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("commit observer failed (further failures are not logged)") == 1
