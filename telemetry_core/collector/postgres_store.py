@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -47,11 +46,10 @@ from telemetry_core.collector.aggregation import (
 )
 from telemetry_core.collector.store import (
     HOUR_MS,
-    CommitObserver,
     IngestOutcome,
+    PendingWork,
     StatsData,
     StatsQuery,
-    StoreOverloaded,
 )
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -218,7 +216,7 @@ def _canonical_id(event_id: str) -> str:
     return str(uuid.UUID(event_id))
 
 
-class PostgresStore:
+class PostgresStore(PendingWork):
     """A :class:`~telemetry_core.collector.store.CollectorStore` on PostgreSQL.
 
     ``database_url`` is a libpq connection string or ``postgresql://`` URL.
@@ -243,13 +241,9 @@ class PostgresStore:
     ) -> None:
         if not 0 < pool_min <= pool_max:
             raise ValueError("need 0 < pool_min <= pool_max")
-        self._max_pending = max_pending_events
-        self._pending_events = 0
-        self._lock = threading.Lock()
+        super().__init__(max_pending_events)
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._flushing: asyncio.Future[None] | None = None
-        self._observers: list[CommitObserver] = []
-        self._observer_failed = False
         self._closed = False
         self._rng = random.Random()
         self._pool = ConnectionPool(
@@ -283,25 +277,13 @@ class PostgresStore:
 
     # -- the CollectorStore interface ------------------------------------------
 
-    @property
-    def queue_depth(self) -> int:
-        """Events handed to :meth:`ingest` whose transaction has not committed yet."""
-        return self._pending_events
-
-    def add_commit_observer(self, observer: CommitObserver) -> None:
-        """Call ``observer(seconds, events)`` after each commit."""
-        self._observers.append(observer)
-
     async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
         """Store ``events`` exactly once; return after their transaction committed."""
         if self._closed:
             raise StorageError("the store is closed")
         if not events:
             return IngestOutcome(inserted=())
-        with self._lock:
-            if self._pending_events and self._pending_events + len(events) > self._max_pending:
-                raise StoreOverloaded("the database is behind; try again shortly")
-            self._pending_events += len(events)
+        self._admit(len(events), "the database is behind; try again shortly")
         try:
             future = asyncio.get_running_loop().run_in_executor(
                 self._executor, self.ingest_blocking, events, received_ms
@@ -378,13 +360,7 @@ class PostgresStore:
             elapsed = time.perf_counter() - started
         finally:
             self._release(len(events))
-        for observer in self._observers:
-            try:
-                observer(elapsed, len(events))
-            except Exception:
-                if not self._observer_failed:
-                    self._observer_failed = True
-                    log.exception("commit observer failed (further failures are not logged)")
+        self._notify_observers(elapsed, len(events))
         return outcome
 
     def read_stats_data(self, query: StatsQuery) -> StatsData:
@@ -500,10 +476,6 @@ class PostgresStore:
 
     def _run(self, fn: Callable[[], T]) -> T:
         return self._executor.submit(fn).result()
-
-    def _release(self, n: int) -> None:
-        with self._lock:
-            self._pending_events -= n
 
     def _create_schema(self) -> None:
         try:

@@ -34,11 +34,10 @@ from telemetry_core.collector.aggregation import (
 )
 from telemetry_core.collector.store import (
     HOUR_MS,
-    CommitObserver,
     IngestOutcome,
+    PendingWork,
     StatsData,
     StatsQuery,
-    StoreOverloaded,
 )
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -149,7 +148,7 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
-class SQLiteStore:
+class SQLiteStore(PendingWork):
     """A :class:`~telemetry_core.collector.store.CollectorStore` on one SQLite file.
 
     ``max_pending_events`` bounds the events waiting for the writer; past it,
@@ -170,14 +169,10 @@ class SQLiteStore:
     ) -> None:
         self.path = Path(path)
         self._cleanup_chunk = cleanup_chunk
-        self._max_pending = max_pending_events
+        super().__init__(max_pending_events)
         self._max_group = max_group_batches
-        self._pending_events = 0
-        self._lock = threading.Lock()
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._wake_queued = False
-        self._observers: list[CommitObserver] = []
-        self._observer_failed = False
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = False
         try:
@@ -196,25 +191,13 @@ class SQLiteStore:
 
     # -- the CollectorStore interface ------------------------------------------
 
-    @property
-    def queue_depth(self) -> int:
-        """Events handed to :meth:`ingest` whose transaction has not committed yet."""
-        return self._pending_events
-
-    def add_commit_observer(self, observer: CommitObserver) -> None:
-        """Call ``observer(seconds, events)`` after each commit."""
-        self._observers.append(observer)
-
     async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
         """Store ``events`` exactly once; return after their transaction committed."""
         if self._closed:
             raise StorageError("the store is closed")
         if not events:
             return IngestOutcome(inserted=())
-        with self._lock:
-            if self._pending_events + len(events) > self._max_pending and self._pending_events:
-                raise StoreOverloaded("the writer is behind; try again shortly")
-            self._pending_events += len(events)
+        self._admit(len(events), "the writer is behind; try again shortly")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestOutcome] = loop.create_future()
         self._queue.put(_Batch(events, received_ms, loop, future))
@@ -341,24 +324,13 @@ class SQLiteStore:
             outcomes = []
             self._restore_counters(counters)
         elapsed = time.perf_counter() - started
-        with self._lock:
-            self._pending_events -= n_events
+        self._release(n_events)
         if error is None:
             self._notify_observers(elapsed, n_events)
         for i, batch in enumerate(batches):
             value = outcomes[i] if error is None else None
             with contextlib.suppress(RuntimeError):  # loop already closed
                 batch.loop.call_soon_threadsafe(_resolve, batch.future, value, error)
-
-    def _notify_observers(self, elapsed: float, n_events: int) -> None:
-        """Call the commit observers; a failing one is logged once, never fatal."""
-        for observer in self._observers:
-            try:
-                observer(elapsed, n_events)
-            except Exception:
-                if not self._observer_failed:
-                    self._observer_failed = True
-                    log.exception("commit observer failed (further failures are not logged)")
 
     def _write_group(
         self, batches: list[_Batch], counters: dict[tuple[int, str], int]

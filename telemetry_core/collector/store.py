@@ -51,6 +51,8 @@ Semantics every implementation keeps:
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -64,6 +66,7 @@ __all__ = [
     "CollectorStore",
     "CommitObserver",
     "IngestOutcome",
+    "PendingWork",
     "StatsData",
     "StatsQuery",
     "StoreOverloaded",
@@ -189,3 +192,55 @@ class CollectorStore(Protocol):
     async def close(self) -> None:
         """Finish and commit every pending batch, then release connections."""
         ...
+
+
+class PendingWork:
+    """What both stores share: admission of batches against a bound on events not
+    yet committed (``queue_depth``), and the commit observers.
+
+    A store subclasses it and calls :meth:`_admit` before it takes a batch,
+    :meth:`_release` once the batch's transaction has ended (either way), and
+    :meth:`_notify_observers` after each commit.
+    """
+
+    def __init__(self, max_pending_events: int) -> None:
+        self._max_pending = max_pending_events
+        self._pending_events = 0
+        self._lock = threading.Lock()
+        self._observers: list[CommitObserver] = []
+        self._observer_failed = False
+
+    @property
+    def queue_depth(self) -> int:
+        """Events handed to ``ingest`` whose transaction has not committed yet."""
+        return self._pending_events
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer(seconds, events)`` after each commit."""
+        self._observers.append(observer)
+
+    def _admit(self, n_events: int, overloaded: str) -> None:
+        """Count ``n_events`` as pending, or raise :class:`StoreOverloaded` with
+        the message ``overloaded`` when the bound would be passed (a store with
+        nothing pending always takes a batch, however large)."""
+        with self._lock:
+            if self._pending_events and self._pending_events + n_events > self._max_pending:
+                raise StoreOverloaded(overloaded)
+            self._pending_events += n_events
+
+    def _release(self, n_events: int) -> None:
+        """Forget ``n_events`` whose transaction has ended."""
+        with self._lock:
+            self._pending_events -= n_events
+
+    def _notify_observers(self, elapsed: float, n_events: int) -> None:
+        """Call the commit observers; a failing one is logged once, never fatal."""
+        for observer in self._observers:
+            try:
+                observer(elapsed, n_events)
+            except Exception:
+                if not self._observer_failed:
+                    self._observer_failed = True
+                    logging.getLogger("telemetry_core.collector").exception(
+                        "commit observer failed (further failures are not logged)"
+                    )
