@@ -409,15 +409,8 @@ def check_events(
     or secret).
     """
     decoded = _decode_all(raws, max_event_bytes)
-    if decoded is None:
-        return _check_each(
-            raws,
-            now_ms=now_ms,
-            max_event_bytes=max_event_bytes,
-            max_future_skew_ms=max_future_skew_ms,
-        )
-    strings = _BatchStrings.of(decoded)
-    if not strings.valid(decoded):
+    strings = _BatchStrings.of(decoded) if decoded is not None else None
+    if decoded is None or strings is None or not strings.valid(decoded):
         return _check_each(
             raws,
             now_ms=now_ms,
@@ -427,25 +420,48 @@ def check_events(
     latest = now_ms + max_future_skew_ms
     if max((e.timestamp for e in decoded), default=0) <= latest and strings.clean():
         return CheckedBatch(events=tuple(decoded), indexes=tuple(range(len(decoded))), errors=())
-    events: list[Event] = []
-    indexes: list[int] = []
-    errors: list[EventError] = []
+    sorter = _Sorter()
     for index, item in enumerate(decoded):
         problem = (
             validate_event(item, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
             if item.timestamp > latest
             else None
         )
+        sorter.add(index, item, problem)
+    return sorter.batch()
+
+
+class _Sorter:
+    """Sorts a batch's events into accepted ones and errors, by index: an event
+    whose validation found a problem, or whose strings look like personal data,
+    is rejected; the rest are kept in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.indexes: list[int] = []
+        self.errors: list[EventError] = []
+
+    def reject(self, index: int, code: str, message: str) -> None:
+        """Record the event at ``index`` as rejected."""
+        self.errors.append(EventError(index, code, message))
+
+    def add(self, index: int, event: Event, problem: tuple[str, str] | None) -> None:
+        """Keep ``event`` unless ``problem`` (from validation) or the PII check says no."""
         if problem is not None:
-            errors.append(EventError(index, problem[0], problem[1]))
-            continue
-        pii = _pii_in(item)
+            self.reject(index, *problem)
+            return
+        pii = _pii_in(event)
         if pii is not None:
-            errors.append(EventError(index, "pii", pii))
-            continue
-        events.append(item)
-        indexes.append(index)
-    return CheckedBatch(events=tuple(events), indexes=tuple(indexes), errors=tuple(errors))
+            self.reject(index, "pii", pii)
+            return
+        self.events.append(event)
+        self.indexes.append(index)
+
+    def batch(self) -> CheckedBatch:
+        """The sorted batch."""
+        return CheckedBatch(
+            events=tuple(self.events), indexes=tuple(self.indexes), errors=tuple(self.errors)
+        )
 
 
 def _check_each(
@@ -453,26 +469,19 @@ def _check_each(
 ) -> CheckedBatch:
     """The reference path: each event decoded and validated on its own, with the
     exact error of each (what :func:`check_events` falls back to)."""
-    events: list[Event] = []
-    indexes: list[int] = []
-    errors: list[EventError] = []
+    sorter = _Sorter()
     for index, raw in enumerate(raws):
         if len(raw) > max_event_bytes:
-            errors.append(EventError(index, "too_large", f"event exceeds {max_event_bytes} bytes"))
+            sorter.reject(index, "too_large", f"event exceeds {max_event_bytes} bytes")
             continue
         try:
             event = _event_decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError) as exc:
-            errors.append(EventError(index, "invalid_event", str(exc)))
+            sorter.reject(index, "invalid_event", str(exc))
             continue
-        problem = validate_event(event, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
-        if problem is not None:
-            errors.append(EventError(index, problem[0], problem[1]))
-            continue
-        pii = _pii_in(event)
-        if pii is not None:
-            errors.append(EventError(index, "pii", pii))
-            continue
-        events.append(event)
-        indexes.append(index)
-    return CheckedBatch(events=tuple(events), indexes=tuple(indexes), errors=tuple(errors))
+        sorter.add(
+            index,
+            event,
+            validate_event(event, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms),
+        )
+    return sorter.batch()
