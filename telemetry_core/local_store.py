@@ -127,6 +127,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             network_error INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    # 5: the revised delivery policy (DESIGN §7). ``backoff_step`` is the
+    # exponent of the next computed delay: it grows with failures the backoff
+    # timed, not with those a server's Retry-After timed (``retry_count`` counts
+    # both, for parking). ``dead_context`` is the delivery fingerprint in force
+    # when an entry died; a service with another one revives it.
+    (
+        "ALTER TABLE telemetry_queue ADD COLUMN backoff_step INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry_queue ADD COLUMN dead_context TEXT",
+    ),
 )
 
 #: The schema version this code writes.

@@ -65,16 +65,23 @@ class QueueStats:
 
     ``pending`` counts entries that will be sent (due now, scheduled for a retry,
     or leased to a sender); ``due`` those that may be dequeued now; ``leased``
-    those claimed by a sender whose lease has not expired; ``dead`` those past
-    ``max_retries``, kept locally but not resent. ``dropped`` counts entries
-    removed without delivery, by reason (the bundled storage writes
-    ``"queue_full"`` and ``"retention"``).
+    those claimed by a sender whose lease has not expired; ``dead`` those a
+    permanent refusal made dead letters, kept locally and resent only once the
+    delivery settings change (or by hand). ``parked`` counts the pending entries
+    that failed the backoff's ``max_retries`` consecutive times: still pending,
+    still retried at the backoff cap. ``next_attempt_at`` is the wall-clock time
+    of the earliest scheduled retry among pending entries that are not due
+    (None when there is none). ``dropped`` counts entries removed without
+    delivery, by reason (the bundled storage writes ``"queue_full"`` and
+    ``"expired"``: older than the retention).
     """
 
     pending: int
     due: int = 0
     leased: int = 0
     dead: int = 0
+    parked: int = 0
+    next_attempt_at: float | None = None
     dropped: Mapping[str, int] = attrs.field(factory=dict)
     oldest_enqueued_at: float | None = None
 

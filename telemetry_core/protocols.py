@@ -70,12 +70,17 @@ class Storage(Protocol):
     def mark_failed(
         self, event_ids: Sequence[str], error: str, retry_after: float | None = None
     ) -> None:
-        """Count a failed attempt, schedule the next one (or mark dead), keep ``error``."""
+        """Count a failed attempt and schedule the next one, keep ``error``.
+
+        A failure is never final (DESIGN §7): entries stay pending until they are
+        delivered, refused for good (:meth:`mark_dead`) or expire. A ``retry_after``
+        from the server sets the wait without growing the backoff exponent."""
         ...
 
-    def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
-        """Dead-letter entries at once (a terminal answer such as 400 or 401): kept
-        locally, counted, not resent until :meth:`revive_dead`."""
+    def mark_dead(self, event_ids: Sequence[str], error: str, context: str | None = None) -> None:
+        """Dead-letter entries at once (a permanent refusal such as 400 or 401): kept
+        locally, counted, not resent until :meth:`revive_dead`. ``context`` is the
+        delivery fingerprint they died under."""
         ...
 
     def release(self, event_ids: Sequence[str]) -> None:
@@ -90,8 +95,11 @@ class Storage(Protocol):
         """Delete events and entries created before ``older_than``; return how many."""
         ...
 
-    def revive_dead(self) -> int:
-        """Make dead entries due again with a fresh retry count; return how many."""
+    def revive_dead(self, except_context: str | None = None) -> int:
+        """Make dead entries due again with a fresh retry count; return how many.
+
+        With ``except_context``, only those that died under another delivery
+        fingerprint (the automatic revival when settings change)."""
         ...
 
     def close(self) -> None:
@@ -108,7 +116,8 @@ class Backoff(Protocol):
         ...
 
     def should_retry(self, retry_count: int) -> bool:
-        """False once ``retry_count`` has reached the maximum."""
+        """False once ``retry_count`` consecutive failures have reached the maximum:
+        the batch is then reported as parked (it is still retried, DESIGN §7)."""
         ...
 
     def next_retry_timestamp(self, retry_count: int, retry_after: float | None = None) -> float:

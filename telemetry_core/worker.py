@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
+from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
 
 if TYPE_CHECKING:
@@ -120,8 +121,18 @@ class SubmissionWorker:
     :param backoff: decides how long to pause sending after a failure without
         ``Retry-After``.
     :param limiter: the submission rate limit (events per minute).
-    :param clock: wall clock in seconds (pauses, the submission log).
-    :param monotonic: monotonic clock in seconds (latencies).
+    :param clock: wall clock in seconds (the submission log, reported times).
+    :param monotonic: monotonic clock in seconds (latencies and the pause after
+        a failure, so a wall-clock step never stretches or skips a pause).
+
+    Delivery policy (DESIGN §7): a transient failure (``error.retryable``) pauses
+    sending for the backoff's delay, or for the server's ``Retry-After``, which
+    counts as a failure but does not grow the exponent; the entries are
+    rescheduled, never dead-lettered. After ``backoff.should_retry(n)`` turns
+    false the batch is *parked* (one warning; still retried at the cap). A
+    permanent refusal dead-letters the batch with the delivery fingerprint in
+    force; the first cycle of a worker revives dead letters that died under
+    another fingerprint (a new endpoint, key, CA bundle or library version).
     :param thread_setup: called once in the background thread before its first
         cycle (the service raises that thread's SQLite busy timeout); an error
         is logged at debug level and ignored.
@@ -167,10 +178,16 @@ class SubmissionWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pause_until = 0.0
+        # Monotonic deadline of the pause after a failure (0: not paused).
+        self._pause_deadline = 0.0
         self._server_pause = False
         self._offline = False
+        # Consecutive failures, and the backoff exponent (grows only with
+        # failures the backoff timed, not with a server's Retry-After).
         self._failures = 0
+        self._step = 0
+        self._revived = False
+        self._context: str | None = None
         self._warned: set[str] = set()
 
     # -- state --------------------------------------------------------------
@@ -183,7 +200,25 @@ class SubmissionWorker:
     @property
     def pause_until(self) -> float:
         """Wall-clock time before which the loop will not send (0 when not paused)."""
-        return self._pause_until
+        left = self._pause_deadline - self._monotonic()
+        return self._clock() + left if self._pause_deadline and left > 0 else 0.0
+
+    @property
+    def server_paused(self) -> bool:
+        """True when the current pause is the server's ``Retry-After``."""
+        return self._server_pause and self.pause_until > 0
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed attempts since the last delivered batch."""
+        return self._failures
+
+    @property
+    def context(self) -> str:
+        """The delivery fingerprint of this worker's configuration."""
+        if self._context is None:
+            self._context = delivery_context(self.config)
+        return self._context
 
     @property
     def offline(self) -> bool:
@@ -319,11 +354,11 @@ class SubmissionWorker:
         with self._send_lock:
             if self._halting():
                 return CycleResult(handled=0, more=False, wait=0.0, reason="stopping")
-            now = self._clock()
-            if self._pause_until > now and (honour_pause or self._server_pause):
-                return CycleResult(
-                    handled=0, more=False, wait=self._pause_until - now, reason="paused"
-                )
+            left = self._pause_deadline - self._monotonic()
+            if self._pause_deadline and left > 0 and (honour_pause or self._server_pause):
+                return CycleResult(handled=0, more=False, wait=left, reason="paused")
+            if not self._revived:
+                self._revive_changed()
             if self._offline and self._transport is not None:
                 if self._halting() or not self._ping():
                     return CycleResult(handled=0, more=False, wait=interval, reason="offline")
@@ -351,10 +386,25 @@ class SubmissionWorker:
                 raise
             handled, retry = self._send(batch)
             if retry:
-                wait = max(self._pause_until - self._clock(), 0.0)
+                wait = max(self._pause_deadline - self._monotonic(), 0.0)
                 return CycleResult(handled=handled, more=False, wait=wait, reason="retry")
             more = len(batch) == size and not self._stopping.is_set()
             return CycleResult(handled=handled, more=more, wait=interval, reason="sent")
+
+    def _revive_changed(self) -> None:
+        """Revive dead letters that died under other delivery settings (once)."""
+        self._revived = True
+        try:
+            revived = self._storage.revive_dead(except_context=self.context)
+        except Exception as exc:
+            self._warn_once("revive", "telemetry-core: could not revive dead letters: %r", exc)
+            return
+        if revived:
+            logger.info(
+                "telemetry-core: the delivery settings changed; %d dead letter(s) will be "
+                "sent again",
+                revived,
+            )
 
     def _ping(self) -> bool:
         assert self._transport is not None
@@ -405,7 +455,6 @@ class SubmissionWorker:
             self._storage.release([q.event_id for q in batch])
             return 0, False
         events = [q.event for q in batch]
-        ids = [e.id for e in events]
         retry = any(q.retry_count > 0 for q in batch)
         transport = self._get_transport()
         started = self._clock()
@@ -433,21 +482,37 @@ class SubmissionWorker:
         if error.too_large:
             return self._split(batch, error)
         if error.retryable:
-            self._storage.mark_failed(ids, str(error), error.retry_after)
-            self._failures += 1
-            if error.retry_after is not None:
-                delay = min(error.retry_after, self.config.max_retry_after)
-                self._server_pause = True
-            else:
-                delay = self._backoff.next_retry_delay(self._failures - 1)
-                self._server_pause = False
-            self._pause_until = self._clock() + max(delay, 0.0)
-            if error.status is None:
-                self._offline = True
-            self._host.batch_failed(events, error)
+            self._failed(batch, error)
             return 0, True
         self._dead(batch, error)
         return len(batch), False
+
+    def _failed(self, batch: Sequence[QueuedEvent], error: TransportError) -> None:
+        """A transient failure: reschedule the batch and pause sending."""
+        events = [q.event for q in batch]
+        self._storage.mark_failed([e.id for e in events], str(error), error.retry_after)
+        self._failures += 1
+        if error.retry_after is not None:
+            delay = min(error.retry_after, self.config.max_retry_after)
+            self._server_pause = True
+        else:
+            delay = self._backoff.next_retry_delay(self._step)
+            self._step += 1
+            self._server_pause = False
+        self._pause_deadline = self._monotonic() + max(delay, 0.0)
+        if error.status is None:
+            self._offline = True
+        if not self._backoff.should_retry(self._failures):
+            self._warn_once(
+                "parked",
+                "telemetry-core: %d consecutive failed attempts (last: %s); pending events "
+                "are parked and retried every %.0f s at most until they are delivered or "
+                "expire",
+                self._failures,
+                error,
+                delay,
+            )
+        self._host.batch_failed(events, error)
 
     def _split(self, batch: Sequence[QueuedEvent], error: TransportError) -> tuple[int, bool]:
         if len(batch) == 1:
@@ -468,9 +533,11 @@ class SubmissionWorker:
         events = [q.event for q in batch]
         self._storage.mark_submitted([e.id for e in events])
         self._failures = 0
+        self._step = 0
         self._offline = False
-        self._pause_until = 0.0
+        self._pause_deadline = 0.0
         self._server_pause = False
+        self._warned.discard("parked")
         if result.rejected:
             # Rejected events are terminal: the collector will never take them.
             self._log.increment_counter("server_rejected", result.rejected)
@@ -487,14 +554,15 @@ class SubmissionWorker:
     def _dead(self, batch: Sequence[QueuedEvent], error: TransportError) -> None:
         events = [q.event for q in batch]
         reason = "event too large" if error.too_large else str(error)
-        self._storage.mark_dead([e.id for e in events], reason)
+        self._storage.mark_dead([e.id for e in events], reason, self.context)
         self._log.increment_counter("dead", len(events))
         status = error.status
         hint = " (check the API key)" if status in (401, 403) else ""
         self._warn_once(
             f"dead:{status}",
-            "telemetry-core: the collector refused a batch (%s)%s; %d event(s) kept locally "
-            "as dead letters, revive them with `telemetry submit --retry-dead`",
+            "telemetry-core: the collector refused a batch for good (%s)%s; %d event(s) kept "
+            "locally as dead letters, sent again automatically once the endpoint, API key, "
+            "CA bundle or library version changes (or with `submit --retry-dead`)",
             reason,
             hint,
             len(events),

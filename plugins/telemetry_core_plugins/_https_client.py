@@ -13,10 +13,13 @@ How answers map to :class:`~telemetry_core.errors.TransportError`
   valid answer for this batch is *retryable*: the collector may have stored the
   batch, and it deduplicates by event id, so resending is the safe side of
   at-least-once.
-- Network errors (refused, reset, timeout, truncated answer) and 408, 429, 502,
-  503, 504 are retryable, with ``retry_after`` from ``Retry-After`` (seconds or
-  HTTP-date, clamped to ``[0, config.max_retry_after]``).
+- Network errors (refused, reset, timeout, truncated answer) and every answer
+  :mod:`telemetry_core.delivery` calls transient (408, 425, 429, every 5xx, any
+  status it does not know) are retryable, with ``retry_after`` from
+  ``Retry-After`` (seconds or HTTP-date, clamped to ``[0, config.max_retry_after]``).
 - 413 sets ``too_large`` (the worker splits the batch); it is not retryable as is.
+- The permanent refusals of :data:`telemetry_core.delivery.PERMANENT_STATUSES`
+  (400, 401, 403, 404, 405, 410, 415, 422) are terminal for the batch.
 - A batch that would exceed the collector's body limits is never put on the
   wire: a JSON body over ``max_body_bytes``, a body as sent (after gzip) over
   ``max_compressed_body_bytes`` or more events than ``max_events_per_batch``
@@ -28,7 +31,6 @@ How answers map to :class:`~telemetry_core.errors.TransportError`
   local cap no conforming body is large enough to be refused that way, and a
   reset is far more often a real network fault, which splitting (and dead
   letters for a single event) would turn into loss.
-- Every other status (other 4xx, 500, 501, 3xx) is terminal for the batch.
 - A TLS failure (untrusted or expired certificate, wrong host name) is
   *retryable* without a ``retry_after``: it is often transient (a captive
   portal, a proxy, a clock that is off) and events must not be lost to it. The
@@ -58,6 +60,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from telemetry_core._version import __version__
+from telemetry_core.delivery import is_transient_status, status_error
 from telemetry_core.errors import ConfigError, TransportError
 from telemetry_core.models import SubmissionResult
 from telemetry_core.schema import (
@@ -77,7 +80,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "PING_TIMEOUT",
-    "RETRYABLE_STATUSES",
     "USER_AGENT",
     "BodyLimits",
     "HttpsClient",
@@ -86,8 +88,6 @@ __all__ = [
 
 logger = logging.getLogger("telemetry_core")
 
-#: Statuses after which the same batch is sent again (DESIGN §7).
-RETRYABLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
 #: ``ping()`` waits at most this many seconds (or ``config.timeout`` if shorter).
 PING_TIMEOUT: Final = 5.0
 #: Answers larger than this are not read: no valid protocol answer comes close.
@@ -314,14 +314,12 @@ class HttpsClient:
     ) -> TransportError:
         snippet = self._redact(data[:200].decode("utf-8", "replace"))
         message = f"{method} {url}: collector answered {status}: {snippet}"
-        if status in RETRYABLE_STATUSES:
+        retry_after = None
+        if is_transient_status(status):
             retry_after = parse_retry_after(
                 headers.get("Retry-After"), now=self._clock(), maximum=self._max_retry_after
             )
-            return TransportError(message, retryable=True, retry_after=retry_after, status=status)
-        if status == 413:
-            return TransportError(message, retryable=False, status=status, too_large=True)
-        return TransportError(message, retryable=False, status=status)
+        return status_error(message, status, retry_after)
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
         """``POST`` ``events`` to the endpoint as one request (see the module docstring)."""

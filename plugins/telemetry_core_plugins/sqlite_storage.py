@@ -55,6 +55,12 @@ MAX_ERROR_LENGTH: Final = 1000
 #: Claims remembered per queue object before expired ones are forgotten (an
 #: acknowledgement of a forgotten claim is ignored, so the entry is resent).
 _MAX_CLAIMS: Final = 65_536
+#: ``backoff.should_retry(n)`` is probed up to this count to find the parking
+#: threshold; a backoff that always says yes never parks an entry.
+_MAX_PARK_PROBE: Final = 1000
+#: Seconds added to the longest configured wait to make the horizon (see
+#: :class:`SQLiteQueue`): jitter and the time a call takes stay inside it.
+_HORIZON_MARGIN: Final = 600.0
 
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(list[Event])
@@ -74,25 +80,34 @@ _ENQUEUE: Final = (
 _HOLES: Final = "SELECT value FROM telemetry_counters WHERE name = 'queue.holes'"
 _MAX_ID: Final = "SELECT coalesce(max(id), 0) FROM telemetry_queue"
 _ADD_HOLES: Final = "UPDATE telemetry_counters SET value = value + ? WHERE name = 'queue.holes'"
+# The oldest entries no live lease holds: an entry on the wire may be delivered,
+# so trimming it would count a delivered event as dropped.
 _DROP_OLDEST: Final = (
-    "DELETE FROM telemetry_queue WHERE id IN (SELECT id FROM telemetry_queue ORDER BY id LIMIT ?)"
+    "DELETE FROM telemetry_queue WHERE id IN (SELECT id FROM telemetry_queue"
+    " WHERE lease_expires_at IS NULL OR lease_expires_at <= ? ORDER BY id LIMIT ?)"
 )
 _COUNT: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?)"
     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 )
+# "Due" is a wall-clock comparison, as the times are shared between processes.
+# A time further ahead than any delay or lease this queue ever sets (the
+# horizon) can only come from a clock that stepped backwards since it was
+# written: such an entry is due too, so a backwards step never holds events.
+_DUE: Final = "(next_retry_at <= ? OR next_retry_at > ?)"
 # Walks the queue's rowid b-tree from the front (a LEFT JOIN keeps it outer; an
 # entry whose event is gone comes back with a NULL payload and is removed).
 _SELECT_DUE: Final = (
-    "SELECT q.id, q.event_id, q.retry_count, q.created_at, q.last_error, e.payload"
-    " FROM telemetry_queue AS q LEFT JOIN telemetry_events AS e ON e.id = q.event_id"
-    " WHERE q.dead = 0 AND q.next_retry_at <= ? ORDER BY q.id LIMIT ?"
+    "SELECT q.id, q.event_id, q.retry_count, q.created_at, q.last_error, e.payload,"
+    " q.backoff_step FROM telemetry_queue AS q"
+    " LEFT JOIN telemetry_events AS e ON e.id = q.event_id"
+    " WHERE q.dead = 0 AND (q.next_retry_at <= ? OR q.next_retry_at > ?) ORDER BY q.id LIMIT ?"
 )
 # The selected rows are exactly the due live rows between the first and the
 # last selected id, so one range update claims them all.
 _CLAIM: Final = (
     "UPDATE telemetry_queue SET lease_owner = ?, lease_expires_at = ?, next_retry_at = ?"
-    " WHERE id BETWEEN ? AND ? AND dead = 0 AND next_retry_at <= ?"
+    " WHERE id BETWEEN ? AND ? AND dead = 0 AND " + _DUE
 )
 # Entries by row id (two JSON arrays: row ids, event ids) held by an owner. The
 # event id check keeps a stale claim on a row id that was freed and reused
@@ -103,12 +118,12 @@ _HELD: Final = (
 )
 _SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
 _RESCHEDULE: Final = (
-    "UPDATE telemetry_queue SET retry_count = retry_count + 1, next_retry_at = ?,"
-    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
+    "UPDATE telemetry_queue SET retry_count = retry_count + 1, backoff_step = backoff_step + ?,"
+    " next_retry_at = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
 )
 _KILL: Final = (
     "UPDATE telemetry_queue SET retry_count = retry_count + 1, dead = 1, next_retry_at = 0,"
-    " last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
+    " last_error = ?, dead_context = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
 )
 _RELEASE: Final = (
     "UPDATE telemetry_queue SET next_retry_at = 0, lease_owner = NULL, lease_expires_at = NULL"
@@ -116,18 +131,27 @@ _RELEASE: Final = (
 )
 _REVIVE: Final = (
     "UPDATE telemetry_queue INDEXED BY idx_telemetry_queue_dead"
-    " SET dead = 0, retry_count = 0, next_retry_at = 0, lease_owner = NULL,"
-    " lease_expires_at = NULL WHERE dead = 1"
+    " SET dead = 0, retry_count = 0, backoff_step = 0, next_retry_at = 0, lease_owner = NULL,"
+    " lease_expires_at = NULL, dead_context = NULL WHERE dead = 1"
 )
+# Dead entries that died under other delivery settings than the given ones.
+_REVIVE_OTHERS: Final = _REVIVE + " AND dead_context IS NOT ?"
 _DEAD: Final = (
     "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_dead WHERE dead = 1"
 )
 # Live entries not due yet (waiting for a retry, or leased), and how many of
 # them hold a live lease: a claim sets next_retry_at to the lease expiry.
 _NOT_DUE: Final = (
-    "SELECT count(*), coalesce(sum(lease_expires_at > ?), 0) FROM telemetry_queue"
+    "SELECT count(*), coalesce(sum(lease_expires_at > ?), 0),"
+    " min(CASE WHEN lease_expires_at IS NULL THEN next_retry_at END) FROM telemetry_queue"
     " INDEXED BY idx_telemetry_queue_next_retry_at"
-    " WHERE dead = 0 AND next_retry_at > 0 AND next_retry_at > ?"
+    " WHERE dead = 0 AND next_retry_at > 0 AND next_retry_at > ? AND next_retry_at <= ?"
+)
+# Live entries that failed at least the parking threshold of consecutive times
+# (a failed entry is always in the retry index: next_retry_at > 0).
+_PARKED: Final = (
+    "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_next_retry_at"
+    " WHERE dead = 0 AND next_retry_at > 0 AND retry_count >= ?"
 )
 # Enqueue order is id order, so the oldest live entry is the first live row.
 _OLDEST: Final = "SELECT created_at FROM telemetry_queue WHERE dead = 0 ORDER BY id LIMIT 1"
@@ -181,8 +205,17 @@ class SQLiteQueue:
     :param clock: wall clock in seconds (the same one the backoff uses).
     :param lease: seconds a :meth:`dequeue` claim lasts before the entries are
         due again (a crashed sender's batch comes back after this).
-    :param max_queue_size: entries kept at most; beyond it the oldest are dropped
-        and counted under ``dropped.queue_full``.
+    :param max_queue_size: entries kept at most; beyond it the oldest entries no
+        live lease holds are dropped and counted under ``dropped.queue_full``.
+    :param horizon: seconds; no retry time or lease this queue sets lies further
+        ahead (the largest backoff delay, ``Retry-After`` or lease). A stored time
+        further ahead than this means the wall clock stepped backwards, and the
+        entry is treated as due.
+
+    Failures never dead-letter an entry (DESIGN §7): :meth:`mark_failed` always
+    schedules another attempt; after ``backoff.should_retry(n)`` turns false the
+    entry is only reported as *parked* in :meth:`stats`. Only :meth:`mark_dead`
+    (a permanent refusal) makes a dead letter.
 
     Claims are owned by this object in this process: a token made of a random
     id and the process id (a forked child gets its own). Two queue objects,
@@ -200,6 +233,7 @@ class SQLiteQueue:
         clock: Clock = time.time,
         lease: float = 60.0,
         max_queue_size: int = 10_000,
+        horizon: float = 2 * 3600.0,
     ) -> None:
         if lease <= 0:
             raise ConfigError("lease_seconds", f"must be > 0, got {lease!r}")
@@ -210,10 +244,15 @@ class SQLiteQueue:
         self.clock = clock
         self.lease = lease
         self.max_queue_size = max_queue_size
+        self.horizon = max(float(horizon), lease)
+        # The failure count from which an entry is reported as parked.
+        self._park_after = next(
+            (n for n in range(_MAX_PARK_PROBE) if not backoff.should_retry(n)), _MAX_PARK_PROBE
+        )
         self._token = uuid.uuid4().hex
-        # event id -> (queue row id, retry count, lease expiry) of each entry
-        # this object claimed and has not acknowledged yet.
-        self._claims: dict[str, tuple[int, int, float]] = {}
+        # event id -> (queue row id, retry count, lease expiry, backoff step) of
+        # each entry this object claimed and has not acknowledged yet.
+        self._claims: dict[str, tuple[int, int, float, int]] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteQueue({self.store!r}, lease={self.lease}, max={self.max_queue_size})"
@@ -277,10 +316,10 @@ class SQLiteQueue:
     def _trim(self, conn: sqlite3.Connection, max_id: int) -> None:
         excess = max_id - int(conn.execute(_HOLES).fetchone()[0]) - self.max_queue_size
         if excess > 0:
-            # Dropping from the front leaves max(id) as it is.
-            dropped = conn.execute(_DROP_OLDEST, (excess,)).rowcount
-            conn.execute(_ADD_HOLES, (dropped,))
-            conn.execute(_COUNT, ("dropped.queue_full", dropped))
+            dropped = conn.execute(_DROP_OLDEST, (self.clock(), excess)).rowcount
+            _deleted(conn, dropped, max_id)
+            if dropped > 0:
+                conn.execute(_COUNT, ("dropped.queue_full", dropped))
 
     # -- sending -----------------------------------------------------------
 
@@ -291,11 +330,14 @@ class SQLiteQueue:
             return []
         now = self.clock()
         expires = now + self.lease
+        ahead = now + self.horizon
         with self.store.transaction() as conn:
-            rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
+            rows = conn.execute(_SELECT_DUE, (now, ahead, batch_size)).fetchall()
             if not rows:
                 return []
-            conn.execute(_CLAIM, (self.owner, expires, expires, rows[0][0], rows[-1][0], now))
+            conn.execute(
+                _CLAIM, (self.owner, expires, expires, rows[0][0], rows[-1][0], now, ahead)
+            )
             if any(r[5] is None for r in rows):
                 rows = self._drop_orphans(conn, rows)
         if not rows:
@@ -308,10 +350,10 @@ class SQLiteQueue:
         if len(claims) >= _MAX_CLAIMS:
             self._forget_expired(now)
         batch = []
-        for (row_id, event_id, retry_count, created_at, last_error, _), event in zip(
+        for (row_id, event_id, retry_count, created_at, last_error, _, step), event in zip(
             rows, events, strict=True
         ):
-            claims[event_id] = (row_id, retry_count, expires)
+            claims[event_id] = (row_id, retry_count, expires, step)
             batch.append(
                 QueuedEvent(
                     event=event,
@@ -335,10 +377,10 @@ class SQLiteQueue:
                 self._claims.pop(event_id, None)
 
     def _held(self, event_ids: Iterable[str]) -> list[tuple[str, int, int]]:
-        """(event id, row id, retry count) of the given entries this object claimed."""
+        """(event id, row id, backoff step) of the given entries this object claimed."""
         claims = self._claims
         return [
-            (event_id, claim[0], claim[1])
+            (event_id, claim[0], claim[3])
             for event_id in event_ids
             if (claim := claims.get(event_id)) is not None
         ]
@@ -363,41 +405,42 @@ class SQLiteQueue:
     def mark_failed(
         self, event_ids: Sequence[str], error: str, retry_after: float | None = None
     ) -> None:
-        """Count a failed attempt on entries this owner holds: schedule the next
-        one at ``backoff.next_retry_timestamp(retry_count, retry_after)``, or
-        dead-letter the entry once ``backoff.should_retry(retry_count)`` is false.
-        ``retry_count`` is the number of failed attempts before this one."""
+        """Count a failed attempt on entries this owner holds and schedule the
+        next one at ``backoff.next_retry_timestamp(step, retry_after)``.
+
+        A failure is never final here (DESIGN §7). ``step`` is the entry's
+        backoff exponent: it grows by one with each failure the backoff timed,
+        and not with one the server timed with ``Retry-After``."""
         held = self._held(event_ids)
         if not held:
             return
         owner, message = self.owner, error[:MAX_ERROR_LENGTH]
         backoff = self.backoff
-        # One backoff decision per distinct retry count, as one batch shares it.
-        plan: dict[int, float | None] = {}
-        for _, _, count in held:
-            if count not in plan:
-                plan[count] = (
-                    backoff.next_retry_timestamp(count, retry_after)
-                    if backoff.should_retry(count)
-                    else None
-                )
+        grow = 0 if retry_after is not None else 1
+        # One backoff decision per distinct step, as one batch shares it.
+        plan: dict[int, float] = {}
+        for _, _, step in held:
+            if step not in plan:
+                plan[step] = backoff.next_retry_timestamp(step, retry_after)
         with self.store.transaction() as conn:
-            for count, at in plan.items():
-                group = held if len(plan) == 1 else [h for h in held if h[2] == count]
-                if at is None:
-                    conn.execute(_KILL, (message, *_held_params(group, owner)))
-                else:
-                    conn.execute(_RESCHEDULE, (at, message, *_held_params(group, owner)))
+            for step, at in plan.items():
+                group = held if len(plan) == 1 else [h for h in held if h[2] == step]
+                conn.execute(_RESCHEDULE, (grow, at, message, *_held_params(group, owner)))
         self._settle(held)
 
-    def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
-        """Dead-letter entries this owner holds at once (a terminal answer)."""
+    def mark_dead(self, event_ids: Sequence[str], error: str, context: str | None = None) -> None:
+        """Dead-letter entries this owner holds at once (a permanent refusal).
+
+        :param context: the delivery fingerprint in force (see
+            :func:`telemetry_core.delivery.delivery_context`); a later
+            ``revive_dead(except_context=...)`` with another one revives them.
+        """
         held = self._held(event_ids)
         if not held:
             return
         owner, message = self.owner, error[:MAX_ERROR_LENGTH]
         with self.store.transaction() as conn:
-            conn.execute(_KILL, (message, *_held_params(held, owner)))
+            conn.execute(_KILL, (message, context, *_held_params(held, owner)))
         self._settle(held)
 
     def release(self, event_ids: Sequence[str]) -> None:
@@ -410,10 +453,17 @@ class SQLiteQueue:
             conn.execute(_RELEASE, _held_params(held, owner))
         self._settle(held)
 
-    def revive_dead(self) -> int:
-        """Make every dead entry due again with ``retry_count`` 0; return how many."""
+    def revive_dead(self, except_context: str | None = None) -> int:
+        """Make dead entries due again with ``retry_count`` 0; return how many.
+
+        :param except_context: when given, only entries that died under another
+            delivery fingerprint are revived (the automatic revival of DESIGN §7);
+            None revives every dead entry (``telemetry submit --retry-dead``).
+        """
         with self.store.transaction() as conn:
-            return max(conn.execute(_REVIVE).rowcount, 0)
+            if except_context is None:
+                return max(conn.execute(_REVIVE).rowcount, 0)
+            return max(conn.execute(_REVIVE_OTHERS, (except_context,)).rowcount, 0)
 
     # -- housekeeping ------------------------------------------------------
 
@@ -426,7 +476,10 @@ class SQLiteQueue:
             size = int(conn.execute(_MAX_ID).fetchone()[0])
             counters = dict(conn.execute(_COUNTERS).fetchall())
             dead = int(conn.execute(_DEAD).fetchone()[0])
-            not_due, leased = conn.execute(_NOT_DUE, (now, now)).fetchone()
+            not_due, leased, next_at = conn.execute(
+                _NOT_DUE, (now, now, now + self.horizon)
+            ).fetchone()
+            parked = int(conn.execute(_PARKED, (self._park_after,)).fetchone()[0])
             oldest = conn.execute(_OLDEST).fetchone()
         pending = size - int(counters.pop("queue.holes", 0)) - dead
         return QueueStats(
@@ -434,19 +487,21 @@ class SQLiteQueue:
             due=max(pending - int(not_due), 0),
             leased=int(leased),
             dead=dead,
+            parked=parked,
+            next_attempt_at=None if next_at is None else float(next_at),
             dropped={k.removeprefix("dropped."): int(v) for k, v in counters.items()},
             oldest_enqueued_at=None if oldest is None else float(oldest[0]),
         )
 
     def cleanup(self, older_than: float) -> int:
         """Delete events recorded before ``older_than`` and their queue entries
-        (counted under ``dropped.retention``); return how many events went."""
+        (counted under ``dropped.expired``); return how many events went."""
         with self.store.transaction() as conn:
             max_before = int(conn.execute(_MAX_ID).fetchone()[0])
             entries = conn.execute(_RETENTION_ENTRIES, (older_than,)).rowcount
             if entries > 0:
                 _deleted(conn, entries, max_before)
-                conn.execute(_COUNT, ("dropped.retention", entries))
+                conn.execute(_COUNT, ("dropped.expired", entries))
             return max(conn.execute(_RETENTION_EVENTS, (older_than,)).rowcount, 0)
 
     def cleanup_page(self, older_than: float, after: str, page: int) -> tuple[str | None, int]:
@@ -468,7 +523,7 @@ class SQLiteQueue:
                 entries = conn.execute(_RETENTION_ENTRIES_OF, (old,)).rowcount
                 if entries > 0:
                     _deleted(conn, entries, max_before)
-                    conn.execute(_COUNT, ("dropped.retention", entries))
+                    conn.execute(_COUNT, ("dropped.expired", entries))
                 removed = max(conn.execute(_RETENTION_EVENTS_OF, (old, older_than)).rowcount, 0)
         return (last if seen >= page else None), removed
 
@@ -498,9 +553,16 @@ def telemetry_make_storage(
     clock: Clock,
 ) -> SQLiteQueue | None:
     """Build the queue on ``store`` with ``config.lease`` and
-    ``config.max_queue_size`` when ``name`` is ``sqlite``."""
+    ``config.max_queue_size`` when ``name`` is ``sqlite``; its horizon is the
+    longest wait the configuration allows (backoff cap, ``Retry-After`` cap,
+    lease), with a margin."""
     if name != NAME:
         return None
     return SQLiteQueue(
-        store, backoff, clock=clock, lease=config.lease, max_queue_size=config.max_queue_size
+        store,
+        backoff,
+        clock=clock,
+        lease=config.lease,
+        max_queue_size=config.max_queue_size,
+        horizon=max(config.max_delay, config.max_retry_after, config.lease) + _HORIZON_MARGIN,
     )

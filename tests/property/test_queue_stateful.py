@@ -63,6 +63,10 @@ class Entry:
     owner: str | None = None
     lease_expires_at: float = 0.0
     dead: bool = False
+    context: str | None = None
+    # Whether the stored next_retry_at is set (claimed or rescheduled): such an
+    # entry is in the retry index, where parked entries are counted.
+    scheduled: bool = False
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -129,7 +133,11 @@ class QueueMachine(RuleBasedStateMachine):
             self.entries[event.id] = Entry(seq=self.seq)
             self.seq += 1
             while len(self.entries) > MAX_QUEUE_SIZE:
-                oldest = min(self.entries, key=lambda i: self.entries[i].seq)
+                # Entries on the wire are never trimmed: they may be delivered.
+                free = [i for i, e in self.entries.items() if not self._live_lease(e)]
+                if not free:
+                    break
+                oldest = min(free, key=lambda i: self.entries[i].seq)
                 del self.entries[oldest]
                 self.dropped += 1
 
@@ -154,6 +162,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert q.event.properties == {"seq": e.seq}
             e.owner = queue.owner
             e.lease_expires_at = self.clock.now + LEASE
+            e.scheduled = True
 
     def _pick(self, data: st.DataObject, owner: int) -> tuple[SQLiteQueue, list[str]]:
         queue = self.queues[owner]
@@ -183,12 +192,25 @@ class QueueMachine(RuleBasedStateMachine):
             e = self.entries[i]
             if e.owner != queue.owner:
                 continue
-            if e.retry_count < MAX_RETRIES:
-                e.next_retry_at = self.clock.now + RETRY_DELAY
-            else:
-                e.dead = True
+            # A failure is never final: past MAX_RETRIES the entry is parked.
+            e.next_retry_at = self.clock.now + RETRY_DELAY
             e.retry_count += 1
             e.owner = None
+            e.scheduled = True
+
+    @rule(owner=st.integers(0, OWNERS - 1), data=st.data(), context=st.sampled_from("ab"))
+    def mark_dead(self, owner: int, data: st.DataObject, context: str) -> None:
+        queue, chosen = self._pick(data, owner)
+        queue.mark_dead(chosen, "refused", context)
+        for i in chosen:
+            e = self.entries[i]
+            if e.owner != queue.owner:
+                continue
+            e.dead = True
+            e.context = context
+            e.retry_count += 1
+            e.owner = None
+            e.scheduled = False
 
     @rule(owner=st.integers(0, OWNERS - 1), data=st.data())
     def release(self, owner: int, data: st.DataObject) -> None:
@@ -199,22 +221,25 @@ class QueueMachine(RuleBasedStateMachine):
             if e.owner == queue.owner:
                 e.owner = None
                 e.next_retry_at = 0.0
+                e.scheduled = False
 
     @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 29.0, 31.0, 100.0]))
     def advance_clock(self, seconds: float) -> None:
         self.clock.now += seconds
 
     @precondition(lambda self: any(e.dead for e in self.entries.values()))
-    @rule()
-    def revive_dead(self) -> None:
-        revived = self.queues[0].revive_dead()
-        dead = [e for e in self.entries.values() if e.dead]
+    @rule(keep=st.sampled_from([None, "a", "b"]))
+    def revive_dead(self, keep: str | None) -> None:
+        revived = self.queues[0].revive_dead(except_context=keep)
+        dead = [e for e in self.entries.values() if e.dead and (keep is None or e.context != keep)]
         assert revived == len(dead)
         for e in dead:
             e.dead = False
+            e.context = None
             e.retry_count = 0
             e.next_retry_at = 0.0
             e.owner = None
+            e.scheduled = False
 
     @rule()
     def reopen(self) -> None:
@@ -250,6 +275,9 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.dead == len(self.entries) - len(live)
         assert stats.leased == sum(1 for e in live if self._live_lease(e))
         assert stats.due == len(self._due())
+        assert stats.parked == sum(
+            1 for e in live if e.retry_count >= MAX_RETRIES and e.scheduled
+        )
         assert stats.dropped.get("queue_full", 0) == self.dropped
 
 

@@ -541,7 +541,7 @@ def test_cleanup_deletes_in_pages_with_their_queue_entries(
     assert removed == [4, 4, 2]
     assert service.event_counts() == {"new": 1}
     assert service.queue_stats().pending == 1
-    assert service.counters().get("dropped.retention") == 10
+    assert service.counters().get("dropped.expired") == 10
     service.close()
 
 

@@ -444,30 +444,111 @@ def test_mark_failed_schedules_from_the_backoff(
     assert [q.retry_count for q in queue.dequeue(10)] == [2, 2]
 
 
-def test_entries_die_after_max_retries_and_can_be_revived(
+def test_failures_never_dead_letter_entries_they_park_after_max_retries(
     queue: SQLiteQueue, clock: FakeClock, make_event: MakeEvent
 ) -> None:
     [event] = record_many(queue, make_event, 1)
-    for attempt in range(3):  # max_retries=2: the first try and two retries
+    for attempt in range(12):  # far past max_retries=2
         [claimed] = queue.dequeue(10)
         assert claimed.retry_count == attempt
         queue.mark_failed([event.id], f"failure {attempt}")
+        stats = queue.stats()
+        assert (stats.pending, stats.dead) == (1, 0)
+        assert stats.parked == (1 if attempt + 1 >= 2 else 0)
+        assert stats.next_attempt_at == clock() + 10
+        assert queue.dequeue(10) == []  # not due before its retry time
         clock.advance(10)
-    assert queue.dequeue(10) == []
+    [last] = queue.dequeue(10)
+    queue.mark_submitted([last.event_id])
     stats = queue.stats()
-    assert (stats.pending, stats.due, stats.dead) == (0, 0, 1)
-    clock.advance(10**6)
-    assert queue.dequeue(10) == []
-    assert queue.revive_dead() == 1
+    assert (stats.pending, stats.parked, stats.dead, stats.next_attempt_at) == (0, 0, 0, None)
+
+
+def test_retry_after_sets_the_wait_without_growing_the_backoff_step(
+    queue: SQLiteQueue, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    [event] = record_many(queue, make_event, 1)
+    for _ in range(3):
+        queue.dequeue(10)
+        queue.mark_failed([event.id], "503", retry_after=1.0)
+        clock.advance(1)
+    queue.dequeue(10)
+    queue.mark_failed([event.id], "500")
+    clock.advance(10)
+    queue.dequeue(10)
+    queue.mark_failed([event.id], "500")
+    # The step passed to the backoff grew only with the two backoff-timed failures.
+    assert [c[0] for c in backoff.calls] == [0, 0, 0, 0, 1]
+    assert queue.dequeue(10) == []  # still waiting for the computed delay
+    assert queue.stats().parked == 1  # five consecutive failures, max_retries=2
+
+
+def test_dead_letters_revive_when_the_delivery_context_changes(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
+    events = record_many(queue, make_event, 3)
+    queue.mark_dead(ids(queue.dequeue(2)), "HTTP 401", "context-a")
+    queue.mark_dead(ids(queue.dequeue(1)), "HTTP 401", "context-b")
+    assert queue.stats().dead == 3
+    assert queue.revive_dead(except_context="context-a") == 1  # the one that died under b
+    assert ids(queue.dequeue(10)) == [events[2].id]
+    assert queue.stats().dead == 2
+    assert queue.revive_dead(except_context="context-a") == 0
+    assert queue.revive_dead(except_context="context-c") == 2
+    again = queue.dequeue(10)
+    assert (ids(again), [q.retry_count for q in again]) == ([e.id for e in events[:2]], [0, 0])
     assert queue.revive_dead() == 0
+
+
+def test_manual_revive_revives_every_dead_letter(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
+    [event] = record_many(queue, make_event, 1)
+    queue.mark_dead(ids(queue.dequeue(1)), "HTTP 400", "context-a")
+    assert queue.revive_dead() == 1
     [revived] = queue.dequeue(10)
     assert (revived.event_id, revived.retry_count, revived.last_error) == (
         event.id,
         0,
-        "failure 2",
+        "HTTP 400",
     )
-    queue.mark_submitted([event.id])
-    assert queue.stats().pending == queue.stats().dead == 0
+
+
+def test_a_backwards_clock_step_does_not_hold_scheduled_entries(
+    queue: SQLiteQueue, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    [event] = record_many(queue, make_event, 1)
+    queue.dequeue(1)
+    queue.mark_failed([event.id], "500")  # due 10 s later
+    clock.advance(-86_400)  # NTP steps the clock one day back
+    [claimed] = queue.dequeue(1)
+    assert claimed.event_id == event.id
+
+
+def test_a_backwards_clock_step_does_not_hold_a_dead_senders_lease(
+    store: LocalStore, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    crashed = SQLiteQueue(store, backoff, clock=clock, lease=30)
+    [event] = record_many(crashed, make_event, 1)
+    assert crashed.dequeue(1)  # the sender dies holding the lease
+    clock.advance(-86_400)
+    other = SQLiteQueue(store, backoff, clock=clock, lease=30)
+    assert ids(other.dequeue(1)) == [event.id]
+
+
+def test_trimming_never_drops_entries_on_the_wire(
+    store: LocalStore, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    queue = SQLiteQueue(store, backoff, clock=clock, max_queue_size=5)
+    first = record_many(queue, make_event, 5)
+    in_flight = queue.dequeue(2)  # the two oldest are being sent
+    newest = record_many(queue, make_event, 3)  # three over the bound
+    # The three oldest entries that no lease holds went, not the two on the wire.
+    queue.mark_submitted(ids(in_flight))
+    stats = queue.stats()
+    assert (stats.dropped, stats.pending) == ({"queue_full": 3}, 3)
+    assert ids(queue.dequeue(10)) == [e.id for e in newest]
+    assert ids(in_flight) == [e.id for e in first[:2]]
 
 
 def test_mark_dead_is_immediate(queue: SQLiteQueue, make_event: MakeEvent) -> None:
@@ -533,7 +614,7 @@ def test_cleanup_removes_old_events_and_entries(
     assert queue.cleanup(cutoff) == 0
     stats = queue.stats()
     assert stats.pending == 2
-    assert stats.dropped == {"retention": 4}
+    assert stats.dropped == {"expired": 4}
     assert ids(queue.dequeue(10)) == [e.id for e in new]
     assert store.event_counts() == {"test_event": 2}
     assert old[0].id not in ids(queue.dequeue(10))
@@ -659,7 +740,7 @@ def test_stats_are_right_at_100k_entries(
     assert stats.oldest_enqueued_at == now - n + 100
     assert store.counters()["queue.holes"] == 0
     # Dequeue skips the dead at the front and takes the oldest due.
-    batch = conn.execute(sqlite_storage._SELECT_DUE, (now, 3)).fetchall()
+    batch = conn.execute(sqlite_storage._SELECT_DUE, (now, now + queue.horizon, 3)).fetchall()
     assert [r[0] for r in batch] == [101, 102, 103]
 
 

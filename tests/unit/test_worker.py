@@ -73,6 +73,7 @@ class FakeStorage:
         self.entries: dict[str, dict[str, Any]] = {}
         self.submitted: list[str] = []
         self.dead: dict[str, str] = {}
+        self.dead_entries: dict[str, tuple[dict[str, Any], str | None]] = {}
         self.released: list[str] = []
 
     def add(self, n: int) -> list[str]:
@@ -122,9 +123,9 @@ class FakeStorage:
             entry["leased"] = False
             entry["due"] = self.clock() + (retry_after if retry_after is not None else 1.0)
 
-    def mark_dead(self, event_ids: Sequence[str], error: str) -> None:
+    def mark_dead(self, event_ids: Sequence[str], error: str, context: str | None = None) -> None:
         for i in event_ids:
-            del self.entries[i]
+            self.dead_entries[i] = (self.entries.pop(i), context)
             self.dead[i] = error
 
     def release(self, event_ids: Sequence[str]) -> None:
@@ -139,8 +140,18 @@ class FakeStorage:
     def cleanup(self, older_than: float) -> int:
         return 0
 
-    def revive_dead(self) -> int:
-        return 0
+    def revive_dead(self, except_context: str | None = None) -> int:
+        revived = [
+            i
+            for i, (_, ctx) in self.dead_entries.items()
+            if except_context is None or ctx != except_context
+        ]
+        for i in revived:
+            entry, _ = self.dead_entries.pop(i)
+            self.dead.pop(i)
+            entry.update(retry=0, due=0.0, leased=False)
+            self.entries[i] = entry
+        return len(revived)
 
     def close(self) -> None:
         pass
@@ -248,6 +259,11 @@ class Rig:
             monotonic=self.mono,
         )
 
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on both clocks."""
+        self.clock.now += seconds
+        self.mono.now += seconds
+
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Rig:
@@ -321,7 +337,7 @@ def test_retryable_error_schedules_and_pauses(rig: Rig) -> None:
     assert len(rig.plugin.failed) == 1
     row = rig.log.rows[0]
     assert row["status"] == 503 and row["error"] == "503" and not row["network_error"]
-    rig.clock.now += 1.0
+    rig.advance(1.0)
     cycle = rig.worker.run_once()
     assert cycle.reason == "sent" and rig.storage.submitted == ids
     assert rig.log.rows[-1]["retry"] is True
@@ -333,10 +349,10 @@ def test_retry_after_pause_is_honoured_even_by_drain(rig: Rig) -> None:
     rig.transport.script.append(TransportError("429", retryable=True, status=429, retry_after=30.0))
     rig.worker.run_once()
     assert rig.worker.pause_until == rig.clock.now + 30.0
-    rig.clock.now += 29.0  # entries due again (fake storage: 30 s), pause not over
+    rig.advance(29.0)  # entries due again (fake storage: 30 s), pause not over
     assert rig.worker.drain(total=2) == 0
     assert len(rig.transport.batches) == 1
-    rig.clock.now += 1.0
+    rig.advance(1.0)
     assert rig.worker.drain(total=2) == 2
 
 
@@ -362,7 +378,7 @@ def test_network_error_goes_offline_until_ping(rig: Rig) -> None:
     rig.transport.script.append(TransportError("refused", retryable=True))
     rig.worker.run_once()
     assert rig.worker.offline and rig.log.rows[0]["network_error"] is True
-    rig.clock.now += 10
+    rig.advance(10)
     rig.transport.ping_answer = False
     assert rig.worker.run_once().reason == "offline"
     assert len(rig.transport.batches) == 1
@@ -377,7 +393,7 @@ def test_a_ping_that_raises_counts_as_offline_and_logs_its_type(
     rig.storage.add(1)
     rig.transport.script.append(TransportError("refused", retryable=True))
     rig.worker.run_once()
-    rig.clock.now += 10
+    rig.advance(10)
 
     def raising() -> bool:
         raise OSError("secret-api-key in a message")
@@ -397,7 +413,7 @@ def test_failures_grow_the_pause(rig: Rig) -> None:
         rig.transport.script.append(TransportError("x", retryable=True, status=503))
         rig.worker.run_once()
         pauses.append(rig.worker.pause_until - rig.clock.now)
-        rig.clock.now += 100
+        rig.advance(100)
     assert pauses == [1.0, 2.0, 4.0]
 
 
@@ -449,6 +465,90 @@ def test_terminal_error_dead_letters(rig: Rig, caplog: pytest.LogCaptureFixture)
     assert rig.worker.pause_until == 0.0
     assert "API key" in caplog.text
     assert len(rig.plugin.failed) == 1
+
+
+def test_transient_failures_never_dead_letter_and_park_after_max_retries(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = rig.storage.add(2)
+    with caplog.at_level(logging.WARNING, logger="telemetry_core"):
+        for _ in range(12):  # far past the backoff's 5 retries
+            rig.transport.script.append(TransportError("500", retryable=True, status=500))
+            assert rig.worker.run_once().reason == "retry"
+            rig.advance(10_000)
+    assert not rig.storage.dead and set(rig.storage.entries) == set(ids)
+    assert rig.worker.consecutive_failures == 12
+    parked = [r for r in caplog.records if "parked" in r.getMessage()]
+    assert len(parked) == 1  # warned once, when it happened
+    assert rig.worker.run_once().reason == "sent"
+    assert set(rig.storage.submitted) == set(ids) and rig.worker.consecutive_failures == 0
+
+
+def test_retry_after_sets_the_pause_without_growing_the_exponent(rig: Rig) -> None:
+    rig.storage.add(1)
+    pauses = []
+    for retry_after in (None, 7.0, 7.0, None, None):
+        rig.transport.script.append(
+            TransportError("x", retryable=True, status=503, retry_after=retry_after)
+        )
+        rig.worker.run_once()
+        pauses.append(rig.worker.pause_until - rig.clock.now)
+        rig.advance(100)
+    # Backoff-timed pauses go 1, 2, 4 s: the two Retry-After failures did not count.
+    assert pauses == [1.0, 7.0, 7.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 415, 422])
+def test_permanent_refusals_dead_letter(tmp_path: Path, status: int) -> None:
+    rig = Rig(tmp_path)
+    ids = rig.storage.add(1)
+    rig.transport.script.append(TransportError(str(status), retryable=False, status=status))
+    rig.worker.run_once()
+    assert set(rig.storage.dead) == set(ids)
+
+
+def test_dead_letters_revive_when_a_worker_starts_with_other_settings(tmp_path: Path) -> None:
+    first = Rig(tmp_path, api_key="old-key-123")
+    ids = first.storage.add(2)
+    first.transport.script.append(TransportError("401", retryable=False, status=401))
+    first.worker.run_once()
+    assert set(first.storage.dead) == set(ids)
+    # The same settings: a new worker leaves them dead.
+    same = SubmissionWorker(
+        first.config,
+        host=first.host,
+        storage=first.storage,
+        log=first.log,
+        backoff=FakeBackoff(),
+        limiter=first.limiter,
+        clock=first.clock,
+        monotonic=first.mono,
+    )
+    assert same.run_once().reason == "empty" and set(first.storage.dead) == set(ids)
+    # The app ships a new key: the next worker sends them again, with no manual step.
+    fixed = SubmissionWorker(
+        first.config.evolve(api_key="new-key-456"),
+        host=first.host,
+        storage=first.storage,
+        log=first.log,
+        backoff=FakeBackoff(),
+        limiter=first.limiter,
+        clock=first.clock,
+        monotonic=first.mono,
+    )
+    assert fixed.run_once().reason == "sent"
+    assert set(first.storage.submitted) == set(ids) and not first.storage.dead
+
+
+def test_a_wall_clock_step_neither_stretches_nor_skips_the_pause(rig: Rig) -> None:
+    rig.storage.add(1)
+    rig.transport.script.append(TransportError("x", retryable=True, status=503))
+    rig.worker.run_once()  # pause of 1 s
+    rig.clock.now += 86_400  # the wall clock jumps a day ahead: the pause still holds
+    assert rig.worker.run_once().reason == "paused"
+    rig.clock.now -= 2 * 86_400  # and a day back: the pause ends after its 1 s all the same
+    rig.mono.now += 1.0
+    assert rig.worker.run_once().reason != "paused"
 
 
 def test_plugin_bug_is_a_retryable_failure(rig: Rig) -> None:
