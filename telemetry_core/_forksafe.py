@@ -4,16 +4,79 @@
 until they end; :data:`fork_guard` is the process-wide instance (the service
 installs its ``os.register_at_fork`` hooks) and :func:`guarded` wraps an
 object so that each of its method calls is such a section.
+
+Waiting for another process's write lock happens *between* sections, not in
+them: connections wait only a short slice in SQLite's busy handler
+(:data:`LOCK_SLICE_MS`), and a guarded call that finds the database locked
+leaves its section, pauses and tries again until its thread's lock budget
+(:func:`lock_budget`) is spent. So a host's ``os.fork()`` waits at most about
+one slice for a thread that waits on a lock, never the whole budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import types
+from collections.abc import Iterator
 from typing import Any, Final, TypeVar, cast
 
-__all__ = ["ForkGuard", "fork_guard", "guarded"]
+__all__ = [
+    "DEFAULT_LOCK_BUDGET",
+    "LOCK_SLICE_MS",
+    "ForkGuard",
+    "fork_guard",
+    "guarded",
+    "is_locked",
+    "lock_budget",
+    "set_lock_budget",
+]
+
+#: How long one SQLite call waits in its busy handler (milliseconds) on the
+#: connections of background threads; longer waits are retries between sections.
+LOCK_SLICE_MS: Final = 50
+#: A thread's budget for waiting on another writer's lock (seconds) unless set.
+DEFAULT_LOCK_BUDGET: Final = 0.2
+# Pause between two attempts of a guarded call that found the database locked.
+_RETRY_PAUSE: Final = 0.01
+
+_budget = threading.local()
+
+
+def set_lock_budget(seconds: float) -> None:
+    """Let guarded calls of this thread wait up to ``seconds`` for a lock."""
+    _budget.seconds = seconds
+
+
+def _lock_budget() -> float:
+    return float(getattr(_budget, "seconds", DEFAULT_LOCK_BUDGET))
+
+
+@contextlib.contextmanager
+def lock_budget(seconds: float) -> Iterator[None]:
+    """Run the block with this thread's lock budget set to ``seconds``."""
+    before = _lock_budget()
+    set_lock_budget(seconds)
+    try:
+        yield
+    finally:
+        set_lock_budget(before)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is SQLite's "database is locked/busy"."""
+    import sqlite3
+
+    from telemetry_core.errors import StorageError
+
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, (sqlite3.OperationalError, StorageError)):
+            text = str(error)
+            if "database is locked" in text or "database is busy" in text:
+                return True
+    return False
+
 
 T = TypeVar("T")
 
@@ -129,11 +192,24 @@ class _Guarded:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             guard = fork_guard
-            guard._enter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                guard._exit()
+            deadline: float | None = None
+            while True:
+                guard._enter()
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    # Every guarded method is one transaction, rolled back when
+                    # it fails, so trying it again is safe.
+                    if not is_locked(exc):
+                        raise
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + _lock_budget()
+                    if now >= deadline:
+                        raise
+                finally:
+                    guard._exit()
+                time.sleep(min(_RETRY_PAUSE, max(deadline - time.monotonic(), 0.0)))
 
         if isinstance(attr, types.MethodType):
             # A method stays what it is: the next lookup of the name finds

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from telemetry_core._forksafe import fork_guard
+from telemetry_core._forksafe import fork_guard, set_lock_budget
 from telemetry_core.worker import SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ class Cleaner:
     :param storage: the queue whose old events are deleted.
     :param now: the time of this cleanup, stored when it completes.
     :param cutoff: events recorded before this time are deleted.
-    :param busy_timeout_ms: how long a step waits for another writer's lock.
+    :param busy_timeout_ms: how long one SQLite call waits for another writer's lock.
+    :param lock_budget: how long a step waits for it in all, retrying between
+        fork-guard sections (see :mod:`telemetry_core._forksafe`).
     :param warn: ``warn(kind, message, *args)`` reports a failure (once per kind).
     """
 
@@ -82,6 +84,7 @@ class Cleaner:
         now: float,
         cutoff: float,
         busy_timeout_ms: int,
+        lock_budget: float = 5.0,
         warn: Callable[..., None],
     ) -> None:
         self._store = store
@@ -89,6 +92,7 @@ class Cleaner:
         self._now = now
         self._cutoff = cutoff
         self._busy_timeout_ms = busy_timeout_ms
+        self._lock_budget = lock_budget
         self._warn = warn
         self._stop = threading.Event()
         self._conn: sqlite3.Connection | None = None
@@ -137,6 +141,7 @@ class Cleaner:
             with fork_guard.section():
                 # A background step may wait for a lock like the worker.
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            set_lock_budget(self._lock_budget)
             self._conn = conn
             if (
                 clean(self._storage, self._cutoff, self._stop) is not None

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from telemetry_core._write_behind import remove_spill_files
 from telemetry_core.errors import StorageError
 from telemetry_core.models import Clock, QueueStats, SubmissionStats
 
@@ -365,9 +366,10 @@ class LocalStore:
 
     def purge(self) -> None:
         """Close the store and delete the database with its ``-wal``, ``-shm`` and
-        ``-journal`` files. The store cannot be used afterwards."""
+        ``-journal`` files and its write-behind spill files. The store cannot be used afterwards."""
         self._purged = True
         self.close()
+        remove_spill_files(self.path)
         for suffix in ("", "-wal", "-shm", "-journal"):
             try:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)

@@ -22,15 +22,18 @@ Bounds on the caller's time:
 * Cheap checks come first: the number of properties, the lengths of keys,
   values and identifiers and the value types are checked in O(size) before any
   scrubbing or PII pattern runs, so one huge value is rejected at once.
-* Once the store is open, the app-facing connections wait at most
-  :data:`APP_BUSY_TIMEOUT_MS` for another process's write lock (the worker and
-  :meth:`TelemetryService.submit_now` wait :data:`WORKER_BUSY_TIMEOUT_MS`).
-  An event that cannot be stored within that bound is dropped and counted
-  (``dropped:locked``), with one warning. We chose not to keep such events in
-  an in-memory buffer: :meth:`TelemetryService.track` returns an id only for an
-  event that is durable, and a lock held longer than the bound by another
-  process is rare enough that an honest count beats a promise the process
-  may not keep at exit.
+* :meth:`TelemetryService.track` never waits on another process's lock
+  (DESIGN §4): it tries the database for at most :data:`APP_BUSY_TIMEOUT_MS`;
+  when the file is locked the event goes to the write-behind journal
+  (:mod:`telemetry_core._write_behind`), an append-only spill file next to the
+  database that a background thread merges once the lock is released (and
+  ``close()`` within its exit budget; what is left then is merged by the next
+  process). Spilled events survive even a killed process. The journal holds at
+  most ``max_queue_size`` events; what it cannot keep is counted
+  (``dropped:spill_full``). Other calls wait for a lock between fork-guard
+  sections (see :mod:`telemetry_core._forksafe`): app-facing ones
+  :data:`~telemetry_core._forksafe.DEFAULT_LOCK_BUDGET`, the worker and
+  :meth:`TelemetryService.submit_now` :data:`WORKER_BUSY_TIMEOUT_MS`.
 * Failures are counted in memory first and written to the store later (after
   the next successful record, by the worker, or on close), so counting a
   failure never waits a second time.
@@ -46,7 +49,6 @@ not open it at all.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import math
 import os
@@ -62,7 +64,14 @@ import attrs
 import msgspec
 
 from telemetry_core import privacy
-from telemetry_core._forksafe import fork_guard, guarded
+from telemetry_core._forksafe import (
+    LOCK_SLICE_MS,
+    fork_guard,
+    guarded,
+    is_locked,
+    lock_budget,
+    set_lock_budget,
+)
 from telemetry_core._retention import (
     CLEANUP_EVERY,
     CLEANUP_PAGE,
@@ -71,6 +80,7 @@ from telemetry_core._retention import (
     Cleaner,
     clean,
 )
+from telemetry_core._write_behind import SpillJournal, WriteBehind, count_spilled, spill_files
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
@@ -115,12 +125,15 @@ logger = logging.getLogger("telemetry_core")
 #: longer than _SCRUB_CACHE_VALUE_LENGTH are never remembered.
 _SCRUB_CACHE_SIZE: Final = 2048
 _SCRUB_CACHE_VALUE_LENGTH: Final = 256
-#: How long app-facing calls wait for another process's write lock (milliseconds).
-APP_BUSY_TIMEOUT_MS: Final = 200
+#: How long the app's connection waits in SQLite for another process's write
+#: lock (milliseconds) before ``track()`` spills the event instead.
+APP_BUSY_TIMEOUT_MS: Final = 2
 #: How long the worker and submit_now() wait for it (milliseconds).
 WORKER_BUSY_TIMEOUT_MS: Final = 5000
-#: Counter of events dropped because the database stayed locked.
-DROPPED_LOCKED: Final = "dropped:locked"
+#: Counter of events the write-behind journal could not keep (it was full).
+DROPPED_SPILL_FULL: Final = "dropped:spill_full"
+#: Counter of events that went through the write-behind journal.
+SPILLED: Final = "spilled"
 # An event whose properties hold fewer characters than this cannot encode to
 # more than MAX_EVENT_BYTES (6 bytes per escaped character, plus every other
 # field at its maximum length), so its encoded size need not be measured.
@@ -134,6 +147,7 @@ _MAX_DURATION_MS: Final = 1e15
 _KEEP: Final = object()
 
 _encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
 
 # Every live service, for the process-wide at-exit and after-fork hooks.
 _services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()
@@ -197,6 +211,9 @@ class _Opened:
 
     store: LocalStore
     storage: Storage
+    #: The storage without the fork-guard wrapper's lock retries (the record
+    #: path must not wait: it spills instead).
+    raw_storage: Storage
     backoff: Backoff
     limiter: Limiter
     install_id: str
@@ -261,6 +278,8 @@ class TelemetryService:
         # the at-exit hook waits for it again before the process exits.
         self._stray: SubmissionWorker | None = None
         self._cleaner: Cleaner | None = None
+        # The spill journal and its merger, made on the first locked write.
+        self._write_behind: WriteBehind | None = None
         # Verdicts of the bundled scrubber by property (key, or key and string
         # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
         self._scrub_cache: dict[object, object] = {}
@@ -326,8 +345,10 @@ class TelemetryService:
         with self._lock:
             self._closed = True
             budget = self._config.exit_timeout if timeout is None else timeout
+            deadline = self._monotonic() + budget
             stopped = self._stop_worker(budget)
             stopped = self._stop_cleaner(budget) and stopped
+            self._merge_spilled(deadline)
             if stopped:
                 self._flush_counts()
             opened, self._opened = self._opened, None
@@ -343,6 +364,27 @@ class TelemetryService:
                     closeable.close()
                 except Exception as exc:
                     logger.debug("telemetry-core: close failed: %r", exc)
+
+    def _merge_spilled(self, deadline: float) -> None:
+        """Store spilled events before closing, retrying a lock until ``deadline``
+        (monotonic); what is left stays on disk for the next process."""
+        write_behind = self._write_behind
+        if write_behind is None or self._opened is None:
+            return
+        write_behind.stop(max(deadline - self._monotonic(), 0.0))
+        try:
+            if not write_behind.merge_until(deadline):
+                pending = write_behind.journal.pending
+                # Unlocked, the files are orphans that any later opener merges.
+                write_behind.release_files()
+                logger.info(
+                    "telemetry-core: %s is still locked; %d spilled event(s) stay in a spill "
+                    "file next to it and are stored by the next run",
+                    self._config.db_path,
+                    pending,
+                )
+        except Exception as exc:
+            logger.debug("telemetry-core: merging spilled events failed: %r", exc)
 
     def _stop_worker(self, timeout: float) -> bool:
         worker, self._worker = self._worker, None
@@ -399,6 +441,11 @@ class TelemetryService:
         self._cleaner = None
         self._opened = None
         self._reader = None
+        if self._write_behind is not None:
+            # Its journal file is the parent's (the journal's own fork hook
+            # closed it here); the child spills into a file of its own.
+            _inherited.append(self._write_behind)
+            self._write_behind = None
         self._counts_lock = threading.Lock()
 
     # -- warnings and counters -------------------------------------------------
@@ -414,6 +461,14 @@ class TelemetryService:
             self._pending_counts[name] = self._pending_counts.get(name, 0) + n
         if not defer:
             self._flush_counts()
+
+    def _after_cycle(self) -> None:
+        """In the worker thread after each cycle: write the counts kept in memory,
+        and take in events that other processes on this database spilled and
+        left (a forked worker that exited, a killed process)."""
+        self._flush_counts()
+        if spill_files(self._config.db_path):
+            self._get_write_behind().adopt_orphans()
 
     def _flush_counts(self) -> None:
         """Write the counts kept in memory; what cannot be written stays there."""
@@ -461,6 +516,12 @@ class TelemetryService:
                 )
                 return None
             self._schedule_cleanup(self._opened)
+            if spill_files(self._config.db_path):
+                # Events an earlier process spilled and could not merge: one
+                # try now (so reads see them), the rest in the background.
+                write_behind = self._get_write_behind()
+                if not write_behind.merge_once():
+                    write_behind.start()
             return self._opened
 
     def _open(self) -> _Opened:
@@ -484,6 +545,7 @@ class TelemetryService:
         return _Opened(
             store=guarded(store),
             storage=guarded(storage),
+            raw_storage=storage,
             backoff=backoff,
             limiter=limiter,
             install_id=install_id,
@@ -514,7 +576,8 @@ class TelemetryService:
             storage=opened.storage,
             now=now,
             cutoff=now - self._config.retention_days * DAY,
-            busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
+            busy_timeout_ms=LOCK_SLICE_MS,
+            lock_budget=WORKER_BUSY_TIMEOUT_MS / 1000,
             warn=self._warn_once,
         )
         self._cleaner.start()
@@ -541,6 +604,7 @@ class TelemetryService:
         return _Opened(
             store=guarded(store),
             storage=guarded(storage),
+            raw_storage=storage,
             backoff=backoff,
             limiter=limiter,
             install_id=install_id,
@@ -551,10 +615,12 @@ class TelemetryService:
         store = opened.store
 
         def long_busy_timeout() -> None:
-            # The worker's connection may wait longer for a lock than the app's.
+            # The worker may wait longer for a lock than the app, in slices
+            # between fork-guard sections (see _forksafe).
             conn = store.connection()
             with fork_guard.section():
-                conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+            set_lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000)
 
         return SubmissionWorker(
             self._config,
@@ -566,7 +632,7 @@ class TelemetryService:
             clock=self._clock,
             monotonic=self._monotonic,
             thread_setup=long_busy_timeout,
-            after_cycle=self._flush_counts,
+            after_cycle=self._after_cycle,
         )
 
     def _ensure_worker(self) -> SubmissionWorker | None:
@@ -609,9 +675,9 @@ class TelemetryService:
         IPs, home paths, secrets, the user and host name are masked) and
         validated. The event carries nothing else about the machine.
 
-        Once the store is open, a call waits at most :data:`APP_BUSY_TIMEOUT_MS`
-        for a lock held by another process; an event that cannot be stored by
-        then is dropped and counted (``dropped:locked``).
+        A call never waits on a lock held by another process: when the database
+        is locked, the event goes to the write-behind journal and is stored once
+        the lock is released (see the module docstring).
         """
         config = self._config
         if not config.recording:
@@ -632,25 +698,11 @@ class TelemetryService:
         except Exception as exc:
             # Counted in memory: the store has just failed, counting there now
             # would wait (a lock) or fail a second time.
-            if _is_locked(exc):
-                self._count(DROPPED_LOCKED, defer=True)
-            else:
-                self._count(_counter_name("failed", type(exc).__name__), defer=True)
+            self._count(_counter_name("failed", type(exc).__name__), defer=True)
             if config.strict:
                 if isinstance(exc, TelemetryError):
                     raise
                 raise StorageError(f"could not record the event: {exc!r}") from exc
-            if _is_locked(exc):
-                self._warn_once(
-                    DROPPED_LOCKED,
-                    "telemetry-core: the local database %s is locked by another process; "
-                    "events that cannot be stored within %d ms are dropped and counted "
-                    "(%s)",
-                    config.db_path,
-                    APP_BUSY_TIMEOUT_MS,
-                    DROPPED_LOCKED,
-                )
-                return None
             self._warn_once(
                 f"failed:{type(exc).__name__}",
                 "telemetry-core: could not record an event: %r (further failures of this "
@@ -837,10 +889,23 @@ class TelemetryService:
             raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
         return self._store(opened, event)
 
-    def _store(self, opened: _Opened, event: Event) -> str:
-        """Write a checked event (and queue it when sending), then notify."""
+    def _store(self, opened: _Opened, event: Event) -> str | None:
+        """Write a checked event (and queue it when sending), then notify.
+
+        A locked database does not make the caller wait: the event is spilled
+        (see :mod:`telemetry_core._write_behind`)."""
         sending = self._config.sending
-        opened.storage.record(event, enqueue=sending)
+        write_behind = self._write_behind
+        if write_behind is None or write_behind.try_database():
+            try:
+                with fork_guard.section():
+                    opened.raw_storage.record(event, enqueue=sending)
+            except Exception as exc:
+                if not is_locked(exc):
+                    raise
+                return self._spill(event, sending)
+        else:
+            return self._spill(event, sending)
         if self._pending_counts:
             self._flush_counts()
         # A cheap look at the implementations (kept up to date by pluggy on
@@ -850,6 +915,65 @@ class TelemetryService:
         if sending and (self._worker is None or not self._worker.running):
             self._ensure_worker()
         return event.id
+
+    def _spill(self, event: Event, sending: bool) -> str | None:
+        """Put ``event`` in the write-behind journal; its id, or None when full."""
+        if self._get_write_behind().spill(_encoder.encode(event), enqueue=sending):
+            self._count(SPILLED, defer=True)
+            return event.id
+        self._count(DROPPED_SPILL_FULL, defer=True)
+        self._warn_once(
+            DROPPED_SPILL_FULL,
+            "telemetry-core: the local database %s stays locked by another process and "
+            "%d events wait to be stored; further events are dropped and counted (%s)",
+            self._config.db_path,
+            self._config.max_queue_size,
+            DROPPED_SPILL_FULL,
+        )
+        return None
+
+    def _get_write_behind(self) -> WriteBehind:
+        with self._lock:
+            if self._write_behind is None:
+                config = self._config
+
+                def thread_setup() -> None:
+                    opened = self._opened
+                    if opened is not None:
+                        with fork_guard.section():
+                            opened.store.connection().execute(
+                                f"PRAGMA busy_timeout = {LOCK_SLICE_MS}"
+                            )
+
+                self._write_behind = WriteBehind(
+                    SpillJournal(config.db_path, max_entries=config.max_queue_size),
+                    self._store_spilled,
+                    is_locked=is_locked,
+                    thread_setup=thread_setup,
+                    monotonic=self._monotonic,
+                )
+            return self._write_behind
+
+    def _store_spilled(self, entries: list[tuple[bytes, bool]]) -> None:
+        """Store spilled events in one transaction (raises when locked)."""
+        opened = self._opened
+        if opened is None:
+            raise StorageError("the local store is closed")
+        events = []
+        for payload, enqueue in entries:
+            try:
+                events.append((_event_decoder.decode(payload), enqueue))
+            except msgspec.DecodeError:
+                self._count("failed:spill_decode", defer=True)
+        with fork_guard.section(), opened.store.transaction():
+            for event, enqueue in events:
+                opened.raw_storage.record(event, enqueue=enqueue)
+        if any(enqueue for _, enqueue in events):
+            worker = self._worker
+            if worker is not None and worker.running:
+                worker.wake()
+            elif self._config.sending and not self._closed:
+                self._ensure_worker()
 
     def _scrub_bundled(self, event_type: str, props: dict[str, PropertyValue]) -> None:
         """Scrub ``props`` in place as the bundled scrubber (the only one
@@ -935,22 +1059,20 @@ class TelemetryService:
             if self._worker is None:
                 self._worker = self._make_worker(opened)
             worker = self._worker
-        total = opened.storage.stats().due
         # Sending is the caller's explicit wish: wait for a lock like the worker.
-        conn = opened.store.connection()
-        with fork_guard.section():
-            conn.execute(f"PRAGMA busy_timeout = {WORKER_BUSY_TIMEOUT_MS}")
-        try:
-            worker.drain(progress, total=total)
-        except (PluginError, ConfigError):
-            raise
-        except Exception as exc:
-            if self._config.strict:
+        with lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000):
+            write_behind = self._write_behind
+            if write_behind is not None:
+                write_behind.merge_until(self._monotonic() + WORKER_BUSY_TIMEOUT_MS / 1000)
+            total = opened.storage.stats().due
+            try:
+                worker.drain(progress, total=total)
+            except (PluginError, ConfigError):
                 raise
-            self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
-        finally:
-            with fork_guard.section(), contextlib.suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout = {APP_BUSY_TIMEOUT_MS}")
+            except Exception as exc:
+                if self._config.strict:
+                    raise
+                self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
         self._flush_counts()
         return self.get_submission_stats()
 
@@ -1011,8 +1133,14 @@ class TelemetryService:
 
     def _open_existing(self, *, write: bool = False) -> _Opened | None:
         """The open store; with consent off an existing file opened read-only
-        (or, with ``write``, read-write), never created; None under DO_NOT_TRACK."""
+        (or, with ``write``, read-write), never created; None under DO_NOT_TRACK.
+
+        Events this process spilled are merged first when the lock allows (one
+        try), so a read sees what ``track()`` returned an id for."""
         if self._opened is not None:
+            write_behind = self._write_behind
+            if write_behind is not None and write_behind.journal.pending:
+                write_behind.merge_once()
             return self._opened
         config = self._config
         if config.do_not_track:
@@ -1061,6 +1189,7 @@ class TelemetryService:
             "install_id": opened.install_id if opened is not None else None,
             "degraded": self._broken,
             "queue": attrs.asdict(queue),
+            "spilled": count_spilled(config.db_path),
             "worker": {
                 "running": worker is not None and worker.running,
                 "paused_until": worker.pause_until if worker and worker.pause_until else None,
@@ -1138,6 +1267,10 @@ class TelemetryService:
                 # cleanup still running is interrupted first: its connection
                 # is closed with the others.
                 self._stop_cleaner(WORKER_BUSY_TIMEOUT_MS / 1000)
+                write_behind, self._write_behind = self._write_behind, None
+                if write_behind is not None:
+                    write_behind.stop(WORKER_BUSY_TIMEOUT_MS / 1000)
+                    write_behind.journal.close()
                 self._opened = None
                 for closeable in (opened.storage, opened.store):
                     closeable.close()
@@ -1155,16 +1288,6 @@ class TelemetryService:
     def disable_remote_submission(self) -> None:
         """Stop sending; keep recording locally (DESIGN §4 name)."""
         self.disable(remote_only=True)
-
-
-def _is_locked(exc: BaseException) -> bool:
-    """True when ``exc`` (or its cause) is SQLite's "database is locked/busy"."""
-    for error in (exc, exc.__cause__, exc.__context__):
-        if isinstance(error, (sqlite3.OperationalError, StorageError)):
-            text = str(error)
-            if "database is locked" in text or "database is busy" in text:
-                return True
-    return False
 
 
 def _copy_properties(

@@ -10,6 +10,10 @@ exchange, draws a fault from a seeded :class:`random.Random`:
 ``truncate``   forward, then send only part of the collector's answer and close;
 ``ack_lost``   forward (the collector stores the batch), then drop the answer (RST).
 
+:meth:`FaultProxy.set_outage` overrides the draws for a scripted outage: every
+exchange is answered with one status (with or without ``Retry-After``), or every
+connection is refused (reset at once), until the outage is lifted.
+
 Everything else is forwarded untouched to one of the upstream collectors
 (round robin). When no upstream answers (a collector was killed), the proxy
 answers 502 like any reverse proxy and counts ``upstream_down``. Every exchange
@@ -137,6 +141,7 @@ class FaultProxy:
         self._upstreams = list(upstreams)
         self._rates = FaultRates(rates or {})
         self._rng = random.Random(seed)
+        self._outage: tuple[int | str | None, str | None] = (None, None)
         self._lock = threading.Lock()
         self._next = 0
         self.hang_seconds = hang_seconds
@@ -164,6 +169,12 @@ class FaultProxy:
         """Change the fault probabilities (e.g. to 0 for the final drain)."""
         with self._lock:
             self._rates = FaultRates(rates)
+
+    def set_outage(self, status: int | str | None, *, retry_after: str | None = None) -> None:
+        """Answer every exchange with ``status`` (an int), reset every connection
+        (``"refuse"``), or lift the outage (None)."""
+        with self._lock:
+            self._outage = (status, retry_after)
 
     def set_upstreams(self, upstreams: Sequence[tuple[str, int]]) -> None:
         """Point the proxy at restarted collectors."""
@@ -244,6 +255,12 @@ class FaultProxy:
 
     def _serve(self, raw: socket.socket) -> None:
         conn: ssl.SSLSocket | None = None
+        if self._outage[0] == "refuse":
+            self._count("outage_refused")
+            with self._lock:
+                self._sockets.discard(raw)
+            _rst_close(raw)
+            return
         try:
             raw.settimeout(30)
             conn = self._server_context.wrap_socket(raw, server_side=True)
@@ -263,6 +280,20 @@ class FaultProxy:
 
     def _exchange(self, conn: ssl.SSLSocket, request: _Request) -> bool:
         """Handle one exchange; return False when the connection must close."""
+        outage, outage_retry_after = self._outage
+        if outage == "refuse":
+            self._count("outage_refused")
+            return False
+        if isinstance(outage, int):
+            self._count(f"outage_{outage}")
+            body = b'{"error": {"code": "outage", "message": "scripted outage"}}'
+            extra = f"Retry-After: {outage_retry_after}\r\n" if outage_retry_after else ""
+            conn.sendall(
+                f"HTTP/1.1 {outage} Outage\r\nContent-Type: application/json\r\n{extra}"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            return False
         fault, upstream, status, fraction = self._draw()
         if fault == "reset":
             return False

@@ -108,6 +108,20 @@ def _local_truth(dbs: list[Path]) -> tuple[set[str], Counter[str], int]:
     return ids, types, queued
 
 
+def _dead_letters(dbs: list[Path]) -> int:
+    """Dead queue entries over every client database."""
+    dead = 0
+    for db in dbs:
+        conn = sqlite3.connect(db, timeout=10)
+        try:
+            dead += int(
+                conn.execute("SELECT count(*) FROM telemetry_queue WHERE dead = 1").fetchone()[0]
+            )
+        finally:
+            conn.close()
+    return dead
+
+
 def _client_command(client: Client, proxy: FaultProxy, cert_dir: Path, *args: str) -> list[str]:
     return [
         sys.executable,
@@ -253,6 +267,7 @@ def run_chaos(
         "ids": ids,
         "types": types,
         "queued": queued,
+        "dead": _dead_letters(sorted({c.db for c in clients})),
         "chaos_counts": chaos_counts,
         "chaos_seconds": chaos_seconds,
         "client_kills": killed_clients,
@@ -296,7 +311,7 @@ def _check_and_report(
         faulty_share=round(faulty / exchanges, 3) if exchanges else 0.0,
         faults_by_kind={k: v for k, v in sorted(counts.items()) if k != "exchanges"},
         chaos_seconds=round(run["chaos_seconds"], 1),
-        dead_letters_revived_in_drain=sum(d.get("revived", 0) for d in run["drains"]),
+        dead_letters_left=run["dead"],
         collector_total=stats["totals"]["count"],
         duplicates_absorbed_by_collector=stats["totals"]["duplicates"],
         lost=lost,

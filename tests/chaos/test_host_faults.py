@@ -306,7 +306,8 @@ conn.execute("ROLLBACK")
 def test_database_locked_by_another_process(
     tmp_path: Path, caplog_all: pytest.LogCaptureFixture
 ) -> None:
-    """Another process holds ``BEGIN EXCLUSIVE``: calls wait at most the busy timeout."""
+    """Another process holds ``BEGIN EXCLUSIVE`` from before the app starts until after
+    it exits: every event gets its id, none is lost; the next run stores them."""
     db = tmp_path / "data" / "telemetry.db"
     _fill(db)
     locker = subprocess.Popen(
@@ -319,7 +320,7 @@ def test_database_locked_by_another_process(
         assert locker.stdout.readline().strip() == "locked"
         caplog_all.clear()
         driver = Driver("db_locked")
-        with TelemetryService(_config(db)) as service:
+        with TelemetryService(_config(db, exit_timeout=0.2)) as service:
             ids = [driver.call(service.track, "host.locked", {"i": i}) for i in range(2)]
             driver.call(service.queue_stats)
             driver.call(service.get_submission_stats)
@@ -329,16 +330,16 @@ def test_database_locked_by_another_process(
         locker.wait(timeout=10)
         if locker.stdout is not None:
             locker.stdout.close()
-    assert ids == [None, None]
-    assert _stored(db) == 30
+    assert None not in ids
+    assert _stored(db) == 30  # still in the spill file: the lock outlived the process
     with TelemetryService(_config(db)) as service:
         assert service.track("host.after") is not None
-    _finish("db_locked", caplog_all, driver)
+    assert _stored(db) == 30 + 2 + 1
+    _finish("db_locked", caplog_all, driver, quiet_ok=True)
 
 
-#: A call may wait for another process's lock at most this long once the store is
-#: open: the service's app-facing busy timeout (service.APP_BUSY_TIMEOUT_MS, 200 ms)
-#: plus a margin for a loaded machine.
+#: A call may take at most this long while another process holds the lock: track()
+#: never waits for it (it spills); a margin for a loaded machine.
 LOCK_BOUND = 1.0
 
 
@@ -346,7 +347,8 @@ LOCK_BOUND = 1.0
 def test_database_locked_while_running(
     tmp_path: Path, caplog_all: pytest.LogCaptureFixture
 ) -> None:
-    """The lock is taken after the service opened: track() waits at most the busy timeout."""
+    """The lock is taken after the service opened: track() does not wait, and the
+    event is stored once the lock is released."""
     db = tmp_path / "data" / "telemetry.db"
     driver = Driver("db_locked_mid_run")
     with TelemetryService(_config(db)) as service:
@@ -365,9 +367,9 @@ def test_database_locked_while_running(
             if locker.stdout is not None:
                 locker.stdout.close()
         assert driver.call(service.track, "host.after") is not None
-    assert ids == [None]
-    assert _stored(db) == 2
-    _finish("db_locked_mid_run", caplog_all, driver)
+    assert None not in ids
+    assert _stored(db) == 3
+    _finish("db_locked_mid_run", caplog_all, driver, quiet_ok=True)
     assert driver.worst < LOCK_BOUND, f"track() blocked {driver.worst:.1f} s on a locked database"
 
 

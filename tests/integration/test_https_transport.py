@@ -177,8 +177,19 @@ def test_413_is_too_large(fake_collector: FakeCollector, make_transport: Factory
     assert transport.submit_batch(events[2:]).accepted == 1
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 415, 422, 500, 501])
-def test_other_statuses_are_terminal(
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 501, 502, 503, 504, 599])
+def test_transient_statuses_are_retryable_with_their_retry_after(
+    status: int, fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    fake_collector.script(Reply(status=status, headers={"Retry-After": "5"}))
+    with pytest.raises(TransportError) as info:
+        make_transport(fake_collector).submit_batch(make_events(1))
+    assert (info.value.retryable, info.value.status, info.value.too_large) == (True, status, False)
+    assert info.value.retry_after == 5.0
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 415, 422])
+def test_permanent_refusals_are_terminal(
     status: int, fake_collector: FakeCollector, make_transport: Factory
 ) -> None:
     fake_collector.script(Reply(status=status, headers={"Retry-After": "5"}))

@@ -34,7 +34,8 @@ def make_service(
         "timeout": 10.0,
     }
     options.update(changes)
-    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    # One fake clock drives both: the pause after a failure is monotonic.
+    kwargs: dict[str, Any] = {"clock": clock, "monotonic": clock} if clock is not None else {}
     # No background worker: the tests drive submit_now.
     return TelemetryService(TelemetryConfig(**options), background=False, **kwargs)
 
@@ -99,15 +100,28 @@ def test_too_large_batches_are_split(tmp_path: Path, fake_collector_factory: Any
     assert statuses.count(413) >= 1 and statuses.count(200) >= 4
 
 
-def test_unknown_key_dead_letters_until_revived(
+def test_an_unknown_key_dead_letters_and_a_new_key_revives_them_by_itself(
     tmp_path: Path, fake_collector: FakeCollector
 ) -> None:
-    fake_collector.api_keys = {"another"}
+    fake_collector.api_keys = {"k-fixed"}
     service = make_service(tmp_path, fake_collector)
     ids = [service.track("t") for _ in range(3)]
     stats = service.submit_now()
+    service.close()
     assert stats.dead == 3 and stats.queue_size == 0 and fake_collector.events == []
-    fake_collector.api_keys = {"k-123"}
+    # The app ships a release with the right key: no revive step by anyone.
+    fixed = make_service(tmp_path, fake_collector, api_key="k-fixed")
+    stats = fixed.submit_now()
+    fixed.close()
+    assert stats.dead == 0 and sorted(fake_collector.event_ids) == sorted(ids)
+
+
+def test_a_manual_retry_dead_still_revives(tmp_path: Path, fake_collector: FakeCollector) -> None:
+    fake_collector.api_keys = {"another"}
+    service = make_service(tmp_path, fake_collector)
+    ids = [service.track("t") for _ in range(3)]
+    assert service.submit_now().dead == 3
+    fake_collector.api_keys = {"k-123"}  # fixed on the server side: same settings here
     assert service.retry_dead() == 3
     stats = service.submit_now()
     service.close()

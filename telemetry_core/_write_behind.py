@@ -1,0 +1,366 @@
+"""Write-behind: where ``track()`` puts an event it cannot store now, and how it gets in.
+
+``track()`` must never wait on another process's lock (DESIGN §4). When the
+database is locked, the checked event is appended to a *spill file* next to the
+database, one line per event, in one ``write()`` of an ``O_APPEND`` file: no
+lock to wait for, a few microseconds, and the event survives the process
+(even ``os._exit`` or SIGKILL, as the bytes are in the kernel's page cache).
+A merger thread moves spilled events into the database once the lock is
+released; :meth:`SpillJournal.close` tries once more within the exit budget,
+and whatever is still spilled then is merged by the next process that opens
+the database.
+
+Layout: ``<db name>.spill-<pid>-<random>``; each line is ``1`` or ``0`` (queue
+the event or only keep it locally, decided at ``track()`` time) followed by the
+event's wire encoding. The writing process holds an exclusive ``flock`` on its
+file for as long as it writes to it, so a merger takes only files whose writer
+has gone (or rotated them away); merging twice is harmless because recording an
+id that is already stored changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "SPILL_GLOB",
+    "SpillJournal",
+    "WriteBehind",
+    "count_spilled",
+    "read_spill_file",
+    "remove_spill_files",
+    "spill_files",
+]
+
+logger = logging.getLogger("telemetry_core")
+
+#: Spill files of a database ``X`` are ``X`` + this pattern.
+SPILL_GLOB: Final = ".spill-*"
+_QUEUE: Final = b"1"
+_LOCAL: Final = b"0"
+
+_journals: weakref.WeakSet[SpillJournal] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for journal in list(_journals):
+        journal._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def spill_files(db_path: Path) -> list[Path]:
+    """Every spill file of the database at ``db_path``, oldest name first."""
+    try:
+        return sorted(db_path.parent.glob(db_path.name + SPILL_GLOB))
+    except OSError:
+        return []
+
+
+def count_spilled(db_path: Path) -> int:
+    """Events waiting in every spill file of ``db_path`` (any process's)."""
+    total = 0
+    for path in spill_files(db_path):
+        with contextlib.suppress(OSError):
+            total += path.read_bytes().count(b"\n")
+    return total
+
+
+def read_spill_file(data: bytes) -> list[tuple[bytes, bool]]:
+    """The (payload, queue it) pairs of a spill file's bytes; a torn last line
+    (the writer died inside ``write()``) is skipped."""
+    out = []
+    for line in data.split(b"\n"):
+        if len(line) > 1 and line[:1] in (_QUEUE, _LOCAL) and line.endswith(b"}"):
+            out.append((line[1:], line[:1] == _QUEUE))
+    return out
+
+
+class SpillJournal:
+    """This process's spill file for the database at ``db_path``.
+
+    :param db_path: the database the events belong to.
+    :param max_entries: events kept spilled at most (``max_queue_size``);
+        :meth:`append` refuses more and the caller counts them.
+
+    Thread-safe. :meth:`append` is the only call on ``track()``'s path.
+    """
+
+    def __init__(self, db_path: Path, *, max_entries: int) -> None:
+        self.db_path = db_path
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._pending = 0
+        # Files rotated away from append() whose merge has not succeeded yet:
+        # (path, fd holding the lock, events in it), oldest first.
+        self._rotated: list[tuple[Path, int, int]] = []
+        _journals.add(self)
+
+    @property
+    def pending(self) -> int:
+        """Events this process spilled that are not stored yet."""
+        return self._pending + sum(count for _, _, count in self._rotated)
+
+    def append(self, payload: bytes, *, enqueue: bool) -> bool:
+        """Append one encoded event; False (nothing written) when full or the
+        file cannot be written."""
+        line = (_QUEUE if enqueue else _LOCAL) + payload + b"\n"
+        with self._lock:
+            if self.pending >= self.max_entries:
+                return False
+            try:
+                fd = self._fd if self._fd is not None else self._open()
+                os.write(fd, line)
+            except OSError as exc:
+                logger.debug("telemetry-core: cannot write the spill file: %r", exc)
+                return False
+            self._pending += 1
+            return True
+
+    def _open(self) -> int:
+        name = f"{self.db_path.name}.spill-{os.getpid()}-{secrets.token_hex(4)}"
+        path = self.db_path.parent / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+        self._fd, self._path = fd, path
+        return fd
+
+    def merge(self, store_events: Callable[[list[tuple[bytes, bool]]], None]) -> int:
+        """Hand this process's spilled events to ``store_events`` (one call per
+        file, which stores them durably or raises), deleting each file merged;
+        return how many events were stored.
+
+        The file is rotated first, so ``append`` goes on into a new file while
+        the merge waits for the database. A file whose merge fails stays
+        rotated (and locked) for the next call; the exception propagates.
+        """
+        with self._lock:
+            if self._fd is not None and self._path is not None:
+                self._rotated.append((self._path, self._fd, self._pending))
+                self._fd = self._path = None
+                self._pending = 0
+        done = 0
+        while self._rotated:
+            path, fd, _ = self._rotated[0]
+            done += _merge_file(path, fd, store_events)
+            with self._lock:
+                self._rotated.pop(0)
+            os.close(fd)
+        return done
+
+    def merge_orphans(self, store_events: Callable[[list[tuple[bytes, bool]]], None]) -> int:
+        """Merge the spill files of the database that no live writer holds
+        (left by a process that exited or was killed); return events handed on."""
+        own = {self._path, *(path for path, _, _ in self._rotated)}
+        done = 0
+        for path in spill_files(self.db_path):
+            if path in own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # merged and removed by someone else meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its writer is alive
+                done += _merge_file(path, fd, store_events)
+            finally:
+                os.close(fd)
+        return done
+
+    def close(self) -> None:
+        """Close the files without merging (they stay for the next process)."""
+        with self._lock:
+            fds = [fd for _, fd, _ in self._rotated]
+            if self._fd is not None:
+                fds.append(self._fd)
+            self._fd, self._path, self._rotated = None, None, []
+            self._pending = 0
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _forget_after_fork(self) -> None:
+        # The parent still writes its file; the child must neither write to it
+        # nor keep its lock alive after the parent exits.
+        self._lock = threading.Lock()
+        self.close()
+
+
+def _merge_file(
+    path: Path, fd: int, store_events: Callable[[list[tuple[bytes, bool]]], None]
+) -> int:
+    """Store the events of the spill file open at ``fd``, then unlink it."""
+    data = _read_all(fd)
+    events = read_spill_file(data)
+    if events:
+        store_events(events)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return len(events)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def remove_spill_files(db_path: Path) -> None:
+    """Delete every spill file of ``db_path`` (``disable --purge``)."""
+    for path in spill_files(db_path):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+#: First wait of the merger thread before it tries the database (seconds); it
+#: doubles after each locked attempt up to :data:`MERGE_MAX_WAIT`.
+MERGE_FIRST_WAIT: Final = 0.05
+MERGE_MAX_WAIT: Final = 1.0
+#: After a locked write, ``track()`` spills without trying the database for
+#: this long (seconds), so a held lock costs each call one append, not a wait.
+SPILL_HOLD: Final = 0.05
+
+
+class WriteBehind:
+    """A spill journal and the thread that merges it into the database.
+
+    :param journal: this process's :class:`SpillJournal`.
+    :param store_events: stores (payload, queue it) pairs durably in one go or
+        raises; a locked database is recognised by ``is_locked``.
+    :param is_locked: whether an exception means "another writer holds the lock".
+    :param thread_setup: run once in the merger thread before its first merge
+        (the service gives that thread's connection a longer busy timeout).
+    :param monotonic: the clock of :data:`SPILL_HOLD`.
+    """
+
+    def __init__(
+        self,
+        journal: SpillJournal,
+        store_events: Callable[[list[tuple[bytes, bool]]], None],
+        *,
+        is_locked: Callable[[BaseException], bool],
+        thread_setup: Callable[[], None] | None = None,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.journal = journal
+        self._store_events = store_events
+        self._is_locked = is_locked
+        self._thread_setup = thread_setup
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hold_until = 0.0
+        self._orphans = True  # files of earlier processes may exist
+        self.merged = 0
+
+    def try_database(self) -> bool:
+        """Whether ``track()`` should try the database (not within a hold)."""
+        return not self.journal.pending or self._monotonic() >= self._hold_until
+
+    def spill(self, payload: bytes, *, enqueue: bool) -> bool:
+        """Append one event and make sure the merger runs; False when full."""
+        self._hold_until = self._monotonic() + SPILL_HOLD
+        if not self.journal.append(payload, enqueue=enqueue):
+            return False
+        self.start()
+        return True
+
+    def start(self) -> None:
+        """Start the merger thread unless it runs (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="telemetry-core-write-behind", daemon=True
+            )
+            self._thread.start()
+
+    def adopt_orphans(self) -> None:
+        """Look for spill files other processes left (a forked worker that exited,
+        a killed process) and merge them in the background."""
+        own = {self.journal._path, *(path for path, _, _ in self.journal._rotated)}
+        if any(path not in own for path in spill_files(self.journal.db_path)):
+            self._orphans = True
+            self.start()
+
+    def merge_once(self) -> bool:
+        """Merge what waits (own journal, then orphans); True when nothing is left.
+
+        A locked database leaves everything in place and returns False."""
+        try:
+            self.merged += self.journal.merge(self._store_events)
+            if self._orphans:
+                self.merged += self.journal.merge_orphans(self._store_events)
+                self._orphans = False
+        except Exception as exc:
+            self._orphans = True  # a failed merge leaves its file as an orphan
+            if not self._is_locked(exc):
+                logger.debug("telemetry-core: merging spilled events failed: %r", exc)
+            return False
+        return not self.journal.pending
+
+    def merge_until(self, deadline: float) -> bool:
+        """Merge in the caller's thread, retrying a locked database until the
+        monotonic ``deadline``; True when nothing is left."""
+        wait = MERGE_FIRST_WAIT
+        while True:
+            if self.merge_once():
+                return True
+            left = deadline - self._monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(wait, left))
+            wait = min(wait * 2, MERGE_MAX_WAIT)
+
+    def release_files(self) -> None:
+        """Close the journal's files unmerged: they become orphans that the next
+        merge of orphans (this process's or another's) stores."""
+        self.journal.close()
+        self._orphans = True
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the merger thread, waiting at most ``timeout``; True if it ended."""
+        self._stop.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(timeout, 0.0))
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        if self._thread_setup is not None:
+            try:
+                self._thread_setup()
+            except Exception as exc:
+                logger.debug("telemetry-core: write-behind thread setup failed: %r", exc)
+        wait = MERGE_FIRST_WAIT
+        while not self._stop.wait(wait):
+            if self.merge_once():
+                with self._lock:
+                    if not self.journal.pending and not self._orphans:
+                        self._thread = None
+                        return
+                wait = MERGE_FIRST_WAIT
+            else:
+                wait = min(wait * 2, MERGE_MAX_WAIT)

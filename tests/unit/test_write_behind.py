@@ -1,0 +1,275 @@
+"""Tests of the write-behind journal and its merger (telemetry_core._write_behind),
+and of lock waits that happen between fork-guard sections (telemetry_core._forksafe)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from telemetry_core._forksafe import fork_guard, guarded, is_locked, lock_budget
+from telemetry_core._write_behind import (
+    SpillJournal,
+    WriteBehind,
+    read_spill_file,
+    remove_spill_files,
+    spill_files,
+)
+from telemetry_core.errors import StorageError
+from tests.processes import in_forked_child
+
+Stored = list[tuple[bytes, bool]]
+
+
+def payload(n: int) -> bytes:
+    return b'{"id":"%d","n":%d}' % (n, n)
+
+
+class Sink:
+    """Stores merged events; ``locked`` makes it fail like a locked database."""
+
+    def __init__(self) -> None:
+        self.events: Stored = []
+        self.locked = False
+        self.calls = 0
+
+    def __call__(self, entries: Stored) -> None:
+        self.calls += 1
+        if self.locked:
+            raise StorageError("telemetry database x: database is locked")
+        self.events.extend(entries)
+
+
+def test_a_spill_line_round_trips_and_a_torn_last_line_is_skipped() -> None:
+    data = b"1" + payload(1) + b"\n" + b"0" + payload(2) + b"\n" + b"1" + payload(3)[:5]
+    assert read_spill_file(data) == [(payload(1), True), (payload(2), False)]
+
+
+def test_append_writes_a_private_file_next_to_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "telemetry.db"
+    journal = SpillJournal(db, max_entries=10)
+    assert journal.append(payload(1), enqueue=True)
+    assert journal.append(payload(2), enqueue=False)
+    [path] = spill_files(db)
+    assert path.name.startswith("telemetry.db.spill-")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_spill_file(path.read_bytes()) == [(payload(1), True), (payload(2), False)]
+    assert journal.pending == 2
+    journal.close()
+
+
+def test_a_full_journal_refuses_more(tmp_path: Path) -> None:
+    journal = SpillJournal(tmp_path / "t.db", max_entries=2)
+    assert [journal.append(payload(i), enqueue=True) for i in range(3)] == [True, True, False]
+    assert journal.pending == 2
+    journal.close()
+
+
+def test_a_failed_merge_keeps_everything_and_appends_go_on(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    journal = SpillJournal(db, max_entries=10)
+    sink = Sink()
+    journal.append(payload(1), enqueue=True)
+    sink.locked = True
+    with pytest.raises(StorageError):
+        journal.merge(sink)
+    journal.append(payload(2), enqueue=True)  # into a new file, while the first waits
+    assert journal.pending == 2 and len(spill_files(db)) == 2
+    sink.locked = False
+    assert journal.merge(sink) == 2
+    assert sink.events == [(payload(1), True), (payload(2), True)]
+    assert journal.pending == 0 and spill_files(db) == []
+
+
+def test_orphans_of_a_live_writer_are_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    alive = SpillJournal(db, max_entries=10)
+    alive.append(payload(1), enqueue=True)
+    merger = SpillJournal(db, max_entries=10)
+    sink = Sink()
+    assert merger.merge_orphans(sink) == 0  # its writer still holds the lock
+    alive.close()  # the writer goes away without merging
+    assert merger.merge_orphans(sink) == 1
+    assert sink.events == [(payload(1), True)] and spill_files(db) == []
+
+
+def test_a_killed_writers_events_are_merged_by_the_next_process(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from telemetry_core._write_behind import SpillJournal\n"
+        "j = SpillJournal(Path(sys.argv[1]), max_entries=10)\n"
+        'assert j.append(b\'{"id":"k"}\', enqueue=True)\n'
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(db)], check=False, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    sink = Sink()
+    assert SpillJournal(db, max_entries=10).merge_orphans(sink) == 1
+    assert sink.events == [(b'{"id":"k"}', True)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_spills_into_a_file_of_its_own(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    journal = SpillJournal(db, max_entries=10)
+    journal.append(payload(1), enqueue=True)
+    [parent_file] = spill_files(db)
+
+    def child() -> bytes:
+        assert journal.pending == 0  # the parent's events are the parent's
+        assert journal.append(payload(2), enqueue=True)
+        mine = [p for p in spill_files(db) if p != parent_file]
+        return b"%d" % len(mine)
+
+    assert in_forked_child(child) == b"1"
+    assert read_spill_file(parent_file.read_bytes()) == [(payload(1), True)]
+    # The child exited: its file is an orphan; the parent's still has a live writer.
+    sink = Sink()
+    assert journal.merge_orphans(sink) == 1 and sink.events == [(payload(2), True)]
+    journal.close()
+
+
+def test_remove_spill_files_deletes_them_all(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    for _ in range(2):
+        SpillJournal(db, max_entries=10).append(payload(1), enqueue=True)
+    remove_spill_files(db)
+    assert spill_files(db) == []
+
+
+def test_the_merger_thread_stores_spilled_events_once_the_lock_is_released(
+    tmp_path: Path,
+) -> None:
+    sink = Sink()
+    sink.locked = True
+    behind = WriteBehind(
+        SpillJournal(tmp_path / "t.db", max_entries=10),
+        sink,
+        is_locked=is_locked,
+        monotonic=time.monotonic,
+    )
+    assert behind.spill(payload(1), enqueue=True)
+    assert not behind.try_database()  # within the hold: spill without trying
+    for _ in range(500):  # bounded: until the thread has met the lock
+        if sink.calls:
+            break
+        time.sleep(0.01)
+    assert sink.calls and not sink.events
+    sink.locked = False
+    assert behind.merge_until(time.monotonic() + 30)
+    assert sink.events == [(payload(1), True)]
+    assert behind.stop(30)
+
+
+def test_merge_until_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    sink = Sink()
+    sink.locked = True
+    now = [0.0]
+    behind = WriteBehind(
+        SpillJournal(tmp_path / "t.db", max_entries=10),
+        sink,
+        is_locked=is_locked,
+        monotonic=lambda: now[0],
+    )
+    behind.journal.append(payload(1), enqueue=True)
+    assert not behind.merge_until(0.0)
+    assert behind.journal.pending == 1
+    behind.release_files()
+    assert len(spill_files(tmp_path / "t.db")) == 1
+
+
+# -- lock waits between fork-guard sections -------------------------------------------
+
+
+class Writer:
+    """Writes one config row; counts its attempts."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 20")
+        self.attempts = 0
+
+    def write(self) -> None:
+        self.attempts += 1
+        self.conn.execute("INSERT INTO t VALUES (1)")
+
+
+def _locked_db(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    path = tmp_path / "lock.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode = WAL")
+    setup.execute("CREATE TABLE t (x)")
+    setup.close()
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    return path, locker
+
+
+def test_a_guarded_call_waits_for_a_lock_in_retries_within_its_budget(tmp_path: Path) -> None:
+    path, locker = _locked_db(tmp_path)
+    writer = Writer(path)
+    with lock_budget(0.0), pytest.raises(sqlite3.OperationalError):
+        guarded(writer).write()  # no budget: one attempt
+    assert writer.attempts == 1
+    done = threading.Event()
+
+    def call() -> None:
+        with lock_budget(30.0):
+            guarded(writer).write()
+        done.set()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    for _ in range(3000):  # bounded: until it has retried at least once
+        if writer.attempts >= 3:
+            break
+        time.sleep(0.01)
+    assert writer.attempts >= 3 and not done.is_set()
+    locker.execute("ROLLBACK")
+    thread.join(30)
+    assert done.is_set()
+    assert locker.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+def test_a_fork_does_not_wait_for_a_thread_waiting_on_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread waits up to a minute for a lock held by another connection. A fork
+    # meanwhile finds no section running: the waiting happens between sections
+    # (were it inside one, before_fork would give up after max_wait with the
+    # section still active).
+    monkeypatch.setattr(fork_guard, "max_wait", 10.0)
+    path, locker = _locked_db(tmp_path)
+    writer = Writer(path)
+    done = threading.Event()
+
+    def call() -> None:
+        with lock_budget(60.0):
+            guarded(writer).write()
+        done.set()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    for _ in range(3000):  # bounded: until it has retried
+        if writer.attempts >= 2:
+            break
+        time.sleep(0.01)
+    fork_guard.before_fork()
+    try:
+        active = fork_guard.active
+    finally:
+        fork_guard.after_fork_in_parent()
+    assert active == 0
+    assert not done.is_set()  # the lock is still held: the thread still waits
+    locker.execute("ROLLBACK")
+    thread.join(60)
+    assert done.is_set()
