@@ -356,8 +356,8 @@ def stats(  # noqa: PLR0917
     as_json: bool,
 ) -> None:
     """Print the collector's aggregates, read directly from its store."""
-    from telemetry_core.collector.app import parse_stats_query
     from telemetry_core.collector.ingest import IngestError
+    from telemetry_core.collector.stats_query import parse_stats_query
 
     params = {
         "from": from_ or "",
