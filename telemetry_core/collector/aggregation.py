@@ -194,18 +194,21 @@ def hour_increments(
 def add_outcomes(
     counters: MutableMapping[tuple[int, str], int],
     *,
-    rejected: Mapping[str, int],
-    throttled: int,
     received_ms: int,
+    rejected: Mapping[str, int] | None = None,
+    throttled: int = 0,
+    duplicates: int = 0,
 ) -> None:
     """Add outcome counts to ``counters`` (keyed by hour of reception and name).
 
     ``rejected`` maps error codes to event counts (named ``rejected:<code>``);
-    ``throttled`` counts events refused for the rate limit. Zero counts add no key.
+    ``throttled`` counts events refused for the rate limit, ``duplicates``
+    events whose id was already stored. Zero counts add no key.
     """
     hour = hour_of(received_ms)
-    named = [(f"rejected:{code}", n) for code, n in rejected.items()]
+    named = [(f"rejected:{code}", n) for code, n in (rejected or {}).items()]
     named.append(("throttled", throttled))
+    named.append(("duplicate", duplicates))
     for name, n in named:
         if n:
             counters[(hour, name)] = counters.get((hour, name), 0) + n

@@ -9,40 +9,22 @@ appear in process listings: ``TELEMETRY_COLLECTOR_API_KEYS`` (comma-separated) o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import msgspec
 from click.core import ParameterSource
 
 from telemetry_core._version import __version__
-from telemetry_core.collector.store import CollectorStore
+from telemetry_core.collector.options import OPTIONS, OptionError, ServeSettings, StoreSettings
 from telemetry_core.errors import TelemetryError
-
-if TYPE_CHECKING:
-    import uvicorn
 
 __all__ = ["main"]
 
-log = logging.getLogger("telemetry_core.collector")
-
-_LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"
-
-
-def _read_secret_file(path: str) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise click.UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+CONFIG_HELP = "TOML file of options (keys named like the flags: rate_burst = 20000)."
 
 
 def _explicit_store(db: str | None, database_url: str | None) -> tuple[str | None, str | None]:
@@ -66,84 +48,50 @@ def _store_options(command: Callable[..., None]) -> Callable[..., None]:
     )(command)
 
 
-def _open_store(db: str | None, database_url: str | None, **options: Any) -> CollectorStore:
-    if (db is None) == (database_url is None):
-        raise click.UsageError("give exactly one of --db PATH or --database-url URL")
-    if database_url is not None:
-        from telemetry_core.collector.postgres_store import PostgresStore
-
-        return PostgresStore(database_url, **options)
-    from telemetry_core.collector.sqlite_store import SQLiteStore
-
-    assert db is not None
-    return SQLiteStore(db, **options)
-
-
-def _connection_backstop(max_connections: int) -> int:
-    """uvicorn's hard cap on open connections, above the app's cap on requests.
-
-    Idle keep-alive connections count towards it, so it leaves room for them
-    above ``--max-connections``.
-    """
-    return 2 * max_connections + 64
-
-
-def _serve_until_signal(config: uvicorn.Config) -> int:
-    """Run uvicorn until SIGINT/SIGTERM; return 0 after a graceful shutdown.
-
-    uvicorn's own signal handling re-raises the captured signal once shutdown is
-    complete, so a clean stop would end with status 143 and process managers
-    would report a failure. This server installs the same handlers and keeps the
-    signal. A second SIGINT forces an exit without waiting (status 1): in-flight
-    batches may then be cut off, and their clients resend them.
-    """
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            handled = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    server = _Server(config)
-    server.run()
-    if server.force_exit:
-        log.warning("collector forced to exit before in-flight requests finished")
-        return 1
-    return 0
-
-
 @click.group()
 @click.version_option(__version__, prog_name="telemetry-collector")
 def main() -> None:
     """The telemetry-core collector."""
 
 
+def _default(key: str) -> Any:
+    return OPTIONS[key].default
+
+
 @main.command()
-@_store_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file (embedded).")
+@click.option("--database-url", help="PostgreSQL URL (scale-out).")
+@click.option("--host", default=_default("host"), show_default=True, help="Address to listen on.")
+@click.option("--port", default=_default("port"), show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", "api_keys", multiple=True, help="A submission key (repeatable).")
 @click.option("--api-keys-file", type=click.Path(dir_okay=False), help="File of keys, one a line.")
-@click.option("--admin-token", envvar="TELEMETRY_COLLECTOR_ADMIN_TOKEN", help="Admin token.")
+@click.option("--admin-token", help="Admin token.")
 @click.option("--admin-token-file", type=click.Path(dir_okay=False), help="File with the token.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
-@click.option("--retention-days", default=90, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--retention-days",
+    default=_default("retention_days"),
+    show_default=True,
+    type=click.IntRange(1),
+)
 @click.option(
     "--rate-limit",
-    default=60_000,
+    default=_default("rate_limit"),
     show_default=True,
     type=click.IntRange(1),
     help="Events per minute per key.",
 )
-@click.option("--rate-burst", default=10_000, show_default=True, type=click.IntRange(1))
-@click.option("--max-pending-events", default=50_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--rate-burst", default=_default("rate_burst"), show_default=True, type=click.IntRange(1)
+)
+@click.option(
+    "--max-pending-events",
+    default=_default("max_pending_events"),
+    show_default=True,
+    type=click.IntRange(1),
+)
 @click.option(
     "--max-inflight-mb",
     type=click.IntRange(1),
@@ -152,14 +100,14 @@ def main() -> None:
 )
 @click.option(
     "--body-timeout",
-    default=30.0,
+    default=_default("body_timeout"),
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds to receive one request body (408 past it).",
 )
 @click.option(
     "--max-connections",
-    default=1000,
+    default=_default("max_connections"),
     show_default=True,
     type=click.IntRange(1),
     help="Requests in progress; past it new ones get 503 overloaded with Retry-After "
@@ -167,7 +115,7 @@ def main() -> None:
 )
 @click.option(
     "--keep-alive-timeout",
-    default=5,
+    default=_default("keep_alive_timeout"),
     show_default=True,
     type=click.IntRange(1),
     help="Seconds an idle keep-alive connection stays open.",
@@ -184,101 +132,43 @@ def main() -> None:
 )
 @click.option(
     "--log-level",
-    default="info",
+    default=_default("log_level"),
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve(  # noqa: PLR0917
-    db: str | None,
-    database_url: str | None,
-    host: str,
-    port: int,
-    api_keys: tuple[str, ...],
-    api_keys_file: str | None,
-    admin_token: str | None,
-    admin_token_file: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    retention_days: int,
-    rate_limit: int,
-    rate_burst: int,
-    max_pending_events: int,
-    max_inflight_mb: int | None,
-    body_timeout: float,
-    max_connections: int,
-    keep_alive_timeout: int,
-    secure_cookies: bool,
-    pool_max: int | None,
-    log_level: str,
-) -> None:
-    """Run the collector until SIGINT/SIGTERM (in-flight batches finish and commit)."""
-    import os
+def serve(config_file: str | None, **options: Any) -> None:
+    """Run the collector until SIGINT/SIGTERM (in-flight batches finish and commit).
 
-    import uvicorn
+    Every option can also be set as TELEMETRY_COLLECTOR_<OPTION> (for example
+    TELEMETRY_COLLECTOR_RATE_BURST) or as a key of the --config file
+    (rate_burst = 20000); the command line wins over the environment, which
+    wins over the file.
+    """
+    from telemetry_core.collector import server
 
-    from telemetry_core.collector.app import create_app
-    from telemetry_core.collector.settings import CollectorSettings
-
-    keys = list(api_keys)
-    env_keys = os.environ.get("TELEMETRY_COLLECTOR_API_KEYS", "")
-    keys += [k.strip() for k in env_keys.split(",") if k.strip()]
-    if api_keys_file:
-        keys += _read_secret_file(api_keys_file)
-    if not keys:
-        raise click.UsageError(
-            "no submission keys: use --api-key, --api-keys-file or TELEMETRY_COLLECTOR_API_KEYS"
-        )
-    db, database_url = _explicit_store(db, database_url)
-    if admin_token_file:
-        lines = _read_secret_file(admin_token_file)
-        if not lines:
-            raise click.UsageError(f"--admin-token-file {admin_token_file} holds no token")
-        admin_token = lines[0]
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    store_options: dict[str, Any] = {"max_pending_events": max_pending_events}
-    if pool_max is not None:
-        if database_url is None:
-            raise click.UsageError("--pool-max applies to --database-url (PostgreSQL) only")
-        store_options["pool_max"] = pool_max
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
+    settings = _settings(config_file, options)
     try:
-        settings = CollectorSettings(
-            api_keys=tuple(dict.fromkeys(keys)),
-            admin_token=admin_token,
-            retention_days=retention_days,
-            rate_limit_per_minute=rate_limit,
-            rate_limit_burst=rate_burst,
-            max_pending_events=max_pending_events,
-            tls=tls_cert is not None,
-            secure_cookies=secure_cookies,
-            body_timeout_s=body_timeout,
-            max_inflight_bytes=None if max_inflight_mb is None else max_inflight_mb * 1024 * 1024,
-            max_concurrent_requests=max_connections,
-        )
-        store = _open_store(db, database_url, **store_options)
+        status = server.serve(settings)
     except TelemetryError as exc:
         raise click.ClickException(str(exc)) from exc
-    app = create_app(settings, store)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-        lifespan="on",
-        # The app answers past max_connections itself (JSON 503 + Retry-After);
-        # uvicorn's own bare 503 is only a backstop on open connections.
-        limit_concurrency=_connection_backstop(max_connections),
-        timeout_keep_alive=keep_alive_timeout,
-        # A request line plus headers larger than this is refused (uvicorn's default).
-        h11_max_incomplete_event_size=16 * 1024,
-    )
-    sys.exit(_serve_until_signal(config))
+    sys.exit(status)
+
+
+def _settings(config_file: str | None, options: Mapping[str, Any]) -> ServeSettings:
+    """The serve settings from the options given on the command line, the
+    environment and ``config_file``; usage errors exit 2, bad values 1."""
+    context = click.get_current_context()
+    given = {
+        key: value
+        for key, value in options.items()
+        if context.get_parameter_source(key) is ParameterSource.COMMANDLINE
+    }
+    try:
+        return ServeSettings.load(given=given, config_file=config_file)
+    except OptionError as exc:
+        raise click.UsageError(exc.reason) from exc
+    except TelemetryError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _format_ms(value: int) -> str:
@@ -356,8 +246,8 @@ def stats(  # noqa: PLR0917
     as_json: bool,
 ) -> None:
     """Print the collector's aggregates, read directly from its store."""
-    from telemetry_core.collector.app import parse_stats_query
     from telemetry_core.collector.ingest import IngestError
+    from telemetry_core.collector.stats_query import parse_stats_query
 
     params = {
         "from": from_ or "",
@@ -377,7 +267,12 @@ def stats(  # noqa: PLR0917
 
             result = read_stats_file(db, query)
         else:
-            store = _open_store(db, database_url)
+            from telemetry_core.collector.server import open_store
+
+            try:
+                store = open_store(StoreSettings(db=db, database_url=database_url))
+            except OptionError as exc:
+                raise click.UsageError(exc.reason) from exc
 
             async def read() -> dict[str, Any]:
                 try:

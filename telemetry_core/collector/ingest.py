@@ -58,15 +58,25 @@ class IngestError(Exception):
     """A request-level refusal: HTTP ``status`` with an error ``code`` and ``message``.
 
     ``close`` asks the server to close the connection after answering (the
-    request body was not read to its end).
+    request body was not read to its end). ``retry_after`` is the
+    ``Retry-After`` of the answer in seconds (a 503 without one says 1).
     """
 
-    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.close = close
+        self.retry_after = retry_after
 
 
 def _too_large(message: str) -> IngestError:

@@ -37,20 +37,9 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from telemetry_core.collector.aggregation import (
-    DAY_MS,
-    add_outcomes,
-    build_stats,
-    hour_increments,
-    hour_of,
-)
-from telemetry_core.collector.store import (
-    HOUR_MS,
-    IngestOutcome,
-    PendingWork,
-    StatsData,
-    StatsQuery,
-)
+from telemetry_core.collector.aggregation import DAY_MS, add_outcomes, build_stats
+from telemetry_core.collector.store import IngestOutcome, PendingWork, StatsData, StatsQuery
+from telemetry_core.collector.store_sql import POSTGRES, Dedupe, plan_increments, read_stats_data
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
@@ -366,66 +355,23 @@ class PostgresStore(PendingWork):
     def read_stats_data(self, query: StatsQuery) -> StatsData:
         """Read the rollup rows for ``query`` in one consistent snapshot."""
         self.flush_counters()
-        where = ["hour_ms >= %s", "hour_ms < %s"]
-        args: list[Any] = [query.from_hour_ms, query.to_ms]
-        if query.app is not None:
-            where.append("app = %s")
-            args.append(query.app)
-        if query.event_type is not None:
-            where.append("type = %s")
-            args.append(query.event_type)
-        cond = " AND ".join(where)
-        grain = DAY_MS if query.bucket == "day" else HOUR_MS
         try:
             with self._pool.connection() as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
                 try:
                     with conn.transaction(), conn.cursor() as cur:
-                        cur.execute(
-                            "SELECT app, type, hour_ms, count, success, failure FROM rollups "
-                            f"WHERE {cond}",
-                            args,
-                        )
-                        rollups = [tuple(r) for r in cur.fetchall()]
-                        cur.execute(
-                            "SELECT app, type, hour_ms, bucket, count FROM rollup_buckets "
-                            f"WHERE {cond}",
-                            args,
-                        )
-                        buckets = [tuple(r) for r in cur.fetchall()]
-                        cur.execute(
-                            f"SELECT app, type, hour_ms - hour_ms %% {grain} AS b, "
-                            f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} "
-                            "GROUP BY app, type, b",
-                            args,
-                        )
-                        series_installs = [tuple(r) for r in cur.fetchall()]
-                        cur.execute(
-                            "SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs "
-                            f"WHERE {cond}) AS d",
-                            args,
-                        )
-                        row = cur.fetchone()
-                        total_installs = int(row[0]) if row else 0
-                        cur.execute(
-                            "SELECT name, SUM(count) FROM counters "
-                            "WHERE hour_ms >= %s AND hour_ms < %s GROUP BY name",
-                            (query.from_hour_ms, query.to_ms),
-                        )
-                        counters = {str(name): int(n) for name, n in cur.fetchall()}
+
+                        def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+                            cur.execute(sql, args)
+                            return cur.fetchall()
+
+                        return read_stats_data(fetch, query, POSTGRES)
                 finally:
                     conn.isolation_level = None
                     conn.read_only = None
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(f"cannot read stats: {_describe(exc)}") from exc
-        return StatsData(
-            rollups=rollups,
-            buckets=buckets,
-            series_installs=series_installs,
-            total_installs=total_installs,
-            counters=counters,
-        )
 
     def flush_counters(self) -> None:
         """Write the buffered outcome counters now (they are kept if the write fails)."""
@@ -570,56 +516,23 @@ class PostgresStore(PendingWork):
             },
         )
         new_ids = {str(row[0]) for row in cur.fetchall()}
-        inserted: list[bool] = []
-        claimed: set[str] = set()
-        for event_id in ids:
-            inserted.append(event_id in new_ids and event_id not in claimed)
-            claimed.add(event_id)
-        duplicates = len(ids) - len(new_ids)
-        if duplicates:
-            key = (hour_of(received_ms), "duplicate")
-            counters[key] = counters.get(key, 0) + duplicates
-        new = [first[i] for i in sorted(new_ids)]
-        if not new:
-            return IngestOutcome(inserted=tuple(inserted))
-        rollups, buckets = hour_increments(
-            (e.app, e.type, e.timestamp, e.duration_ms, e.success) for e in new
-        )
-        keys = sorted(rollups)
-        cur.execute(
-            _UPSERT_ROLLUPS,
-            (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [rollups[k][0] for k in keys],
-                [rollups[k][1] for k in keys],
-                [rollups[k][2] for k in keys],
-            ),
-        )
-        if buckets:
-            bkeys = sorted(buckets)
-            cur.execute(
-                _UPSERT_BUCKETS,
-                (
-                    [k[0] for k in bkeys],
-                    [k[1] for k in bkeys],
-                    [k[2] for k in bkeys],
-                    [k[3] for k in bkeys],
-                    [buckets[k] for k in bkeys],
-                ),
-            )
-        installs = sorted({(e.app, e.type, hour_of(e.timestamp), e.install_id) for e in new})
-        cur.execute(
-            _INSERT_INSTALLS,
-            (
-                [k[0] for k in installs],
-                [k[1] for k in installs],
-                [k[2] for k in installs],
-                [k[3] for k in installs],
-            ),
-        )
-        return IngestOutcome(inserted=tuple(inserted))
+        inserted = Dedupe(stored=first.keys() - new_ids).verdicts(ids)
+        add_outcomes(counters, duplicates=inserted.count(False), received_ms=received_ms)
+        if not new_ids:
+            return IngestOutcome(inserted=inserted)
+        increments = plan_increments(first[i] for i in sorted(new_ids))
+        cur.execute(_UPSERT_ROLLUPS, _columns(increments.rollups, 6))
+        if increments.buckets:
+            cur.execute(_UPSERT_BUCKETS, _columns(increments.buckets, 5))
+        cur.execute(_INSERT_INSTALLS, _columns(increments.installs, 4))
+        return IngestOutcome(inserted=inserted)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """``rows`` turned into ``width`` column arrays (the parameters of an ``unnest``)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _describe(exc: BaseException) -> str:

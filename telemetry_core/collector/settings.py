@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import attrs
 
@@ -97,6 +98,23 @@ class CollectorSettings:
             raise ConfigError("drain_max_bytes", "must not be negative")
         if not self.drain_timeout_s >= 0:
             raise ConfigError("drain_timeout_s", "must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CollectorSettings:
+        """The settings named by ``TELEMETRY_COLLECTOR_*`` variables (``os.environ``
+        by default; see :mod:`telemetry_core.collector.options` for the names)."""
+        from telemetry_core.collector.options import collector_settings, load_values
+
+        return collector_settings(load_values(environ=environ))
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, environ: Mapping[str, str] | None = None
+    ) -> CollectorSettings:
+        """The settings of the TOML file ``path`` (the environment's win over it)."""
+        from telemetry_core.collector.options import collector_settings, load_values
+
+        return collector_settings(load_values(config_file=path, environ=environ))
 
     @property
     def one_request_bytes(self) -> int:

@@ -25,20 +25,9 @@ from typing import Any
 import attrs
 import msgspec
 
-from telemetry_core.collector.aggregation import (
-    DAY_MS,
-    add_outcomes,
-    build_stats,
-    hour_increments,
-    hour_of,
-)
-from telemetry_core.collector.store import (
-    HOUR_MS,
-    IngestOutcome,
-    PendingWork,
-    StatsData,
-    StatsQuery,
-)
+from telemetry_core.collector.aggregation import DAY_MS, add_outcomes, build_stats
+from telemetry_core.collector.store import IngestOutcome, PendingWork, StatsData, StatsQuery
+from telemetry_core.collector.store_sql import SQLITE, Dedupe, plan_increments, read_stats_data
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
@@ -348,68 +337,38 @@ class SQLiteStore(PendingWork):
         """
         conn = self._conn
         ids = [e.id.lower() for batch in batches for e in batch.events]
-        seen = {
+        stored = {
             row[0]
             for row in conn.execute(
                 "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))",
                 (msgspec.json.encode(ids),),
             )
         }
-        encode = msgspec.json.encode
+        dedupe = Dedupe(stored)
         rows: list[tuple[Any, ...]] = []
         new: list[Event] = []
         outcomes: list[IngestOutcome] = []
         position = 0
         for batch in batches:
-            received = batch.received_ms
-            inserted: list[bool] = []
-            for e in batch.events:
-                event_id = ids[position]
-                position += 1
-                if event_id in seen:
-                    inserted.append(False)
-                    continue
-                seen.add(event_id)
-                inserted.append(True)
-                new.append(e)
-                rows.append(
-                    (
-                        event_id,
-                        e.app,
-                        e.type,
-                        e.timestamp,
-                        received,
-                        e.install_id,
-                        e.session_id,
-                        e.app_version,
-                        e.duration_ms,
-                        None if e.success is None else int(e.success),
-                        encode(e.properties).decode(),
-                    )
-                )
-            dups = len(inserted) - sum(inserted)
-            if dups:
-                key = (hour_of(received), "duplicate")
-                counters[key] = counters.get(key, 0) + dups
-            outcomes.append(IngestOutcome(inserted=tuple(inserted)))
+            batch_ids = ids[position : position + len(batch.events)]
+            position += len(batch.events)
+            inserted = dedupe.verdicts(batch_ids)
+            for event_id, event, is_new in zip(batch_ids, batch.events, inserted, strict=True):
+                if is_new:
+                    new.append(event)
+                    rows.append(_event_row(event_id, event, batch.received_ms))
+            add_outcomes(counters, duplicates=inserted.count(False), received_ms=batch.received_ms)
+            outcomes.append(IngestOutcome(inserted=inserted))
         before = conn.total_changes
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
         if conn.total_changes - before != len(rows):
             raise sqlite3.IntegrityError("an event id appeared while the write lock was held")
-        rollups, buckets = hour_increments(
-            (e.app, e.type, e.timestamp, e.duration_ms, e.success) for e in new
-        )
-        conn.executemany(
-            _UPSERT_ROLLUP,
-            [(app, etype, hour, *counts) for (app, etype, hour), counts in rollups.items()],
-        )
-        conn.executemany(_UPSERT_BUCKET, [(*key, count) for key, count in buckets.items()])
-        conn.executemany(
-            _INSERT_INSTALL,
-            {(e.app, e.type, e.timestamp - e.timestamp % HOUR_MS, e.install_id) for e in new},
-        )
+        increments = plan_increments(new)
+        conn.executemany(_UPSERT_ROLLUP, increments.rollups)
+        conn.executemany(_UPSERT_BUCKET, increments.buckets)
+        conn.executemany(_INSERT_INSTALL, increments.installs)
         return outcomes
 
     def _run_cleanup(self, job: _Cleanup, *, finish: bool) -> None:
@@ -450,16 +409,6 @@ def read_stats_file(path: str | Path, query: StatsQuery) -> dict[str, Any]:
 
 
 def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
-    where = ["hour_ms >= ?", "hour_ms < ?"]
-    args: list[Any] = [query.from_hour_ms, query.to_ms]
-    if query.app is not None:
-        where.append("app = ?")
-        args.append(query.app)
-    if query.event_type is not None:
-        where.append("type = ?")
-        args.append(query.event_type)
-    cond = " AND ".join(where)
-    grain = DAY_MS if query.bucket == "day" else HOUR_MS
     # as_uri() percent-encodes '?', '#' and '%' so they stay part of the path.
     uri = f"{path.absolute().as_uri()}?mode=ro"
     try:
@@ -467,38 +416,25 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read stats: {exc}") from exc
     try:
-        rollups = conn.execute(
-            f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
-            args,
-        ).fetchall()
-        buckets = conn.execute(
-            f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}",
-            args,
-        ).fetchall()
-        series_installs = conn.execute(
-            f"SELECT app, type, hour_ms - hour_ms % {grain} AS b, "
-            f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",
-            args,
-        ).fetchall()
-        (total_installs,) = conn.execute(
-            f"SELECT COUNT(*) FROM (SELECT DISTINCT app, install_id FROM installs WHERE {cond})",
-            args,
-        ).fetchone()
-        counters = dict(
-            conn.execute(
-                "SELECT name, SUM(count) FROM counters WHERE hour_ms >= ? AND hour_ms < ? "
-                "GROUP BY name",
-                (query.from_hour_ms, query.to_ms),
-            ).fetchall()
-        )
+        return read_stats_data(lambda sql, args: conn.execute(sql, args).fetchall(), query, SQLITE)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read stats: {exc}") from exc
     finally:
         conn.close()
-    return StatsData(
-        rollups=rollups,
-        buckets=buckets,
-        series_installs=series_installs,
-        total_installs=int(total_installs),
-        counters=counters,
+
+
+def _event_row(event_id: str, e: Event, received_ms: int) -> tuple[Any, ...]:
+    """The ``events`` row of a new event (``success`` as 0/1, properties as JSON)."""
+    return (
+        event_id,
+        e.app,
+        e.type,
+        e.timestamp,
+        received_ms,
+        e.install_id,
+        e.session_id,
+        e.app_version,
+        e.duration_ms,
+        None if e.success is None else int(e.success),
+        msgspec.json.encode(e.properties).decode(),
     )

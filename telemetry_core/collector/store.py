@@ -3,9 +3,12 @@
 A store keeps the received events and the aggregates derived from them. Both
 implementations (:mod:`telemetry_core.collector.sqlite_store`,
 :mod:`telemetry_core.collector.postgres_store`) keep the same tables and the
-same semantics; everything that is not SQL (histogram math, bucketing, the
-shape of the stats document) lives in :mod:`telemetry_core.collector.aggregation`
-so the two cannot drift apart.
+same semantics. What they decide alike is written once so the two cannot
+drift apart: the SQL planning (dedupe, the rows an event adds, the five stats
+statements) in :mod:`telemetry_core.collector.store_sql`, and everything that is
+not SQL (histogram math, bucketing, the shape of the stats document) in
+:mod:`telemetry_core.collector.aggregation`. Each store keeps only its dialect
+and its transactions.
 
 Tables (names and columns are the same in both stores)::
 

@@ -651,7 +651,7 @@ def _asgi_scope(path: str = "/v1/submit") -> dict[str, Any]:
 
 
 def test_request_cap_answers_503_json_with_retry_after_and_frees_its_slot() -> None:
-    from telemetry_core.collector.app import _ConcurrencyCap
+    from telemetry_core.collector.middleware import ConcurrencyCap
 
     async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
         release = asyncio.Event()
@@ -661,7 +661,7 @@ def test_request_cap_answers_503_json_with_retry_after_and_frees_its_slot() -> N
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
 
-        cap = _ConcurrencyCap(slow_app, limit=1)
+        cap = ConcurrencyCap(slow_app, limit=1)
         answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
 
         async def call() -> None:
@@ -720,12 +720,12 @@ def _chunks(*sizes: int, last_done: bool = True) -> list[dict[str, Any]]:
 
 
 def test_body_drain_reads_the_rest_within_the_byte_bound() -> None:
-    from telemetry_core.collector.app import _BodyStream
+    from telemetry_core.collector.middleware import BodyStream
 
     async def scenario() -> tuple[bool, int, bool, int]:
-        whole = _BodyStream(_receive_from(_chunks(100, 100, 100)))
+        whole = BodyStream(_receive_from(_chunks(100, 100, 100)))
         ok = await whole.drain(300, 5)
-        over = _BodyStream(_receive_from(_chunks(100, 100, 100, 100)))
+        over = BodyStream(_receive_from(_chunks(100, 100, 100, 100)))
         stopped = await over.drain(250, 5)
         return ok, whole.received, stopped, over.received
 
@@ -736,12 +736,12 @@ def test_body_drain_reads_the_rest_within_the_byte_bound() -> None:
 
 
 def test_body_drain_stops_on_disconnect_and_on_its_deadline() -> None:
-    from telemetry_core.collector.app import _BodyStream
+    from telemetry_core.collector.middleware import BodyStream
 
     async def scenario() -> tuple[bool, bool, bool]:
-        gone = _BodyStream(_receive_from(_chunks(10, last_done=False)))
-        stalled = _BodyStream(_receive_from(_chunks(10, last_done=False), then_block=True))
-        finished = _BodyStream(_receive_from([]))
+        gone = BodyStream(_receive_from(_chunks(10, last_done=False)))
+        stalled = BodyStream(_receive_from(_chunks(10, last_done=False), then_block=True))
+        finished = BodyStream(_receive_from([]))
         finished.complete = True  # nothing left to read: returns without receiving
         return (
             await gone.drain(1000, 5),
@@ -785,9 +785,9 @@ def test_retention_survives_an_unexpected_error(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from telemetry_core.collector import app as app_module
+    from telemetry_core.collector import retention
 
-    monkeypatch.setattr(app_module, "_MIN_RETENTION_PAUSE_S", 0.0)
+    monkeypatch.setattr(retention, "MIN_PAUSE_S", 0.0)
     second_run = threading.Event()
 
     class FlakyStore(SQLiteStore):

@@ -102,7 +102,7 @@ def test_serve_pool_max_reaches_the_postgres_store(
 
 def test_indented_comment_in_keys_file_is_not_a_key(tmp_path: Path) -> None:
     """Review finding 8: comment lines are recognised after stripping."""
-    from telemetry_core.collector.cli import _read_secret_file
+    from telemetry_core.collector.options import read_secret_file as _read_secret_file
 
     keys = tmp_path / "keys"
     keys.write_text("key-a\n  # retired: key-b\n\t#x\n  key-c  \n", encoding="utf-8")

@@ -304,10 +304,10 @@ def test_a_batch_larger_than_one_insert_is_stored_whole(tmp_path: Path) -> None:
 def _fail_once(
     monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> tuple[threading.Event, list[int]]:
-    """Make the writer's ``hour_increments`` raise ``error`` on its first call."""
+    """Make the writer's ``plan_increments`` raise ``error`` on its first call."""
     from telemetry_core.collector import sqlite_store
 
-    real = sqlite_store.hour_increments
+    real = sqlite_store.plan_increments
     failed = threading.Event()
     calls: list[int] = []
 
@@ -318,7 +318,7 @@ def _fail_once(
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sqlite_store, "hour_increments", flaky)
+    monkeypatch.setattr(sqlite_store, "plan_increments", flaky)
     return failed, calls
 
 

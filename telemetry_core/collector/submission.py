@@ -1,0 +1,230 @@
+"""The submission pipeline every ingest route shares.
+
+A route that takes events (``POST /v1/submit`` today; other wire formats join
+the same way) hands its request to :func:`handle_submission` with a handler
+that gets a :class:`Submission` and calls, in this order::
+
+    kid = submission.authenticate(presented_key)      # 401 unknown key
+    submission.require_media_type("application/json") # 415
+    encoding = submission.content_encoding()           # 415 (identity or gzip)
+    submission.admit()                                 # 413 declared too large, 503 busy
+    body = await submission.read_body(encoding)        # 413 / 408, under the in-flight budget
+    raws = ...decode the route's format into one JSON event per item...
+    result = await submission.accept(kid, raws)        # 429, schema + PII re-check,
+                                                       # dedup, rollups, metrics, logs
+
+:func:`handle_submission` holds the in-flight budget lease, turns an
+:class:`~telemetry_core.collector.ingest.IngestError` into its JSON answer
+(draining a refused body first, so a client still sending can read a 413),
+answers a client that went away, and times the request for the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from telemetry_core.collector.collector import Collector
+from telemetry_core.collector.ingest import BudgetLease, IngestError, check_events, read_body
+from telemetry_core.collector.middleware import BodyStream
+from telemetry_core.collector.responses import declared_length, disconnected, refusal
+from telemetry_core.collector.store import StoreOverloaded
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import SubmitResponse
+
+__all__ = ["Submission", "SubmissionHandler", "handle_submission", "read_capped"]
+
+log = logging.getLogger("telemetry_core.collector")
+
+
+class Submission:
+    """One submission request on its way through the pipeline (see the module docstring)."""
+
+    def __init__(
+        self, collector: Collector, request: Request, lease: BudgetLease, stream: BodyStream
+    ) -> None:
+        self.collector = collector
+        self.request = request
+        self.lease = lease
+        self.stream = stream
+
+    def authenticate(self, presented: str | None) -> str:
+        """The id of the submission key ``presented``; 401 when it is missing or unknown."""
+        kid = self.collector.keys.identify(presented)
+        if kid is None:
+            raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
+        return kid
+
+    def require_media_type(self, *accepted: str) -> None:
+        """415 unless the ``Content-Type`` (without parameters) is one of ``accepted``."""
+        media = self.request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in accepted:
+            raise IngestError(
+                415, "unsupported_media_type", f"Content-Type must be {' or '.join(accepted)}"
+            )
+
+    def content_encoding(self) -> str:
+        """The body's ``Content-Encoding`` (``identity`` or ``gzip``); 415 otherwise."""
+        encoding = self.request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            raise IngestError(415, "unsupported_encoding", "Content-Encoding must be gzip or none")
+        return encoding
+
+    def admit(self) -> None:
+        """Refuse before reading: 413 for a declared length past the compressed
+        limit, 503 when the store's writer is behind or the in-flight budget is spent."""
+        settings = self.collector.settings
+        declared = declared_length(self.request)
+        if declared is not None and declared > settings.max_compressed_body_bytes:
+            raise IngestError(413, "too_large", "request body too large", close=True)
+        if self.collector.store.queue_depth >= settings.max_pending_events:
+            raise IngestError(503, "overloaded", "the collector is busy; retry later", close=True)
+        if not self.lease.fits(declared or 1):
+            raise IngestError(
+                503, "overloaded", "too many request bodies in flight; retry later", close=True
+            )
+
+    async def read_body(self, encoding: str) -> bytes:
+        """The whole (inflated) body, within the collector's body limits."""
+        settings = self.collector.settings
+        return await read_capped(
+            self.collector,
+            self.stream,
+            self.lease,
+            encoding=encoding,
+            max_compressed=settings.max_compressed_body_bytes,
+            max_body=settings.max_body_bytes,
+        )
+
+    async def accept(self, kid: str, raws: list[msgspec.Raw]) -> SubmitResponse:
+        """Rate-limit, check (schema and PII), deduplicate and store ``raws``, one
+        JSON event each; return the per-event verdict. 429 when the key's rate
+        limit is spent, 503 when the store is busy or failed."""
+        collector = self.collector
+        settings, store, metrics = collector.settings, collector.store, collector.metrics
+        received = collector.now_ms()
+        wait = collector.limiter.acquire(kid, len(raws))
+        if wait:
+            metrics.events.labels("throttled").inc(len(raws))
+            await store.record_outcomes(rejected={}, throttled=len(raws), received_ms=received)
+            log.info("submit throttled key=%s events=%d retry_after=%d", kid, len(raws), wait)
+            raise IngestError(429, "rate_limited", "rate limit exceeded", retry_after=wait)
+        checked = check_events(
+            raws,
+            now_ms=received,
+            max_event_bytes=settings.max_event_bytes,
+            max_future_skew_ms=settings.max_future_skew_ms,
+        )
+        try:
+            outcome = await store.ingest(checked.events, received)
+        except StoreOverloaded as exc:
+            raise IngestError(503, "overloaded", str(exc)) from exc
+        except StorageError as exc:
+            log.error("store write failed error=%s", type(exc).__name__)
+            raise IngestError(503, "store_unavailable", "the store failed; retry later") from exc
+        codes = Counter(e.code for e in checked.errors)
+        if codes:
+            await store.record_outcomes(rejected=codes, throttled=0, received_ms=received)
+            for code, n in codes.items():
+                metrics.rejected.labels(code).inc(n)
+            metrics.events.labels("rejected").inc(len(checked.errors))
+        metrics.events.labels("accepted").inc(outcome.accepted)
+        metrics.events.labels("duplicate").inc(outcome.duplicates)
+        log.info(
+            "submit ok key=%s events=%d accepted=%d duplicates=%d rejected=%d",
+            kid,
+            len(raws),
+            outcome.accepted,
+            outcome.duplicates,
+            len(checked.errors),
+        )
+        return SubmitResponse(
+            success=not checked.errors,
+            accepted=outcome.accepted,
+            rejected=len(checked.errors),
+            duplicates=outcome.duplicates,
+            errors=list(checked.errors),
+        )
+
+
+#: A route's own part of the pipeline: decode its format, call the steps, answer.
+SubmissionHandler = Callable[[Submission], Awaitable[Response]]
+
+
+async def handle_submission(request: Request, handler: SubmissionHandler) -> Response:
+    """Run ``handler`` on ``request`` inside the pipeline's guard (see the module docstring)."""
+    collector = Collector.of(request)
+    started = time.perf_counter()
+    stream = BodyStream(request.receive)
+    try:
+        with collector.budget.lease() as lease:
+            return await handler(Submission(collector, request, lease, stream))
+    except IngestError as exc:
+        if exc.status == 413:
+            read_all = await _drained(collector, request, stream)
+            log.info(
+                "submit refused status=413 code=%s drained=%s bytes=%d",
+                exc.code,
+                "yes" if read_all else "no",
+                stream.received,
+            )
+        elif exc.status != 429:  # a throttled batch was logged where it was counted
+            log.info("submit refused status=%d code=%s", exc.status, exc.code)
+        return refusal(exc)
+    except ClientDisconnect:
+        return disconnected(request.url.path)
+    finally:
+        collector.metrics.ingest_seconds.observe(time.perf_counter() - started)
+
+
+async def read_capped(
+    collector: Collector,
+    stream: BodyStream,
+    lease: BudgetLease,
+    *,
+    encoding: str,
+    max_compressed: int,
+    max_body: int,
+) -> bytes:
+    """Read a body under the in-flight budget and the body deadline (408 past it)."""
+    timeout = collector.settings.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            return await read_body(
+                stream.chunks(),
+                encoding=encoding,
+                max_compressed_bytes=max_compressed,
+                max_body_bytes=max_body,
+                lease=lease,
+            )
+    except TimeoutError:
+        raise IngestError(
+            408, "request_timeout", f"request body not received within {timeout:g} s", close=True
+        ) from None
+    except IngestError as exc:
+        exc.close = True  # the rest of the body was not read
+        raise
+
+
+async def _drained(collector: Collector, request: Request, stream: BodyStream) -> bool:
+    """Read and discard what is left of a refused body, within the drain bounds.
+
+    A client sends its whole body before it reads the answer; a connection
+    closed under it while it sends turns the answer into a reset or a TLS
+    EOF, which it cannot tell from a network fault (a 413 would then never
+    make it split its batch). A declared length past the bound is not read.
+    """
+    if stream.complete:
+        return True
+    settings = collector.settings
+    declared = declared_length(request)
+    if declared is not None and declared > settings.drain_bytes:
+        return False
+    return await stream.drain(settings.drain_bytes, settings.drain_seconds)

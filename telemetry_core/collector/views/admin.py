@@ -1,0 +1,208 @@
+"""The operator's routes: ``GET /v1/stats``, the dashboard (``GET /`` with
+``POST /login`` and ``POST /logout``) and ``GET /metrics``.
+
+All of them need the admin token (``Authorization: Bearer``); the dashboard
+also takes its session cookie. Refused credentials are counted per client
+address: past ``admin_failures_per_minute`` the address gets 429.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from telemetry_core.collector.auth import AdminAuth
+from telemetry_core.collector.collector import Collector
+from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
+from telemetry_core.collector.ingest import BudgetLease, IngestError
+from telemetry_core.collector.middleware import BodyStream
+from telemetry_core.collector.responses import (
+    client_host,
+    declared_length,
+    disconnected,
+    error_response,
+    html_response,
+    json_response,
+    refusal,
+)
+from telemetry_core.collector.stats_query import parse_stats_query
+from telemetry_core.collector.submission import read_capped
+
+__all__ = ["MAX_LOGIN_FORM_BYTES", "ROUTES"]
+
+log = logging.getLogger("telemetry_core.collector")
+
+#: The largest ``POST /login`` form read; larger ones get 413 without being read.
+MAX_LOGIN_FORM_BYTES = 4096
+
+
+def _throttled(collector: Collector, request: Request) -> Response | None:
+    """429 when this client address has used up its refused admin attempts."""
+    wait = collector.admin_failures.wait_for(client_host(request))
+    if not wait:
+        return None
+    log.warning("admin attempt throttled path=%s client=%s", request.url.path, client_host(request))
+    return error_response(
+        429,
+        "rate_limited",
+        "too many refused admin attempts; retry later",
+        {"Retry-After": str(wait)},
+    )
+
+
+def _failed(collector: Collector, request: Request, how: str) -> None:
+    """Count and log one refused admin credential (never its content)."""
+    collector.admin_failures.acquire(client_host(request), 1)
+    log.warning(
+        "admin auth refused path=%s via=%s client=%s", request.url.path, how, client_host(request)
+    )
+
+
+def _admitted(collector: Collector, request: Request, *, cookie: bool) -> Response | bool:
+    """True when the request carries the admin token (or, with ``cookie``, a valid
+    session); a 429 response when its address is throttled; False otherwise
+    (a wrong Bearer token counts as a refused attempt)."""
+    authorization = request.headers.get("authorization")
+    if cookie and collector.admin.check_cookie(request.cookies.get(AdminAuth.COOKIE)):
+        return True
+    if not authorization:
+        return False
+    throttled = _throttled(collector, request)
+    if throttled is not None:
+        return throttled
+    if collector.admin.check_header(authorization):
+        return True
+    _failed(collector, request, "bearer")
+    return False
+
+
+def _refused() -> Response:
+    return error_response(
+        401,
+        "unauthorized",
+        "this endpoint needs the admin token (Authorization: Bearer)",
+        {"WWW-Authenticate": 'Bearer realm="telemetry-collector"'},
+    )
+
+
+async def stats(request: Request) -> Response:
+    """The DESIGN §7 stats document for the query's range and filters."""
+    collector = Collector.of(request)
+    allowed = _admitted(collector, request, cookie=False)
+    if isinstance(allowed, Response):
+        return allowed
+    if not allowed:
+        return _refused()
+    try:
+        query = parse_stats_query(request.query_params)
+    except IngestError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    return json_response(await collector.store.stats(query))
+
+
+async def dashboard(request: Request) -> Response:
+    """The dashboard page (the login page without a session)."""
+    collector = Collector.of(request)
+    title = collector.settings.name
+    allowed = _admitted(collector, request, cookie=True)
+    if isinstance(allowed, Response):
+        return allowed
+    if not allowed:
+        return html_response(render_login(None, title=title), 401)
+    try:
+        query = parse_stats_query(request.query_params)
+    except IngestError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    page = render_dashboard(
+        await collector.store.stats(query),
+        title=title,
+        filters=dict(request.query_params),
+        generated_at_ms=collector.now_ms(),
+    )
+    return html_response(page)
+
+
+async def login(request: Request) -> Response:
+    """Check the posted token; on success set the session cookie and go to ``/``."""
+    collector = Collector.of(request)
+    try:
+        with collector.budget.lease() as lease:
+            return await _login(collector, request, lease)
+    except IngestError as exc:
+        log.info("login refused status=%d code=%s", exc.status, exc.code)
+        return refusal(exc)
+    except ClientDisconnect:
+        return disconnected("/login")
+
+
+async def _login(collector: Collector, request: Request, lease: BudgetLease) -> Response:
+    throttled = _throttled(collector, request)
+    if throttled is not None:
+        return throttled
+    declared = declared_length(request)
+    if declared is not None and declared > MAX_LOGIN_FORM_BYTES:
+        raise IngestError(413, "too_large", "form too large", close=True)
+    body = await read_capped(
+        collector,
+        BodyStream(request.receive),
+        lease,
+        encoding="identity",
+        max_compressed=MAX_LOGIN_FORM_BYTES,
+        max_body=MAX_LOGIN_FORM_BYTES,
+    )
+    token = parse_qs(body.decode("utf-8", "replace")).get(LOGIN_TOKEN_FIELD, [""])[0]
+    settings = collector.settings
+    if not collector.admin.check_token(token):
+        _failed(collector, request, "login")
+        return html_response(render_login("Wrong token.", title=settings.name), 401)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        AdminAuth.COOKIE,
+        collector.admin.new_session(),
+        max_age=settings.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=settings.tls or settings.secure_cookies,
+    )
+    log.info("dashboard login client=%s", client_host(request))
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """End the session (its cookie is revoked and deleted) and go to ``/``."""
+    collector = Collector.of(request)
+    collector.admin.revoke(request.cookies.get(AdminAuth.COOKIE))
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(
+        AdminAuth.COOKIE,
+        httponly=True,
+        samesite="strict",
+        secure=collector.settings.tls or collector.settings.secure_cookies,
+    )
+    return response
+
+
+async def prometheus(request: Request) -> Response:
+    """The collector's metrics in the Prometheus text format."""
+    collector = Collector.of(request)
+    allowed = _admitted(collector, request, cookie=False)
+    if isinstance(allowed, Response):
+        return allowed
+    if not allowed:
+        return _refused()
+    return Response(
+        collector.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+ROUTES = (
+    Route("/v1/stats", stats, methods=["GET"]),
+    Route("/", dashboard, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/metrics", prometheus, methods=["GET"]),
+)
