@@ -896,17 +896,19 @@ class TelemetryService:
         (see :mod:`telemetry_core._write_behind`)."""
         sending = self._config.sending
         write_behind = self._write_behind
+        stored = False
         if write_behind is None or write_behind.try_database():
             try:
                 with fork_guard.section():
                     opened.raw_storage.record(event, enqueue=sending)
+                stored = True
             except Exception as exc:
                 if not is_locked(exc):
                     raise
-                return self._spill(event, sending)
-        else:
-            return self._spill(event, sending)
-        if self._pending_counts:
+        if not stored:
+            if not self._spill(event, sending):
+                return None
+        elif self._pending_counts:
             self._flush_counts()
         # A cheap look at the implementations (kept up to date by pluggy on
         # every registration) saves the hook call when nobody observes.
@@ -916,11 +918,11 @@ class TelemetryService:
             self._ensure_worker()
         return event.id
 
-    def _spill(self, event: Event, sending: bool) -> str | None:
-        """Put ``event`` in the write-behind journal; its id, or None when full."""
+    def _spill(self, event: Event, sending: bool) -> bool:
+        """Put ``event`` in the write-behind journal; False when it is full."""
         if self._get_write_behind().spill(_encoder.encode(event), enqueue=sending):
             self._count(SPILLED, defer=True)
-            return event.id
+            return True
         self._count(DROPPED_SPILL_FULL, defer=True)
         self._warn_once(
             DROPPED_SPILL_FULL,
@@ -930,7 +932,7 @@ class TelemetryService:
             self._config.max_queue_size,
             DROPPED_SPILL_FULL,
         )
-        return None
+        return False
 
     def _get_write_behind(self) -> WriteBehind:
         with self._lock:

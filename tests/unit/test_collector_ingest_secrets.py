@@ -1,15 +1,5 @@
-"""Reproductions of the collector review's findings (tests/review/FINDINGS-collector.md).
-
-Each test states the behaviour the collector should have. They were written as
-``xfail(strict=True)`` reproductions while the defects stood; the marks are gone
-now that the findings are fixed.
-
-Findings 1-9 and 11-14 are fixed; their regression tests now live with the
-collector's own tests (tests/unit/test_collector_app.py, test_collector_ingest.py,
-test_collector_sqlite_store.py, test_collector_cli.py,
-tests/integration/test_collector_postgres.py and test_collector_protocol.py).
-Finding 10 belongs to ``telemetry_core.privacy`` (the client side).
-"""
+"""The collector's PII re-check refuses secrets in property values, such as URLs
+with a user and password (DESIGN §8)."""
 
 from __future__ import annotations
 
@@ -19,9 +9,6 @@ from telemetry_core.collector.ingest import check_events
 from tests.conftest import COLLECTOR_NOW_MS, wire_event
 
 NOW_MS = COLLECTOR_NOW_MS
-
-
-# -- finding 10 -----------------------------------------------------------------
 
 
 def test_url_with_credentials_is_rejected_as_pii() -> None:

@@ -1,8 +1,9 @@
-"""Regression tests of the client review's findings (tests/review/FINDINGS-client.md).
+"""track()'s input bounds and privacy at the edges (DESIGN §4, §8).
 
-Each test states the behaviour DESIGN §4-§8 asks for. They were written as
-``xfail(strict=True)`` reproductions while the defects stood; every finding is
-fixed now, the marks are gone, and they guard against a relapse.
+Oversized values are refused before any scrubbing pattern runs; property keys that
+hold personal data are never recorded; DO_NOT_TRACK and consent-off reads write
+nothing and never migrate a foreign file; str subclasses and NaN are handled as
+values, not as storage failures. (How these were found: docs/reliability.md.)
 """
 
 from __future__ import annotations

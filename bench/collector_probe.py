@@ -1,4 +1,5 @@
-"""Live probes behind findings 1, 2 and 11 of FINDINGS-collector.md (not a test module).
+"""Live probes of a running collector's memory under a big login body, slow gzip uploads
+and a large retention sweep (see docs/reliability.md, earlier reviews; not a test module).
 
 Start a collector first, e.g.::
 
@@ -8,9 +9,9 @@ Start a collector first, e.g.::
 
 then::
 
-    python -m tests.review.collector_probe login-big --ca ca.pem --port 18443 --pid PID --mib 300
-    python -m tests.review.collector_probe slow-gzip --ca ca.pem --port 18443 --pid PID --n 60
-    python -m tests.review.collector_probe retention --db /tmp/rv/ret.db --n 300000
+    python -m bench.collector_probe login-big --ca ca.pem --port 18443 --pid PID --mib 300
+    python -m bench.collector_probe slow-gzip --ca ca.pem --port 18443 --pid PID --n 60
+    python -m bench.collector_probe retention --db /tmp/rv/ret.db --n 300000
 
 ``--pid`` is the collector's process id, whose RSS is read from /proc.
 """

@@ -1,9 +1,7 @@
-"""Regression tests of the round-2 acceptance findings (tests/review/FINDINGS-round2.md).
-
-Each test states the behaviour DESIGN §4-§7 asks for; both findings are
-fixed, so the ``xfail(strict=True)`` marks are gone. Both drive a real
-``telemetry-collector serve`` subprocess over HTTPS on 127.0.0.1 (trustme CA),
-as the acceptance checkers will.
+"""The collector's limits seen from a client, end to end (DESIGN §4-§7): a batch over
+the body limit is split by the client and delivered, not lost; past the connection
+cap the collector answers 503 with ``Retry-After``. Both drive a real
+``telemetry-collector serve`` subprocess over HTTPS on 127.0.0.1 (trustme CA).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Reviewers' reproductions of findings (see FINDINGS-*.md)."""
