@@ -20,6 +20,9 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPE_PATTERN",
+    "IDENTIFIER_FORBIDDEN",
+    "INT64_MAX",
+    "INT64_MIN",
     "MAX_BATCH_EVENTS",
     "MAX_BODY_BYTES",
     "MAX_COMPRESSED_BODY_BYTES",
@@ -30,6 +33,7 @@ __all__ = [
     "MAX_PROPERTY_VALUE_LENGTH",
     "MAX_SHORT_STRING_LENGTH",
     "SCHEMA_VERSION",
+    "TEXT_FORBIDDEN",
     "Event",
     "EventError",
     "Limits",
@@ -68,7 +72,9 @@ MAX_COMPRESSED_BODY_BYTES: Final = 1024 * 1024
 #: Timestamps more than this far ahead of the receiver's clock are rejected.
 MAX_FUTURE_SKEW_MS: Final = 24 * 3600 * 1000
 #: Integers on the wire must fit in a signed 64-bit column.
-_INT64_MAX: Final = 2**63 - 1
+INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = INT64_MAX
 
 PropertyValue = str | int | float | bool | None
 
@@ -205,7 +211,15 @@ def _valid_uuid(text: object) -> bool:
 
 #: Identifiers carry no control characters at all; property values may hold
 #: tabs and line breaks, but no other C0/C1 control characters (NUL included),
-#: which some stores refuse and terminals misrender.
+#: which some stores refuse and terminals misrender. Lone surrogates are refused
+#: everywhere: they cannot be encoded as UTF-8. The character classes are written
+#: once here; the client and the collector both use these patterns.
+_IDENTIFIER_BAD_CHARS: Final = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"
+_TEXT_BAD_CHARS: Final = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"
+#: Anything an identifier (type, ids, app, version, property key) may not hold.
+IDENTIFIER_FORBIDDEN: Final = re.compile(f"[{_IDENTIFIER_BAD_CHARS}]")
+#: Anything a property value may not hold (control characters, surrogates).
+TEXT_FORBIDDEN: Final = re.compile(f"[{_TEXT_BAD_CHARS}]")
 _CONTROL_ANY: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 #: Lone surrogates cannot be encoded as UTF-8: such an event could be stored
@@ -216,9 +230,8 @@ _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 #: A short field that is certainly valid: 1-128 characters, none of them
 #: control characters or surrogates. One C-level match per field; the exact
 #: reason of a failure is worked out by :func:`_short_problem`.
-_SHORT_OK: Final = re.compile(rf"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_SHORT_STRING_LENGTH}}}")
-#: Anything a property value may not hold (control characters, surrogates).
-_TEXT_BAD: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_SHORT_OK: Final = re.compile(f"[^{_IDENTIFIER_BAD_CHARS}]{{1,{MAX_SHORT_STRING_LENGTH}}}")
+_TEXT_BAD: Final = TEXT_FORBIDDEN
 
 
 #: Strings already found well-formed: property keys, short fields (no control

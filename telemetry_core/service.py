@@ -93,6 +93,8 @@ from telemetry_core.plugin_host import PluginHost
 from telemetry_core.privacy import find_pii
 from telemetry_core.schema import (
     EVENT_TYPE_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
     MAX_EVENT_BYTES,
     MAX_PROPERTIES,
     MAX_PROPERTY_KEY_LENGTH,
@@ -139,8 +141,6 @@ SPILLED: Final = "spilled"
 # field at its maximum length), so its encoded size need not be measured.
 _SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
 _MISSING: Final = object()
-_INT64_MAX: Final = 2**63 - 1
-_INT64_MIN: Final = -(2**63)
 #: validate_event's bound on duration_ms.
 _MAX_DURATION_MS: Final = 1e15
 #: Scrub verdict: the property stays as it is.
@@ -828,7 +828,7 @@ class TelemetryService:
             if kind is str:
                 verdict = known.get((key, value))
             else:
-                if (kind is int and not _INT64_MIN <= value <= _INT64_MAX) or (
+                if (kind is int and not INT64_MIN <= value <= INT64_MAX) or (
                     kind is float and not math.isfinite(value)
                 ):
                     return None
@@ -881,7 +881,7 @@ class TelemetryService:
             success=success,
             properties=props,
         )
-        if not 0 <= timestamp <= _INT64_MAX:
+        if not 0 <= timestamp <= INT64_MAX:
             raise EventRejected(
                 "invalid_timestamp", "timestamp must be milliseconds since the epoch"
             )

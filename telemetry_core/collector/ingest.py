@@ -32,11 +32,15 @@ import msgspec
 
 from telemetry_core.privacy import PII_PATTERNS, find_pii
 from telemetry_core.schema import (
+    IDENTIFIER_FORBIDDEN,
+    INT64_MAX,
+    INT64_MIN,
     MAX_PROPERTIES,
     MAX_PROPERTY_KEY_LENGTH,
     MAX_PROPERTY_VALUE_LENGTH,
     MAX_SHORT_STRING_LENGTH,
     SCHEMA_VERSION,
+    TEXT_FORBIDDEN,
     Event,
     EventError,
     SubmitEnvelope,
@@ -236,7 +240,6 @@ class CheckedBatch:
     errors: tuple[EventError, ...]
 
 
-_INT64_MAX: Final = 2**63 - 1
 # schema.validate_event's rules, split in two: lengths and ranges as msgspec
 # constraints (checked in C while decoding), character rules as a few regex
 # scans over the whole batch (see _BatchStrings). Tests hold the pair to the
@@ -244,7 +247,7 @@ _INT64_MAX: Final = 2**63 - 1
 _Short = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SHORT_STRING_LENGTH)]
 _Value = (
     Annotated[str, msgspec.Meta(max_length=MAX_PROPERTY_VALUE_LENGTH)]
-    | Annotated[int, msgspec.Meta(ge=-_INT64_MAX - 1, le=_INT64_MAX)]
+    | Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
     | Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
     | bool
     | None
@@ -256,7 +259,7 @@ class _CheckedEvent(Event, frozen=True, kw_only=True):
 
     id: Annotated[str, msgspec.Meta(min_length=36, max_length=36)]
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    timestamp: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+    timestamp: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
     install_id: _Short
     app: _Short
     app_version: _Short | None = None
@@ -276,8 +279,6 @@ _IDS: Final = re.compile(
 _TYPES: Final = re.compile(r"(?:[a-z][a-z0-9_.:-]* )*")
 _KEYS: Final = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.:-]* )*")
 # Found anywhere in a joined list, they condemn one of its items.
-_CONTROL_IN_IDENTIFIER: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _all_match(pattern: re.Pattern[str], items: list[str]) -> bool:
@@ -314,8 +315,8 @@ class _BatchStrings:
             _all_match(_IDS, [e.id for e in events])
             and _all_match(_TYPES, [e.type for e in events])
             and _all_match(_KEYS, self.keys)
-            and not _CONTROL_IN_IDENTIFIER.search(" ".join(self.identifiers + self.versions))
-            and not _CONTROL_IN_TEXT.search(" ".join(self.texts))
+            and not IDENTIFIER_FORBIDDEN.search(" ".join(self.identifiers + self.versions))
+            and not TEXT_FORBIDDEN.search(" ".join(self.texts))
         )
 
     def clean(self) -> bool:
