@@ -1,7 +1,8 @@
 """Retention cleanup of the local store: delete what is older than ``retention_days``.
 
 :func:`clean` deletes in steps of :data:`CLEANUP_PAGE` events when the storage
-offers ``cleanup_page`` (the bundled SQLite queue does); :class:`Cleaner` runs
+implements the optional :class:`~telemetry_core.protocols.PagedCleanup` (the
+bundled SQLite queue does); :class:`Cleaner` runs
 it in a one-shot daemon thread when the service opens its store.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from telemetry_core._forksafe import fork_guard, set_lock_budget
+from telemetry_core.protocols import PagedCleanup
 from telemetry_core.worker import SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -40,18 +42,19 @@ def clean(storage: Storage, older_than: float, stop: threading.Event | None) -> 
     """Delete what was recorded before ``older_than``, in steps of
     :data:`CLEANUP_PAGE` events when the storage offers ``cleanup_page``;
     return how many events went, or None when ``stop`` was set first."""
-    page = getattr(storage, "cleanup_page", None)
-    if page is None:  # a third-party storage: one call
+    if not isinstance(storage, PagedCleanup):  # a storage without steps: one call
         return int(storage.cleanup(older_than))
+    page = storage.cleanup_page
     removed = 0
-    after: str | None = ""
+    after = ""
     for _ in range(_CLEANUP_MAX_PAGES):
         if stop is not None and stop.is_set():
             return None
-        after, n = page(older_than, after, CLEANUP_PAGE)
+        following, n = page(older_than, after, CLEANUP_PAGE)
         removed += n
-        if after is None:
+        if following is None:
             break
+        after = following
     return removed
 
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 from telemetry_core.models import QueuedEvent, QueueStats, SubmissionResult
 from telemetry_core.schema import Event, ServerInfo
 
-__all__ = ["Backoff", "Limiter", "Storage", "Transport"]
+__all__ = ["Backoff", "Limiter", "PagedCleanup", "Storage", "Transport"]
 
 
 @runtime_checkable
@@ -104,6 +104,22 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Close connections held by this thread or process."""
+        ...
+
+
+@runtime_checkable
+class PagedCleanup(Protocol):
+    """Optional for a :class:`Storage`: retention cleanup in bounded steps.
+
+    A storage that offers it is cleaned page by page, each step a short write
+    transaction, so a large store never holds the write lock for long; one
+    without it gets a single :meth:`Storage.cleanup` call.
+    """
+
+    def cleanup_page(self, older_than: float, after: str, page: int) -> tuple[str | None, int]:
+        """Look at the next ``page`` events after the id ``after`` (``""`` to
+        start), delete those recorded before ``older_than``; return the id to
+        continue after (None when done) and how many events went."""
         ...
 
 
