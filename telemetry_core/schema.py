@@ -151,12 +151,18 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of ``GET /v1/info``."""
+    """The body of ``GET /v1/info``.
+
+    ``dedup_window_days`` is how long the collector recognises a resent event
+    as a duplicate: its raw-event retention (``None`` from collectors that do
+    not publish it). A client should not hold events longer than that.
+    """
 
     name: str
     version: str
     schema_version: int = SCHEMA_VERSION
     limits: Limits = msgspec.field(default_factory=Limits)
+    dedup_window_days: int | None = None
 
 
 _uuid7_lock = threading.Lock()

@@ -105,7 +105,7 @@ from telemetry_core.schema import (
     new_event_id,
     validate_event,
 )
-from telemetry_core.worker import SubmissionWorker
+from telemetry_core.worker import DEDUP_WINDOW_KEY, SubmissionWorker
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -1192,6 +1192,9 @@ class TelemetryService:
             "degraded": self._broken,
             "queue": attrs.asdict(queue),
             "spilled": count_spilled(config.db_path),
+            "collector_dedup_window_days": _dedup_window(opened),
+            "retention_exceeds_dedup_window": (window := _dedup_window(opened)) is not None
+            and config.retention_days > window,
             "worker": {
                 "running": worker is not None and worker.running,
                 "paused_until": worker.pause_until if worker and worker.pause_until else None,
@@ -1290,6 +1293,17 @@ class TelemetryService:
     def disable_remote_submission(self) -> None:
         """Stop sending; keep recording locally (DESIGN §4 name)."""
         self.disable(remote_only=True)
+
+
+def _dedup_window(opened: _Opened | None) -> int | None:
+    """The collector's dedup window (days) as the worker last learned it."""
+    if opened is None:
+        return None
+    try:
+        text = opened.store.get_config(DEDUP_WINDOW_KEY)
+        return int(text) if text else None
+    except (TelemetryError, ValueError, sqlite3.Error):
+        return None
 
 
 def _copy_properties(

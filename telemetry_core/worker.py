@@ -62,6 +62,11 @@ MAX_LOOP_WAIT = 3600.0
 #: Extra wait in :meth:`SubmissionWorker.stop` for a thread inside a local
 #: (non-network) call or the first call of a new transport, which end quickly.
 SHUTDOWN_GRACE: Final = 1.0
+#: Stored-config key of the collector's dedup window as last learned (days), and
+#: of when it was learned; it is asked again (``GET /v1/info``) at most this often.
+DEDUP_WINDOW_KEY: Final = "server-dedup-window-days"
+DEDUP_CHECKED_KEY: Final = "server-info-checked-at"
+SERVER_INFO_EVERY: Final = 24 * 3600.0
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
@@ -89,6 +94,14 @@ class SubmissionLog(Protocol):
 
     def increment_counter(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the named counter."""
+        ...
+
+    def get_config(self, key: str) -> str | None:
+        """A stored value (where the collector's dedup window is remembered)."""
+        ...
+
+    def set_config(self, key: str, value: str) -> None:
+        """Store a value."""
         ...
 
 
@@ -187,6 +200,7 @@ class SubmissionWorker:
         self._failures = 0
         self._step = 0
         self._revived = False
+        self._info_checked = False
         self._context: str | None = None
         self._warned: set[str] = set()
 
@@ -538,6 +552,8 @@ class SubmissionWorker:
         self._pause_deadline = 0.0
         self._server_pause = False
         self._warned.discard("parked")
+        if not self._info_checked:
+            self._check_dedup_window()
         if result.rejected:
             # Rejected events are terminal: the collector will never take them.
             self._log.increment_counter("server_rejected", result.rejected)
@@ -550,6 +566,38 @@ class SubmissionWorker:
                 result.errors[0].code if result.errors else "unknown",
             )
         self._host.batch_submitted(events, result)
+
+    def _check_dedup_window(self) -> None:
+        """Once per worker, at most daily: learn the collector's dedup window
+        (``GET /v1/info``) and warn when the client keeps events longer, since
+        a resend older than the window would be counted again (DESIGN §7)."""
+        self._info_checked = True
+        try:
+            checked = self._log.get_config(DEDUP_CHECKED_KEY)
+            now = self._clock()
+            if checked is not None and 0 <= now - float(checked) < SERVER_INFO_EVERY:
+                window_text = self._log.get_config(DEDUP_WINDOW_KEY)
+                window = int(window_text) if window_text else None
+            else:
+                transport = self._transport
+                if transport is None or self._halting():
+                    return
+                window = transport.server_info().dedup_window_days
+                self._log.set_config(DEDUP_WINDOW_KEY, "" if window is None else str(window))
+                self._log.set_config(DEDUP_CHECKED_KEY, repr(now))
+        except Exception as exc:
+            logger.debug("telemetry-core: could not learn the dedup window: %s", type(exc).__name__)
+            return
+        if window is not None and self.config.retention_days > window:
+            self._warn_once(
+                "dedup_window",
+                "telemetry-core: events are kept %g days (retention_days) but the collector "
+                "recognises resent events for %d days only; an event resent later could be "
+                "counted twice: set retention_days to %d or less",
+                self.config.retention_days,
+                window,
+                window,
+            )
 
     def _dead(self, batch: Sequence[QueuedEvent], error: TransportError) -> None:
         events = [q.event for q in batch]

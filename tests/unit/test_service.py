@@ -1071,3 +1071,17 @@ def test_another_scrubber_disables_the_fast_path(tmp_path: Path) -> None:
         assert [json.loads(raw) for (raw,) in rows] == [{"k": "V"}, {"k": "V"}]
     finally:
         rig.service.close()
+
+
+def test_status_flags_a_retention_longer_than_the_collectors_dedup_window(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, retention_days=30)
+    with TelemetryService(config) as service:
+        service.track("t")
+        assert service.status()["retention_exceeds_dedup_window"] is False
+        assert service._opened is not None
+        service._opened.store.set_config("server-dedup-window-days", "7")
+        status = service.status()
+    assert status["collector_dedup_window_days"] == 7
+    assert status["retention_exceeds_dedup_window"] is True

@@ -39,6 +39,8 @@ class FakeTransport:
         self.ping_answer = True
         self.closed = 0
         self.on_submit: Any = None
+        self.infos = 0
+        self.dedup_window_days: int | None = None
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
         self.batches.append([e.id for e in events])
@@ -59,7 +61,8 @@ class FakeTransport:
         return self.ping_answer
 
     def server_info(self) -> ServerInfo:
-        return ServerInfo(name="fake", version="0")
+        self.infos += 1
+        return ServerInfo(name="fake", version="0", dedup_window_days=self.dedup_window_days)
 
     def close(self) -> None:
         self.closed += 1
@@ -189,12 +192,19 @@ class FakeLog:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.counters: dict[str, int] = {}
+        self.config: dict[str, str] = {}
 
     def log_submission(self, **fields: Any) -> None:
         self.rows.append(fields)
 
     def increment_counter(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def get_config(self, key: str) -> str | None:
+        return self.config.get(key)
+
+    def set_config(self, key: str, value: str) -> None:
+        self.config[key] = value
 
 
 class FakeTransportPlugin:
@@ -549,6 +559,61 @@ def test_a_wall_clock_step_neither_stretches_nor_skips_the_pause(rig: Rig) -> No
     rig.clock.now -= 2 * 86_400  # and a day back: the pause ends after its 1 s all the same
     rig.mono.now += 1.0
     assert rig.worker.run_once().reason != "paused"
+
+
+def test_a_retention_longer_than_the_collectors_dedup_window_is_flagged_once_a_day(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path, retention_days=30)
+    rig.transport.dedup_window_days = 7
+    rig.storage.add(1)
+    with caplog.at_level(logging.WARNING, logger="telemetry_core"):
+        rig.worker.run_once()
+        rig.storage.add(1)
+        rig.worker.run_once()
+    assert rig.transport.infos == 1  # asked once per worker
+    assert rig.log.config["server-dedup-window-days"] == "7"
+    flagged = [r for r in caplog.records if "counted twice" in r.getMessage()]
+    assert len(flagged) == 1 and "30 days" in flagged[0].getMessage()
+    # A new worker the same day uses what was learned, without asking again.
+    again = SubmissionWorker(
+        rig.config,
+        host=rig.host,
+        storage=rig.storage,
+        log=rig.log,
+        backoff=FakeBackoff(),
+        limiter=rig.limiter,
+        clock=rig.clock,
+        monotonic=rig.mono,
+    )
+    rig.storage.add(1)
+    again.run_once()
+    assert rig.transport.infos == 1
+    rig.advance(2 * 86_400)
+    rig.storage.add(1)
+    SubmissionWorker(
+        rig.config,
+        host=rig.host,
+        storage=rig.storage,
+        log=rig.log,
+        backoff=FakeBackoff(),
+        limiter=rig.limiter,
+        clock=rig.clock,
+        monotonic=rig.mono,
+    ).run_once()
+    assert rig.transport.infos == 2  # learned again after a day
+
+
+def test_a_retention_within_the_dedup_window_is_not_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path, retention_days=30)
+    rig.transport.dedup_window_days = 90
+    rig.storage.add(1)
+    with caplog.at_level(logging.WARNING, logger="telemetry_core"):
+        rig.worker.run_once()
+    assert rig.transport.infos == 1
+    assert not [r for r in caplog.records if "counted twice" in r.getMessage()]
 
 
 def test_plugin_bug_is_a_retryable_failure(rig: Rig) -> None:
