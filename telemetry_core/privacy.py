@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Final
 
+from telemetry_core._memo import BoundedSet
 from telemetry_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -261,8 +262,9 @@ def scrub_text(value: str, literals: Iterable[str] = ()) -> str:
 
 
 #: Property keys found clean (apps use the same few keys on every event); bounded.
-_clean_keys: set[str] = set()
 _CLEAN_KEYS_SIZE: Final = 1024
+_clean_key_memo = BoundedSet(size=_CLEAN_KEYS_SIZE, max_length=128)
+_clean_keys = _clean_key_memo.items
 
 
 def _is_personal_key(key: str, literals: tuple[str, ...]) -> bool:
@@ -270,10 +272,7 @@ def _is_personal_key(key: str, literals: tuple[str, ...]) -> bool:
         return False
     if find_pii(key) is not None or (literals and _mask_literals(key, literals) != key):
         return True
-    if len(_clean_keys) >= _CLEAN_KEYS_SIZE:
-        _clean_keys.clear()
-    if len(key) <= 128:
-        _clean_keys.add(key)
+    _clean_key_memo.remember(key)
     return False
 
 

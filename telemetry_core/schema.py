@@ -18,6 +18,8 @@ from typing import Final
 
 import msgspec
 
+from telemetry_core._memo import BoundedSet
+
 __all__ = [
     "EVENT_TYPE_PATTERN",
     "IDENTIFIER_FORBIDDEN",
@@ -245,18 +247,14 @@ _TEXT_BAD: Final = TEXT_FORBIDDEN
 #: Apps send the same few keys and values again and again, so a set lookup
 #: replaces most regex calls. Bounded: cleared when full; only strings up to
 #: ``_KNOWN_MAX_LENGTH`` are kept.
-_known_keys: set[str] = set()
-_known_short: set[str] = set()
-_known_values: set[str] = set()
 _KNOWN_SIZE: Final = 4096
 _KNOWN_MAX_LENGTH: Final = 128
-
-
-def _remember(known: set[str], text: str) -> None:
-    if len(text) <= _KNOWN_MAX_LENGTH:
-        if len(known) >= _KNOWN_SIZE:
-            known.clear()
-        known.add(text)
+_known_key_memo = BoundedSet(size=_KNOWN_SIZE, max_length=_KNOWN_MAX_LENGTH)
+_known_short_memo = BoundedSet(size=_KNOWN_SIZE, max_length=_KNOWN_MAX_LENGTH)
+_known_value_memo = BoundedSet(size=_KNOWN_SIZE, max_length=_KNOWN_MAX_LENGTH)
+_known_keys = _known_key_memo.items
+_known_short = _known_short_memo.items
+_known_values = _known_value_memo.items
 
 
 def _short_problem(name: str, value: object) -> tuple[str, str] | None:
@@ -349,7 +347,7 @@ def validate_event(
         if text is None or text in _known_short:
             continue
         if type(text) is str and short_ok(text) is not None:
-            _remember(_known_short, text)
+            _known_short_memo.remember(text)
             continue
         problem = _short_problem(name, text)
         if problem is not None:
@@ -367,7 +365,7 @@ def validate_event(
             if key not in _known_keys:
                 if key_ok(key) is None:
                     return _property_problem(key, value, max_key_length, max_value_length)
-                _remember(_known_keys, key)
+                _known_key_memo.remember(key)
             kind = type(value)
             if kind is bool or value is None:
                 continue
@@ -376,7 +374,7 @@ def validate_event(
                     if value in _known_values:
                         continue
                     if text_bad(value) is None:
-                        _remember(_known_values, value)
+                        _known_value_memo.remember(value)
                         continue
             elif isinstance(value, int):
                 if kind is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:

@@ -30,6 +30,7 @@ from typing import Annotated, Final
 import attrs
 import msgspec
 
+from telemetry_core._memo import BoundedSet
 from telemetry_core.privacy import PII_PATTERNS, find_pii
 from telemetry_core.schema import (
     IDENTIFIER_FORBIDDEN,
@@ -342,19 +343,16 @@ class _CleanStrings:
 
     def __init__(self, check: Callable[[str], str | None], *, size: int, max_length: int) -> None:
         self._check = check
-        self._size = size
-        self._max_length = max_length
-        self._clean: set[str] = set()
+        self._memo = BoundedSet(size=size, max_length=max_length)
+        self._clean = self._memo.items
 
     def kind(self, text: str) -> str | None:
         """The kind of personal data in ``text`` (as ``check`` says), or ``None``."""
         if text in self._clean:
             return None
         kind = self._check(text)
-        if kind is None and len(text) <= self._max_length:
-            if len(self._clean) >= self._size:
-                self._clean.clear()
-            self._clean.add(text)
+        if kind is None:
+            self._memo.remember(text)
         return kind
 
 
