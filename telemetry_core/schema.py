@@ -277,6 +277,10 @@ def _property_problem(
         return ("invalid_property", f"property key {key!r} is not a string")
     if len(key) > max_key_length or not _PROPERTY_KEY_PATTERN.match(key):
         return ("invalid_property", f"property key {key[:max_key_length]!r} is invalid")
+    return _value_problem(key, value, max_value_length)
+
+
+def _value_problem(key: str, value: object, max_value_length: int) -> tuple[str, str] | None:
     if isinstance(value, str):
         if len(value) > max_value_length:
             return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
@@ -284,17 +288,20 @@ def _property_problem(
             return ("invalid_property", f"property {key!r} contains control characters")
         if _SURROGATE.search(value):
             return ("invalid_property", f"property {key!r} is not valid Unicode text")
-    elif isinstance(value, bool) or value is None:
-        pass
-    elif isinstance(value, int):
-        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-            return ("invalid_property", f"property {key!r} does not fit in 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            return ("invalid_property", f"property {key!r} must be finite")
-    else:
-        return ("invalid_property", f"property {key!r} has an unsupported type")
-    return None
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
+        return ("invalid_property", f"property {key!r} does not fit in 64 bits")
+    if isinstance(value, float):
+        return (
+            None
+            if math.isfinite(value)
+            else ("invalid_property", f"property {key!r} must be finite")
+        )
+    return ("invalid_property", f"property {key!r} has an unsupported type")
 
 
 def validate_event(
@@ -314,6 +321,17 @@ def validate_event(
     ``invalid_field``, ``unsupported_schema``, ``too_many_properties``,
     ``invalid_property``. Privacy checks live in :mod:`telemetry_core.privacy`.
     """
+    return (
+        _header_problem(event, now_ms, max_future_skew_ms)
+        or _short_fields_problem(event)
+        or _properties_problem(event, max_properties, max_key_length, max_value_length)
+    )
+
+
+def _header_problem(
+    event: Event, now_ms: int | None, max_future_skew_ms: int
+) -> tuple[str, str] | None:
+    """Schema version, id, type, timestamp and duration."""
     if event.schema != SCHEMA_VERSION:
         return ("unsupported_schema", f"schema {event.schema} is not supported")
     if not _valid_uuid(event.id):
@@ -321,11 +339,10 @@ def validate_event(
     if not isinstance(event.type, str) or not EVENT_TYPE_PATTERN.match(event.type):
         return ("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
     timestamp = event.timestamp
-    if type(timestamp) is not int and (
-        not isinstance(timestamp, int) or isinstance(timestamp, bool)
-    ):
-        return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
-    if not 0 <= timestamp <= _INT64_MAX:
+    if (
+        type(timestamp) is not int
+        and (not isinstance(timestamp, int) or isinstance(timestamp, bool))
+    ) or not 0 <= timestamp <= INT64_MAX:
         return ("invalid_timestamp", "timestamp must be milliseconds since the epoch")
     if now_ms is not None and timestamp > now_ms + max_future_skew_ms:
         return ("future_timestamp", "timestamp is too far in the future")
@@ -336,6 +353,11 @@ def validate_event(
         or not 0 <= duration < 1e15
     ):
         return ("invalid_duration", "duration_ms must be a finite number >= 0")
+    return None
+
+
+def _short_fields_problem(event: Event) -> tuple[str, str] | None:
+    """install_id, session_id, app and app_version."""
     short_ok = _SHORT_OK.fullmatch
     for name, text in (
         ("install_id", event.install_id),
@@ -352,36 +374,48 @@ def validate_event(
         problem = _short_problem(name, text)
         if problem is not None:
             return problem
+    return None
+
+
+def _properties_problem(
+    event: Event, max_properties: int, max_key_length: int, max_value_length: int
+) -> tuple[str, str] | None:
+    """The properties: their number, keys and values (a fast path for the plain
+    values apps repeat, the exact verdict of :func:`_property_problem` otherwise)."""
     # Apps hand ``track`` arbitrary objects: check types at run time, not only statically.
     props: dict[object, object] = event.properties  # type: ignore[assignment]
     if len(props) > max_properties:
         return ("too_many_properties", f"at most {max_properties} properties are allowed")
     key_ok = _PROPERTY_KEY_PATTERN.match
-    text_bad = _TEXT_BAD.search
     for key, value in props.items():
-        # The fast path decides plain values of the exact wire types; anything
-        # else (a failure, a subclass) gets the exact verdict of the slow path.
         if type(key) is str and len(key) <= max_key_length:
             if key not in _known_keys:
                 if key_ok(key) is None:
                     return _property_problem(key, value, max_key_length, max_value_length)
                 _known_key_memo.remember(key)
-            kind = type(value)
-            if kind is bool or value is None:
-                continue
-            if isinstance(value, str):
-                if kind is str and len(value) <= max_value_length:
-                    if value in _known_values:
-                        continue
-                    if text_bad(value) is None:
-                        _known_value_memo.remember(value)
-                        continue
-            elif isinstance(value, int):
-                if kind is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:
-                    continue
-            elif kind is float and isinstance(value, float) and math.isfinite(value):
+            if _plain_value_ok(value, max_value_length):
                 continue
         problem = _property_problem(key, value, max_key_length, max_value_length)
         if problem is not None:
             return problem
     return None
+
+
+def _plain_value_ok(value: object, max_value_length: int) -> bool:
+    """True for a value of an exact wire type that is certainly valid."""
+    kind = type(value)
+    if kind is bool or value is None:
+        return True
+    if kind is str:
+        text: str = value  # type: ignore[assignment]
+        if len(text) > max_value_length:
+            return False
+        if text in _known_values:
+            return True
+        if _TEXT_BAD.search(text) is None:
+            _known_value_memo.remember(text)
+            return True
+        return False
+    if kind is int:
+        return INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
+    return kind is float and math.isfinite(value)  # type: ignore[arg-type]

@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from telemetry_core.schema import Event, PropertyValue, new_event_id
+
+# Timing never decides a test (it belongs in bench/): on a loaded machine
+# hypothesis's per-example deadline would fail correct code.
+settings.register_profile("telemetry-core", deadline=None)
+settings.load_profile("telemetry-core")
 
 #: The install id of events built by :func:`make_event`.
 TEST_INSTALL_ID = "0123456789abcdef0123456789abcdef"
