@@ -6,7 +6,18 @@ import os
 import subprocess
 from collections.abc import Callable, Sequence
 
-__all__ = ["in_forked_child", "run_released_together"]
+__all__ = ["LOCKER_SCRIPT", "in_forked_child", "run_released_together"]
+
+#: ``python -c LOCKER_SCRIPT DB SECONDS``: another process that holds the database's
+#: write lock (``BEGIN EXCLUSIVE``) for SECONDS, printing ``locked`` once it has it.
+LOCKER_SCRIPT = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
 
 
 def in_forked_child(child: Callable[[], bytes]) -> bytes:

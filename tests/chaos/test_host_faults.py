@@ -33,6 +33,7 @@ from telemetry_core import TelemetryConfig, TelemetryService
 from telemetry_core.errors import TelemetryError
 from tests.chaos.conftest import API_KEY, PROPERTY_MARKER, Collector, Figures, LogVault
 from tests.chaos.faultproxy import FaultProxy
+from tests.processes import LOCKER_SCRIPT
 
 #: A call that takes longer than this is a hang (the figures hold the real maximum).
 HANG_BOUND = 10.0
@@ -292,16 +293,6 @@ def test_full_disk(
     _finish("full_disk", caplog_all, driver)
 
 
-_LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("ROLLBACK")
-"""
-
-
 @pytest.mark.slow
 def test_database_locked_by_another_process(
     tmp_path: Path, caplog_all: pytest.LogCaptureFixture
@@ -311,7 +302,7 @@ def test_database_locked_by_another_process(
     db = tmp_path / "data" / "telemetry.db"
     _fill(db)
     locker = subprocess.Popen(
-        [sys.executable, "-c", _LOCKER, str(db), "30"],
+        [sys.executable, "-c", LOCKER_SCRIPT, str(db), "30"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -354,7 +345,7 @@ def test_database_locked_while_running(
     with TelemetryService(_config(db)) as service:
         assert service.track("host.before") is not None
         locker = subprocess.Popen(
-            [sys.executable, "-c", _LOCKER, str(db), "30"], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", LOCKER_SCRIPT, str(db), "30"], stdout=subprocess.PIPE, text=True
         )
         try:
             assert locker.stdout is not None

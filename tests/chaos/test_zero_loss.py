@@ -30,6 +30,7 @@ import pytest
 
 from tests.chaos.conftest import ADMIN_TOKEN, API_KEY, FULL, Collector, Figures, LogVault
 from tests.chaos.faultproxy import FaultProxy
+from tests.processes import LOCKER_SCRIPT
 
 APP = Path(__file__).with_name("field_app.py")
 #: Clock speed of the app in the outage cases (1 in full mode: real time).
@@ -289,20 +290,10 @@ def test_a_401_fixed_by_a_new_key(rig: Rig, figures: Figures) -> None:
     _record(figures, "401_fixed_by_new_key", rig, dead_before_fix=dead)
 
 
-_LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("ROLLBACK")
-"""
-
-
 def test_database_locked_for_ten_seconds(rig: Rig, figures: Figures) -> None:
     rig.run("--count", "1", "--type", "zl.lock", "--linger", "30")  # the app has run before
     locker = subprocess.Popen(
-        [sys.executable, "-c", _LOCKER, str(rig.db), "10"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LOCKER_SCRIPT, str(rig.db), "10"], stdout=subprocess.PIPE, text=True
     )
     assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
     try:

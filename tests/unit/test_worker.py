@@ -269,6 +269,19 @@ class Rig:
             monotonic=self.mono,
         )
 
+    def new_worker(self, config: TelemetryConfig | None = None) -> SubmissionWorker:
+        """Another worker on the same fakes (a new process, or new settings)."""
+        return SubmissionWorker(
+            config or self.config,
+            host=self.host,
+            storage=self.storage,
+            log=self.log,
+            backoff=FakeBackoff(),
+            limiter=self.limiter,
+            clock=self.clock,
+            monotonic=self.mono,
+        )
+
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass on both clocks."""
         self.clock.now += seconds
@@ -524,28 +537,10 @@ def test_dead_letters_revive_when_a_worker_starts_with_other_settings(tmp_path: 
     first.worker.run_once()
     assert set(first.storage.dead) == set(ids)
     # The same settings: a new worker leaves them dead.
-    same = SubmissionWorker(
-        first.config,
-        host=first.host,
-        storage=first.storage,
-        log=first.log,
-        backoff=FakeBackoff(),
-        limiter=first.limiter,
-        clock=first.clock,
-        monotonic=first.mono,
-    )
+    same = first.new_worker()
     assert same.run_once().reason == "empty" and set(first.storage.dead) == set(ids)
     # The app ships a new key: the next worker sends them again, with no manual step.
-    fixed = SubmissionWorker(
-        first.config.evolve(api_key="new-key-456"),
-        host=first.host,
-        storage=first.storage,
-        log=first.log,
-        backoff=FakeBackoff(),
-        limiter=first.limiter,
-        clock=first.clock,
-        monotonic=first.mono,
-    )
+    fixed = first.new_worker(first.config.evolve(api_key="new-key-456"))
     assert fixed.run_once().reason == "sent"
     assert set(first.storage.submitted) == set(ids) and not first.storage.dead
 
@@ -576,31 +571,13 @@ def test_a_retention_longer_than_the_collectors_dedup_window_is_flagged_once_a_d
     flagged = [r for r in caplog.records if "counted twice" in r.getMessage()]
     assert len(flagged) == 1 and "30 days" in flagged[0].getMessage()
     # A new worker the same day uses what was learned, without asking again.
-    again = SubmissionWorker(
-        rig.config,
-        host=rig.host,
-        storage=rig.storage,
-        log=rig.log,
-        backoff=FakeBackoff(),
-        limiter=rig.limiter,
-        clock=rig.clock,
-        monotonic=rig.mono,
-    )
+    again = rig.new_worker()
     rig.storage.add(1)
     again.run_once()
     assert rig.transport.infos == 1
     rig.advance(2 * 86_400)
     rig.storage.add(1)
-    SubmissionWorker(
-        rig.config,
-        host=rig.host,
-        storage=rig.storage,
-        log=rig.log,
-        backoff=FakeBackoff(),
-        limiter=rig.limiter,
-        clock=rig.clock,
-        monotonic=rig.mono,
-    ).run_once()
+    rig.new_worker().run_once()
     assert rig.transport.infos == 2  # learned again after a day
 
 
