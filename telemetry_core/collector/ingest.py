@@ -31,7 +31,7 @@ import attrs
 import msgspec
 
 from telemetry_core._memo import BoundedSet
-from telemetry_core.privacy import PII_PATTERNS, find_pii
+from telemetry_core.pii import PII_PATTERNS, find_pii
 from telemetry_core.schema import (
     IDENTIFIER_FORBIDDEN,
     INT64_MAX,

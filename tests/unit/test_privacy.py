@@ -1,4 +1,5 @@
-"""Tests of the personal-data detectors, the scrubber and its hook."""
+"""Tests of the personal-data detectors (telemetry_core.pii), the scrubber and its hook
+(telemetry_core.privacy)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from telemetry_core.pii import PII_PATTERNS, find_pii
 from telemetry_core.privacy import (
-    PII_PATTERNS,
     REDACTED,
-    find_pii,
     local_identifiers,
     scrub_text,
     telemetry_scrub_event,
@@ -297,7 +297,7 @@ def test_patterns_are_compiled_on_first_use_not_at_import() -> None:
     import sys
 
     code = (
-        "import telemetry_core.privacy as p\n"
+        "import telemetry_core.pii as p\n"
         "print(p._combined.cache_info().currsize, p._patterns.cache_info().currsize)\n"
         "p.find_pii('at 10.0.0.1')\n"
         "print(p._combined.cache_info().currsize, p._patterns.cache_info().currsize)\n"

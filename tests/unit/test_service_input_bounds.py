@@ -22,7 +22,7 @@ from telemetry_core import (
     hookimpl,
 )
 from telemetry_core.config import read_stored_config
-from telemetry_core.privacy import find_pii
+from telemetry_core.pii import find_pii
 from telemetry_core.schema import MAX_PROPERTY_VALUE_LENGTH, MAX_SHORT_STRING_LENGTH, Event
 
 
