@@ -57,6 +57,17 @@ def render(document: dict[str, Any]) -> str:
     ):
         if key in suites:
             out += _delivery(title, suites[key])
+    if "zero_loss" in suites:
+        out += [
+            "### The zero-loss matrix",
+            "",
+            "| case | recorded (ids `track()` returned) | counted by the collector | notes |",
+            "|---|---|---|---|",
+        ]
+        for case, z in sorted(suites["zero_loss"].items()):
+            notes = {k: v for k, v in z.items() if k not in ("recorded", "counted")}
+            out.append(f"| {case} | {z['recorded']:,} | {z['counted']:,} | {_kv(notes)} |")
+        out.append("")
     if "hostile_input" in suites:
         h = suites["hostile_input"]
         out += [
