@@ -15,11 +15,26 @@ from telemetry_core.collector.options import ServeSettings, StoreSettings
 from telemetry_core.collector.store import CollectorStore
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     import uvicorn
 
-__all__ = ["LOG_FORMAT", "connection_backstop", "open_store", "serve"]
+    from telemetry_core.collector.metrics import CollectorMetrics
+
+__all__ = [
+    "LOG_FORMAT",
+    "METRICS_ADDRESS",
+    "connection_backstop",
+    "log_summary",
+    "open_store",
+    "serve",
+    "start_metrics_server",
+]
 
 log = logging.getLogger("telemetry_core.collector")
+
+#: The only address the credential-free metrics port listens on.
+METRICS_ADDRESS = "127.0.0.1"
 
 #: The collector's log lines: logfmt-like, one line per record.
 LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"
@@ -56,10 +71,41 @@ def serve(settings: ServeSettings) -> int:
     from telemetry_core.collector.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    log_summary(settings)
     app_settings = settings.collector
     store = open_store(settings.store, max_pending_events=app_settings.max_pending_events)
     app = create_app(app_settings, store)
-    return _serve_until_signal(_uvicorn_config(settings, app))
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = start_metrics_server(app.state.collector.metrics, settings.metrics_port)
+    try:
+        return _serve_until_signal(_uvicorn_config(settings, app))
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+
+
+def log_summary(settings: ServeSettings) -> None:
+    """Log what the collector runs with in one line (secrets masked), and warn
+    when no admin token is set (stats, dashboard and /metrics then refuse all)."""
+    log.info("collector configuration %s", settings.summary())
+    if settings.collector.admin_token is None:
+        log.warning(
+            "no admin token is set: /v1/stats, the dashboard and /metrics refuse every request "
+            "(set --admin-token-file or TELEMETRY_COLLECTOR_ADMIN_TOKEN)"
+        )
+
+
+def start_metrics_server(metrics: CollectorMetrics, port: int) -> WSGIServer:
+    """Serve ``metrics`` without credentials on 127.0.0.1:``port`` (0 picks a
+    free port), on a daemon thread; loopback only, for a local scraper."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=METRICS_ADDRESS, registry=metrics.registry)
+    bound = server.server_address[1]
+    log.info("metrics served without credentials on http://%s:%d/metrics", METRICS_ADDRESS, bound)
+    return server
 
 
 def _uvicorn_config(settings: ServeSettings, app: Any) -> uvicorn.Config:
