@@ -56,6 +56,8 @@ class Option:
     kind: type
     default: Any = None
     secret: bool = False
+    #: A file path: relative in a config file means relative to that file.
+    path: bool = False
 
     @property
     def env(self) -> str:
@@ -104,16 +106,16 @@ _D = CollectorSettings(api_keys=())
 OPTIONS: Mapping[str, Option] = {
     o.key: o
     for o in (
-        Option("db", str),
+        Option("db", str, path=True),
         Option("database_url", str, secret=True),
         Option("host", str, "127.0.0.1"),
         Option("port", int, 8787),
         Option("api_keys", list, [], secret=True),
-        Option("api_keys_file", str),
+        Option("api_keys_file", str, path=True),
         Option("admin_token", str, secret=True),
-        Option("admin_token_file", str),
-        Option("tls_cert", str),
-        Option("tls_key", str),
+        Option("admin_token_file", str, path=True),
+        Option("tls_cert", str, path=True),
+        Option("tls_key", str, path=True),
         Option("retention_days", int, _D.retention_days),
         Option("rate_limit", int, _D.rate_limit_per_minute),
         Option("rate_burst", int, _D.rate_limit_burst),
@@ -125,9 +127,9 @@ OPTIONS: Mapping[str, Option] = {
         Option("secure_cookies", bool, False),
         Option("pool_max", int),
         Option("log_level", str, "info"),
-        Option("database_url_file", str),
+        Option("database_url_file", str, path=True),
         Option("metrics_token", str, secret=True),
-        Option("metrics_token_file", str),
+        Option("metrics_token_file", str, path=True),
         Option("metrics_port", int),
     )
 }
@@ -162,7 +164,8 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def file_values(path: str | Path) -> dict[str, Any]:
-    """The options of the TOML file ``path``, converted; unknown keys are refused."""
+    """The options of the TOML file ``path``, converted; unknown keys are refused.
+    A relative file path in it is relative to the file's directory."""
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -173,7 +176,12 @@ def file_values(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(document) - set(OPTIONS))
     if unknown:
         raise OptionError("config", f"{path}: unknown key(s) {', '.join(unknown)}")
-    return {key: OPTIONS[key].convert(value) for key, value in document.items()}
+    values = {key: OPTIONS[key].convert(value) for key, value in document.items()}
+    here = Path(path).parent
+    for key, value in values.items():
+        if OPTIONS[key].path and value:
+            values[key] = str(here / Path(value).expanduser())
+    return values
 
 
 @attrs.frozen(kw_only=True)

@@ -60,8 +60,9 @@ def _read_only_role(pg_url: str) -> Iterator[str]:
             )
             conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            # The grants docs/operations.md gives a reader.
             conn.execute(
-                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.SQL("GRANT SELECT ON rollups, rollup_buckets, installs, counters TO {}").format(
                     sql.Identifier(role)
                 )
             )
