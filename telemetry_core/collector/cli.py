@@ -142,6 +142,13 @@ def _default(key: str) -> Any:
     help="Also serve /metrics without credentials on 127.0.0.1 at this port.",
 )
 @click.option(
+    "--workers",
+    default=_default("workers"),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Server processes sharing the port (--database-url only).",
+)
+@click.option(
     "--log-level",
     default=_default("log_level"),
     show_default=True,

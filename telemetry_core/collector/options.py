@@ -131,6 +131,7 @@ OPTIONS: Mapping[str, Option] = {
         Option("metrics_token", str, secret=True),
         Option("metrics_token_file", str, path=True),
         Option("metrics_port", int),
+        Option("workers", int, 1),
     )
 }
 
@@ -225,6 +226,8 @@ class ServeSettings:
     log_level: str = "info"
     #: A port on 127.0.0.1 serving the metrics without credentials (None: none).
     metrics_port: int | None = None
+    #: Server processes sharing the listening socket (PostgreSQL only).
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -260,6 +263,7 @@ class ServeSettings:
         collector = collector_settings(values)
         if values["metrics_port"] is not None and not 0 <= values["metrics_port"] <= 65535:
             raise OptionError("metrics_port", "must be between 0 and 65535")
+        _check_workers(values)
         store = StoreSettings(
             db=values["db"],
             database_url=_secret(values, "database_url"),
@@ -275,6 +279,7 @@ class ServeSettings:
             keep_alive_timeout=values["keep_alive_timeout"],
             log_level=values["log_level"],
             metrics_port=values["metrics_port"],
+            workers=values["workers"],
         )
 
     def summary(self) -> str:
@@ -295,12 +300,32 @@ class ServeSettings:
             metrics += f"+port:127.0.0.1:{self.metrics_port}"
         return (
             f"{store} keys={len(app.api_keys)} tls={'on' if self.tls_cert else 'off'} "
-            f"listen={self.host}:{self.port} retention_days={app.retention_days} "
+            f"listen={self.host}:{self.port} workers={self.workers} "
+            f"retention_days={app.retention_days} "
             f"rate_limit={app.rate_limit_per_minute}/min rate_burst={app.rate_limit_burst} "
             f"max_events_per_batch={app.max_events_per_batch} "
             f"max_body_bytes={app.max_body_bytes} max_pending_events={app.max_pending_events} "
             f"max_connections={app.max_concurrent_requests} "
             f"admin_token={'set' if app.admin_token else 'unset'} metrics={metrics}"
+        )
+
+
+def _check_workers(values: Mapping[str, Any]) -> None:
+    workers = values["workers"]
+    if workers < 1:
+        raise OptionError("workers", "must be at least 1")
+    if workers == 1:
+        return
+    if values["database_url"] is None and values["database_url_file"] is None:
+        raise OptionError(
+            "workers",
+            "--workers applies to --database-url (PostgreSQL) only: a SQLite file has one "
+            "writer, so run one process (it commits many requests per transaction)",
+        )
+    if values["metrics_port"] is not None:
+        raise OptionError(
+            "workers",
+            "--metrics-port serves one process's metrics: use --metrics-token with --workers",
         )
 
 
