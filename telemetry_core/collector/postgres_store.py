@@ -308,7 +308,10 @@ class PostgresStore(PendingWork):
     ) -> None:
         if not 0 < pool_min <= pool_max:
             raise ValueError("need 0 < pool_min <= pool_max")
+        started = time.monotonic()
         _probe(database_url, connect_timeout)
+        # A transient failure of the probe counts against the start-up wait.
+        remaining = max(1.0, connect_timeout - (time.monotonic() - started))
         super().__init__(max_pending_events)
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._flushing: asyncio.Future[None] | None = None
@@ -325,7 +328,7 @@ class PostgresStore(PendingWork):
             check=ConnectionPool.check_connection,
         )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
+            self._pool.open(wait=True, timeout=remaining)
         except PoolTimeout:
             self._pool.close()
             raise StorageError(

@@ -4,6 +4,7 @@ until SIGINT/SIGTERM. ``telemetry-collector serve`` is a thin shell over
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from telemetry_core.collector.options import ServeSettings, StoreSettings
 from telemetry_core.collector.store import CollectorStore
+from telemetry_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -86,7 +88,16 @@ def _serve_one(settings: ServeSettings, sock: socket.socket | None = None) -> in
     app = create_app(app_settings, store)
     metrics_server = None
     if settings.metrics_port is not None:
-        metrics_server = start_metrics_server(app.state.collector.metrics, settings.metrics_port)
+        try:
+            metrics_server = start_metrics_server(
+                app.state.collector.metrics, settings.metrics_port
+            )
+        except OSError as exc:
+            asyncio.run(store.close())
+            raise ConfigError(
+                "metrics_port",
+                f"cannot listen on {METRICS_ADDRESS}:{settings.metrics_port}: {exc.strerror}",
+            ) from None
     try:
         return _serve_until_signal(_uvicorn_config(settings, app), sock)
     finally:
@@ -155,7 +166,6 @@ def _serve_workers(settings: ServeSettings) -> int:
     worker, which finishes its in-flight batches; a worker that ends on its own
     stops the others. The status is 0 when every worker stopped cleanly.
     """
-    import asyncio
     import multiprocessing
 
     asyncio.run(open_store(settings.store).close())
