@@ -8,7 +8,6 @@ appear in process listings: ``TELEMETRY_COLLECTOR_API_KEYS`` (comma-separated) o
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -62,6 +61,9 @@ def _default(key: str) -> Any:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--db", type=click.Path(dir_okay=False), help="SQLite database file (embedded).")
 @click.option("--database-url", help="PostgreSQL URL (scale-out).")
+@click.option(
+    "--database-url-file", type=click.Path(dir_okay=False), help="File with the PostgreSQL URL."
+)
 @click.option("--host", default=_default("host"), show_default=True, help="Address to listen on.")
 @click.option("--port", default=_default("port"), show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", "api_keys", multiple=True, help="A submission key (repeatable).")
@@ -130,6 +132,22 @@ def _default(key: str) -> Any:
     type=click.IntRange(1),
     help="PostgreSQL connection pool size per process (default 10; --database-url only).",
 )
+@click.option("--metrics-token", help="A scrape credential of its own for /metrics (Bearer).")
+@click.option(
+    "--metrics-token-file", type=click.Path(dir_okay=False), help="File with the metrics token."
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Also serve /metrics without credentials on 127.0.0.1 at this port.",
+)
+@click.option(
+    "--workers",
+    default=_default("workers"),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Server processes sharing the port (--database-url only).",
+)
 @click.option(
     "--log-level",
     default=_default("log_level"),
@@ -169,6 +187,21 @@ def _settings(config_file: str | None, options: Mapping[str, Any]) -> ServeSetti
         raise click.UsageError(exc.reason) from exc
     except TelemetryError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command("check-config")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
+)
+def check_config(config_file: str) -> None:
+    """Check a --config file (with the TELEMETRY_COLLECTOR_* environment over it)
+    without starting anything: print the settings summary, secrets masked, and
+    exit 0; or say what is wrong and exit 2 (usage) or 1 (a bad value)."""
+    settings = _settings(config_file, {})
+    click.echo(f"{config_file}: ok")
+    click.echo(settings.summary())
+    if settings.collector.admin_token is None:
+        click.echo("warning: no admin token: /v1/stats, the dashboard and /metrics refuse all")
 
 
 def _format_ms(value: int) -> str:
@@ -262,25 +295,20 @@ def stats(  # noqa: PLR0917
         raise click.UsageError(exc.message) from exc
     db, database_url = _explicit_store(db, database_url)
     try:
-        if db is not None and database_url is None:
+        location = StoreSettings(db=db, database_url=database_url)
+    except OptionError as exc:
+        raise click.UsageError(exc.reason) from exc
+    try:
+        # Reading opens the store read-only and creates nothing.
+        if location.database_url is not None:
+            from telemetry_core.collector.postgres_store import read_stats_database
+
+            result = read_stats_database(location.database_url, query)
+        else:
             from telemetry_core.collector.sqlite_store import read_stats_file
 
-            result = read_stats_file(db, query)
-        else:
-            from telemetry_core.collector.server import open_store
-
-            try:
-                store = open_store(StoreSettings(db=db, database_url=database_url))
-            except OptionError as exc:
-                raise click.UsageError(exc.reason) from exc
-
-            async def read() -> dict[str, Any]:
-                try:
-                    return await store.stats(query)
-                finally:
-                    await store.close()
-
-            result = asyncio.run(read())
+            assert location.db is not None
+            result = read_stats_file(location.db, query)
     except TelemetryError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

@@ -70,7 +70,13 @@ class Collector:
         self.budget = InFlightBudget(settings.inflight_budget_bytes)
         self.metrics = CollectorMetrics(lambda: float(store.queue_depth))
         store.add_commit_observer(self.metrics.observe_commit)
-        self.info = ServerInfo(name=settings.name, version=__version__, limits=settings.limits())
+        self.info = ServerInfo(
+            name=settings.name,
+            version=__version__,
+            limits=settings.limits(),
+            # DESIGN §7: an id is known as a duplicate only while its raw event is kept.
+            dedup_window_days=settings.retention_days,
+        )
 
     @staticmethod
     def of(request: Request) -> Collector:

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -56,6 +56,8 @@ class Option:
     kind: type
     default: Any = None
     secret: bool = False
+    #: A file path: relative in a config file means relative to that file.
+    path: bool = False
 
     @property
     def env(self) -> str:
@@ -104,16 +106,16 @@ _D = CollectorSettings(api_keys=())
 OPTIONS: Mapping[str, Option] = {
     o.key: o
     for o in (
-        Option("db", str),
+        Option("db", str, path=True),
         Option("database_url", str, secret=True),
         Option("host", str, "127.0.0.1"),
         Option("port", int, 8787),
         Option("api_keys", list, [], secret=True),
-        Option("api_keys_file", str),
+        Option("api_keys_file", str, path=True),
         Option("admin_token", str, secret=True),
-        Option("admin_token_file", str),
-        Option("tls_cert", str),
-        Option("tls_key", str),
+        Option("admin_token_file", str, path=True),
+        Option("tls_cert", str, path=True),
+        Option("tls_key", str, path=True),
         Option("retention_days", int, _D.retention_days),
         Option("rate_limit", int, _D.rate_limit_per_minute),
         Option("rate_burst", int, _D.rate_limit_burst),
@@ -125,7 +127,21 @@ OPTIONS: Mapping[str, Option] = {
         Option("secure_cookies", bool, False),
         Option("pool_max", int),
         Option("log_level", str, "info"),
+        Option("database_url_file", str, path=True),
+        Option("metrics_token", str, secret=True),
+        Option("metrics_token_file", str, path=True),
+        Option("metrics_port", int),
+        Option("workers", int, 1),
     )
+}
+
+#: The option behind each CollectorSettings field whose name differs.
+_OPTION_OF_FIELD: Final = {
+    "rate_limit_per_minute": "rate_limit",
+    "rate_limit_burst": "rate_burst",
+    "body_timeout_s": "body_timeout",
+    "max_inflight_bytes": "max_inflight_mb",
+    "max_concurrent_requests": "max_connections",
 }
 
 
@@ -149,7 +165,8 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def file_values(path: str | Path) -> dict[str, Any]:
-    """The options of the TOML file ``path``, converted; unknown keys are refused."""
+    """The options of the TOML file ``path``, converted; unknown keys are refused.
+    A relative file path in it is relative to the file's directory."""
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -160,7 +177,12 @@ def file_values(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(document) - set(OPTIONS))
     if unknown:
         raise OptionError("config", f"{path}: unknown key(s) {', '.join(unknown)}")
-    return {key: OPTIONS[key].convert(value) for key, value in document.items()}
+    values = {key: OPTIONS[key].convert(value) for key, value in document.items()}
+    here = Path(path).parent
+    for key, value in values.items():
+        if OPTIONS[key].path and value:
+            values[key] = str(here / Path(value).expanduser())
+    return values
 
 
 @attrs.frozen(kw_only=True)
@@ -202,6 +224,10 @@ class ServeSettings:
     tls_key: str | None = None
     keep_alive_timeout: int = 5
     log_level: str = "info"
+    #: A port on 127.0.0.1 serving the metrics without credentials (None: none).
+    metrics_port: int | None = None
+    #: Server processes sharing the listening socket (PostgreSQL only).
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -235,8 +261,13 @@ class ServeSettings:
         if not 0 <= values["port"] <= 65535:
             raise OptionError("port", "must be between 0 and 65535")
         collector = collector_settings(values)
+        if values["metrics_port"] is not None and not 0 <= values["metrics_port"] <= 65535:
+            raise OptionError("metrics_port", "must be between 0 and 65535")
+        _check_workers(values)
         store = StoreSettings(
-            db=values["db"], database_url=values["database_url"], pool_max=values["pool_max"]
+            db=values["db"],
+            database_url=_secret(values, "database_url"),
+            pool_max=values["pool_max"],
         )
         return cls(
             collector=collector,
@@ -247,6 +278,54 @@ class ServeSettings:
             tls_key=values["tls_key"],
             keep_alive_timeout=values["keep_alive_timeout"],
             log_level=values["log_level"],
+            metrics_port=values["metrics_port"],
+            workers=values["workers"],
+        )
+
+    def summary(self) -> str:
+        """One line saying what the collector runs with, secrets masked: the
+        store (and its masked URL), keys, TLS, retention, limits and which
+        credentials are set."""
+        app = self.collector
+        if self.store.database_url is not None:
+            from telemetry_core.collector.postgres_store import redact_url
+
+            store = f"store=postgresql url={redact_url(self.store.database_url)!r}"
+        else:
+            store = f"store=sqlite path={self.store.db!r}"
+        metrics = "admin-token"
+        if app.metrics_token:
+            metrics += "+metrics-token"
+        if self.metrics_port is not None:
+            metrics += f"+port:127.0.0.1:{self.metrics_port}"
+        return (
+            f"{store} keys={len(app.api_keys)} tls={'on' if self.tls_cert else 'off'} "
+            f"listen={self.host}:{self.port} workers={self.workers} "
+            f"retention_days={app.retention_days} "
+            f"rate_limit={app.rate_limit_per_minute}/min rate_burst={app.rate_limit_burst} "
+            f"max_events_per_batch={app.max_events_per_batch} "
+            f"max_body_bytes={app.max_body_bytes} max_pending_events={app.max_pending_events} "
+            f"max_connections={app.max_concurrent_requests} "
+            f"admin_token={'set' if app.admin_token else 'unset'} metrics={metrics}"
+        )
+
+
+def _check_workers(values: Mapping[str, Any]) -> None:
+    workers = values["workers"]
+    if workers < 1:
+        raise OptionError("workers", "must be at least 1")
+    if workers == 1:
+        return
+    if values["database_url"] is None and values["database_url_file"] is None:
+        raise OptionError(
+            "workers",
+            "--workers applies to --database-url (PostgreSQL) only: a SQLite file has one "
+            "writer, so run one process (it commits many requests per transaction)",
+        )
+    if values["metrics_port"] is not None:
+        raise OptionError(
+            "workers",
+            "--metrics-port serves one process's metrics: use --metrics-token with --workers",
         )
 
 
@@ -265,9 +344,11 @@ def load_values(
         values.update(layer)
     # The store is named by the first layer that names one: an explicit
     # --db wins over a database URL in the environment.
+    store_keys = ("db", "database_url", "database_url_file")
     for layer in layers:
-        if layer.get("db") is not None or layer.get("database_url") is not None:
-            values["db"], values["database_url"] = layer.get("db"), layer.get("database_url")
+        if any(layer.get(key) is not None for key in store_keys):
+            for key in store_keys:
+                values[key] = layer.get(key)
             break
     values["api_keys"] = [k for layer in layers for k in layer.get("api_keys", [])]
     return values
@@ -289,8 +370,36 @@ def collector_settings(values: Mapping[str, Any]) -> CollectorSettings:
         if not lines:
             raise OptionError("admin_token_file", f"{values['admin_token_file']} holds no token")
         admin_token = lines[0]
+    metrics_token = _secret(values, "metrics_token")
     inflight_mb = values["max_inflight_mb"]
-    collector = CollectorSettings(
+    try:
+        return _collector_settings(values, keys, admin_token, metrics_token, inflight_mb)
+    except ConfigError as exc:
+        key = _OPTION_OF_FIELD.get(exc.setting, exc.setting)
+        if key not in OPTIONS:
+            raise
+        raise ConfigError(f"{key} ({OPTIONS[key].flag})", exc.reason) from None
+
+
+def _secret(values: Mapping[str, Any], key: str) -> str | None:
+    """The secret option ``key``, or the first line of the file ``<key>_file`` names."""
+    path = values[f"{key}_file"]
+    if not path:
+        return values[key]  # type: ignore[no-any-return]
+    lines = read_secret_file(path)
+    if not lines:
+        raise OptionError(f"{key}_file", f"{path} holds no {key.replace('_', ' ')}")
+    return lines[0]
+
+
+def _collector_settings(
+    values: Mapping[str, Any],
+    keys: list[str],
+    admin_token: str | None,
+    metrics_token: str | None,
+    inflight_mb: int | None,
+) -> CollectorSettings:
+    return CollectorSettings(
         api_keys=tuple(dict.fromkeys(keys)),
         admin_token=admin_token,
         retention_days=values["retention_days"],
@@ -302,5 +411,5 @@ def collector_settings(values: Mapping[str, Any]) -> CollectorSettings:
         body_timeout_s=values["body_timeout"],
         max_inflight_bytes=None if inflight_mb is None else inflight_mb * 1024 * 1024,
         max_concurrent_requests=values["max_connections"],
+        metrics_token=metrics_token,
     )
-    return collector

@@ -29,23 +29,29 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import msgspec.structs
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from telemetry_core.collector.aggregation import DAY_MS, add_outcomes, build_stats
-from telemetry_core.collector.store import IngestOutcome, PendingWork, StatsData, StatsQuery
+from telemetry_core.collector.store import (
+    IngestOutcome,
+    PendingWork,
+    StatsData,
+    StatsQuery,
+    StoreUnavailable,
+)
 from telemetry_core.collector.store_sql import POSTGRES, Dedupe, plan_increments, read_stats_data
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
 log = logging.getLogger("telemetry_core.collector")
 
-__all__ = ["SCHEMA_LOCK_KEY", "PostgresStore", "redact_url"]
+__all__ = ["SCHEMA_LOCK_KEY", "PostgresStore", "read_stats_database", "redact_url"]
 
 T = TypeVar("T")
 
@@ -148,31 +154,103 @@ ON CONFLICT (hour_ms, name) DO UPDATE SET count = counters.count + EXCLUDED.coun
 _RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
-def redact_url(database_url: str) -> str:
-    """Return ``database_url`` with any password replaced by ``***``, for display.
+#: Connection parameters whose values are secrets.
+_SECRET_PARAMS: Final = frozenset({"password", "sslpassword"})
 
-    Works on URLs (``postgresql://user:secret@host/db``); a key/value
-    connection string has its ``password=`` value masked instead.
+#: libpq's words for a connection failure that waiting will not fix: the
+#: database or role does not exist, or the server refused the credentials.
+_PERMANENT_CONNECT_ERRORS: Final = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "password is required",
+    "invalid connection option",
+    "invalid integer value",
+    "invalid sslmode value",
+)
+
+#: Failures of a working database that has gone away or is busy: wait and retry.
+_UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+def redact_url(database_url: str) -> str:
+    """Return ``database_url`` for display, as ``key=value`` connection
+    parameters with every secret (``password``, ``sslpassword``) masked.
+
+    It is parsed with libpq's own rules (``conninfo_to_dict``), so a URL, a
+    percent-encoded password, spaces around ``=`` and quoted values are all
+    masked; what libpq cannot parse is not shown at all.
     """
-    if "://" not in database_url:
-        words = []
-        for word in database_url.split():
-            key, sep, _ = word.partition("=")
-            words.append(f"{key}=***" if sep and key.strip().lower() == "password" else word)
-        return " ".join(words)
     try:
-        parts = urlsplit(database_url)
-        netloc = parts.netloc
-    except ValueError:
+        params = conninfo_to_dict(database_url)
+    except psycopg.Error:
         return "<unparseable database url>"
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    query = "&".join(
-        f"{k}=***" if k.lower() == "password" else f"{k}{e}{v}"
-        for k, e, v in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = {k: "***" if k in _SECRET_PARAMS else v for k, v in params.items()}
+    return make_conninfo("", **shown)
+
+
+def _permanent(exc: psycopg.Error) -> bool:
+    text = str(exc).lower()
+    return any(words in text for words in _PERMANENT_CONNECT_ERRORS)
+
+
+def _probe(database_url: str, connect_timeout: float) -> None:
+    """Connect once, so a permanent failure (unknown database, refused
+    credentials, a bad option) is reported at once with libpq's message
+    instead of after the pool's retries; transient ones are left to the pool."""
+    try:
+        psycopg.connect(database_url, connect_timeout=max(1, round(connect_timeout))).close()
+    except psycopg.ProgrammingError as exc:  # the connection string itself is malformed
+        raise StorageError(f"invalid PostgreSQL connection string: {_describe(exc)}") from None
+    except psycopg.Error as exc:
+        if _permanent(exc):
+            raise StorageError(
+                f"cannot connect to PostgreSQL ({redact_url(database_url)}): {_libpq_message(exc)}"
+            ) from None
+
+
+def _libpq_message(exc: BaseException) -> str:
+    """libpq's message without the "connection failed: ..." preamble, on one line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    _, fatal, rest = text.partition("FATAL:")
+    return f"FATAL: {rest.strip()}" if fatal else text
+
+
+def read_stats_database(
+    database_url: str, query: StatsQuery, *, connect_timeout: float = 10.0
+) -> dict[str, Any]:
+    """Return the stats document for ``query``, read on one read-only
+    connection (what ``telemetry-collector stats --database-url`` uses): it
+    creates nothing, so a role with only ``SELECT`` on the collector's tables
+    can read."""
+    return build_stats(query, _read_database(database_url, query, connect_timeout))
+
+
+def _read_database(database_url: str, query: StatsQuery, connect_timeout: float) -> StatsData:
+    _probe(database_url, connect_timeout)
+    try:
+        with psycopg.connect(database_url, connect_timeout=max(1, round(connect_timeout))) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction(), conn.cursor() as cur:
+                return read_stats_data(_fetcher(cur), query, POSTGRES)
+    except psycopg.errors.UndefinedTable:
+        raise StorageError(
+            f"no collector tables in {redact_url(database_url)} (has a collector run on it?)"
+        ) from None
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"cannot read stats: {_describe(exc)}") from exc
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot read stats: {_describe(exc)}") from exc
+
+
+def _fetcher(cur: psycopg.Cursor[Any]) -> Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]:
+    def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+    return fetch
 
 
 def _no_nul(text: str) -> str:
@@ -230,6 +308,10 @@ class PostgresStore(PendingWork):
     ) -> None:
         if not 0 < pool_min <= pool_max:
             raise ValueError("need 0 < pool_min <= pool_max")
+        started = time.monotonic()
+        _probe(database_url, connect_timeout)
+        # A transient failure of the probe counts against the start-up wait.
+        remaining = max(1.0, connect_timeout - (time.monotonic() - started))
         super().__init__(max_pending_events)
         self._counters: dict[tuple[int, str], int] = defaultdict(int)
         self._flushing: asyncio.Future[None] | None = None
@@ -246,7 +328,7 @@ class PostgresStore(PendingWork):
             check=ConnectionPool.check_connection,
         )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
+            self._pool.open(wait=True, timeout=remaining)
         except PoolTimeout:
             self._pool.close()
             raise StorageError(
@@ -269,7 +351,7 @@ class PostgresStore(PendingWork):
     async def ingest(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
         """Store ``events`` exactly once; return after their transaction committed."""
         if self._closed:
-            raise StorageError("the store is closed")
+            raise StoreUnavailable("the store is closed")
         if not events:
             return IngestOutcome(inserted=())
         self._admit(len(events), "the database is behind; try again shortly")
@@ -279,7 +361,7 @@ class PostgresStore(PendingWork):
             )
         except RuntimeError:  # the executor shut down: close() ran meanwhile
             self._release(len(events))
-            raise StorageError("the store is closed") from None
+            raise StoreUnavailable("the store is closed") from None
         # The transaction runs to its end even if the request is cancelled, and
         # ingest_blocking releases the pending count whatever happens.
         return await asyncio.shield(future)
@@ -361,16 +443,13 @@ class PostgresStore(PendingWork):
                 conn.read_only = True
                 try:
                     with conn.transaction(), conn.cursor() as cur:
-
-                        def fetch(sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-                            cur.execute(sql, args)
-                            return cur.fetchall()
-
-                        return read_stats_data(fetch, query, POSTGRES)
+                        return read_stats_data(_fetcher(cur), query, POSTGRES)
                 finally:
                     conn.isolation_level = None
                     conn.read_only = None
-        except (psycopg.Error, PoolTimeout) as exc:
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot read stats: {_describe(exc)}") from exc
+        except psycopg.Error as exc:
             raise StorageError(f"cannot read stats: {_describe(exc)}") from exc
 
     def flush_counters(self) -> None:
@@ -412,12 +491,12 @@ class PostgresStore(PendingWork):
 
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
-            raise StorageError("the store is closed")
+            raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(self._executor, fn, *args)
         except RuntimeError:  # the executor shut down: close() ran meanwhile
-            raise StorageError("the store is closed") from None
+            raise StoreUnavailable("the store is closed") from None
         return await future
 
     def _run(self, fn: Callable[[], T]) -> T:
@@ -476,7 +555,10 @@ class PostgresStore(PendingWork):
                         f"transaction still conflicting after {MAX_ATTEMPTS} attempts"
                     ) from None
                 time.sleep(self._rng.uniform(0, 0.01 * 2**attempt))
-            except (psycopg.Error, PoolTimeout) as exc:
+            except _UNAVAILABLE as exc:
+                self._restore_counters(buffered)
+                raise StoreUnavailable(f"transaction failed: {_describe(exc)}") from exc
+            except psycopg.Error as exc:
                 self._restore_counters(buffered)
                 raise StorageError(f"transaction failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover

@@ -45,6 +45,9 @@ class CollectorSettings:
     session; ``admin_failures_per_minute`` the refused admin attempts one client
     address may make per minute (burst of the same size) before 429.
 
+    ``metrics_token`` is a scrape credential of its own for ``GET /metrics``
+    (``Authorization: Bearer``), besides the admin token.
+
     ``max_concurrent_requests`` bounds the requests being handled at once;
     past it a request is answered 503 ``overloaded`` with ``Retry-After``
     without being read. A submission refused 413 before its body was read to
@@ -55,8 +58,8 @@ class CollectorSettings:
     sending, can read the answer; past either bound the connection is closed.
     """
 
-    api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple)
-    admin_token: str | None = None
+    api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple, repr=False)
+    admin_token: str | None = attrs.field(default=None, repr=False)
     name: str = "telemetry-core-collector"
     max_events_per_batch: int = attrs.field(default=schema.MAX_BATCH_EVENTS, validator=_positive)
     max_body_bytes: int = attrs.field(default=schema.MAX_BODY_BYTES, validator=_positive)
@@ -79,14 +82,21 @@ class CollectorSettings:
     max_concurrent_requests: int = attrs.field(default=1000, validator=_positive)
     drain_max_bytes: int | None = None
     drain_timeout_s: float = 5.0
+    metrics_token: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if any(not k for k in self.api_keys):
             raise ConfigError("api_keys", "an API key must not be empty")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("admin_token", "must be at least 8 characters")
+        if self.metrics_token is not None and len(self.metrics_token) < 8:
+            raise ConfigError("metrics_token", "must be at least 8 characters")
         if self.rate_limit_burst < self.max_events_per_batch:
-            raise ConfigError("rate_limit_burst", "must hold at least one full batch")
+            raise ConfigError(
+                "rate_limit_burst",
+                f"must hold at least one full batch: {self.max_events_per_batch} events or more "
+                f"(got {self.rate_limit_burst})",
+            )
         if self.max_inflight_bytes is not None and self.max_inflight_bytes < self.one_request_bytes:
             raise ConfigError(
                 "max_inflight_bytes",

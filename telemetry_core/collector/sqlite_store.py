@@ -26,7 +26,13 @@ import attrs
 import msgspec
 
 from telemetry_core.collector.aggregation import DAY_MS, add_outcomes, build_stats
-from telemetry_core.collector.store import IngestOutcome, PendingWork, StatsData, StatsQuery
+from telemetry_core.collector.store import (
+    IngestOutcome,
+    PendingWork,
+    StatsData,
+    StatsQuery,
+    StoreUnavailable,
+)
 from telemetry_core.collector.store_sql import SQLITE, Dedupe, plan_increments, read_stats_data
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -414,9 +420,11 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=30)
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot read stats: {exc}") from exc
+        raise StoreUnavailable(f"cannot read stats: {exc}") from exc
     try:
         return read_stats_data(lambda sql, args: conn.execute(sql, args).fetchall(), query, SQLITE)
+    except sqlite3.OperationalError as exc:  # locked, unreadable
+        raise StoreUnavailable(f"cannot read stats: {exc}") from exc
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read stats: {exc}") from exc
     finally:

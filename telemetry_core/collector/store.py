@@ -73,6 +73,7 @@ __all__ = [
     "StatsData",
     "StatsQuery",
     "StoreOverloaded",
+    "StoreUnavailable",
 ]
 
 #: One hour in milliseconds: the grain of every rollup.
@@ -86,6 +87,12 @@ Bucket = Literal["hour", "day"]
 
 class StoreOverloaded(StorageError):
     """The store's pending work is at its bound; the caller should answer 503."""
+
+
+class StoreUnavailable(StorageError):
+    """The store cannot serve now (the database is unreachable, locked or shut
+    down, or the pool has no free connection); the caller should answer 503
+    with ``Retry-After``. Other :class:`StorageError` s are faults, not waits."""
 
 
 @attrs.frozen(kw_only=True)

@@ -22,6 +22,7 @@ answers a client that went away, and times the request for the metrics.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -34,14 +35,26 @@ from starlette.responses import Response
 from telemetry_core.collector.collector import Collector
 from telemetry_core.collector.ingest import BudgetLease, IngestError, check_events, read_body
 from telemetry_core.collector.middleware import BodyStream
-from telemetry_core.collector.responses import declared_length, disconnected, refusal
+from telemetry_core.collector.responses import (
+    client_host,
+    declared_length,
+    disconnected,
+    refusal,
+)
 from telemetry_core.collector.store import StoreOverloaded
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import SubmitResponse
 
-__all__ = ["Submission", "SubmissionHandler", "handle_submission", "read_capped"]
+__all__ = ["Submission", "SubmissionHandler", "fingerprint", "handle_submission", "read_capped"]
 
 log = logging.getLogger("telemetry_core.collector")
+
+
+def fingerprint(key: str) -> str:
+    """A short, non-reversible name of a presented key, for logs: the same as
+    :func:`~telemetry_core.collector.auth.key_id` for every configured key,
+    and defined for any string a client may send."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 class Submission:
@@ -54,9 +67,14 @@ class Submission:
         self.request = request
         self.lease = lease
         self.stream = stream
+        #: A fingerprint of the key presented (``none`` before :meth:`authenticate`
+        #: or without one), for the log lines of this request; never the key.
+        self.key = "none"
 
     def authenticate(self, presented: str | None) -> str:
         """The id of the submission key ``presented``; 401 when it is missing or unknown."""
+        if presented:
+            self.key = fingerprint(presented)
         kid = self.collector.keys.identify(presented)
         if kid is None:
             raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
@@ -163,20 +181,24 @@ async def handle_submission(request: Request, handler: SubmissionHandler) -> Res
     collector = Collector.of(request)
     started = time.perf_counter()
     stream = BodyStream(request.receive)
+    submission: Submission | None = None
     try:
         with collector.budget.lease() as lease:
-            return await handler(Submission(collector, request, lease, stream))
+            submission = Submission(collector, request, lease, stream)
+            return await handler(submission)
     except IngestError as exc:
+        who = f"client={client_host(request)} key={submission.key if submission else 'none'}"
         if exc.status == 413:
             read_all = await _drained(collector, request, stream)
             log.info(
-                "submit refused status=413 code=%s drained=%s bytes=%d",
+                "submit refused status=413 code=%s drained=%s bytes=%d %s",
                 exc.code,
                 "yes" if read_all else "no",
                 stream.received,
+                who,
             )
         elif exc.status != 429:  # a throttled batch was logged where it was counted
-            log.info("submit refused status=%d code=%s", exc.status, exc.code)
+            log.info("submit refused status=%d code=%s %s", exc.status, exc.code, who)
         return refusal(exc)
     except ClientDisconnect:
         return disconnected(request.url.path)

@@ -137,3 +137,88 @@ def test_explicit_database_url_and_db_together_are_refused(db: Path) -> None:
     )
     assert result.exit_code == 2
     assert "exactly one" in result.output
+
+
+def test_stats_with_from_after_to_says_so_in_words(db: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["stats", "--db", str(db), "--from", "2026-02-01", "--to", "2026-01-01"]
+    )
+    assert result.exit_code == 2
+    assert "from '2026-02-01' is after to '2026-01-01'" in result.output
+
+
+def test_serve_with_a_burst_below_one_batch_names_the_number_needed(tmp_path: Path) -> None:
+    args = ["serve", "--db", str(tmp_path / "c.db"), "--api-key", "k", "--rate-burst", "10"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "--rate-burst" in result.output
+    assert "1000 events or more (got 10)" in result.output
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "collector.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_check_config_prints_the_summary_with_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("API_KEYS", "ADMIN_TOKEN", "DATABASE_URL"):
+        monkeypatch.delenv(f"TELEMETRY_COLLECTOR_{name}", raising=False)
+    url_file = tmp_path / "db-url"
+    url_file.write_text("host=db user=c password = 'pass word-7' dbname=t\n", encoding="utf-8")
+    config = _config(
+        tmp_path,
+        f'database_url_file = "{url_file}"\napi_keys = ["key-one-77", "key-two-88"]\n'
+        'admin_token = "admin-token-99"\nretention_days = 30\nmetrics_port = 9464\n',
+    )
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"{config}: ok" in result.output
+    assert "store=postgresql url='user=c password=*** dbname=t host=db'" in result.output
+    assert "keys=2" in result.output and "retention_days=30" in result.output
+    assert "admin_token=set" in result.output and "port:127.0.0.1:9464" in result.output
+    for secret in ("pass word-7", "word-7", "key-one-77", "key-two-88", "admin-token-99"):
+        assert secret not in result.output
+
+
+def test_check_config_refuses_an_unknown_key_and_a_bad_value(tmp_path: Path) -> None:
+    unknown = _config(tmp_path, 'db = "c.db"\napi_keys = ["k"]\nrate_brust = 20000\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(unknown)])
+    assert result.exit_code == 2 and "unknown key(s) rate_brust" in result.output
+    small = _config(tmp_path, 'db = "c.db"\napi_keys = ["k"]\nrate_burst = 10\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(small)])
+    assert result.exit_code == 1 and "1000 events or more" in result.output
+
+
+def test_check_config_warns_when_no_admin_token_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TELEMETRY_COLLECTOR_ADMIN_TOKEN", raising=False)
+    config = _config(tmp_path, 'db = "c.db"\napi_keys = ["k"]\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0
+    assert "admin_token=unset" in result.output
+    assert "warning: no admin token" in result.output
+
+
+def test_serve_logs_one_summary_line_and_warns_without_an_admin_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from telemetry_core.collector.options import ServeSettings
+    from telemetry_core.collector.server import log_summary
+
+    caplog.set_level("INFO", logger="telemetry_core.collector")
+    settings = ServeSettings.load(
+        given={"database_url": "postgresql://u:hunter-22@db/x", "api_keys": ["k"]}, environ={}
+    )
+    log_summary(settings)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines[0][0] == "INFO"
+    assert lines[0][1].startswith(
+        "collector configuration store=postgresql url='user=u password=*** dbname=x host=db' "
+        "keys=1 tls=off"
+    )
+    assert lines[1][0] == "WARNING" and "no admin token is set" in lines[1][1]
+    assert "hunter-22" not in caplog.text

@@ -163,10 +163,18 @@ def test_info_publishes_the_configured_limits(tmp_path: Path, clock: FakeClock) 
         response = c.get("/v1/info")
     assert response.status_code == 200
     info = response.json()
-    assert set(info) == {"name", "version", "schema_version", "limits"}
+    assert set(info) == {"name", "version", "schema_version", "limits", "dedup_window_days"}
     assert info["schema_version"] == 1
     assert {k: info["limits"][k] for k in custom} == custom
     assert info["limits"]["max_properties"] == 64
+
+
+def test_info_publishes_the_dedup_window_as_the_raw_event_retention(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with make_client(tmp_path, clock, retention_days=45) as c:
+        info = c.get("/v1/info").json()
+    assert info["dedup_window_days"] == 45
 
 
 def test_methods_and_health(client: TestClient) -> None:

@@ -98,3 +98,14 @@ def test_values_out_of_range_are_config_errors(tmp_path: Path) -> None:
         ServeSettings.load(given={"db": "c.db", "api_keys": ["k"], "retention_days": 0}, environ={})
     with pytest.raises(OptionError, match="exactly one"):
         ServeSettings.load(given={"api_keys": ["k"]}, environ={})
+
+
+def test_a_relative_path_in_the_file_is_relative_to_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "keys").write_text("k-from-file\n", encoding="utf-8")
+    path = folder / "collector.toml"
+    path.write_text('db = "data/c.db"\napi_keys_file = "keys"\n', encoding="utf-8")
+    settings = ServeSettings.from_file(path, environ={})
+    assert settings.store.db == str(folder / "data" / "c.db")
+    assert settings.collector.api_keys == ("k-from-file",)

@@ -8,7 +8,9 @@ address: past ``admin_failures_per_minute`` the address gets 429.
 
 from __future__ import annotations
 
+import hmac
 import logging
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import ClientDisconnect, Request
@@ -30,6 +32,7 @@ from telemetry_core.collector.responses import (
     refusal,
 )
 from telemetry_core.collector.stats_query import parse_stats_query
+from telemetry_core.collector.store import StoreUnavailable
 from telemetry_core.collector.submission import read_capped
 
 __all__ = ["MAX_LOGIN_FORM_BYTES", "ROUTES"]
@@ -89,6 +92,20 @@ def _refused() -> Response:
     )
 
 
+async def _read_stats(collector: Collector, request: Request) -> dict[str, Any]:
+    """The stats document the request's query asks for: 400 ``bad_query`` for
+    bad parameters, 503 ``store_unavailable`` (with ``Retry-After``) while the
+    store cannot be read."""
+    query = parse_stats_query(request.query_params)
+    try:
+        return await collector.store.stats(query)
+    except StoreUnavailable as exc:
+        log.warning("stats read failed: the store is unavailable error=%s", exc)
+        raise IngestError(
+            503, "store_unavailable", "the store cannot be read now; retry later", retry_after=5
+        ) from exc
+
+
 async def stats(request: Request) -> Response:
     """The DESIGN §7 stats document for the query's range and filters."""
     collector = Collector.of(request)
@@ -98,10 +115,9 @@ async def stats(request: Request) -> Response:
     if not allowed:
         return _refused()
     try:
-        query = parse_stats_query(request.query_params)
+        return json_response(await _read_stats(collector, request))
     except IngestError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    return json_response(await collector.store.stats(query))
+        return refusal(exc)
 
 
 async def dashboard(request: Request) -> Response:
@@ -114,11 +130,11 @@ async def dashboard(request: Request) -> Response:
     if not allowed:
         return html_response(render_login(None, title=title), 401)
     try:
-        query = parse_stats_query(request.query_params)
+        document = await _read_stats(collector, request)
     except IngestError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return refusal(exc)
     page = render_dashboard(
-        await collector.store.stats(query),
+        document,
         title=title,
         filters=dict(request.query_params),
         generated_at_ms=collector.now_ms(),
@@ -186,10 +202,20 @@ async def logout(request: Request) -> Response:
     return response
 
 
+def _scrape_credential(collector: Collector, request: Request) -> bool:
+    """True when the request carries the metrics token (``Authorization: Bearer``)."""
+    token = collector.settings.metrics_token
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
 async def prometheus(request: Request) -> Response:
-    """The collector's metrics in the Prometheus text format."""
+    """The collector's metrics in the Prometheus text format (the metrics
+    token or the admin token)."""
     collector = Collector.of(request)
-    allowed = _admitted(collector, request, cookie=False)
+    allowed = _scrape_credential(collector, request) or _admitted(collector, request, cookie=False)
     if isinstance(allowed, Response):
         return allowed
     if not allowed:
