@@ -89,8 +89,8 @@ from telemetry_core.errors import (
     TelemetryError,
 )
 from telemetry_core.models import QueueStats, SubmissionStats
-from telemetry_core.plugin_host import PluginHost
 from telemetry_core.pii import find_pii
+from telemetry_core.plugin_host import PluginHost
 from telemetry_core.schema import (
     EVENT_TYPE_PATTERN,
     INT64_MAX,
