@@ -8,6 +8,10 @@ a positive value ``x`` falls in bucket ``ceil(log(x) / log(GAMMA))`` where
 every value of the bucket. Histograms merge by adding counts per bucket, so hour
 rollups add up to days and ranges exactly, and a quantile estimated from the
 merged counts is within 1 % of the exact quantile of the same rank.
+
+Percentiles leave the collector rounded to :data:`PERCENTILE_DIGITS`
+significant digits (never to a fixed number of decimals, which would turn
+0.0004 ms into 0.0 and break the 1 % promise for sub-microsecond durations).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, MutableMapping
+from decimal import Decimal
 from typing import Any, Final
 
 from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
@@ -23,16 +28,21 @@ __all__ = [
     "ALPHA",
     "DAY_MS",
     "GAMMA",
+    "PERCENTILES",
+    "PERCENTILE_DIGITS",
     "ZERO_BUCKET",
     "add_outcomes",
     "bucket_index",
     "bucket_start",
     "bucket_value",
     "build_stats",
+    "format_significant",
     "hour_increments",
     "hour_of",
+    "percentiles",
     "quantile",
     "quantile_rank",
+    "round_significant",
 ]
 
 #: Relative accuracy of the duration histogram.
@@ -44,6 +54,11 @@ _LOG_GAMMA: Final = math.log(GAMMA)
 ZERO_BUCKET: Final = -(2**31)
 #: One day in milliseconds.
 DAY_MS: Final = 24 * HOUR_MS
+#: Significant digits of an emitted percentile: the rounding adds at most
+#: 5e-6 relative error to the histogram's ``ALPHA``.
+PERCENTILE_DIGITS: Final = 6
+#: The three percentiles of every stats row, as (field name, quantile).
+PERCENTILES: Final = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
 
 
 def bucket_index(duration_ms: float) -> int:
@@ -95,8 +110,30 @@ def bucket_start(hour_ms: int, bucket: str) -> int:
     return hour_ms - hour_ms % HOUR_MS
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def round_significant(value: float, digits: int = PERCENTILE_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (``0.000400321`` to
+    ``0.000400321``, ``1234567.8`` to ``1234570.0`` with six)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def format_significant(value: float, digits: int = 4) -> str:
+    """``value`` as text with ``digits`` significant digits and no exponent
+    (``0.0004003``, ``12.35``, ``1235``, ``12000``), for tables and pages."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    return format(Decimal(f"{value:.{digits}g}"), "f")
+
+
+def percentiles(counts: Mapping[int, int]) -> dict[str, float | None]:
+    """``p50_ms``, ``p95_ms`` and ``p99_ms`` of a histogram (merged or not),
+    rounded to :data:`PERCENTILE_DIGITS`; ``None`` where it is empty."""
+    out: dict[str, float | None] = {}
+    for name, q in PERCENTILES:
+        value = quantile(counts, q)
+        out[name] = None if value is None else round_significant(value)
+    return out
 
 
 def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
@@ -107,6 +144,9 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
     ``throttled``. ``series``: one entry per (app, type, bucket) ordered by
     bucket, app and type, with ``count``, ``success``, ``failure``, ``p50_ms``,
     ``p95_ms``, ``p99_ms`` (``None`` when no event had a duration) and ``installs``.
+    ``durations_by_type`` maps each type to its ``p50_ms``, ``p95_ms`` and
+    ``p99_ms`` over the whole range (all apps), from the merged hourly
+    histograms: the percentiles of the range, not the worst of its buckets.
     """
     grain = query.bucket
     counts: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -119,8 +159,10 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
         row[1] += success
         row[2] += failure
         by_type[etype] += count
+    by_type_hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for app, etype, hour, index, count in data.buckets:
         hists[(app, etype, bucket_start(hour, grain))][index] += count
+        by_type_hist[etype][index] += count
     installs = {(a, t, b): n for a, t, b, n in data.series_installs}
     series = []
     for key in sorted(counts, key=lambda k: (k[2], k[0], k[1])):
@@ -135,9 +177,7 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
                 "count": count,
                 "success": success,
                 "failure": failure,
-                "p50_ms": _round(quantile(hist, 0.50)),
-                "p95_ms": _round(quantile(hist, 0.95)),
-                "p99_ms": _round(quantile(hist, 0.99)),
+                **percentiles(hist),
                 "installs": installs.get(key, 0),
             }
         )
@@ -162,6 +202,9 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
             "throttled": data.counters.get("throttled", 0),
         },
         "series": series,
+        "durations_by_type": {
+            etype: percentiles(by_type_hist.get(etype, {})) for etype in sorted(by_type)
+        },
     }
 
 

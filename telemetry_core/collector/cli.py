@@ -18,6 +18,7 @@ import msgspec
 from click.core import ParameterSource
 
 from telemetry_core._version import __version__
+from telemetry_core.collector.aggregation import format_significant
 from telemetry_core.collector.options import OPTIONS, OptionError, ServeSettings, StoreSettings
 from telemetry_core.errors import TelemetryError
 
@@ -209,7 +210,7 @@ def _format_ms(value: int) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else format_significant(value)
 
 
 def format_stats_table(stats: dict[str, Any]) -> str:
