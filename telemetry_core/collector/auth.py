@@ -7,11 +7,62 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Final
 
 from telemetry_core.models import Clock
 
-__all__ = ["AdminAuth", "KeyRing", "key_id"]
+__all__ = ["AdminAuth", "KeyRing", "Session", "is_ascii_digits", "key_id", "same_origin"]
+
+#: The longest issue time a session may carry (12 digits is past the year 33000).
+_MAX_ISSUED_DIGITS: Final = 12
+#: Lower-case hexadecimal, the only alphabet of a session's nonce and MAC.
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def is_ascii_digits(text: str) -> bool:
+    """True when ``text`` is one or more of the ASCII digits ``0`` to ``9``.
+
+    ``str.isdigit`` also accepts ``'²'``, ``'٣'`` and other Unicode digits, which
+    ``int`` then refuses (or reads as a number nobody wrote); every parse of a
+    credential uses this instead.
+    """
+    return text.isascii() and text.isdigit()
+
+
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """False when a browser says the request comes from another site (CSRF).
+
+    Browsers send ``Sec-Fetch-Site`` (``cross-site``, ``same-site``,
+    ``same-origin``, ``none``) and ``Origin`` on every form ``POST``. A request
+    is refused when ``Sec-Fetch-Site`` is ``cross-site`` or ``same-site`` (a
+    sibling subdomain is another application), or when ``Origin`` names a host
+    other than the ``Host`` the request was sent to. Clients that send neither
+    header (curl, scripts) are not browsers driven by a hostile page and pass.
+    """
+    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    _, sep, rest = origin.strip().partition("://")
+    host = headers.get("host", "").strip().lower()
+    return bool(sep) and rest.lower().rstrip("/") == host
+
+
+class Session(Enum):
+    """What a request's session cookie is worth."""
+
+    #: No cookie (or an empty one): nothing was presented.
+    ABSENT = "absent"
+    #: Authentic, unexpired and not revoked: opens the dashboard.
+    VALID = "valid"
+    #: Authentic but expired or revoked: an old browser tab, not an attack.
+    ENDED = "ended"
+    #: Malformed or not signed by us: a refused credential, counted as one.
+    FORGED = "forged"
 
 
 def key_id(key: str) -> str:
@@ -108,28 +159,45 @@ class AdminAuth:
         return f"{issued_at}.{nonce}.{self._mac(issued_at, nonce)}"
 
     def _parse(self, value: str | None) -> tuple[int, str] | None:
-        """``(issued_at, nonce)`` of a well-formed, authentic session value, else None."""
-        if self._token is None or not value:
+        """``(issued_at, nonce)`` of a well-formed, authentic session value, else None.
+
+        Only ASCII is looked at: the issue time must be ASCII digits (see
+        :func:`is_ascii_digits`), the nonce and MAC lower-case hex, so no
+        Unicode digit or odd code point reaches ``int`` or ``encode``.
+        """
+        if self._token is None or not value or not value.isascii():
             return None
         parts = value.split(".")
-        if len(parts) != 3 or not parts[0].isdigit() or len(parts[0]) > 12:
+        if len(parts) != 3:
             return None
-        issued_at, nonce, mac = int(parts[0]), parts[1], parts[2]
-        if not hmac.compare_digest(mac.encode(), self._mac(issued_at, nonce).encode()):
+        issued, nonce, mac = parts
+        if not is_ascii_digits(issued) or len(issued) > _MAX_ISSUED_DIGITS:
+            return None
+        if not (nonce and mac) or not _HEX.issuperset(nonce) or not _HEX.issuperset(mac):
+            return None
+        issued_at = int(issued)
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(issued_at, nonce).encode()):
             return None
         return issued_at, nonce
 
-    def check_cookie(self, value: str | None) -> bool:
-        """True when ``value`` is an authentic, unexpired, unrevoked session cookie."""
+    def session(self, value: str | None) -> Session:
+        """Judge a session cookie value; see :class:`Session`. Never raises."""
+        if not value:
+            return Session.ABSENT
         parsed = self._parse(value)
         if parsed is None:
-            return False
+            return Session.FORGED
         issued_at, nonce = parsed
         now = self._clock()
         if not issued_at <= now + 60 or now >= issued_at + self.session_ttl_s:
-            return False
+            return Session.ENDED
         with self._lock:
-            return issued_at > self._not_after_issue and nonce not in self._revoked
+            alive = issued_at > self._not_after_issue and nonce not in self._revoked
+        return Session.VALID if alive else Session.ENDED
+
+    def check_cookie(self, value: str | None) -> bool:
+        """True when ``value`` is an authentic, unexpired, unrevoked session cookie."""
+        return self.session(value) is Session.VALID
 
     def revoke(self, value: str | None) -> None:
         """End the session ``value`` (logout); unknown or forged values are ignored."""

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from telemetry_core.collector.auth import AdminAuth
+from telemetry_core.collector.auth import AdminAuth, Session, same_origin
 from telemetry_core.collector.collector import Collector
 from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
 from telemetry_core.collector.ingest import BudgetLease, IngestError
@@ -70,8 +70,14 @@ def _admitted(collector: Collector, request: Request, *, cookie: bool) -> Respon
     session); a 429 response when its address is throttled; False otherwise
     (a wrong Bearer token counts as a refused attempt)."""
     authorization = request.headers.get("authorization")
-    if cookie and collector.admin.check_cookie(request.cookies.get(AdminAuth.COOKIE)):
-        return True
+    if cookie:
+        session = collector.admin.session(request.cookies.get(AdminAuth.COOKIE))
+        if session is Session.VALID:
+            return True
+        if session is Session.FORGED:
+            refused = _forged_session(collector, request)
+            if refused is not None:
+                return refused
     if not authorization:
         return False
     throttled = _throttled(collector, request)
@@ -81,6 +87,24 @@ def _admitted(collector: Collector, request: Request, *, cookie: bool) -> Respon
         return True
     _failed(collector, request, "bearer")
     return False
+
+
+def _forged_session(collector: Collector, request: Request) -> Response | None:
+    """Count a malformed or unsigned session cookie as a refused credential;
+    429 when the address is throttled, else None (the caller answers 401)."""
+    throttled = _throttled(collector, request)
+    if throttled is not None:
+        return throttled
+    _failed(collector, request, "cookie")
+    return None
+
+
+def _cross_site(request: Request) -> Response | None:
+    """403 for a form post a browser says came from another site (CSRF)."""
+    if same_origin(request.headers):
+        return None
+    log.warning("cross-site post refused path=%s", request.url.path)
+    return error_response(403, "cross_site", "cross-site form posts are refused")
 
 
 def _refused() -> Response:
@@ -156,6 +180,9 @@ async def login(request: Request) -> Response:
 
 
 async def _login(collector: Collector, request: Request, lease: BudgetLease) -> Response:
+    refused = _cross_site(request)
+    if refused is not None:
+        return refused
     throttled = _throttled(collector, request)
     if throttled is not None:
         return throttled
@@ -189,9 +216,21 @@ async def _login(collector: Collector, request: Request, lease: BudgetLease) -> 
 
 
 async def logout(request: Request) -> Response:
-    """End the session (its cookie is revoked and deleted) and go to ``/``."""
+    """End the session (its cookie is revoked and deleted) and go to ``/``.
+
+    A forged session cookie is a refused credential (401, counted); a post a
+    browser marks as cross-site is refused (403) and ends nothing."""
     collector = Collector.of(request)
-    collector.admin.revoke(request.cookies.get(AdminAuth.COOKIE))
+    refused = _cross_site(request)
+    if refused is not None:
+        return refused
+    value = request.cookies.get(AdminAuth.COOKIE)
+    if collector.admin.session(value) is Session.FORGED:
+        title = collector.settings.name
+        return _forged_session(collector, request) or html_response(
+            render_login(None, title=title), 401
+        )
+    collector.admin.revoke(value)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(
         AdminAuth.COOKIE,
