@@ -134,7 +134,7 @@ def test_a_superscript_digit_session_is_401_and_counted(
     """``\\xb2.n.m`` (``'²'.isdigit()`` is true) answered 500 with a traceback."""
     caplog.set_level(logging.WARNING, "telemetry_core.collector")
     send = client.get if path == "/" else client.post
-    response = send(path, headers=_raw_cookie(b"\xb2.n.m"), follow_redirects=False)  # type: ignore[operator]
+    response = send(path, headers=_raw_cookie(b"\xb2.n.m"), follow_redirects=False)
     assert response.status_code == 401
     assert "<form" in response.text
     refused = [r.getMessage() for r in caplog.records if "via=cookie" in r.getMessage()]
