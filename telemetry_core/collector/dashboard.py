@@ -1,81 +1,81 @@
-"""The collector's dashboard: one self-contained HTML page drawn on the server.
+"""The collector's dashboard page, drawn on the server from a view model.
 
-:func:`render_dashboard` turns the ``GET /v1/stats`` body (DESIGN §7) into a
-complete page with inline CSS and inline SVG charts: events over time per type,
-success rate over time, p95 duration per type, distinct installs per type, and
-tiles for the totals. Nothing is fetched from the network and no script runs, so
-the page works offline and behind a strict ``Content-Security-Policy``.
+:func:`render_dashboard` takes the ``GET /v1/stats`` body (DESIGN §7) of the
+chosen range, and optionally that of the previous period of equal length;
+:func:`~telemetry_core.collector.dashboard_model.build_view` turns them into a
+:class:`~telemetry_core.collector.dashboard_model.DashboardView` and
+:func:`render_view` draws it: range presets and a date picker, tiles for the
+totals (with the change against the previous period), SVG charts (events, success
+rate, p95 duration on a log scale, distinct installs) and a table per type with
+p50/p95/p99 over the range. Nothing is fetched and no script runs, so the page
+works offline and under a strict ``Content-Security-Policy``; the only forms are
+the filter (GET) and the sign-out button (``POST /logout``).
 
 Every string that reaches the page is escaped: event types, app names and filter
 values come from clients and from the query string. Numbers shown as text carry
-stable ``data-testid`` attributes (and the hostile-safe ``data-type`` for per-type
-rows) so tests and scrapers can read them without parsing charts.
+stable ``data-testid`` attributes (percentiles also their exact value in
+``data-ms``) so tests and scrapers can read them without parsing charts.
 
 :func:`render_login` is the small form page that posts the admin token to
-``/login``; the application owns the route and the cookie.
+``/login``; the application owns the routes and the cookie.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlencode
 
-from telemetry_core.collector.aggregation import DAY_MS
+from telemetry_core.collector.aggregation import format_significant
+from telemetry_core.collector.auth import is_ascii_digits
+from telemetry_core.collector.charts import LinearAxis, LogAxis, line_chart
+from telemetry_core.collector.dashboard_model import (
+    PRESETS,
+    DashboardView,
+    Period,
+    Totals,
+    TypeRow,
+    build_view,
+)
 
 __all__ = [
     "LOGIN_TOKEN_FIELD",
     "render_dashboard",
     "render_login",
+    "render_view",
 ]
 
 #: Name of the form field that carries the admin token in ``POST /login``.
 LOGIN_TOKEN_FIELD: Final = "token"
 
-#: Filter parameters the form submits, in display order (as ``GET /v1/stats``).
-_FILTER_FIELDS: Final = ("from", "to", "app", "type")
-
-# Colour-blind-friendly palette (Okabe-Ito, then a few extras); assigned to
-# types in sorted order so a type keeps its colour across charts on one page.
-_PALETTE: Final = (
-    "#0072b2",
-    "#e69f00",
-    "#009e73",
-    "#cc79a7",
-    "#56b4e9",
-    "#d55e00",
-    "#f0e442",
-    "#000000",
-    "#7f7f7f",
-    "#8c564b",
-)
-
 #: Shown where a value cannot be computed (no durations, nothing judged).
 _NO_VALUE: Final = "\N{EN DASH}"
-
-_CHART_WIDTH: Final = 640
-_CHART_HEIGHT: Final = 220
-_MARGIN_LEFT: Final = 56
-_MARGIN_RIGHT: Final = 12
-_MARGIN_TOP: Final = 12
-_MARGIN_BOTTOM: Final = 28
-#: Types beyond this many are folded into one "other" line so charts stay legible.
-_MAX_LINES: Final = 10
+#: Query parameters a preset link keeps (the range itself is replaced).
+_KEPT_BY_PRESETS: Final = ("app", "type", "bucket")
 
 _CSS: Final = """
 :root { color-scheme: light; --fg: #1d1d1f; --muted: #5f6368; --line: #d9dce1; --bg: #f6f7f9; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif;
        color: var(--fg); background: var(--bg); }
-header { padding: 16px 24px; background: #fff; border-bottom: 1px solid var(--line); }
+header { padding: 16px 24px; background: #fff; border-bottom: 1px solid var(--line);
+         display: flex; justify-content: space-between; align-items: center; gap: 16px; }
+header form button, .presets a { font: inherit; padding: 4px 12px; border-radius: 4px;
+         border: 1px solid var(--line); background: #fff; color: var(--fg); text-decoration: none; }
+header form button { cursor: pointer; }
+.presets { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 10px; align-items: center; }
+.presets a[aria-current="page"] { background: var(--fg); color: #fff; border-color: var(--fg); }
+.range { color: var(--muted); margin: 0 0 12px; }
+.tile .delta { font-size: 12px; color: var(--muted); font-variant-numeric: tabular-nums; }
 header h1 { margin: 0; font-size: 20px; }
 header p { margin: 4px 0 0; color: var(--muted); }
 main { padding: 16px 24px 40px; max-width: 1400px; }
 form.filters { display: flex; flex-wrap: wrap; gap: 12px; align-items: end; margin-bottom: 16px; }
 form.filters label { display: flex; flex-direction: column; font-size: 12px; color: var(--muted); }
 form.filters input, form.filters select { font: inherit; padding: 4px 6px; min-width: 120px; }
+form.filters button { font: inherit; padding: 5px 14px; }
 .tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
 .tile { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px; }
 .tile .label { font-size: 12px; color: var(--muted); }
@@ -106,30 +106,13 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _int(value: object) -> int:
-    """Read a count from untrusted JSON-ish data; anything odd counts as 0."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
-
-
-def _float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 def _fmt_ms(value: float | None) -> str:
+    """A duration for people: four significant digits, seconds from 10 s."""
     if value is None:
         return _NO_VALUE
     if value >= 10_000:
-        return f"{value / 1000:.1f} s"
-    return f"{value:.1f} ms"
+        return f"{format_significant(value / 1000)} s"
+    return f"{format_significant(value)} ms"
 
 
 def _fmt_rate(success: int, failure: int) -> str:
@@ -139,153 +122,59 @@ def _fmt_rate(success: int, failure: int) -> str:
     return f"{100.0 * success / judged:.1f}%"
 
 
-def _fmt_time(ms: int, *, with_date: bool = True) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d %H:%M" if with_date else "%H:%M")
+def _fmt_change(current: int, previous: int | None) -> str:
+    """The change from ``previous`` to ``current`` in percent, ``new`` from zero."""
+    if previous is None:
+        return _NO_VALUE
+    if previous == 0:
+        return "new" if current else "0%"
+    return f"{100.0 * (current - previous) / previous:+.1f}%"
 
 
-def _nice_max(value: float) -> float:
-    """Round ``value`` up to 1, 2 or 5 times a power of ten, for axis ticks."""
-    if value <= 0:
-        return 1.0
-    exponent = math.floor(math.log10(value))
-    base = 10.0**exponent
-    for step in (1.0, 2.0, 5.0, 10.0):
-        if value <= step * base:
-            return step * base
-    return 10.0 * base  # pragma: no cover - the loop always returns
+def _fmt_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _fmt_tick(value: float) -> str:
-    if value >= 1_000_000:
-        return f"{value / 1_000_000:g}M"
-    if value >= 1000:
-        return f"{value / 1000:g}k"
-    return f"{value:g}"
-
-
-def _line_chart(
-    test_id: str,
-    lines: Mapping[str, Sequence[tuple[int, float]]],
-    colours: Mapping[str, str],
-    *,
-    y_label: str,
-    y_max: float | None = None,
-    y_format: str = "{:g}",
-) -> str:
-    """Draw one SVG line chart; ``lines`` maps a name to (x ms, y) points."""
-    points = [p for series in lines.values() for p in series]
-    if not points:
-        return f'<div class="empty" data-testid="{_esc(test_id)}-empty">No data in range</div>'
-    x_lo = min(x for x, _ in points)
-    x_hi = max(x for x, _ in points)
-    # Four equal steps of 1, 2 or 5 times a power of ten: round tick labels.
-    top = y_max if y_max is not None else 4 * _nice_max(max(y for _, y in points) / 4)
-    plot_w = _CHART_WIDTH - _MARGIN_LEFT - _MARGIN_RIGHT
-    plot_h = _CHART_HEIGHT - _MARGIN_TOP - _MARGIN_BOTTOM
-
-    def sx(x: int) -> float:
-        if x_hi == x_lo:
-            return _MARGIN_LEFT + plot_w / 2
-        return _MARGIN_LEFT + plot_w * (x - x_lo) / (x_hi - x_lo)
-
-    def sy(y: float) -> float:
-        return _MARGIN_TOP + plot_h * (1 - min(y, top) / top)
-
-    parts = [
-        f'<svg viewBox="0 0 {_CHART_WIDTH} {_CHART_HEIGHT}" role="img" '
-        f'aria-label="{_esc(y_label)}" data-testid="{_esc(test_id)}">'
-    ]
-    for i in range(5):
-        value = top * i / 4
-        y = sy(value)
-        parts.append(
-            f'<line x1="{_MARGIN_LEFT}" x2="{_CHART_WIDTH - _MARGIN_RIGHT}" '
-            f'y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e8eb"/>'
-            f'<text x="{_MARGIN_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_esc(_fmt_tick(value) if y_format == '{:g}' else y_format.format(value))}</text>"
-        )
-    span_days = (x_hi - x_lo) / DAY_MS
-    ticks = sorted({x_lo, x_hi, *(x_lo + (x_hi - x_lo) * k // 4 for k in range(1, 4))})
-    for x in ticks:
-        anchor = "start" if x == x_lo and len(ticks) > 1 else "end" if x == x_hi else "middle"
-        if len(ticks) == 1:
-            anchor = "middle"
-        parts.append(
-            f'<text x="{sx(x):.1f}" y="{_CHART_HEIGHT - 8}" text-anchor="{anchor}">'
-            f"{_esc(_fmt_time(x, with_date=span_days >= 1 or len(ticks) == 1))}</text>"
-        )
-    for name, series in lines.items():
-        colour = colours.get(name, "#7f7f7f")
-        ordered = sorted(series)
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ordered)
-        parts.append(f'<g data-series="{_esc(name)}">')
-        if len(ordered) > 1:
-            parts.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
-            )
-        for x, y in ordered:
-            label = f"{name} · {_fmt_time(x)} · {y_format.format(y)}"
-            parts.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}">'
-                f"<title>{_esc(label)}</title></circle>"
-            )
-        parts.append("</g>")
-    parts.append("</svg>")
-    legend = "".join(
-        f'<span style="--c:{colours.get(name, "#7f7f7f")}">{_esc(name)}</span>' for name in lines
-    )
-    parts.append(f'<div class="legend">{legend}</div>')
-    return "".join(parts)
-
-
-def _figure(caption: str, body: str) -> str:
-    return f"<figure><figcaption>{_esc(caption)}</figcaption>{body}</figure>"
-
-
-def _tile(label: str, value: str, test_id: str) -> str:
-    return (
-        f'<div class="tile"><div class="label">{_esc(label)}</div>'
-        f'<div class="value" data-testid="{_esc(test_id)}">{_esc(value)}</div></div>'
-    )
-
-
-def _rows(stats: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    series = stats.get("series")
-    if not isinstance(series, list):
-        return []
-    return [row for row in series if isinstance(row, Mapping)]
-
-
-def _group_lines(
-    rows: Iterable[Mapping[str, Any]], keep: set[str], field: str, *, merge: str
-) -> dict[str, list[tuple[int, float]]]:
-    """Collect ``field`` per type and bucket; apps merge by ``sum`` or ``max``."""
-    acc: dict[str, dict[int, float]] = {}
-    for row in rows:
-        kind = str(row.get("type", ""))
-        name = kind if kind in keep else "other"
-        value = _float(row.get(field))
-        if value is None:
-            continue
-        bucket = _int(row.get("bucket_start"))
-        slot = acc.setdefault(name, {})
-        if merge == "sum":
-            slot[bucket] = slot.get(bucket, 0.0) + value
+def _picker_value(text: str | None) -> str:
+    """A ``from``/``to`` parameter (ms or ISO 8601) as a ``datetime-local`` value
+    in UTC, or empty when it does not read as a time."""
+    if not text:
+        return ""
+    try:
+        if is_ascii_digits(text):
+            moment = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         else:
-            slot[bucket] = max(slot.get(bucket, value), value)
-    return {name: sorted(points.items()) for name, points in acc.items()}
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        return ""
+    return moment.strftime("%Y-%m-%dT%H:%M")
+
+
+def _presets(filters: Mapping[str, str], action: str) -> str:
+    kept = {name: filters[name] for name in _KEPT_BY_PRESETS if filters.get(name)}
+    current = filters.get("range") or ("" if filters.get("from") or filters.get("to") else "all")
+    links = []
+    for key, label in [*((k, v[0]) for k, v in PRESETS.items()), ("all", "All time")]:
+        query = urlencode({**({"range": key} if key != "all" else {}), **kept})
+        href = f"{action}?{query}" if query else action
+        marker = ' aria-current="page"' if key == current else ""
+        links.append(f'<a href="{_esc(href)}"{marker} data-testid="preset-{key}">{_esc(label)}</a>')
+    return f'<nav class="presets" aria-label="Range">{"".join(links)}</nav>'
 
 
 def _filter_form(filters: Mapping[str, str], action: str) -> str:
-    fields = []
-    hints = {"from": "ms or ISO 8601", "to": "ms or ISO 8601", "app": "any", "type": "any"}
-    for name in _FILTER_FIELDS:
-        fields.append(
-            f'<label>{_esc(name)}<input type="text" name="{_esc(name)}" '
-            f'value="{_esc(filters.get(name, ""))}" placeholder="{_esc(hints[name])}" '
-            f'data-testid="filter-{_esc(name)}"></label>'
-        )
+    fields = [
+        f'<label>{name} (UTC)<input type="datetime-local" name="{name}" '
+        f'value="{_esc(_picker_value(filters.get(name)))}" data-testid="filter-{name}"></label>'
+        for name in ("from", "to")
+    ]
+    fields.extend(
+        f'<label>{name}<input type="text" name="{name}" value="{_esc(filters.get(name, ""))}" '
+        f'placeholder="any" data-testid="filter-{name}"></label>'
+        for name in ("app", "type")
+    )
     bucket = filters.get("bucket", "hour")
     options = "".join(
         f'<option value="{b}"{" selected" if bucket == b else ""}>{b}</option>'
@@ -298,6 +187,183 @@ def _filter_form(filters: Mapping[str, str], action: str) -> str:
     return f'<form class="filters" method="get" action="{_esc(action)}">{"".join(fields)}</form>'
 
 
+def _range_note(stats_range: tuple[int, int] | None, previous: Period | None) -> str:
+    parts = []
+    if stats_range is not None:
+        start, end = stats_range
+        parts.append(f"Showing {_fmt_time(start)} to {_fmt_time(end)} UTC")
+    if previous is not None:
+        parts.append(
+            f"compared with {_fmt_time(previous.from_ms)} to {_fmt_time(previous.to_ms)} UTC"
+        )
+    else:
+        parts.append("pick a range to compare it with the period before")
+    return f'<p class="range" data-testid="range-note">{_esc("; ".join(parts))}.</p>'
+
+
+def _tile(label: str, value: str, test_id: str, note: str = "") -> str:
+    extra = f'<div class="delta" data-testid="{_esc(test_id)}-change">{_esc(note)}</div>'
+    return (
+        f'<div class="tile"><div class="label">{_esc(label)}</div>'
+        f'<div class="value" data-testid="{_esc(test_id)}">{_esc(value)}</div>'
+        f"{extra if note else ''}</div>"
+    )
+
+
+def _tiles(totals: Totals, previous: Period | None) -> str:
+    note = ""
+    if previous is not None:
+        note = f"{_fmt_change(totals.count, previous.count)} vs {previous.count} before"
+    tiles = [
+        _tile("Events", str(totals.count), "total-count", note),
+        _tile("Distinct installs", str(totals.installs), "total-installs"),
+        _tile("Success rate", _fmt_rate(totals.success, totals.failure), "success-rate"),
+        _tile("Duplicates", str(totals.duplicates), "total-duplicates"),
+        _tile("Rejected", str(totals.rejected), "total-rejected"),
+    ]
+    if totals.throttled is not None:
+        tiles.append(_tile("Throttled", str(totals.throttled), "total-throttled"))
+    return f'<section class="tiles" data-testid="tiles">{"".join(tiles)}</section>'
+
+
+def _figure(caption: str, body: str) -> str:
+    return f"<figure><figcaption>{_esc(caption)}</figcaption>{body}</figure>"
+
+
+def _charts(view: DashboardView) -> str:
+    x = view.x_range
+    charts = [
+        _figure(
+            "Events over time, per type",
+            line_chart("chart-events", view.events, x, label="events", axis=LinearAxis()),
+        ),
+        _figure(
+            "Success rate (%)",
+            line_chart(
+                "chart-success",
+                view.success_rate,
+                x,
+                label="success rate",
+                axis=LinearAxis(top=100.0),
+            ),
+        ),
+        _figure(
+            "p95 duration per type (ms, log scale)",
+            line_chart("chart-p95", view.p95, x, label="p95 duration in ms", axis=LogAxis()),
+        ),
+        _figure(
+            "Distinct installs, per type",
+            line_chart(
+                "chart-installs", view.installs, x, label="distinct installs", axis=LinearAxis()
+            ),
+        ),
+    ]
+    return f'<section class="charts">{"".join(charts)}</section>'
+
+
+def _ms_cell(test_id: str, value: float | None) -> str:
+    exact = "" if value is None else f' data-ms="{value!r}"'
+    return f'<td class="num" data-testid="{test_id}"{exact}>{_esc(_fmt_ms(value))}</td>'
+
+
+def _type_row(row: TypeRow) -> str:
+    previous = _NO_VALUE if row.previous_count is None else str(row.previous_count)
+    return (
+        f'<tr data-testid="type-row" data-type="{_esc(row.name)}">'
+        f'<td data-testid="type-name">{_esc(row.name)}</td>'
+        f'<td class="num" data-testid="type-count">{row.count}</td>'
+        f'<td class="num" data-testid="type-previous">{previous}</td>'
+        f'<td class="num" data-testid="type-change">'
+        f"{_esc(_fmt_change(row.count, row.previous_count))}</td>"
+        f'<td class="num" data-testid="type-success-rate">'
+        f"{_esc(_fmt_rate(row.success, row.failure))}</td>"
+        f"{_ms_cell('type-p50', row.p50_ms)}{_ms_cell('type-p95', row.p95_ms)}"
+        f"{_ms_cell('type-p99', row.p99_ms)}</tr>"
+    )
+
+
+def _type_table(view: DashboardView) -> str:
+    heads = ["events", "previous period", "change", "success rate", "p50", "p95", "p99"]
+    head = "".join(f'<th class="num">{h}</th>' for h in heads)
+    body = "".join(_type_row(row) for row in view.types) or (
+        f'<tr><td colspan="{len(heads) + 1}" class="empty" data-testid="types-empty">'
+        "No events</td></tr>"
+    )
+    return (
+        '<h2>By type</h2><table data-testid="type-table"><thead><tr><th>type</th>'
+        f"{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _code_table(codes: tuple[tuple[str, int], ...]) -> str:
+    if not codes:
+        return ""
+    rows = "".join(
+        f'<tr data-testid="rejected-row" data-code="{_esc(code)}"><td>{_esc(code)}</td>'
+        f'<td class="num" data-testid="rejected-count">{n}</td></tr>'
+        for code, n in codes
+    )
+    return (
+        '<h2>Rejected, by code</h2><table data-testid="rejected-table"><thead><tr>'
+        f'<th>code</th><th class="num">events</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
+
+
+def _header(title: str, generated_at_ms: int | None, sign_out: bool) -> str:
+    subtitle = ""
+    if generated_at_ms is not None:
+        subtitle = (
+            f'<p data-testid="generated-at">Generated {_esc(_fmt_time(generated_at_ms))} UTC</p>'
+        )
+    button = (
+        '<form method="post" action="/logout" data-testid="sign-out-form">'
+        '<button type="submit" data-testid="sign-out">Sign out</button></form>'
+        if sign_out
+        else ""
+    )
+    return (
+        f'<header><div><h1 data-testid="title">{_esc(title)}</h1>{subtitle}</div>{button}</header>'
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def render_view(
+    view: DashboardView,
+    *,
+    title: str,
+    filters: Mapping[str, str] | None = None,
+    action: str = "/",
+    generated_at_ms: int | None = None,
+    stats_range: tuple[int, int] | None = None,
+    sign_out: bool = True,
+) -> str:
+    """Draw ``view`` as a complete HTML document.
+
+    ``filters`` are the current query parameters (``range``, ``from``, ``to``,
+    ``app``, ``type``, ``bucket``) that prefill the presets and the filter
+    form, which submits them with GET to ``action``. ``stats_range`` is the
+    range shown, ``(from, to)`` in ms, for the note under the filters.
+    ``sign_out`` adds the sign-out button (``POST /logout``).
+    """
+    filters = filters or {}
+    body = (
+        f"{_header(title, generated_at_ms, sign_out)}<main>"
+        f"{_presets(filters, action)}{_filter_form(filters, action)}"
+        f"{_range_note(stats_range, view.previous)}{_tiles(view.totals, view.previous)}"
+        f"{_charts(view)}{_type_table(view)}{_code_table(view.rejected_by_code)}</main>"
+    )
+    return _page(title, body)
+
+
 def render_dashboard(
     stats: Mapping[str, Any],
     *,
@@ -305,173 +371,34 @@ def render_dashboard(
     filters: Mapping[str, str] | None = None,
     action: str = "/",
     generated_at_ms: int | None = None,
+    previous: Mapping[str, Any] | None = None,
+    sign_out: bool = True,
 ) -> str:
     """Return the dashboard page for a ``GET /v1/stats`` body.
 
-    ``stats`` is the stats body of DESIGN §7: ``totals`` (``count``,
-    ``by_type``, ``installs``, ``duplicates``, ``rejected`` and, when present,
-    ``throttled`` and ``rejected_by_code``) and ``series`` rows (``app``,
-    ``type``, ``bucket_start`` in ms, ``count``, ``success``, ``failure``,
-    ``p50_ms``, ``p95_ms``, ``p99_ms``, ``installs``). Missing or malformed
-    fields render as zero or a dash rather than failing. ``title`` heads the
-    page. ``filters`` holds the current query parameters (``from``, ``to``,
-    ``app``, ``type``, ``bucket``) to prefill the filter form, which submits
-    them with GET to ``action``. ``generated_at_ms`` is shown in the header
-    when given. The result is a complete HTML document with every
-    client-supplied string escaped.
+    ``stats`` is the stats body of DESIGN §7 (``totals``, ``series`` and
+    ``durations_by_type``); ``previous``, when given, is the body of the
+    previous period of equal length, for the comparison. Missing or malformed
+    fields render as zero or a dash rather than failing. See
+    :func:`render_view` for the other arguments. Every client-supplied string
+    is escaped.
     """
-    filters = filters or {}
-    totals_raw = stats.get("totals")
-    totals: Mapping[str, Any] = totals_raw if isinstance(totals_raw, Mapping) else {}
-    rows = _rows(stats)
-    by_type_raw = totals.get("by_type")
-    by_type: dict[str, int] = (
-        {str(k): _int(v) for k, v in by_type_raw.items()}
-        if isinstance(by_type_raw, Mapping)
-        else {}
-    )
-
-    per_type: dict[str, dict[str, float]] = {}
-    for row in rows:
-        kind = str(row.get("type", ""))
-        agg = per_type.setdefault(kind, {"count": 0, "success": 0, "failure": 0, "p95": -1.0})
-        agg["count"] += _int(row.get("count"))
-        agg["success"] += _int(row.get("success"))
-        agg["failure"] += _int(row.get("failure"))
-        p95 = _float(row.get("p95_ms"))
-        if p95 is not None:
-            agg["p95"] = max(agg["p95"], p95)
-    for kind, count in by_type.items():
-        per_type.setdefault(kind, {"count": count, "success": 0, "failure": 0, "p95": -1.0})
-    total_success = sum(int(a["success"]) for a in per_type.values())
-    total_failure = sum(int(a["failure"]) for a in per_type.values())
-    if "success" in totals and "failure" in totals:
-        total_success, total_failure = _int(totals["success"]), _int(totals["failure"])
-
-    ranked = sorted(per_type, key=lambda k: (-by_type.get(k, int(per_type[k]["count"])), k))
-    keep = set(ranked[: _MAX_LINES - 1] if len(ranked) > _MAX_LINES else ranked)
-    colours = {kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(sorted(keep))}
-    colours["other"] = "#bbbbbb"
-
-    tiles = [
-        _tile("Events", str(_int(totals.get("count"))), "total-count"),
-        _tile("Distinct installs", str(_int(totals.get("installs"))), "total-installs"),
-        _tile("Success rate", _fmt_rate(total_success, total_failure), "success-rate"),
-        _tile("Duplicates", str(_int(totals.get("duplicates"))), "total-duplicates"),
-        _tile("Rejected", str(_int(totals.get("rejected"))), "total-rejected"),
-    ]
-    if "throttled" in totals:
-        tiles.append(_tile("Throttled", str(_int(totals.get("throttled"))), "total-throttled"))
-    for key in ("p95_ms", "p50_ms", "p99_ms"):
-        if key in totals:
-            label = f"{key[:3]} duration"
-            tiles.append(_tile(label, _fmt_ms(_float(totals.get(key))), f"total-{key[:3]}"))
-
-    # Successes and failures add across apps and types; the rate is taken after.
-    judged: dict[int, list[int]] = {}
-    for row in rows:
-        slot = judged.setdefault(_int(row.get("bucket_start")), [0, 0])
-        slot[0] += _int(row.get("success"))
-        slot[1] += _int(row.get("failure"))
-    rate_points = [(x, 100.0 * s / (s + f)) for x, (s, f) in sorted(judged.items()) if s + f]
-    charts = [
-        _figure(
-            "Events over time, per type",
-            _line_chart(
-                "chart-events",
-                _group_lines(rows, keep, "count", merge="sum"),
-                colours,
-                y_label="events",
-            ),
-        ),
-        _figure(
-            "Success rate (%)",
-            _line_chart(
-                "chart-success",
-                {"success rate": rate_points} if rate_points else {},
-                {"success rate": "#009e73"},
-                y_label="success rate",
-                y_max=100.0,
-                y_format="{:.1f}",
-            ),
-        ),
-        _figure(
-            "p95 duration (ms), per type",
-            _line_chart(
-                "chart-p95",
-                # Percentiles do not add: across apps show the worst bucket.
-                _group_lines(rows, keep, "p95_ms", merge="max"),
-                colours,
-                y_label="p95 duration in ms",
-                y_format="{:.1f}",
-            ),
-        ),
-        _figure(
-            "Distinct installs, per type",
-            _line_chart(
-                "chart-installs",
-                # Installs overlap between apps and types, so they are not summed.
-                _group_lines(rows, keep, "installs", merge="max"),
-                colours,
-                y_label="distinct installs",
-            ),
-        ),
-    ]
-
-    type_rows = []
-    for kind in ranked:
-        agg = per_type[kind]
-        count = by_type.get(kind, int(agg["count"]))
-        p95 = agg["p95"] if agg["p95"] >= 0 else None
-        type_rows.append(
-            f'<tr data-testid="type-row" data-type="{_esc(kind)}">'
-            f'<td data-testid="type-name">{_esc(kind)}</td>'
-            f'<td class="num" data-testid="type-count">{count}</td>'
-            f'<td class="num" data-testid="type-success-rate">'
-            f"{_esc(_fmt_rate(int(agg['success']), int(agg['failure'])))}</td>"
-            f'<td class="num" data-testid="type-p95">{_esc(_fmt_ms(p95))}</td></tr>'
-        )
-    type_table = (
-        '<h2>By type</h2><table data-testid="type-table"><thead><tr><th>type</th>'
-        '<th class="num">events</th><th class="num">success rate</th>'
-        '<th class="num">worst bucket p95</th></tr></thead><tbody>'
-        + (
-            "".join(type_rows)
-            or '<tr><td colspan="4" class="empty" data-testid="types-empty">No events</td></tr>'
-        )
-        + "</tbody></table>"
-    )
-
-    codes_raw = totals.get("rejected_by_code")
-    code_table = ""
-    if isinstance(codes_raw, Mapping) and codes_raw:
-        code_rows = "".join(
-            f'<tr data-testid="rejected-row" data-code="{_esc(code)}"><td>{_esc(code)}</td>'
-            f'<td class="num" data-testid="rejected-count">{_int(n)}</td></tr>'
-            for code, n in sorted(codes_raw.items(), key=lambda item: str(item[0]))
-        )
-        code_table = (
-            '<h2>Rejected, by code</h2><table data-testid="rejected-table"><thead><tr>'
-            '<th>code</th><th class="num">events</th></tr></thead>'
-            f"<tbody>{code_rows}</tbody></table>"
-        )
-
-    subtitle = ""
-    if generated_at_ms is not None:
-        subtitle = (
-            f'<p data-testid="generated-at">Generated {_esc(_fmt_time(generated_at_ms))} UTC</p>'
-        )
-    return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f'<header><h1 data-testid="title">{_esc(title)}</h1>{subtitle}</header>'
-        f"<main>{_filter_form(filters, action)}"
-        f'<section class="tiles" data-testid="tiles">{"".join(tiles)}</section>'
-        f'<section class="charts">{"".join(charts)}</section>'
-        f"{type_table}{code_table}</main></body></html>\n"
+    view = build_view(stats, previous)
+    bounds = (stats.get("from"), stats.get("to"))
+    shown = None
+    if all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        start, end = bounds
+        assert isinstance(start, int) and isinstance(end, int)
+        if 0 < start < end < 2**62:
+            shown = (start, end)
+    return render_view(
+        view,
+        title=title,
+        filters=filters,
+        action=action,
+        generated_at_ms=generated_at_ms,
+        stats_range=shown,
+        sign_out=sign_out,
     )
 
 
@@ -487,17 +414,12 @@ def render_login(error: str | None = None, *, title: str = "telemetry-core colle
         if error
         else ""
     )
-    return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>{_esc(title)} · sign in</title><style>{_CSS}</style></head><body>"
+    return _page(
+        f"{title} · sign in",
         f'<form class="login" method="post" action="/login" data-testid="login-form">'
         f"<h1>{_esc(title)}</h1>{message}"
         f'<label for="token">Admin token</label>'
         f'<input id="token" name="{LOGIN_TOKEN_FIELD}" type="password" required '
         f'autocomplete="current-password" autofocus data-testid="login-token">'
-        '<button type="submit" data-testid="login-submit">Sign in</button>'
-        "</form></body></html>\n"
+        '<button type="submit" data-testid="login-submit">Sign in</button></form>',
     )

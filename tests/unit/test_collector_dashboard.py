@@ -1,4 +1,4 @@
-"""Unit tests for telemetry_core.collector.dashboard (pure rendering)."""
+"""Unit tests for telemetry_core.collector.dashboard (pure rendering of the page)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ HOUR = 3_600_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def _row(kind: str, bucket: int, count: int, success: int, failure: int, **extra: Any) -> dict:
+def _row(
+    kind: str, bucket: int, count: int, success: int, failure: int, **extra: Any
+) -> dict[str, Any]:
     row = {
         "app": "demo",
         "type": kind,
@@ -45,6 +47,10 @@ def _stats() -> dict[str, Any]:
             _row("command_executed", T0 + HOUR, 25, 25, 0, p95_ms=123.4),
             _row("error", T0 + HOUR, 12, 0, 12, p95_ms=None, p50_ms=None, p99_ms=None),
         ],
+        "durations_by_type": {
+            "command_executed": {"p50_ms": 10.0, "p95_ms": 41.234567, "p99_ms": 0.000400321},
+            "error": {"p50_ms": None, "p95_ms": None, "p99_ms": None},
+        },
     }
 
 
@@ -99,23 +105,52 @@ def test_totals_are_rendered_as_text_with_test_ids() -> None:
     assert page.text("success-rate") == ["75.4%"]
 
 
-def test_per_type_rows_and_rejected_codes() -> None:
+def test_per_type_rows_show_merged_percentiles_and_rejected_codes() -> None:
     page = render_dashboard(_stats(), title="Telemetry")
     rows = re.findall(
         r'data-type="([^"]*)"><td data-testid="type-name">[^<]*</td>'
-        r'<td class="num" data-testid="type-count">(\d+)</td>'
+        r'<td class="num" data-testid="type-count">(\d+)</td>.*?'
         r'<td class="num" data-testid="type-success-rate">([^<]*)</td>'
-        r'<td class="num" data-testid="type-p95">([^<]*)</td>',
+        r'<td class="num" data-testid="type-p50"[^>]*>([^<]*)</td>'
+        r'<td class="num" data-testid="type-p95"[^>]*>([^<]*)</td>'
+        r'<td class="num" data-testid="type-p99"[^>]*>([^<]*)</td>',
         page,
     )
+    # The merged-histogram values of durations_by_type, not the worst bucket's
+    # 123.4 ms; four significant digits, so 0.0004 ms does not read as 0.0.
     assert rows == [
-        ("command_executed", "45", "95.6%", "123.4 ms"),
-        ("error", "12", "0.0%", "\N{EN DASH}"),
+        ("command_executed", "45", "95.6%", "10 ms", "41.23 ms", "0.0004003 ms"),
+        ("error", "12", "0.0%", "\N{EN DASH}", "\N{EN DASH}", "\N{EN DASH}"),
     ]
+    assert 'data-testid="type-p99" data-ms="0.000400321"' in page
     assert re.findall(r'data-code="([^"]*)"><td>[^<]*</td><td[^>]*>(\d+)<', page) == [
         ("invalid_type", "1"),
         ("pii", "1"),
     ]
+
+
+def test_previous_period_is_compared_per_type_and_in_total() -> None:
+    previous = {
+        "from": T0 - 2 * HOUR,
+        "to": T0,
+        "totals": {"count": 50, "by_type": {"command_executed": 36, "gone": 14}},
+        "series": [],
+    }
+    parsed = _parse(render_dashboard(_stats(), title="T", previous=previous))
+    assert parsed.text("total-count-change") == ["+14.0% vs 50 before"]
+    page = render_dashboard(_stats(), title="T", previous=previous)
+    cells = re.findall(
+        r'data-type="([^"]*)">.*?data-testid="type-previous">([^<]*)<'
+        r'.*?data-testid="type-change">([^<]*)<',
+        page,
+    )
+    assert cells == [("command_executed", "36", "+25.0%"), ("error", "0", "new")]
+    note = _parse(page).text("range-note")[0]
+    assert "compared with 2025-12-31 22:00 to 2026-01-01 00:00 UTC" in note
+    # Without a previous period there is nothing to compare and it says so.
+    alone = _parse(render_dashboard(_stats(), title="T"))
+    assert alone.text("total-count-change") == []
+    assert "pick a range to compare" in alone.text("range-note")[0]
 
 
 def test_charts_are_inline_svg_without_network_or_script() -> None:
@@ -158,7 +193,12 @@ def test_hostile_type_and_filter_values_are_escaped() -> None:
 
 
 def test_empty_stats_render_a_complete_page() -> None:
-    for stats in ({}, {"totals": {}, "series": []}, {"totals": None, "series": "nope"}):
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"totals": {}, "series": []},
+        {"totals": None, "series": "nope"},
+    ]
+    for stats in bodies:
         page = render_dashboard(stats, title="Empty")
         parsed = _parse(page)
         assert parsed.text("total-count") == ["0"]
@@ -196,18 +236,46 @@ def test_single_bucket_and_many_types() -> None:
     assert page.count('data-testid="type-row"') == 14
 
 
-def test_filter_form_submits_get_with_current_values() -> None:
+def test_filter_form_offers_date_pickers_prefilled_from_old_style_values() -> None:
     page = render_dashboard(
         _stats(),
         title="T",
-        filters={"from": "2026-01-01", "to": "2026-01-02", "app": "demo", "bucket": "day"},
+        filters={"from": "2026-01-01", "to": str(T0 + 36 * HOUR), "app": "demo", "bucket": "day"},
     )
     assert '<form class="filters" method="get" action="/">' in page
-    assert 'name="from" value="2026-01-01"' in page
+    # ISO 8601 and milliseconds, as /v1/stats takes them, both prefill the picker in UTC.
+    assert 'type="datetime-local" name="from" value="2026-01-01T00:00"' in page
+    assert 'type="datetime-local" name="to" value="2026-01-02T12:00"' in page
     assert 'name="app" value="demo"' in page
     assert 'name="type" value=""' in page
     assert '<option value="day" selected>' in page
     assert '<option value="hour">' in page
+    unreadable = render_dashboard(_stats(), title="T", filters={"from": "yesterday-ish"})
+    assert 'name="from" value=""' in unreadable
+
+
+def test_presets_link_to_a_range_keeping_the_other_filters() -> None:
+    page = render_dashboard(
+        _stats(), title="T", filters={"range": "7d", "type": "a b", "from": "1", "to": "2"}
+    )
+    links = dict(re.findall(r'<a href="([^"]*)"[^>]*data-testid="preset-(\w+)"', page))
+    assert links == {
+        "/?range=24h&amp;type=a+b": "24h",
+        "/?range=7d&amp;type=a+b": "7d",
+        "/?range=30d&amp;type=a+b": "30d",
+        "/?type=a+b": "all",
+    }
+    assert re.findall(r'aria-current="page" data-testid="preset-(\w+)"', page) == ["7d"]
+    assert re.findall(
+        r'aria-current="page" data-testid="preset-(\w+)"', render_dashboard({}, title="T")
+    ) == ["all"]
+
+
+def test_sign_out_button_posts_to_logout() -> None:
+    page = render_dashboard(_stats(), title="T")
+    assert '<form method="post" action="/logout" data-testid="sign-out-form">' in page
+    assert 'data-testid="sign-out"' in page
+    assert 'action="/logout"' not in render_dashboard(_stats(), title="T", sign_out=False)
 
 
 def test_generated_at_is_shown_in_utc() -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from telemetry_core.collector.auth import AdminAuth, Session, same_origin
 from telemetry_core.collector.collector import Collector
 from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
+from telemetry_core.collector.dashboard_model import previous_query, resolve_range
 from telemetry_core.collector.ingest import BudgetLease, IngestError
 from telemetry_core.collector.middleware import BodyStream
 from telemetry_core.collector.responses import (
@@ -32,7 +33,7 @@ from telemetry_core.collector.responses import (
     refusal,
 )
 from telemetry_core.collector.stats_query import parse_stats_query
-from telemetry_core.collector.store import StoreUnavailable
+from telemetry_core.collector.store import StatsQuery, StoreUnavailable
 from telemetry_core.collector.submission import read_capped
 
 __all__ = ["MAX_LOGIN_FORM_BYTES", "ROUTES"]
@@ -120,7 +121,12 @@ async def _read_stats(collector: Collector, request: Request) -> dict[str, Any]:
     """The stats document the request's query asks for: 400 ``bad_query`` for
     bad parameters, 503 ``store_unavailable`` (with ``Retry-After``) while the
     store cannot be read."""
-    query = parse_stats_query(request.query_params)
+    return await _read(collector, parse_stats_query(request.query_params))
+
+
+async def _read(collector: Collector, query: StatsQuery) -> dict[str, Any]:
+    """The stats document of ``query``; 503 ``store_unavailable`` (with
+    ``Retry-After``) while the store cannot be read."""
     try:
         return await collector.store.stats(query)
     except StoreUnavailable as exc:
@@ -145,7 +151,8 @@ async def stats(request: Request) -> Response:
 
 
 async def dashboard(request: Request) -> Response:
-    """The dashboard page (the login page without a session)."""
+    """The dashboard page (the login page without a session): the query's range
+    (or a ``range`` preset) and, when it has a start, the period just before it."""
     collector = Collector.of(request)
     title = collector.settings.name
     allowed = _admitted(collector, request, cookie=True)
@@ -153,15 +160,22 @@ async def dashboard(request: Request) -> Response:
         return allowed
     if not allowed:
         return html_response(render_login(None, title=title), 401)
+    now = collector.now_ms()
     try:
-        document = await _read_stats(collector, request)
+        params = resolve_range(request.query_params, now)
+        query = parse_stats_query(params)
+        document = await _read(collector, query)
+        before = previous_query(query, now)
+        previous = await _read(collector, before) if before is not None else None
     except IngestError as exc:
         return refusal(exc)
     page = render_dashboard(
         document,
+        previous=previous,
         title=title,
-        filters=dict(request.query_params),
-        generated_at_ms=collector.now_ms(),
+        filters=params,
+        generated_at_ms=now,
+        sign_out=AdminAuth.COOKIE in request.cookies,
     )
     return html_response(page)
 
