@@ -14,6 +14,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from telemetry_core.collector.auth import is_ascii_digits
 from telemetry_core.collector.ingest import IngestError
 
 __all__ = [
@@ -95,4 +96,4 @@ def client_host(request: Request) -> str:
 def declared_length(request: Request) -> int | None:
     """The request's ``Content-Length`` when it is a plain number."""
     declared = request.headers.get("content-length")
-    return int(declared) if declared is not None and declared.isdigit() else None
+    return int(declared) if declared is not None and is_ascii_digits(declared) else None

@@ -51,6 +51,31 @@ def test_stats_table_and_filters(db: Path) -> None:
     assert "total events 2" in result.output
 
 
+def test_stats_table_shows_tiny_percentiles_in_significant_digits(tmp_path: Path) -> None:
+    """A p50 of 0.0004 ms read 0.0 when percentiles were rounded to fixed decimals."""
+    path = tmp_path / "tiny.db"
+
+    async def fill() -> None:
+        store = SQLiteStore(path)
+        events = [
+            Event(id=new_event_id(), type="hit", timestamp=T0 + i, install_id="i", app="a",
+                  duration_ms=0.0004)
+            for i in range(3)
+        ]  # fmt: skip
+        await store.ingest(events, T0)
+        await store.close()
+
+    asyncio.run(fill())
+    table = CliRunner().invoke(main, ["stats", "--db", str(path)])
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if " hit " in line).split()
+    p50, p95, p99 = (float(cell) for cell in row[-4:-1])
+    assert all(value == pytest.approx(0.0004, rel=0.011) for value in (p50, p95, p99)), row
+    assert all(len(cell.replace("0.", "").lstrip("0")) <= 4 for cell in row[-4:-1]), row
+    body = json.loads(CliRunner().invoke(main, ["stats", "--db", str(path), "--json"]).output)
+    assert body["series"][0]["p50_ms"] == pytest.approx(0.0004, rel=0.011)
+
+
 def test_stats_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(main, ["stats", "--db", str(tmp_path / "nope.db")])
