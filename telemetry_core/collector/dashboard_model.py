@@ -51,15 +51,16 @@ MAX_LINES: Final = 10
 #: Name of the line that gathers the less busy types.
 OTHER: Final = "other"
 
-# Colour-blind-friendly palette (Okabe-Ito, then a few extras); assigned to
-# types in sorted order so a type keeps its colour across charts on one page.
+# Colour-blind-friendly palette (Okabe-Ito, then a few extras), ordered so the
+# first five differ most (the two blues are apart); assigned to types in sorted
+# order so a type keeps its colour across charts on one page.
 _PALETTE: Final = (
     "#0072b2",
     "#e69f00",
     "#009e73",
     "#cc79a7",
-    "#56b4e9",
     "#d55e00",
+    "#56b4e9",
     "#b8a000",
     "#000000",
     "#7f7f7f",

@@ -311,7 +311,7 @@ def test_three_days_of_events_read_well_and_add_up(
                 page.on("console", lambda message: console.append(message.text))
                 _sign_in(page, collector)
                 _check_all_time(page, collector, events)
-                _check_presets_and_comparison(page, collector, events)
+                _check_presets_and_comparison(page, collector, events, tmp_path)
                 _check_date_picker_and_old_params(page, collector, events)
                 page.goto(f"{collector.base_url}/?range=7d")
                 page.screenshot(path=str(screenshot), full_page=True)
@@ -388,10 +388,11 @@ def _check_all_time(page: Any, collector: CollectorProcess, events: list[Event])
 
 
 def _check_presets_and_comparison(
-    page: Any, collector: CollectorProcess, events: list[Event]
+    page: Any, collector: CollectorProcess, events: list[Event], tmp_path: Path
 ) -> None:
     page.get_by_test_id("preset-24h").click()
     page.wait_for_url("**/?range=24h")
+    page.screenshot(path=str(tmp_path / "dashboard-24h.png"), full_page=True)
     assert page.get_by_test_id("preset-24h").get_attribute("aria-current") == "page"
     start_text = page.get_by_test_id("filter-from").input_value()
     end_text = page.get_by_test_id("filter-to").input_value()
