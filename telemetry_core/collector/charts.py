@@ -146,6 +146,8 @@ class LogAxis:
             return 0.1, 1.0, [0.1, 1.0]
         low = math.floor(math.log10(min(positive)))
         high = max(math.ceil(math.log10(max(positive))), low + 1)
+        if high - low == 1:  # one decade: 1-2-5 ticks, or it would have only two
+            return 10.0**low, 10.0**high, [m * 10.0**low for m in (1, 2, 5, 10)]
         step = max(1, math.ceil((high - low) / 6))
         return 10.0**low, 10.0**high, [10.0**e for e in range(low, high + 1, step)]
 

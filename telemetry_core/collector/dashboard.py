@@ -198,7 +198,8 @@ def _range_note(stats_range: tuple[int, int] | None, previous: Period | None) ->
         )
     else:
         parts.append("pick a range to compare it with the period before")
-    return f'<p class="range" data-testid="range-note">{_esc("; ".join(parts))}.</p>'
+    note = "; ".join(parts)
+    return f'<p class="range" data-testid="range-note">{_esc(note[:1].upper() + note[1:])}.</p>'
 
 
 def _tile(label: str, value: str, test_id: str, note: str = "") -> str:

@@ -62,6 +62,7 @@ def test_log_axis_keeps_a_fast_type_off_the_floor() -> None:
     assert LinearAxis().position(2.0, *LinearAxis().scale([2.0, 900.0])[:2]) < 0.01
     assert LogAxis().position(0.0, low, high) == 0.0
     assert LogAxis().scale([0.0]) == (0.1, 1.0, [0.1, 1.0])
+    assert LogAxis().scale([12.0, 40.0]) == (10.0, 100.0, [10.0, 20.0, 50.0, 100.0])
     wide = LogAxis().scale([1e-6, 1e7])[2]
     assert len(wide) <= 8
 
