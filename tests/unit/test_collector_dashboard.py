@@ -146,7 +146,7 @@ def test_previous_period_is_compared_per_type_and_in_total() -> None:
     )
     assert cells == [("command_executed", "36", "+25.0%"), ("error", "0", "new")]
     note = _parse(page).text("range-note")[0]
-    assert "compared with 2025-12-31 22:00 to 2026-01-01 00:00 UTC" in note
+    assert note == "Compared with 2025-12-31 22:00 to 2026-01-01 00:00 UTC."
     # Without a previous period there is nothing to compare and it says so.
     alone = _parse(render_dashboard(_stats(), title="T"))
     assert alone.text("total-count-change") == []
