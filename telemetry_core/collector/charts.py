@@ -114,7 +114,7 @@ def time_ticks(x_lo: int, x_hi: int, width: float = _PLOT_W) -> list[tuple[int, 
     return _labelled([x_lo])
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class LinearAxis:
     """A value axis from 0 to ``top`` in four round steps (``top`` None: from the data)."""
 
@@ -131,7 +131,7 @@ class LinearAxis:
         return min(max(value, low), high) / high
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class LogAxis:
     """A logarithmic value axis over whole decades, so a type a thousand times
     slower than another does not flatten it; values at or below zero sit at

@@ -69,7 +69,7 @@ _PALETTE: Final = (
 _OTHER_COLOUR: Final = "#bbbbbb"
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ChartLine:
     """One line of a chart: ``points`` are ``(bucket start ms, value)`` in time order."""
 
@@ -78,7 +78,7 @@ class ChartLine:
     points: tuple[tuple[int, float], ...]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class TypeRow:
     """One event type over the range.
 
@@ -98,7 +98,7 @@ class TypeRow:
     previous_count: int | None
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Totals:
     """The range's totals; ``throttled`` is ``None`` when the body lacks it."""
 
@@ -111,7 +111,7 @@ class Totals:
     throttled: int | None
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Period:
     """The previous period compared with: its bounds (ms) and total count."""
 
@@ -120,7 +120,7 @@ class Period:
     count: int
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class DashboardView:
     """Everything the dashboard page shows, before formatting."""
 
@@ -224,7 +224,11 @@ def _lines(
 ) -> tuple[ChartLine, ...]:
     order = sorted(grouped, key=lambda name: (name == OTHER, name))
     return tuple(
-        ChartLine(name, colours.get(name, _OTHER_COLOUR), tuple(sorted(grouped[name].items())))
+        ChartLine(
+            name=name,
+            colour=colours.get(name, _OTHER_COLOUR),
+            points=tuple(sorted(grouped[name].items())),
+        )
         for name in order
     )
 
@@ -237,7 +241,7 @@ def _success_line(rows: Iterable[Mapping[str, Any]]) -> tuple[ChartLine, ...]:
         slot[0] += _int(row.get("success"))
         slot[1] += _int(row.get("failure"))
     points = tuple((x, 100.0 * s / (s + f)) for x, (s, f) in sorted(judged.items()) if s + f)
-    return (ChartLine("success rate", "#009e73", points),) if points else ()
+    return (ChartLine(name="success rate", colour="#009e73", points=points),) if points else ()
 
 
 def _type_rows(

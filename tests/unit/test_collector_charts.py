@@ -69,7 +69,7 @@ def test_log_axis_keeps_a_fast_type_off_the_floor() -> None:
 
 def test_chart_draws_lines_ticks_and_escaped_titles() -> None:
     hostile = "<b>x</b>"
-    lines = (ChartLine(hostile, "#000000", ((T0, 1.0), (T0 + DAY, 900.0))),)
+    lines = (ChartLine(name=hostile, colour="#000000", points=((T0, 1.0), (T0 + DAY, 900.0))),)
     svg = line_chart("chart-p95", lines, (T0, T0 + DAY), label="p95", axis=LogAxis(unit=" ms"))
     assert svg.startswith('<svg viewBox="0 0 640 220" role="img" aria-label="p95"')
     assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg

@@ -86,7 +86,11 @@ def test_series_merge_apps_by_sum_or_max() -> None:
     installs = {line.name: line.points for line in view.installs}
     assert installs["fast"] == ((T0, 2.0), (T0 + HOUR, 1.0))
     assert view.success_rate == (
-        ChartLine("success rate", "#009e73", ((T0, 100.0 * 4 / 5), (T0 + HOUR, 100.0))),
+        ChartLine(
+            name="success rate",
+            colour="#009e73",
+            points=((T0, 100.0 * 4 / 5), (T0 + HOUR, 100.0)),
+        ),
     )
     # One colour per type, the same in every chart.
     colours = {line.name: line.colour for line in view.events}
