@@ -231,7 +231,12 @@ def line_chart(
         parts.append(_polyline(line, sx, sy, axis.unit))
     parts.append("</svg>")
     legend = "".join(
-        f'<span style="--c:{_esc(line.colour)}">{_esc(line.name)}</span>' for line in lines
+        # The swatch is an SVG rect, not a style attribute: the page's CSP allows
+        # only its one hashed stylesheet.
+        f'<span><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true">'
+        f'<rect width="10" height="10" rx="2" fill="{_esc(line.colour)}"/></svg>'
+        f"{_esc(line.name)}</span>"
+        for line in lines
     )
     parts.append(f'<div class="legend">{legend}</div>')
     return "".join(parts)

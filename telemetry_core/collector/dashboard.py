@@ -22,6 +22,8 @@ stable ``data-testid`` attributes (percentiles also their exact value in
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -41,6 +43,7 @@ from telemetry_core.collector.dashboard_model import (
 )
 
 __all__ = [
+    "CONTENT_SECURITY_POLICY",
     "LOGIN_TOKEN_FIELD",
     "render_dashboard",
     "render_login",
@@ -88,8 +91,8 @@ figcaption { font-weight: 600; margin-bottom: 6px; }
 svg { width: 100%; height: auto; display: block; }
 svg text { font: 11px system-ui, sans-serif; fill: var(--muted); }
 .legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 12px; margin-top: 6px; }
-.legend span::before { content: ""; display: inline-block; width: 10px; height: 10px;
-                       margin-right: 4px; background: var(--c); border-radius: 2px; }
+.legend span { display: inline-flex; align-items: center; gap: 4px; }
+.legend svg.swatch { width: 10px; height: 10px; display: inline-block; }
 .empty { color: var(--muted); padding: 24px 0; text-align: center; }
 table { border-collapse: collapse; background: #fff; margin-top: 16px; min-width: 50%; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); }
@@ -100,6 +103,15 @@ h2 { font-size: 16px; margin: 24px 0 0; }
          border: 1px solid var(--line); border-radius: 6px; }
 .login input { width: 100%; font: inherit; padding: 6px; margin: 8px 0 12px; }
 """
+
+#: The policy every dashboard and login page is sent with: nothing may load and
+#: no script may run; the one inline stylesheet is allowed by its hash, so no
+#: other style (an injected ``style`` attribute or element) applies.
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()}'; "
+    "img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _esc(value: object) -> str:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from telemetry_core.collector.auth import is_ascii_digits
+from telemetry_core.collector.dashboard import CONTENT_SECURITY_POLICY
 from telemetry_core.collector.ingest import IngestError
 
 __all__ = [
@@ -34,10 +35,7 @@ _encoder = msgspec.json.Encoder()
 
 #: Defensive headers of every dashboard page (it loads nothing and runs no script).
 DASHBOARD_HEADERS: Mapping[str, str] = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-        "form-action 'self'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",

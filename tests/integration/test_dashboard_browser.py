@@ -154,7 +154,8 @@ def test_dashboard_renders_the_collectors_numbers(
                 response = page.goto(f"{collector.base_url}/")
                 assert response is not None and response.status == 401
                 # Review finding 14: the page renders under its own strict CSP.
-                assert "default-src 'none'" in response.headers["content-security-policy"]
+                csp = response.headers["content-security-policy"]
+                assert "default-src 'none'" in csp and "unsafe-inline" not in csp
                 page.get_by_test_id("login-token").fill("not-the-token")
                 page.get_by_test_id("login-submit").click()
                 page.get_by_test_id("login-error").wait_for()
