@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from html.parser import HTMLParser
 from typing import Any
 
-from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
+from telemetry_core.collector.dashboard import (
+    CONTENT_SECURITY_POLICY,
+    LOGIN_TOKEN_FIELD,
+    render_dashboard,
+    render_login,
+)
 
 HOUR = 3_600_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -299,3 +306,14 @@ def test_success_rate_prefers_the_totals_when_given() -> None:
     stats = _stats()
     stats["totals"].update(success=9, failure=1)
     assert _parse(render_dashboard(stats, title="T")).text("success-rate") == ["90.0%"]
+
+
+def test_csp_allows_exactly_the_pages_one_stylesheet() -> None:
+    for page in (render_dashboard(_stats(), title="T"), render_login("x")):
+        styles = re.findall(r"<style>(.*?)</style>", page, flags=re.DOTALL)
+        assert len(styles) == 1
+        digest = base64.b64encode(hashlib.sha256(styles[0].encode()).digest()).decode()
+        assert f"style-src 'sha256-{digest}';" in CONTENT_SECURITY_POLICY
+        assert " style=" not in page  # a style attribute would be blocked by the policy
+    assert "unsafe" not in CONTENT_SECURITY_POLICY
+    assert "script-src" not in CONTENT_SECURITY_POLICY  # default-src 'none' covers scripts
