@@ -396,23 +396,23 @@ def render_dashboard(
     :func:`render_view` for the other arguments. Every client-supplied string
     is escaped.
     """
-    view = build_view(stats, previous)
-    bounds = (stats.get("from"), stats.get("to"))
-    shown = None
-    if all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-        start, end = bounds
-        assert isinstance(start, int) and isinstance(end, int)
-        if 0 < start < end < 2**62:
-            shown = (start, end)
     return render_view(
-        view,
+        build_view(stats, previous),
         title=title,
         filters=filters,
         action=action,
         generated_at_ms=generated_at_ms,
-        stats_range=shown,
+        stats_range=_bounds(stats),
         sign_out=sign_out,
     )
+
+
+def _bounds(stats: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The body's ``(from, to)`` when both are set (not the open defaults)."""
+    start, end = stats.get("from"), stats.get("to")
+    if type(start) is int and type(end) is int and 0 < start < end < 2**62:
+        return start, end
+    return None
 
 
 def render_login(error: str | None = None, *, title: str = "telemetry-core collector") -> str:

@@ -317,3 +317,14 @@ def test_csp_allows_exactly_the_pages_one_stylesheet() -> None:
         assert " style=" not in page  # a style attribute would be blocked by the policy
     assert "unsafe" not in CONTENT_SECURITY_POLICY
     assert "script-src" not in CONTENT_SECURITY_POLICY  # default-src 'none' covers scripts
+
+
+def test_range_note_names_the_range_shown_but_not_the_open_default() -> None:
+    bounded = {**_stats(), "from": T0, "to": T0 + 2 * HOUR}
+    note = _parse(render_dashboard(bounded, title="T")).text("range-note")
+    assert note == [
+        "Showing 2026-01-01 00:00 to 2026-01-01 02:00 UTC; "
+        "pick a range to compare it with the period before."
+    ]
+    open_ended = {**_stats(), "from": 0, "to": 2**62}
+    assert "Showing" not in _parse(render_dashboard(open_ended, title="T")).text("range-note")[0]
