@@ -1,19 +1,33 @@
-"""Unit tests for telemetry_core.collector.dashboard (pure rendering of the page)."""
+"""Unit tests for telemetry_core.collector.dashboard: the page drawn from a stats
+body, and (last) the dashboard route of a real app on a real SQLite file."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
+import warnings
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import StarletteDeprecationWarning
+
+from telemetry_core.collector.app import create_app
 from telemetry_core.collector.dashboard import (
     CONTENT_SECURITY_POLICY,
     LOGIN_TOKEN_FIELD,
     render_dashboard,
     render_login,
 )
+from telemetry_core.collector.settings import CollectorSettings
+from telemetry_core.collector.sqlite_store import SQLiteStore
+from tests.conftest import wire_event
+
+with warnings.catch_warnings():
+    # starlette warns at import that it prefers httpx2 over the installed httpx
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 HOUR = 3_600_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -328,3 +342,33 @@ def test_range_note_names_the_range_shown_but_not_the_open_default() -> None:
     ]
     open_ended = {**_stats(), "from": 0, "to": 2**62}
     assert "Showing" not in _parse(render_dashboard(open_ended, title="T")).text("range-note")[0]
+
+
+def _app_client(tmp_path: Path, now_ms: int) -> TestClient:
+    store = SQLiteStore(tmp_path / "c.db")
+    settings = CollectorSettings(api_keys=("submit-key-1",), admin_token="admin-token-123")
+    return TestClient(create_app(settings, store, clock=lambda: now_ms / 1000))
+
+
+def test_the_app_serves_presets_and_the_previous_period(tmp_path: Path) -> None:
+    now = 1_800_000_000_000  # 2027-01-15T08:00Z
+    bearer = {"Authorization": "Bearer admin-token-123"}
+    events = [
+        wire_event(type="run", timestamp=now - hours * HOUR - 1) for hours in (1, 2, 30, 30, 30)
+    ]
+    with _app_client(tmp_path, now) as client:
+        sent = client.post(
+            "/v1/submit", json={"events": events}, headers={"X-API-Key": "submit-key-1"}
+        )
+        assert sent.status_code == 200 and sent.json()["accepted"] == 5
+        page = client.get("/?range=24h", headers=bearer)
+        assert page.status_code == 200
+        parsed = _parse(page.text)
+        assert parsed.text("total-count") == ["2"]
+        assert parsed.text("total-count-change") == ["-33.3% vs 3 before"]
+        assert 'aria-current="page" data-testid="preset-24h"' in page.text
+        assert 'data-testid="sign-out"' not in page.text  # a Bearer caller has no session
+        refused = client.get("/?range=1y", headers=bearer)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "bad_query"
+        assert "<" not in refused.json()["error"]["message"]
