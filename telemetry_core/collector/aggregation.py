@@ -136,6 +136,42 @@ def percentiles(counts: Mapping[int, int]) -> dict[str, float | None]:
     return out
 
 
+_Key = tuple[str, str, int]  # (app, type, bucket start)
+
+
+def _series(
+    data: StatsData, grain: str
+) -> tuple[list[dict[str, Any]], dict[_Key, list[int]], dict[str, dict[int, int]]]:
+    """The series rows, the ``[count, success, failure]`` per key they came
+    from, and each type's histogram merged over the range."""
+    counts: dict[_Key, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for app, etype, hour, count, success, failure in data.rollups:
+        row = counts[(app, etype, bucket_start(hour, grain))]
+        row[0] += count
+        row[1] += success
+        row[2] += failure
+    hists: dict[_Key, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    by_type: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for app, etype, hour, index, count in data.buckets:
+        hists[(app, etype, bucket_start(hour, grain))][index] += count
+        by_type[etype][index] += count
+    installs = {(a, t, b): n for a, t, b, n in data.series_installs}
+    series = [
+        {
+            "app": key[0],
+            "type": key[1],
+            "bucket_start": key[2],
+            "count": counts[key][0],
+            "success": counts[key][1],
+            "failure": counts[key][2],
+            **percentiles(hists.get(key, {})),
+            "installs": installs.get(key, 0),
+        }
+        for key in sorted(counts, key=lambda k: (k[2], k[0], k[1]))
+    ]
+    return series, counts, by_type
+
+
 def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
     """Shape the rows of a store into the stats document of DESIGN §7.
 
@@ -148,39 +184,10 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
     ``p99_ms`` over the whole range (all apps), from the merged hourly
     histograms: the percentiles of the range, not the worst of its buckets.
     """
-    grain = query.bucket
-    counts: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    hists: dict[tuple[str, str, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    series, counts, type_hists = _series(data, query.bucket)
     by_type: dict[str, int] = defaultdict(int)
-    for app, etype, hour, count, success, failure in data.rollups:
-        key = (app, etype, bucket_start(hour, grain))
-        row = counts[key]
-        row[0] += count
-        row[1] += success
-        row[2] += failure
+    for (_, etype, _), (count, _, _) in counts.items():
         by_type[etype] += count
-    by_type_hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for app, etype, hour, index, count in data.buckets:
-        hists[(app, etype, bucket_start(hour, grain))][index] += count
-        by_type_hist[etype][index] += count
-    installs = {(a, t, b): n for a, t, b, n in data.series_installs}
-    series = []
-    for key in sorted(counts, key=lambda k: (k[2], k[0], k[1])):
-        app, etype, start = key
-        count, success, failure = counts[key]
-        hist = hists.get(key, {})
-        series.append(
-            {
-                "app": app,
-                "type": etype,
-                "bucket_start": start,
-                "count": count,
-                "success": success,
-                "failure": failure,
-                **percentiles(hist),
-                "installs": installs.get(key, 0),
-            }
-        )
     rejected_by_code = {
         name.removeprefix("rejected:"): n
         for name, n in sorted(data.counters.items())
@@ -189,7 +196,7 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
     return {
         "from": query.from_hour_ms,
         "to": query.to_ms,
-        "bucket": grain,
+        "bucket": query.bucket,
         "totals": {
             "count": sum(by_type.values()),
             "by_type": dict(sorted(by_type.items())),
@@ -203,7 +210,7 @@ def build_stats(query: StatsQuery, data: StatsData) -> dict[str, Any]:
         },
         "series": series,
         "durations_by_type": {
-            etype: percentiles(by_type_hist.get(etype, {})) for etype in sorted(by_type)
+            etype: percentiles(type_hists.get(etype, {})) for etype in sorted(by_type)
         },
     }
 
