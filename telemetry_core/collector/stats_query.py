@@ -44,10 +44,10 @@ def _type_filter(value: str | None) -> str | None:
 
 
 def _parse_time(name: str, value: str) -> int:
-    try:
+    # ASCII digits only: int() would also read "١٢" or "1_000", a number nobody wrote.
+    digits = value[1:] if value[:1] == "-" else value
+    if digits.isascii() and digits.isdigit():
         return int(value)
-    except ValueError:
-        pass
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
