@@ -388,6 +388,9 @@ class LocalStore:
     def _migrate(self) -> None:
         conn = self.connection()
         try:
+            # Before anything writes (even the switch to WAL): a file that is
+            # not ours is refused, never migrated, purged or changed.
+            self._check_ours(conn)
             self._enable_wal(conn)
             # The common case, a file already at this version, needs no write
             # lock: one read of the header, and the layout check.
@@ -421,6 +424,24 @@ class LocalStore:
                 f"cannot use telemetry database {self.path} ({exc}); "
                 "if the file is corrupt, delete it or run `telemetry disable --purge`"
             ) from exc
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file another program made: not SQLite at all, or SQLite
+        holding tables without our first migration's (``telemetry_events``, at
+        ``user_version`` 1 or more). An empty file is a new database."""
+        try:
+            names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{self.path} is not a telemetry database ({exc}); it was left unchanged. "
+                "Choose another file with --db, or delete this one if it is yours"
+            ) from exc
+        if names and not ("telemetry_events" in names and version >= 1):
+            raise StorageError(
+                f"{self.path} is not a telemetry database (it holds other tables: "
+                f"{', '.join(sorted(names)[:3])}); it was left unchanged"
+            )
 
     def _check_layout(self, conn: sqlite3.Connection) -> None:
         # Migrations 1 and 3 were rewritten before the first release; a file
