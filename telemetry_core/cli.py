@@ -105,24 +105,108 @@ def mask_secret(value: str) -> str:
     return "****"
 
 
-@attrs.frozen(kw_only=True)
+#: Consent settings: always the user's (stored or environment), never fixed by an app's code.
+_CONSENT: Final = ("enabled", "remote_enabled")
+
+#: What ``make_cli(config=...)`` accepts: a resolved configuration or a zero-argument callable.
+ConfigSource = "TelemetryConfig | Callable[[], TelemetryConfig]"
+
+
+@attrs.define(kw_only=True)
 class CliOptions:
-    """The group's global options, passed to every command."""
+    """The group's global options and the mounting app's configuration, per command.
+
+    :param prog: the command path users type (``telemetry`` or ``ax telemetry``),
+        used in every hint the commands print.
+    :param app_config: the mounting app's configuration, or a zero-argument
+        callable returning it, called lazily, at most once per command.
+    """
 
     app: str
     db_path: Path | None
+    prog: str = "telemetry"
+    app_config: Any = None
+    _resolved: TelemetryConfig | None = attrs.field(default=None, init=False)
+
+    def hint(self, command: str) -> str:
+        """``command`` as the user types it here: ``ax telemetry submit --retry-dead``."""
+        return f"`{self.prog} {command}`"
+
+    def localize(self, text: str) -> str:
+        """Rewrite the library's generic ``telemetry …`` hints to this command path."""
+        return text if self.prog == "telemetry" else text.replace("`telemetry ", f"`{self.prog} ")
+
+    def app_defaults(self) -> TelemetryConfig | None:
+        """The mounting app's own configuration (None for the standalone command)."""
+        if self.app_config is None:
+            return None
+        if self._resolved is None:
+            from telemetry_core.config import TelemetryConfig
+            from telemetry_core.errors import ConfigError
+
+            value = self.app_config() if callable(self.app_config) else self.app_config
+            if not isinstance(value, TelemetryConfig):
+                raise ConfigError(
+                    "config",
+                    f"make_cli(config=...) gave {type(value).__name__}, "
+                    "expected a TelemetryConfig or a callable returning one",
+                )
+            self._resolved = value
+        return self._resolved
 
     def resolved_db_path(self) -> Path:
-        """``--db``, else the platform default for the app."""
+        """``--db``, else the app's own db path, else the platform default for the app."""
         from telemetry_core.config import default_db_path
 
-        return self.db_path if self.db_path is not None else default_db_path(self.app)
+        if self.db_path is not None:
+            return self.db_path
+        defaults = self.app_defaults()
+        return defaults.db_path if defaults is not None else default_db_path(self.app)
 
-    def config(self, **explicit: Any) -> TelemetryConfig:
-        """The effective configuration (environment > stored > defaults)."""
+    def user_config(self, **explicit: Any) -> TelemetryConfig:
+        """What the environment and the stored config say (no app code involved)."""
         from telemetry_core.config import TelemetryConfig
 
-        return TelemetryConfig.from_env(self.app, self.db_path, **explicit)
+        return TelemetryConfig.from_env(self.app, self.resolved_db_path(), **explicit)
+
+    def config(self, **explicit: Any) -> TelemetryConfig:
+        """The effective configuration: explicit > env > stored > defaults, or,
+        when mounted with an app's configuration, that configuration with the
+        user's consent (stored or environment) and ``DO_NOT_TRACK`` on top."""
+        user = self.user_config(**explicit)
+        defaults = self.app_defaults()
+        if defaults is None:
+            return user
+        changes: dict[str, Any] = {
+            "db_path": user.db_path,
+            "do_not_track": user.do_not_track or defaults.do_not_track,
+            "problems": tuple(dict.fromkeys(defaults.problems + user.problems)),
+        }
+        for field in _CONSENT:
+            if self.user_sets(field):
+                changes[field] = getattr(user, field)
+        changes.update(explicit)
+        return defaults.evolve(**changes)
+
+    def user_sets(self, field: str) -> bool:
+        """True when the environment or the stored config sets ``field``."""
+        from telemetry_core.config import SETTINGS_BY_FIELD, read_stored_config
+
+        setting = SETTINGS_BY_FIELD[field]
+        env = setting.env_name(self.app)
+        if env is not None and os.environ.get(env):
+            return True
+        return setting.key in read_stored_config(self.resolved_db_path())
+
+    def fixed_in_code(self, field: str) -> Any:
+        """The value the app's code fixes for ``field`` (one a command cannot
+        change), else None: the app's value where it differs from what the
+        environment and stored config give."""
+        defaults = self.app_defaults()
+        if defaults is None or field in _CONSENT:
+            return None
+        value = getattr(defaults, field)
+        return value if value != getattr(self.user_config(), field) else None
 
     @contextlib.contextmanager
     def service(
@@ -135,7 +219,7 @@ class CliOptions:
         log warnings are printed as ``Warning:`` lines afterwards, or collected into
         ``notes`` when the caller passes a list.
         """
-        from telemetry_core.errors import StorageError
+        from telemetry_core.errors import PluginError, StorageError
         from telemetry_core.service import TelemetryService
 
         with _captured_warnings() as captured:
@@ -145,7 +229,10 @@ class CliOptions:
             finally:
                 svc.close()
         if svc.degraded is not None:
+            if svc.degraded.startswith(("PluginError", "ConfigError")):
+                raise PluginError(svc.degraded.split(": ", 1)[-1])
             raise StorageError(f"cannot use the local store {config.db_path}: {svc.degraded}")
+        captured = [self.localize(note) for note in captured if note not in config.problems]
         if notes is not None:
             notes.extend(captured)
             return

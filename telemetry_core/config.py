@@ -353,13 +353,16 @@ class TelemetryConfig:
             options.update(explicit.get("options") or {})
             explicit = {**explicit, "options": options}
         explicit["do_not_track"] = bool(explicit.get("do_not_track")) or do_not_track(env)
-        return cls._assemble(app, path, layers, explicit, problems, strict)
+        return cls._assemble(
+            app, path, layers=layers, explicit=explicit, problems=problems, strict=strict
+        )
 
     @classmethod
     def _assemble(
         cls,
         app: str,
         path: Path,
+        *,
         layers: list[tuple[str, Any, str]],
         explicit: dict[str, Any],
         problems: list[str],
@@ -567,6 +570,7 @@ def _report(problem: str) -> None:
     if problem not in _reported:
         _reported.add(problem)
         logging.getLogger("telemetry_core").warning("telemetry-core: %s", problem)
+
 
 def read_stored_config(db_path: Path) -> dict[str, str]:
     """Read the ``telemetry_config`` table of an existing database, read-only.

@@ -625,9 +625,11 @@ class LocalStore:
             for r in self._read("SELECT latency_ms FROM telemetry_submissions ORDER BY latency_ms")
         ]
         last = self._read("SELECT max(started_at) FROM telemetry_submissions")
+        # The newest error, unless a later request succeeded (then it is old news).
         last_error = self._read(
-            "SELECT error FROM telemetry_submissions WHERE error IS NOT NULL"
-            " ORDER BY id DESC LIMIT 1"
+            "SELECT error, started_at FROM telemetry_submissions WHERE error IS NOT NULL"
+            " AND id > coalesce((SELECT max(id) FROM telemetry_submissions"
+            " WHERE error IS NULL), 0) ORDER BY id DESC LIMIT 1"
         )
         return SubmissionStats(
             submissions=total,
@@ -645,6 +647,7 @@ class LocalStore:
             latency_p99_ms=_percentile(latencies, 99),
             last_submission_at=None if last[0][0] is None else float(last[0][0]),
             last_error=str(last_error[0][0]) if last_error else None,
+            last_error_at=float(last_error[0][1]) if last_error else None,
             queue_size=queue.pending,
             dead=queue.dead,
         )

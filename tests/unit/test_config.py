@@ -367,7 +367,9 @@ def test_a_bad_env_value_is_reported_once_and_the_default_used(
     assert again.problems == first.problems
     assert len(first.problems) == 1
     assert PREFIX + suffix in first.problems[0]
-    assert [r.getMessage() for r in caplog.records].count("telemetry-core: " + first.problems[0]) == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "telemetry-core: " + first.problems[0]
+    ) == 1
 
 
 def test_a_bad_interval_message_says_the_unit(tmp_path: Path) -> None:
