@@ -31,7 +31,16 @@ STATUS_KEYS = {
     "sending",
     "queue",
 }
-QUEUE_KEYS = {"pending", "due", "leased", "dead", "dropped", "oldest_enqueued_at"}
+QUEUE_KEYS = {
+    "pending",
+    "due",
+    "leased",
+    "dead",
+    "parked",
+    "next_attempt_at",
+    "dropped",
+    "oldest_enqueued_at",
+}
 SUBMISSION_KEYS = {
     "submissions",
     "successful",
@@ -50,6 +59,7 @@ SUBMISSION_KEYS = {
     "last_error",
     "queue_size",
     "dead",
+    "last_error_at",
 }
 SUBMIT_KEYS = {
     "sent",
@@ -61,6 +71,9 @@ SUBMIT_KEYS = {
     "pending",
     "dead",
     "last_error",
+    "last_error_at",
+    "stopped",
+    "retry_at",
 }
 
 
@@ -279,7 +292,7 @@ def test_queue_counts_what_was_recorded_for_sending(db: Path) -> None:
     ok(db, "enable", "--endpoint", "https://127.0.0.1:9/v1/submit")
     record(db, 4)
     data = as_json(db, "queue")
-    assert set(data) == QUEUE_KEYS
+    assert set(data) == QUEUE_KEYS | {"warning"}
     assert data["pending"] == 4
     assert data["due"] == 4
     assert data["dead"] == 0
@@ -323,6 +336,7 @@ def test_config_set_get_round_trip(db: Path) -> None:
         "value": 50,
         "source": "stored",
         "env": "AUTOMATOSX_TELEMETRY_BATCH_SIZE",
+        "unit": "events",
     }
     ok(db, "config", "set", "submission-interval", "60000")
     assert as_json(db, "config", "get", "submission-interval")["value"] == 60000
@@ -394,7 +408,7 @@ def test_config_list_covers_every_stored_key(db: Path) -> None:
     data = as_json(db, "config", "list")
     assert set(data) == set(STORED_KEYS)
     for entry in data.values():
-        assert set(entry) == {"value", "source", "env"}
+        assert set(entry) == {"value", "source", "env", "unit"}
     assert "remote-endpoint" in ok(db, "config", "list").stdout
 
 
@@ -465,7 +479,7 @@ def test_submit_reports_undeliverable_events(db: Path, collector: FakeCollector)
     collector.script(401)
     result = run(db, "submit")
     assert_one_error_line(result, "not delivered", "401", "--retry-dead")
-    assert "failed requests" in result.stdout
+    assert "1 failed request" in result.stdout
     assert as_json(db, "queue")["dead"] == 3
     assert collector.event_ids == []
 
