@@ -566,6 +566,18 @@ def disable(opts: CliOptions, remote: bool, purge: bool, yes: bool) -> None:
         click.confirm(f"Delete all local telemetry data in {config.db_path}?", abort=True, err=True)
     with opts.service(config) as svc:
         svc.disable(remote_only=remote, purge=purge)
+    if opts.app_defaults() is not None and not config.do_not_track:
+        # The app's code consents by default: the withdrawal must be stored
+        # even before the app made its database, or the next run would send.
+        from telemetry_core.local_store import LocalStore
+
+        store = LocalStore(config.db_path)
+        try:
+            store.set_config("remote-enabled", "false")
+            if not remote:
+                store.set_config("enabled", "false")
+        finally:
+            store.close()
     if purge and config.do_not_track and config.db_path.exists():
         # The service writes nothing under DO_NOT_TRACK, but deleting local data
         # is exactly what such a user wants.
@@ -1000,10 +1012,12 @@ def make_cli(app: str | None = None, config: Any = None) -> click.Group:
     @click.pass_context
     def group(ctx: click.Context, app: str | None, db_path: Path | None) -> None:
         """Privacy-first usage telemetry: consent, queue, submission and settings."""
+        source = config
         if app is None and callable(config):
-            app = config().app
+            source = config()  # the name is needed now: call it (once) here
+            app = source.app
         ctx.obj = CliOptions(
-            app=app or DEFAULT_APP, db_path=db_path, prog=ctx.command_path, app_config=config
+            app=app or DEFAULT_APP, db_path=db_path, prog=ctx.command_path, app_config=source
         )
 
     for command in _COMMANDS:

@@ -261,7 +261,8 @@ class PluginHost:
     def _missing(self, kind: str, name: str) -> PluginError:
         names = sorted(p.name for p in self.providers() if p.kind == kind)
         return PluginError(
-            f"no {kind} provider named {name!r}; available: {', '.join(names) or 'none'}"
+            f"no {kind} plugin named {name!r} (available: {', '.join(names) or 'none'}); "
+            f"check the {kind} setting"
         )
 
     # -- providers ------------------------------------------------------------

@@ -302,6 +302,8 @@ class TelemetryService:
         self._warned: set[str] = set()
         self._closed = False
         self._last_call: SubmitCall | None = None
+        # enable() was called: the user's own consent, no stored withdrawal applies.
+        self._consent_given = False
         _install_process_hooks()
         _services.add(self)
 
@@ -520,12 +522,18 @@ class TelemetryService:
                 if self._config.strict:
                     raise
                 self._broken = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, (PluginError, ConfigError)):
+                    # A misspelled provider name is not a storage problem.
+                    logger.warning("telemetry-core: telemetry is disabled for this run: %s", exc)
+                    return None
                 logger.warning(
                     "telemetry-core: telemetry is disabled for this run, the local store %s "
                     "could not be opened: %s",
                     self._config.db_path,
                     exc,
                 )
+                return None
+            if not self._consent_given and not self._stored_consent(self._opened):
                 return None
             self._schedule_cleanup(self._opened)
             if spill_files(self._config.db_path):
@@ -535,6 +543,22 @@ class TelemetryService:
                 if not write_behind.merge_once():
                     write_behind.start()
             return self._opened
+
+    def _stored_consent(self, opened: _Opened) -> bool:
+        """Apply a withdrawal stored by the user (``telemetry disable``): it beats
+        consent the app's code gives (DESIGN §5). False when recording is off."""
+        try:
+            enabled = opened.store.get_config("enabled")
+            remote = opened.store.get_config("remote-enabled")
+        except (TelemetryError, sqlite3.Error):
+            return True
+        config = self._config
+        if enabled == "false" and config.enabled:
+            self._config = config.evolve(enabled=False, remote_enabled=False)
+            return False
+        if remote == "false" and config.remote_enabled:
+            self._config = config.evolve(remote_enabled=False)
+        return True
 
     def _open(self) -> _Opened:
         from telemetry_core.local_store import LocalStore
@@ -1382,13 +1406,14 @@ class TelemetryService:
         if endpoint is not None:
             changes["endpoint"] = endpoint
         new = config.evolve(**changes)  # validates the endpoint before anything is written
+        self._consent_given = True
         with self._lock:
             self._stop_worker(config.exit_timeout)
             self._config = new
             self._broken = None
             opened = self._ensure_open()
             if opened is None:
-                raise StorageError(f"cannot open the local store {new.db_path}")
+                raise StorageError(f"cannot open the local store {new.db_path}: {self._broken}")
             opened.store.set_config("enabled", "true")
             if remote:
                 opened.store.set_config("remote-enabled", "true")

@@ -508,3 +508,192 @@ def test_submit_without_a_terminal_draws_no_bar(db: Path, collector: FakeCollect
     result = ok(db, "submit")
     assert "Submitting" not in result.stdout
     assert "9 accepted" in result.stdout
+
+
+# -- mounted into an app's own CLI, with the app's configuration -----------------------
+
+AX_KEY = "ax-in-code-key-0123456789"
+
+
+def ax_cli(config: Any) -> click.Group:
+    """A small host app ``ax`` that mounts the telemetry group as ``ax telemetry``."""
+
+    @click.group()
+    def ax() -> None:
+        """The host app's own CLI."""
+
+    ax.add_command(cli.make_cli("ax", config=config), name="telemetry")
+    return ax
+
+
+def ax_config(db: Path, collector: FakeCollector, **changes: Any) -> TelemetryConfig:
+    """What an app sets in code: endpoint (here without a path), key, CA bundle, db path."""
+    values: dict[str, Any] = dict(
+        app="ax",
+        db_path=db,
+        enabled=True,
+        remote_enabled=True,
+        endpoint=collector.url,
+        api_key=AX_KEY,
+        ca_bundle=collector.ca_path,
+    )
+    values.update(changes)
+    return TelemetryConfig(**values)
+
+
+def run_ax(group: click.Group, *args: str) -> Result:
+    result = CliRunner().invoke(group, ["telemetry", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def record_with(config: TelemetryConfig, count: int) -> list[str]:
+    service = TelemetryService(config, background=False)
+    try:
+        ids = [service.track("command_executed", {"n": i}) for i in range(count)]
+    finally:
+        service.close()
+    return [i for i in ids if i is not None]
+
+
+def test_a_mounted_cli_shows_and_uses_the_apps_in_code_configuration(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
+    collector.api_keys = {AX_KEY}
+    db = tmp_path / "ax.db"
+    ax = ax_cli(lambda: ax_config(db, collector))
+    ids = record_with(ax_config(db, collector), 3)
+    assert len(ids) == 3
+
+    data = json.loads(run_ax(ax, "status", "--json").stdout)
+    assert data["endpoint"] == collector.submit_url  # the empty path completed
+    assert (data["sending"], data["db_path"]) == (True, str(db))
+    assert "endpoint" in data["set_in_code"]
+    first = run_ax(ax, "status").stdout.splitlines()[0]
+    assert first == f"Telemetry for ax: enabled, sending to {collector.submit_url}."
+
+    result = run_ax(ax, "submit")
+    assert result.exit_code == 0, result.output
+    assert "Sent 3 events: 3 accepted" in result.stdout
+    assert sorted(collector.event_ids) == sorted(ids)
+
+
+def test_the_config_callable_is_called_lazily_once_per_command(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
+    calls: list[int] = []
+
+    def load() -> TelemetryConfig:
+        calls.append(1)
+        return ax_config(tmp_path / "ax.db", collector)
+
+    ax = ax_cli(load)
+    assert CliRunner().invoke(ax, ["--help"]).exit_code == 0
+    assert CliRunner().invoke(ax, ["telemetry", "--help"]).exit_code == 0
+    assert calls == []
+    assert run_ax(ax, "status").exit_code == 0
+    assert calls == [1]
+
+
+def test_mounted_hints_name_the_mounted_command(tmp_path: Path, collector: FakeCollector) -> None:
+    db = tmp_path / "ax.db"
+    ax = ax_cli(lambda: ax_config(db, collector))
+    record_with(ax_config(db, collector), 2)
+    collector.script(401)
+    result = run_ax(ax, "submit")
+    assert_one_error_line(result, "`ax telemetry submit --retry-dead`")
+
+    assert run_ax(ax, "disable", "--remote").exit_code == 0
+    assert_one_error_line(run_ax(ax, "submit"), "`ax telemetry enable --remote`")
+
+
+def test_a_stored_disable_beats_the_apps_in_code_consent(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
+    db = tmp_path / "ax.db"
+    ax = ax_cli(ax_config(db, collector))
+    assert run_ax(ax, "disable").exit_code == 0
+    data = json.loads(run_ax(ax, "status", "--json").stdout)
+    assert (data["recording"], data["sending"]) == (False, False)
+    # The app itself, with enabled=True in its code, records nothing now.
+    assert record_with(ax_config(db, collector), 2) == []
+    assert run_ax(ax, "enable", "--remote").exit_code == 0
+    assert len(record_with(ax_config(db, collector), 2)) == 2
+    assert json.loads(run_ax(ax, "status", "--json").stdout)["sending"] is True
+
+
+def test_do_not_track_beats_the_apps_in_code_consent(
+    tmp_path: Path, collector: FakeCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ax = ax_cli(lambda: ax_config(tmp_path / "ax.db", collector))
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    data = json.loads(run_ax(ax, "status", "--json").stdout)
+    assert (data["do_not_track"], data["recording"], data["sending"]) == (True, False, False)
+
+
+def test_changing_a_value_the_app_fixes_in_code_says_so(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
+    ax = ax_cli(lambda: ax_config(tmp_path / "ax.db", collector))
+    result = run_ax(ax, "enable", "--endpoint", "https://elsewhere.example/v1/submit")
+    assert_one_error_line(result, "sets its endpoint in code", "Nothing was changed")
+    result = run_ax(ax, "config", "set", "remote-endpoint", "https://elsewhere.example")
+    assert result.exit_code == 0
+    assert "ax sets remote-endpoint in its code" in result.stderr
+    got = json.loads(run_ax(ax, "config", "get", "remote-endpoint", "--json").stdout)
+    assert (got["value"], got["source"]) == (collector.url, "code")
+
+
+def test_a_bad_environment_value_does_not_break_a_command(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOMATOSX_TELEMETRY_INTERVAL", "5s")
+    data = as_json(db, "status")
+    assert any(
+        "AUTOMATOSX_TELEMETRY_INTERVAL" in p and "milliseconds" in p for p in data["problems"]
+    )
+    assert "ignored: invalid AUTOMATOSX_TELEMETRY_INTERVAL" in ok(db, "status").stdout
+
+
+def test_a_misspelled_backoff_name_is_named_not_blamed_on_the_store(db: Path) -> None:
+    ok(db, "enable")
+    ok(db, "config", "set", "backoff", "exponential-jiter")
+    result = run(db, "status")
+    assert_one_error_line(result, "no backoff plugin named 'exponential-jiter' (available:")
+    assert "local store" not in result.stderr
+
+
+def test_a_foreign_database_is_refused_by_every_command_and_left_unchanged(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    with conn:
+        conn.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices(total) VALUES (12.5)")
+    conn.close()
+    before = other.read_bytes()
+    for args in (
+        ["disable", "--purge", "--yes"],
+        ["enable"],
+        ["config", "set", "submission-batch-size", "5"],
+        ["status"],
+        ["queue"],
+    ):
+        result = run(other, *args)
+        assert_one_error_line(result, "not a telemetry database")
+        assert other.read_bytes() == before, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_dates_are_readable_and_counts_plural(db: Path, collector: FakeCollector) -> None:
+    _enable_remote(db, collector)
+    record(db, 1)
+    result = ok(db, "submit")
+    assert "Sent 1 event: 1 accepted, 0 duplicates" in result.stdout
+    text = ok(db, "stats").stdout
+    assert "e+09" not in text
+    assert "last_submission_at:" in text

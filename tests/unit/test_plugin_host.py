@@ -316,7 +316,7 @@ def test_disabled_argument_overrides_env(
     host = PluginHost(disabled=["null-transport", "https"])
     names = {r.name for r in host.plugins()}
     assert names == set(DEFAULT_PLUGINS) - {"https"}
-    with pytest.raises(PluginError, match="no transport provider named 'https'"):
+    with pytest.raises(PluginError, match="no transport plugin named 'https'"):
         host.make_transport(config)
 
 
@@ -330,9 +330,12 @@ def test_unknown_provider_name_lists_available_names(
     host = PluginHost()
     with pytest.raises(PluginError) as info:
         host.make_transport(config.evolve(transport="carrier-pigeon"))
-    assert str(info.value) == "no transport provider named 'carrier-pigeon'; available: https, null"
+    assert (
+        str(info.value)
+        == "no transport plugin named 'carrier-pigeon' (available: https, null); check the transport setting"
+    )
     with pytest.raises(
-        PluginError, match="no limiter provider named 'leaky'; available: token-bucket"
+        PluginError, match=r"no limiter plugin named 'leaky' \(available: token-bucket\)"
     ):
         host.make_limiter(config.evolve(limiter="leaky"), lambda: 0.0)
 
