@@ -484,6 +484,6 @@ def test_a_foreign_sqlite_file_is_refused_and_left_byte_for_byte_unchanged(tmp_p
 def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"plain text, not a database\n" * 200)
-    with pytest.raises(StorageError, match="not a (telemetry )?database"):
+    with pytest.raises(StorageError, match=r"not a (telemetry )?database"):
         LocalStore(path)
     assert path.read_bytes() == b"plain text, not a database\n" * 200
