@@ -386,8 +386,8 @@ def _queue_dict(stats: QueueStats) -> dict[str, Any]:
         "due": stats.due,
         "leased": stats.leased,
         "dead": stats.dead,
-        "parked": getattr(stats, "parked", 0),
-        "next_attempt_at": getattr(stats, "next_attempt_at", None),
+        "parked": stats.parked,
+        "next_attempt_at": stats.next_attempt_at,
         "dropped": dict(stats.dropped),
         "oldest_enqueued_at": stats.oldest_enqueued_at,
     }

@@ -242,11 +242,11 @@ class SubmissionWorker:
     @property
     def server_pause_until(self) -> float:
         """Wall-clock end of a pause the collector asked for (``Retry-After``), else 0."""
-        return self._pause_until if self._server_pause else 0.0
+        return self.pause_until if self._server_pause else 0.0
 
     def clear_pause(self) -> None:
         """Forget every pause, the server's included (``submit --force``)."""
-        self._pause_until = 0.0
+        self._pause_deadline = 0.0
         self._server_pause = False
         self._offline = False
 
@@ -288,7 +288,7 @@ class SubmissionWorker:
         """
         if timeout <= 0 or not self.running or self._offline:
             return False
-        if self._pause_until > self._clock():
+        if self.pause_until:
             return False
         self._idle.clear()
         self._flushing.set()
