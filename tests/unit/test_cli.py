@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from telemetry_core import cli
 from telemetry_core.config import STORED_KEYS, TelemetryConfig
 from telemetry_core.service import TelemetryService
-from tests.fake_collector import FakeCollector
+from tests.fake_collector import FakeCollector, Reply
 
 APP = "automatosx"
 
@@ -697,3 +697,81 @@ def test_dates_are_readable_and_counts_plural(db: Path, collector: FakeCollector
     text = ok(db, "stats").stdout
     assert "e+09" not in text
     assert "last_submission_at:" in text
+
+
+# -- submit after an outage, the server's pause, the rate limit -------------------------
+
+
+def test_submit_after_an_outage_tries_now_past_the_clients_backoff(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    ids = record(db, 3)
+    collector.script(500)
+    result = run(db, "submit")
+    assert_one_error_line(result, "3 events not delivered", "500", "next attempt at", "try again now")
+    queue = as_json(db, "queue")
+    assert queue["pending"] == 3
+    assert queue["due"] == 0  # the client's backoff holds them
+    # The user fixed the collector: submit sends now, without waiting for the backoff.
+    data = as_json(db, "submit")
+    assert (data["sent"], data["accepted"], data["stopped"], data["pending"]) == (3, 3, "done", 0)
+    assert sorted(collector.event_ids) == sorted(ids)
+    assert as_json(db, "stats")["last_error"] is None  # cleared by the later success
+
+
+def test_submit_waits_for_a_retry_after_unless_forced_and_says_until_when(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    record(db, 2)
+    collector.script(Reply(status=503, headers={"Retry-After": "600"}))
+    first = run(db, "submit")
+    assert_one_error_line(first, "retry after 600 s")
+    second = run(db, "submit")
+    assert_one_error_line(second, "nothing sent", "asked to wait until", "--force")
+    assert "(in 10 min)" in second.stderr or "(in 9 min)" in second.stderr
+    assert collector.event_ids == []
+    forced = as_json(db, "submit", "--force")
+    assert (forced["sent"], forced["accepted"]) == (2, 2)
+    assert len(collector.event_ids) == 2
+
+
+def test_submit_now_returns_this_calls_result_besides_the_totals(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    record(db, 2)
+    config = TelemetryConfig.from_env(APP, db)
+    with TelemetryService(config, background=False) as service:
+        collector.script(500)
+        failed = service.submit_now()
+        assert failed.last_call is not None
+        assert (failed.last_call.sent, failed.last_call.failed) == (2, 1)
+        assert failed.last_call.stopped == "retry"
+        assert failed.last_call.error is not None and "500" in failed.last_call.error
+        assert failed.last_call.error_at is not None
+        assert failed.last_call.retry_at is not None
+        done = service.submit_now()
+        assert done.last_call is not None and done.last_call.delivered
+        assert (done.last_call.sent, done.last_call.accepted) == (2, 2)
+        assert (done.events_sent, done.events_accepted) == (4, 2)  # running totals
+        assert done.last_error is None
+
+
+def test_the_rate_limit_holds_across_processes_and_the_output_says_so(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    ok(db, "config", "set", "submission-rate-limit", "60")
+    ok(db, "config", "set", "submission-batch-size", "25")
+    record(db, 100)
+    first = ok(db, "submit")
+    assert "Sent 60 events" in first.stdout
+    assert "The client rate limit paused sending: 40 events wait" in first.stdout
+    # A new process (each CLI command is one) starts with the bucket the last one left.
+    again = as_json(db, "submit")
+    assert again["sent"] <= 5
+    assert again["stopped"] == "rate_limited"
+    assert again["retry_at"] is not None
+    assert len(collector.event_ids) == 60 + again["sent"]
