@@ -424,8 +424,8 @@ class Setting:
         return None if self.env is None else env_prefix(app) + self.env
 
     def expected(self) -> str:
-        """What a valid text looks like, with the unit: ``a number of milliseconds
-        (at least 100), e.g. 300000``."""
+        """What a valid text looks like, with the unit: ``a number of
+        milliseconds, e.g. 300000 (at least 100)``."""
         if self.kind is bool:
             return "true or false"
         if self.kind is str:
@@ -437,9 +437,8 @@ class Setting:
             bounds.append(f"at least {self.minimum:g}")
         if self.maximum is not None:
             bounds.append(f"at most {self.maximum:g}")
-        if bounds:
-            text += f" ({', '.join(bounds)})"
-        return text + (f", e.g. {self.example}" if self.example else "")
+        text += f", e.g. {self.example}" if self.example else ""
+        return text + (f" ({', '.join(bounds)})" if bounds else "")
 
     def parse(self, raw: str, source: str) -> Any:
         """The config-field value of text ``raw``; :class:`ConfigError` naming

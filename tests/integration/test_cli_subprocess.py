@@ -132,3 +132,42 @@ def test_do_not_track_writes_nothing(
     assert proc.returncode == 1
     assert "DO_NOT_TRACK" in proc.stderr
     assert not db.exists()
+
+
+def test_status_into_a_closed_pipe_prints_no_broken_pipe(
+    telemetry_exe: str, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "telemetry.db"
+    telemetry(telemetry_exe, base_env, "--db", str(db), "enable")
+    # `telemetry status | head -1`, with a reader that closes the pipe at once.
+    status = subprocess.Popen(
+        [telemetry_exe, "--db", str(db), "status"],
+        env=base_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert status.stdout is not None
+    first = status.stdout.readline()
+    status.stdout.close()
+    _, err = status.communicate(timeout=TIMEOUT)
+    assert first.startswith("Telemetry for automatosx: enabled")
+    assert "Broken pipe" not in err
+    assert "Traceback" not in err
+
+
+def test_the_generic_help_presents_no_default_app(
+    telemetry_exe: str, base_env: dict[str, str]
+) -> None:
+    out = telemetry(telemetry_exe, base_env, "--help").stdout
+    assert "automatosx" not in out
+    assert "TELEMETRY_APP" in out
+
+
+def test_a_bad_environment_value_never_raises_into_the_command(
+    telemetry_exe: str, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "AUTOMATOSX_TELEMETRY_INTERVAL": "5s"}
+    proc = telemetry(telemetry_exe, env, "--db", str(tmp_path / "t.db"), "status")
+    assert "AUTOMATOSX_TELEMETRY_INTERVAL" in proc.stdout
+    assert "milliseconds, e.g. 300000" in proc.stdout
