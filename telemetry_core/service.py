@@ -1354,10 +1354,11 @@ class TelemetryService:
         config = self._config
         if queue is None:
             queue = self.queue_stats()
-        if queue.pending <= QUEUE_WARN_SHARE * config.max_queue_size:
+        held = queue.pending + queue.dead
+        if held <= QUEUE_WARN_SHARE * config.max_queue_size:
             return None
-        share = 100 * queue.pending / config.max_queue_size
-        full = f"the queue holds {queue.pending} events ({share:.0f} % of max-queue-size)"
+        share = 100 * held / config.max_queue_size
+        full = f"the queue holds {held} events ({share:.0f} % of max-queue-size)"
         if not config.remote_enabled:
             return f"{full}: remote submission is off; run `telemetry enable --remote`"
         if config.transport == "https" and config.endpoint is None:

@@ -775,3 +775,43 @@ def test_the_rate_limit_holds_across_processes_and_the_output_says_so(
     assert again["stopped"] == "rate_limited"
     assert again["retry_at"] is not None
     assert len(collector.event_ids) == 60 + again["sent"]
+
+
+def test_a_large_queue_is_reported_with_its_likely_cause(
+    db: Path, collector: FakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    _enable_remote(db, collector)
+    ok(db, "config", "set", "max-queue-size", "10")
+    record(db, 9)
+    assert as_json(db, "queue")["warning"].startswith("the queue holds 9 events (90 %")
+    collector.script(500)
+    run(db, "submit")
+    queue = run(db, "queue")
+    assert "Warning: the queue holds 9 events" in queue.stderr
+    assert "failing or unreachable" in queue.stderr
+    assert "`telemetry submit` tries now" in queue.stderr
+    status = as_json(db, "status")
+    assert "failing or unreachable" in status["queue_warning"]
+
+    collector.script(401)
+    ok(db, "config", "set", "remote-api-key", "wrong-key-0123456789")
+    run(db, "submit")
+    assert "refuses the API key" in as_json(db, "queue")["warning"]
+
+
+def test_a_large_queue_warns_the_apps_log_once(
+    tmp_path: Path, collector: FakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ax_config(tmp_path / "ax.db", collector, max_queue_size=10)
+    service = TelemetryService(config, background=False)
+    try:
+        for i in range(9):
+            service.track("command_executed", {"n": i})
+        collector.script(500, 500)
+        with caplog.at_level("WARNING", logger="telemetry_core"):
+            service.submit_now()
+            service.submit_now()
+    finally:
+        service.close()
+    large = [r for r in caplog.records if "the queue holds 9 events" in r.getMessage()]
+    assert len(large) == 1
