@@ -5,14 +5,14 @@ CLI with its app name preset::
 
     from telemetry_core.cli import make_cli
 
-    ax.add_command(make_cli("automatosx"), name="telemetry")   # -> ax telemetry status
+    ax.add_command(make_cli("ax", config=load_config), name="telemetry")  # ax telemetry status
 
-Global options: ``--app NAME`` (default: the ``TELEMETRY_APP`` environment variable,
-else ``automatosx``; a group made by :func:`make_cli` defaults to its own app) and
-``--db PATH`` (default: the platform's user data directory for the app). Settings
-follow the precedence of :meth:`TelemetryConfig.from_env
+Global options: ``--app NAME`` (default: the ``TELEMETRY_APP`` environment variable;
+a group made by :func:`make_cli` uses its own app) and ``--db PATH`` (default: the
+app's database). Settings follow the precedence of :meth:`TelemetryConfig.from_env
 <telemetry_core.config.TelemetryConfig.from_env>`: environment > stored config
-(``telemetry config set``) > defaults.
+(``telemetry config set``) > defaults; a mounting app's configuration
+(``make_cli(app, config=...)``) replaces those, under the user's consent.
 
 Every user error ends the command with a non-zero exit status and one line on
 stderr, ``Error: ...``; no traceback.
@@ -20,44 +20,10 @@ stderr, ``Error: ...``; no traceback.
 JSON output
 -----------
 
-Every read command takes ``--json`` and then prints one JSON document on stdout
-(keys sorted, two-space indent). Times are seconds since the Unix epoch (floats),
-durations milliseconds. These keys are stable; new keys may be added.
-
-``status``
-    ``app``, ``db_path``, ``enabled`` (consent to record locally), ``remote_enabled``
-    (consent to send), ``endpoint`` (URL or null; never the API key),
-    ``do_not_track`` (``DO_NOT_TRACK`` is set: nothing is recorded or sent),
-    ``recording``, ``sending`` (the effective state after ``DO_NOT_TRACK``),
-    ``queue`` (as ``queue --json``), plus what the service reports
-    (e.g. ``install_id``, provider names).
-``queue``
-    ``pending`` (entries that will be sent), ``due`` (sendable now), ``leased``
-    (claimed by a sender), ``dead`` (past the retry limit; ``submit --retry-dead``
-    revives them), ``dropped`` (object: reason -> count), ``oldest_enqueued_at``.
-``stats`` (``--type submission``, the default)
-    ``submissions``, ``successful``, ``failed`` (requests), ``events_sent``,
-    ``events_accepted``, ``events_rejected``, ``events_duplicate``, ``retries``,
-    ``network_errors``, ``success_rate`` (0..1), ``latency_p50_ms``,
-    ``latency_p95_ms``, ``latency_p99_ms``, ``last_submission_at``, ``last_error``,
-    ``queue_size``, ``dead``.
-``stats --type events``
-    ``total`` and ``by_type`` (object: event type -> count of local events).
-``submit``
-    ``sent``, ``accepted``, ``duplicates``, ``rejected`` (events), ``failed``
-    (requests that failed), ``revived`` (by ``--retry-dead``), ``pending`` and
-    ``dead`` (queue after the run), ``last_error`` (null unless this run failed).
-``config get KEY``
-    ``key``, ``value`` (in the stored unit: ``submission-interval`` in ms; the API
-    key masked unless ``--show-secret``), ``source`` (``environment``, ``stored``
-    or ``default``), ``env`` (the environment variable that overrides it).
-``config list``
-    An object: key -> ``{"value", "source", "env"}`` as for ``config get``.
-``plugins``
-    ``plugins``: list of ``{"name", "module", "distribution", "version",
-    "bundled", "hooks", "providers": [{"kind", "name", "description"}]}``;
-    ``selected``: kind -> provider name from the configuration; ``warnings``:
-    list of plugin load warnings.
+Every read command takes ``--json`` and prints one JSON document on stdout (keys
+sorted, two-space indent). The keys of each command are documented in
+``docs/client.md`` ("JSON output of the telemetry command"); a test keeps that
+list complete.
 """
 
 from __future__ import annotations

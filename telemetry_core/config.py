@@ -434,9 +434,9 @@ class Setting:
         text = f"{noun} of {self.unit}" if self.unit else noun
         bounds = []
         if self.minimum is not None:
-            bounds.append(f"at least {self.minimum:g}")
+            bounds.append(f"at least {_number(self.minimum)}")
         if self.maximum is not None:
-            bounds.append(f"at most {self.maximum:g}")
+            bounds.append(f"at most {_number(self.maximum)}")
         text += f", e.g. {self.example}" if self.example else ""
         return text + (f" ({', '.join(bounds)})" if bounds else "")
 
@@ -475,6 +475,10 @@ class Setting:
             scaled = value * self.scale
             return str(int(scaled)) if float(scaled).is_integer() else f"{scaled:g}"
         return str(value)
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
 _MS = "milliseconds"
@@ -590,3 +594,21 @@ def read_stored_config(db_path: Path) -> dict[str, str]:
     finally:
         conn.close()
     return {str(k): str(v) for k, v in rows}
+
+
+def settings_markdown(app: str = "myapp") -> str:
+    """The client settings as a Markdown table (``docs/client.md`` holds this
+    text; a test keeps the two equal)."""
+    rows = [
+        "| `config set` key | environment variable | field | value | default |",
+        "|---|---|---|---|---|",
+    ]
+    defaults = TelemetryConfig(app=app, db_path=Path("unused.db"), do_not_track=False)
+    for s in SETTINGS:
+        default = getattr(defaults, s.field)
+        shown = "-" if default is None else s.to_text(default)
+        value = s.expected() + (" (secret, masked)" if s.secret else "")
+        rows.append(
+            f"| `{s.key}` | `{s.env_name(app)}` | `{s.field}` | {value}: {s.help} | `{shown}` |"
+        )
+    return "\n".join(rows) + "\n"

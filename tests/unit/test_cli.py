@@ -709,7 +709,9 @@ def test_submit_after_an_outage_tries_now_past_the_clients_backoff(
     ids = record(db, 3)
     collector.script(500)
     result = run(db, "submit")
-    assert_one_error_line(result, "3 events not delivered", "500", "next attempt at", "try again now")
+    assert_one_error_line(
+        result, "3 events not delivered", "500", "next attempt at", "try again now"
+    )
     queue = as_json(db, "queue")
     assert queue["pending"] == 3
     assert queue["due"] == 0  # the client's backoff holds them
@@ -815,3 +817,35 @@ def test_a_large_queue_warns_the_apps_log_once(
         service.close()
     large = [r for r in caplog.records if "the queue holds 9 events" in r.getMessage()]
     assert len(large) == 1
+
+
+def _documented_json_keys() -> str:
+    text = (Path(__file__).parents[2] / "docs" / "client.md").read_text(encoding="utf-8")
+    return text[text.index("## JSON output of the `telemetry` command") :]
+
+
+def test_every_json_key_the_commands_print_is_documented(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    record(db, 2)
+    documented = _documented_json_keys()
+    outputs = {
+        "status": as_json(db, "status"),
+        "queue": as_json(db, "queue"),
+        "submit": as_json(db, "submit"),
+        "stats": as_json(db, "stats"),
+        "stats --type events": as_json(db, "stats", "--type", "events"),
+        "config get": as_json(db, "config", "get", "submission-interval"),
+        "plugins": as_json(db, "plugins"),
+    }
+    missing = [
+        f"{command}: {key}"
+        for command, data in outputs.items()
+        for key in data
+        if f"`{key}`" not in documented
+    ]
+    missing += [
+        f"status.queue: {k}" for k in outputs["status"]["queue"] if f"`{k}`" not in documented
+    ]
+    assert missing == []

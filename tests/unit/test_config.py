@@ -632,3 +632,14 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
         submission_rate_limit=MAX_RATE_LIMIT,
     )
     assert config.submission_batch_size == MAX_BATCH_EVENTS
+
+
+def test_the_settings_table_in_the_docs_is_generated_from_the_setting_rows() -> None:
+    from telemetry_core.config import settings_markdown
+
+    text = (Path(__file__).parents[2] / "docs" / "client.md").read_text(encoding="utf-8")
+    start = text.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
+    end = text.index("<!-- settings-table:end -->")
+    assert text[start:end].strip() == settings_markdown().strip(), (
+        "docs/client.md is stale: paste telemetry_core.config.settings_markdown() into it"
+    )
