@@ -812,6 +812,9 @@ def config_set(opts: CliOptions, key: str, value: str) -> None:
             reason = exc.reason.removeprefix(f"invalid {exc.setting}: ")
             raise click.ClickException(f"invalid {key}: {reason}") from None
         value = setting.to_text(parsed)
+        if setting.field == "ca_bundle":
+            # Stored for every process of the app, wherever it runs: an absolute path.
+            value = str(Path(value).expanduser().resolve())
         shown = mask_secret(value) if setting.secret else value
     store = LocalStore(db_path)
     try:
