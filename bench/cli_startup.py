@@ -4,6 +4,10 @@ Interleaved process launches: ``python -c pass`` (the floor), ``python -c
 "import telemetry_core"``, and a script that opens a service on a local
 database, records one event and exits (remote submission off). The figures are
 the median added milliseconds over the floor.
+
+Mounting: a small click app ``ax --help``, plain and with ``make_cli("ax",
+config=...)`` mounted as ``ax telemetry``; the difference is what mounting adds
+to every run of the app's own CLI (bar: 30 ms).
 """
 
 from __future__ import annotations
@@ -17,6 +21,27 @@ NAME = "cli_startup"
 PASS = "python -c pass"
 IMPORT = "python -c 'import telemetry_core'"
 RECORD = "import + record one event + exit"
+AX_PLAIN = "ax --help (click app, nothing mounted)"
+AX_MOUNTED = "ax --help with make_cli mounted"
+
+_AX = """
+import click
+
+@click.group()
+def ax() -> None:
+    \"\"\"A host app.\"\"\"
+{mount}
+ax(["--help"])
+"""
+_MOUNT = """
+from telemetry_core.cli import make_cli
+
+def load_config():
+    from telemetry_core import TelemetryConfig
+    return TelemetryConfig(app="ax", endpoint="https://127.0.0.1:8787", api_key="k")
+
+ax.add_command(make_cli("ax", config=load_config), name="telemetry")
+"""
 
 
 def added_ms(report: Report, subject: str, floor: str) -> float | None:
@@ -55,13 +80,32 @@ def run(ctx: Context) -> Report:
         available()
         return _proc.process_round([str(script), str(ctx.workdir / "cli.db")], ctx.workdir)
 
+    plain, mounted = ctx.workdir / "ax_plain.py", ctx.workdir / "ax_mounted.py"
+    plain.write_text(_AX.format(mount=""))
+    mounted.write_text(_AX.format(mount=_MOUNT))
+
+    def ax_plain() -> Callable[[], Round]:
+        return _proc.process_round([str(plain)], ctx.workdir)
+
+    def ax_mounted() -> Callable[[], Round]:
+        available()
+        return _proc.process_round([str(mounted)], ctx.workdir)
+
     report.rows = interleave(
-        {PASS: floor, IMPORT: imp, RECORD: record}, rounds=rounds, unit="process"
+        {PASS: floor, IMPORT: imp, RECORD: record, AX_PLAIN: ax_plain, AX_MOUNTED: ax_mounted},
+        rounds=rounds,
+        unit="process",
     )
     report.check_value(
         "added by import telemetry_core", added_ms(report, IMPORT, PASS), at_most=40, unit="ms"
     )
     report.check_value(
         "added by import + record one event", added_ms(report, RECORD, PASS), at_most=60, unit="ms"
+    )
+    report.check_value(
+        "added to `ax --help` by mounting make_cli",
+        added_ms(report, AX_MOUNTED, AX_PLAIN),
+        at_most=30,
+        unit="ms",
     )
     return report

@@ -29,8 +29,6 @@ list complete.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import math
 import os
 import sys
@@ -40,7 +38,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import attrs
 import click
 
 from telemetry_core.errors import TelemetryError
@@ -75,7 +72,6 @@ def mask_secret(value: str) -> str:
 _CONSENT: Final = ("enabled", "remote_enabled")
 
 
-@attrs.define(kw_only=True)
 class CliOptions:
     """The group's global options and the mounting app's configuration, per command.
 
@@ -85,11 +81,17 @@ class CliOptions:
         callable returning it, called lazily, at most once per command.
     """
 
-    app: str
-    db_path: Path | None
-    prog: str = "telemetry"
-    app_config: Any = None
-    _resolved: TelemetryConfig | None = attrs.field(default=None, init=False)
+    # A plain class: importing attrs here would add to every `ax --help`.
+    __slots__ = ("_resolved", "app", "app_config", "db_path", "prog")
+
+    def __init__(
+        self, *, app: str, db_path: Path | None, prog: str = "telemetry", app_config: Any = None
+    ) -> None:
+        self.app = app
+        self.db_path = db_path
+        self.prog = prog
+        self.app_config = app_config
+        self._resolved: TelemetryConfig | None = None
 
     def hint(self, command: str) -> str:
         """``command`` as the user types it here: ``ax telemetry submit --retry-dead``."""
@@ -202,28 +204,27 @@ class CliOptions:
 pass_options = click.make_pass_decorator(CliOptions)
 
 
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = " ".join(record.getMessage().split()).removeprefix("telemetry-core: ")
-        if message not in self.messages:
-            self.messages.append(message)
-
-
 @contextlib.contextmanager
 def _captured_warnings() -> Iterator[list[str]]:
     """Collect the library's log warnings so the CLI can show them as one-line
     ``Warning:`` notes after its output, or replace them with one ``Error:`` line."""
+    import logging  # at run time only: `ax --help` does not pay for it
+
+    messages: list[str] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = " ".join(record.getMessage().split()).removeprefix("telemetry-core: ")
+            if message not in messages:
+                messages.append(message)
+
     logger = logging.getLogger("telemetry_core")
-    handler = _ListHandler()
+    handler = ListHandler(logging.WARNING)
     propagate = logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        yield handler.messages
+        yield messages
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
@@ -283,6 +284,8 @@ def _stdout_is_tty() -> bool:
 
 
 def _emit_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=True, default=str))
 
 
@@ -360,6 +363,8 @@ def _queue_dict(stats: QueueStats) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    import attrs
+
     if attrs.has(type(value)):
         return _jsonable(attrs.asdict(value, recurse=False))
     if isinstance(value, Mapping):
