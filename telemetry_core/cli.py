@@ -911,11 +911,11 @@ def plugins(opts: CliOptions, as_json: bool) -> None:
     from telemetry_core.plugin_host import PluginHost
 
     config = opts.config()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        host = PluginHost(strict=False)
-        records = host.plugins()
-    notes = [" ".join(str(w.message).split()) for w in caught]
+    host = PluginHost(strict=False)
+    records = host.plugins()
+    # Listed here every time (the log says each only once per install).
+    notes = [message.removeprefix("telemetry-core: ") for message in host.load_warnings]
+    _notes()[:] = [note for note in _notes() if not note.startswith("skipping plugin")]
     selected = {
         "transport": config.transport,
         "storage": config.storage,
