@@ -707,6 +707,8 @@ def _redacted(error: TransportError, secret: str | None) -> TransportError:
     forms = {secret, repr(secret)[1:-1]}
     for codec in ("utf-8", "latin-1"):
         forms.add(repr(secret.encode(codec, "replace"))[2:-1])
+    # The same quoted once more, as in the repr of an exception holding one.
+    forms |= {repr(form)[1:-1] for form in forms}
     cleaned = text
     for form in sorted(forms, key=len, reverse=True):
         if form:
