@@ -527,16 +527,23 @@ def enable(opts: CliOptions, remote: bool, endpoint: str | None) -> None:
 @pass_options
 def disable(opts: CliOptions, remote: bool, purge: bool, yes: bool) -> None:
     """Withdraw consent (with --remote: only for sending)."""
-    config = opts.config()
-    if purge and config.db_path.exists():
-        # Refuse a file that is not ours before asking anything: never delete it.
-        from telemetry_core.local_store import LocalStore
+    from telemetry_core.errors import StorageError
+    from telemetry_core.local_store import foreign_reason, purge_files
 
-        LocalStore(config.db_path, read_only=True).close()
+    config = opts.config()
+    # Refuse a file that is not ours before asking anything: never delete it.
+    reason = foreign_reason(config.db_path) if purge else None
+    if reason is not None:
+        raise StorageError(reason)
     if purge and not yes:
         click.confirm(f"Delete all local telemetry data in {config.db_path}?", abort=True, err=True)
-    with opts.service(config) as svc:
-        svc.disable(remote_only=remote, purge=purge)
+    try:
+        with opts.service(config) as svc:
+            svc.disable(remote_only=remote, purge=purge)
+    except StorageError:
+        if not purge:
+            raise
+        purge_files(config.db_path)  # ours, but unusable (an old layout): delete it anyway
     if opts.app_defaults() is not None and not config.do_not_track:
         # The app's code consents by default: the withdrawal must be stored
         # even before the app made its database, or the next run would send.
@@ -552,9 +559,7 @@ def disable(opts: CliOptions, remote: bool, purge: bool, yes: bool) -> None:
     if purge and config.do_not_track and config.db_path.exists():
         # The service writes nothing under DO_NOT_TRACK, but deleting local data
         # is exactly what such a user wants.
-        from telemetry_core.local_store import LocalStore
-
-        LocalStore(config.db_path).purge()
+        purge_files(config.db_path)
     what = "remote submission disabled" if remote else "telemetry disabled"
     click.echo(f"{what.capitalize()} for {opts.app}.")
     if purge:

@@ -849,3 +849,17 @@ def test_every_json_key_the_commands_print_is_documented(
         f"status.queue: {k}" for k in outputs["status"]["queue"] if f"`{k}`" not in documented
     ]
     assert missing == []
+
+
+def test_purge_deletes_our_own_database_even_when_it_cannot_be_used(db: Path) -> None:
+    import sqlite3
+
+    ok(db, "enable")
+    conn = sqlite3.connect(db)  # what a pre-release build left: an older queue layout
+    with conn:
+        conn.execute("DELETE FROM telemetry_counters WHERE name = 'queue.holes'")
+    conn.close()
+    assert_one_error_line(run(db, "status"), "pre-release")
+    result = ok(db, "disable", "--purge", "--yes")
+    assert "Local telemetry data deleted" in result.stdout
+    assert not db.exists()
