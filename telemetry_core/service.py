@@ -483,6 +483,7 @@ class TelemetryService:
         self._flush_counts()
         if spill_files(self._config.db_path):
             self._get_write_behind().adopt_orphans()
+        self._save_sender_state()
 
     def _flush_counts(self) -> None:
         """Write the counts kept in memory; what cannot be written stays there."""
@@ -1305,10 +1306,9 @@ class TelemetryService:
             retry_at=retry_at,
         )
 
-    def _after_cycle(self) -> None:
-        """After a worker cycle or a drain: write the counts, the limiter state and
-        a server-requested pause, and look at the queue's size."""
-        self._flush_counts()
+    def _save_sender_state(self) -> None:
+        """After a worker cycle or a drain: write the limiter state and a
+        server-requested pause, and look at the queue's size."""
         opened, worker = self._opened, self._worker
         if opened is None:
             return
