@@ -461,6 +461,8 @@ def status(opts: CliOptions, as_json: bool) -> None:
             f"{queue['dead']:,} dead" + (f", {queue['parked']:,} parked" if queue["parked"] else "")
         ),
     }
+    if data.get("spilled"):
+        rows["spilled"] = f"{_plural(data['spilled'], 'event')} waiting for a locked database"
     if queue["next_attempt_at"]:
         rows["next_attempt"] = _fmt_time(queue["next_attempt_at"], now)
     rows["last_submission"] = _fmt_time(data["last_submission_at"])
