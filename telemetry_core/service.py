@@ -353,9 +353,15 @@ class TelemetryService:
         """Stop the worker (bounded by ``timeout``, default ``config.exit_timeout``)
         and close the store's connections.
 
+        A running worker first gets up to ``config.exit_flush`` to send what is
+        due (not when offline or in backoff; not when ``timeout`` is given), so a
+        short-lived process that leaves a ``with`` block sends its events.
+
         The service may be used again: :meth:`track` still records (and
         queues), but the worker only starts again with :meth:`open`.
         """
+        if timeout is None:
+            self._flush_at_exit(time.monotonic() + self._config.exit_flush)
         with self._lock:
             self._closed = True
             budget = self._config.exit_timeout if timeout is None else timeout

@@ -264,3 +264,34 @@ def test_no_exit_flush_while_the_collector_is_down(tmp_path: Path) -> None:
     config = TelemetryConfig(app="oneshot", db_path=db, enabled=True, do_not_track=False)
     with TelemetryService(config, background=False) as service:
         assert service.queue_stats().pending == 5
+
+
+_WITH_BLOCK_APP = textwrap.dedent(
+    """
+    import sys, time
+    from telemetry_core import TelemetryConfig, TelemetryService
+
+    db, endpoint, ca = sys.argv[1:4]
+    config = TelemetryConfig(app="oneshot", db_path=db, enabled=True, remote_enabled=True,
+                             endpoint=endpoint, ca_bundle=ca, api_key="k-123",
+                             do_not_track=False)
+    with TelemetryService(config) as telemetry:
+        telemetry.track("command_executed", {"n": 0})
+        time.sleep(0.5)  # the worker's first cycle sends this one
+        for n in range(1, 5):
+            telemetry.track("command_executed", {"n": n})
+    """
+)
+
+
+def test_leaving_a_with_block_sends_what_is_due_within_the_exit_flush(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    assert fake_collector.ca_path is not None
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITH_BLOCK_APP, str(tmp_path / "with.db"),
+         fake_collector.submit_url, fake_collector.ca_path],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(fake_collector.event_ids) == 5
