@@ -193,12 +193,14 @@ def _at_exit() -> None:
     services = list(_services)
     if not services:
         return
-    # A short-lived process sends what is due first, within its own budget
-    # (config.exit_flush), then the usual bounded stop.
-    flush_deadline = time.monotonic() + max(s.config.exit_flush for s in services)
+    # A short-lived process sends what is due first, within config.exit_flush;
+    # the time it took comes out of the stop's budget, so exit waits at most
+    # max(exit_flush, exit_timeout) (plus the native-call grace).
+    started = time.monotonic()
+    flush_deadline = started + max(s.config.exit_flush for s in services)
     for service in services:
         service._flush_at_exit(flush_deadline)
-    budget = max(s.config.exit_timeout for s in services)
+    budget = max(max(s.config.exit_timeout for s in services) - (time.monotonic() - started), 0)
     deadline = time.monotonic() + budget
     for service in services:
         service._signal_stop()
@@ -360,11 +362,15 @@ class TelemetryService:
         The service may be used again: :meth:`track` still records (and
         queues), but the worker only starts again with :meth:`open`.
         """
+        spent = 0.0
         if timeout is None:
-            self._flush_at_exit(time.monotonic() + self._config.exit_flush)
+            started = time.monotonic()
+            self._flush_at_exit(started + self._config.exit_flush)
+            spent = time.monotonic() - started
         with self._lock:
             self._closed = True
-            budget = self._config.exit_timeout if timeout is None else timeout
+            # The flush's time comes out of the stop's budget (one exit bound).
+            budget = max(self._config.exit_timeout - spent, 0.0) if timeout is None else timeout
             deadline = self._monotonic() + budget
             stopped = self._stop_worker(budget)
             stopped = self._stop_cleaner(budget) and stopped
