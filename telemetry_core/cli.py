@@ -44,7 +44,7 @@ from telemetry_core.errors import TelemetryError
 
 if TYPE_CHECKING:
     from telemetry_core.config import Setting, TelemetryConfig
-    from telemetry_core.models import QueueStats, SubmitCall
+    from telemetry_core.models import QueueStats, SubmissionStats, SubmitCall
     from telemetry_core.service import TelemetryService
 
 __all__ = ["APP_ENV", "DEFAULT_APP", "main", "make_cli", "mask_secret", "telemetry"]
@@ -596,6 +596,30 @@ def _submit_report(
     return lines
 
 
+#: ``submit`` waits out a collector's ``Retry-After`` up to this long (seconds),
+#: then sends; a longer pause is reported with its end instead.
+SUBMIT_MAX_WAIT: Final = 60.0
+
+
+def _wait_for_server_pause(
+    opts: CliOptions, svc: TelemetryService, stats: SubmissionStats, as_json: bool
+) -> SubmissionStats:
+    """When the collector asked for a short pause, say until when, wait, and send."""
+    call = stats.last_call
+    if call is None or call.stopped != "server_pause" or call.retry_at is None:
+        return stats
+    left = call.retry_at - time.time()
+    if not 0 < left <= SUBMIT_MAX_WAIT:
+        return stats
+    if not as_json:
+        click.echo(
+            f"The collector asked to wait until {_fmt_time(call.retry_at)} (Retry-After): "
+            f"waiting {_fmt_duration(left)} ({opts.hint('submit --force')} sends at once)."
+        )
+    time.sleep(left)
+    return svc.submit_now()
+
+
 @click.command()
 @click.option("--retry-dead", is_flag=True, help="Revive dead entries before sending.")
 @click.option(
@@ -607,7 +631,8 @@ def submit(opts: CliOptions, retry_dead: bool, force: bool, as_json: bool) -> No
     """Send queued events now and print what the collector said.
 
     Tries now even while the client is backing off after failures; waits for
-    a pause the collector asked for unless --force. Exits with status 1 when
+    a pause the collector asked for (up to a minute, else says until when)
+    unless --force. Exits with status 1 when
     events remain undelivered because of an error or such a pause.
     """
     config = opts.config()
@@ -630,6 +655,7 @@ def submit(opts: CliOptions, retry_dead: bool, force: bool, as_json: bool) -> No
                 stats = svc.submit_now(progress=progress, force=force)
         else:
             stats = svc.submit_now(force=force)
+        stats = _wait_for_server_pause(opts, svc, stats, as_json)
         queue_after = svc.queue_stats()
     from telemetry_core.models import SubmitCall
 

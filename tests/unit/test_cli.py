@@ -863,3 +863,17 @@ def test_purge_deletes_our_own_database_even_when_it_cannot_be_used(db: Path) ->
     result = ok(db, "disable", "--purge", "--yes")
     assert "Local telemetry data deleted" in result.stdout
     assert not db.exists()
+
+
+def test_submit_waits_out_a_short_retry_after_then_delivers(
+    db: Path, collector: FakeCollector
+) -> None:
+    _enable_remote(db, collector)
+    record(db, 2)
+    collector.script(Reply(status=429, headers={"Retry-After": "1"}))
+    run(db, "submit")  # answered 429: the collector asks for one second
+    result = ok(db, "submit")
+    assert "The collector asked to wait until" in result.stdout
+    assert "waiting 1 s" in result.stdout
+    assert "Sent 2 events: 2 accepted" in result.stdout
+    assert len(collector.event_ids) == 2
