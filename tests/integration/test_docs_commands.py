@@ -66,8 +66,16 @@ def shell_commands(path: Path) -> Iterator[tuple[int, str]]:
     lines = path.read_text(encoding="utf-8").splitlines()
     in_sh = False
     pending = ""
+    heredoc: str | None = None
     start = 0
     for number, line in enumerate(lines, 1):
+        if heredoc is not None:  # a here-document's body belongs to its command
+            pending += line + "\n"
+            if line.strip() == heredoc:
+                heredoc = None
+                yield start, pending.rstrip("\n")
+                pending = ""
+            continue
         if line.strip().startswith("```"):
             in_sh = line.strip() == "```sh"
             continue
@@ -80,6 +88,10 @@ def shell_commands(path: Path) -> Iterator[tuple[int, str]]:
             continue
         command = (pending + line.strip()).strip()
         pending = ""
+        marker = re.search(r"<<-?\s*'?\"?(\w+)", command)
+        if marker is not None:
+            heredoc, pending = marker.group(1), command + "\n"
+            continue
         if command and not command.startswith("#"):
             yield start, command
 
