@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: setup demo test lint typecheck chaos bench bench-quick clean
 
@@ -14,7 +15,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the collector extra (no test or benchmark tools), and says what it installs.
+$(DEMO_STAMP): pyproject.toml
+	@echo "make demo: creating $(VENV) and installing telemetry-core[collector] only"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[collector]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m telemetry_core.collector.demo
 
 lint: $(STAMP)

@@ -9,6 +9,7 @@ everything off, whatever else says.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -27,12 +28,17 @@ __all__ = [
     "ENV_KEYS",
     "MAX_RATE_LIMIT",
     "MIN_SUBMISSION_INTERVAL",
+    "SETTINGS",
     "STORED_KEYS",
+    "Setting",
     "TelemetryConfig",
+    "check_api_key",
+    "complete_endpoint",
     "default_db_path",
     "do_not_track",
     "env_prefix",
     "is_loopback_host",
+    "option_name",
     "read_stored_config",
     "validate_endpoint",
 ]
@@ -196,6 +202,10 @@ class TelemetryConfig:
     exit_timeout: float = attrs.field(
         default=0.1, validator=_positive("exit_timeout", allow_zero=True)
     )
+    exit_flush: float = attrs.field(
+        default=0.25,
+        validator=[_positive("exit_flush", allow_zero=True), _at_most("exit_flush", 60.0)],
+    )
     transport: str = "https"
     storage: str = "sqlite"
     backoff: str = "exponential-jitter"
@@ -203,6 +213,8 @@ class TelemetryConfig:
     strict: bool = False
     options: Mapping[str, str] = attrs.field(factory=dict)
     do_not_track: bool = attrs.field(factory=do_not_track)
+    #: Environment or stored values that were ignored (reported once), for ``status``.
+    problems: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @app.validator
     def _check_app(self, _attribute: Any, value: str) -> None:
@@ -217,7 +229,16 @@ class TelemetryConfig:
 
     @endpoint.validator
     def _check_endpoint(self, _attribute: Any, value: str | None) -> None:
-        _validate_endpoint(value)
+        # A third-party transport reads its endpoint (or its own options) itself.
+        if self.transport == "https":
+            _validate_endpoint(value)
+
+    @api_key.validator
+    def _check_api_key(self, _attribute: Any, value: str | None) -> None:
+        if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError("api_key", f"expected a string, got {type(value).__name__}")
+            check_api_key(value)
 
     @rate_limit_burst.validator
     def _check_burst(self, _attribute: Any, value: int | None) -> None:
@@ -252,8 +273,21 @@ class TelemetryConfig:
 
     @property
     def sending(self) -> bool:
-        """True when recorded events may be sent to the endpoint."""
-        return self.recording and self.remote_enabled and self.endpoint is not None
+        """True when recorded events may be sent: consent, and an endpoint for
+        the https transport (a third-party transport's options decide its target)."""
+        if not (self.recording and self.remote_enabled):
+            return False
+        return self.endpoint is not None or self.transport != "https"
+
+    def plugin_option(self, plugin: str, option: str, default: str | None = None) -> str | None:
+        """A third-party plugin's option from :attr:`options`: ``plugin_option("file-drop",
+        "path")`` finds ``file_drop.path`` set in code, ``<APP>_TELEMETRY_FILE_DROP_PATH``
+        in the environment or ``telemetry config set file-drop.path …``."""
+        wanted = option_name(f"{plugin}_{option}")
+        for key, value in self.options.items():
+            if option_name(key) == wanted:
+                return value
+        return default
 
     def evolve(self, **changes: Any) -> TelemetryConfig:
         """Return a copy with ``changes`` applied (and validated)."""
@@ -271,100 +305,274 @@ class TelemetryConfig:
         """Assemble a configuration: ``explicit`` > environment > stored > defaults.
 
         ``environ`` defaults to ``os.environ``. Stored values are read from the
-        database at ``db_path`` if it exists (it is never created here). A value
-        that does not parse raises :class:`ConfigError` naming the variable or key.
+        database at ``db_path`` if it exists (it is never created here).
+
+        A bad explicit keyword raises :class:`ConfigError`. A bad environment or
+        stored value never raises (DESIGN §4): it is logged once per process as a
+        ``telemetry_core`` warning naming the variable or key and its unit, kept
+        in :attr:`problems` (``telemetry status`` shows them), and the next
+        layer's value (or the default) is used. With ``strict=True`` it raises.
+        Unknown ``<APP>_TELEMETRY_*`` variables and dotted stored keys
+        (``file-drop.path``) become plugin :attr:`options`.
         """
         env = os.environ if environ is None else environ
         if not isinstance(app, str) or not _APP_PATTERN.match(app):
             raise ConfigError(
                 "app", f"expected a short lowercase name like 'automatosx', got {app!r}"
             )
+        strict = bool(explicit.get("strict", False))
         path = Path(db_path).expanduser() if db_path is not None else default_db_path(app)
-        values: dict[str, Any] = {}
-        # Where each value came from, so that a value that parses but fails
-        # validation is reported under the name the user actually set.
-        sources: dict[str, tuple[str, str]] = {}
+        # (field, value, source) per layer, lowest first: later ones win.
+        layers: list[tuple[str, Any, str]] = []
+        options: dict[str, str] = {}
+        problems: list[str] = []
+
+        def take(setting: Setting, raw: str, source: str) -> None:
+            try:
+                layers.append((setting.field, setting.parse(raw, source), source))
+            except ConfigError as exc:
+                if strict:
+                    raise
+                problems.append(f"{exc}; using the default or a lower layer instead")
+
         for key, value in read_stored_config(path).items():
-            spec = STORED_KEYS.get(key)
-            if spec is not None:
-                source = f"stored config {key!r}"
-                values[spec[0]] = _parse(source, value, spec[1], spec[2])
-                sources[spec[0]] = (source, value)
+            if key in SETTINGS_BY_KEY:
+                take(SETTINGS_BY_KEY[key], value, f"stored config {key!r}")
+            elif "." in key:
+                options[option_name(key)] = value
         prefix = env_prefix(app)
-        for suffix, (field, kind, scale) in ENV_KEYS.items():
-            raw = env.get(prefix + suffix)
-            if raw is not None and raw != "":
-                values[field] = _parse(prefix + suffix, raw, kind, scale)
-                sources[field] = (prefix + suffix, raw)
-        values.update(explicit)
-        for field in explicit:
-            sources.pop(field, None)
-        values["do_not_track"] = bool(explicit.get("do_not_track")) or do_not_track(env)
+        for name, raw in env.items():
+            if not name.startswith(prefix) or raw == "":
+                continue
+            suffix = name[len(prefix) :]
+            if suffix in SETTINGS_BY_ENV:
+                take(SETTINGS_BY_ENV[suffix], raw, name)
+            elif suffix:
+                options[option_name(suffix)] = raw
+        if options:
+            options.update(explicit.get("options") or {})
+            explicit = {**explicit, "options": options}
+        explicit["do_not_track"] = bool(explicit.get("do_not_track")) or do_not_track(env)
+        return cls._assemble(
+            app, path, layers=layers, explicit=explicit, problems=problems, strict=strict
+        )
+
+    @classmethod
+    def _assemble(
+        cls,
+        app: str,
+        path: Path,
+        *,
+        layers: list[tuple[str, Any, str]],
+        explicit: dict[str, Any],
+        problems: list[str],
+        strict: bool,
+    ) -> TelemetryConfig:
+        """Build from the layers; a layer value that fails a whole-config check
+        (an endpoint, a bound) is dropped and reported, unless ``strict``."""
+        for _attempt in range(len(layers) + 1):
+            values: dict[str, Any] = {}
+            sources: dict[str, str] = {}
+            for field, value, source in layers:
+                values[field], sources[field] = value, source
+            values.update(explicit)
+            for field in explicit:
+                sources.pop(field, None)
+            try:
+                config = cls(app=app, db_path=path, problems=tuple(problems), **values)
+            except ConfigError as exc:
+                if exc.setting not in sources:
+                    raise
+                source = sources[exc.setting]
+                error = ConfigError(source, exc.reason)
+                if strict:
+                    raise error from None
+                problems.append(f"{error}; using the default or a lower layer instead")
+                layers = [layer for layer in layers if layer[2] != source]
+                continue
+            for problem in problems:
+                _report(problem)
+            return config
+        raise AssertionError("unreachable: every layer value was dropped")  # pragma: no cover
+
+
+@attrs.frozen(kw_only=True)
+class Setting:
+    """One user-facing setting: the single home of its name, type, unit and bounds.
+
+    ``TelemetryConfig.from_env``, the CLI's ``config set/get/list`` and the
+    configuration table in ``docs/operations.md`` all read :data:`SETTINGS`.
+    Text values (environment variables, stored config) are in ``unit``; the
+    config field holds ``text / scale`` (the interval is milliseconds in text,
+    seconds in the field). ``minimum`` and ``maximum`` bound the text value.
+    """
+
+    field: str
+    kind: type
+    help: str
+    env: str | None = None
+    key: str | None = None
+    unit: str = ""
+    example: str = ""
+    scale: float = 1.0
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+
+    def env_name(self, app: str) -> str | None:
+        """``<APP>_TELEMETRY_<SUFFIX>``, or None when the environment cannot set it."""
+        return None if self.env is None else env_prefix(app) + self.env
+
+    def expected(self) -> str:
+        """What a valid text looks like, with the unit: ``a number of
+        milliseconds, e.g. 300000 (at least 100)``."""
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return f"a {self.unit or 'text'}" + (f", e.g. {self.example}" if self.example else "")
+        noun = "a whole number" if self.kind is int else "a number"
+        text = f"{noun} of {self.unit}" if self.unit else noun
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"at least {_number(self.minimum)}")
+        if self.maximum is not None:
+            bounds.append(f"at most {_number(self.maximum)}")
+        text += f", e.g. {self.example}" if self.example else ""
+        return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+    def parse(self, raw: str, source: str) -> Any:
+        """The config-field value of text ``raw``; :class:`ConfigError` naming
+        ``source`` (the variable or stored key) and the expected unit otherwise."""
+        text = raw.strip()
+        shown = "<hidden>" if self.secret else repr(raw)
         try:
-            return cls(app=app, db_path=path, **values)
-        except ConfigError as exc:
-            if exc.setting not in sources:
-                raise
-            source, raw = sources[exc.setting]
-            raise ConfigError(source, f"{exc.reason} ({exc.setting} from {raw!r})") from None
-
-
-def _parse(setting: str, raw: str, kind: type, scale: float) -> Any:
-    text = raw.strip()
-    try:
-        if kind is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError(text)
-        if kind is int:
-            return int(text)
-        if kind is float:
-            value = float(text) / scale
-            if math.isnan(value):
+            if self.kind is bool:
+                if text.lower() in _TRUE:
+                    return True
+                if text.lower() in _FALSE:
+                    return False
                 raise ValueError(text)
-            return value
-    except ValueError:
-        raise ConfigError(setting, f"expected {kind.__name__}, got {raw!r}") from None
-    return text
+            if self.kind is str:
+                if self.field == "api_key":
+                    check_api_key(text, source)
+                return text
+            number = int(text) if self.kind is int else float(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
+        except ValueError:
+            raise ConfigError(source, f"expected {self.expected()}; got {shown}") from None
+        if (self.minimum is not None and number < self.minimum) or (
+            self.maximum is not None and number > self.maximum
+        ):
+            raise ConfigError(source, f"expected {self.expected()}; got {shown}")
+        return number / self.scale if self.scale != 1 else number
+
+    def to_text(self, value: Any) -> str:
+        """A field value in this setting's text unit (for display and storing)."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            scaled = value * self.scale
+            return str(int(scaled)) if float(scaled).is_integer() else f"{scaled:g}"
+        return str(value)
 
 
-#: ``<APP>_TELEMETRY_<SUFFIX>`` -> (field, type, divisor). ``INTERVAL`` is in
-#: milliseconds (the seed's unit), the field in seconds.
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+_MS = "milliseconds"
+#: Every setting an environment variable or ``telemetry config set`` can change.
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(field="enabled", kind=bool, env="ENABLED", key="enabled",
+            help="consent to record events locally"),
+    Setting(field="remote_enabled", kind=bool, env="REMOTE_ENABLED", key="remote-enabled",
+            help="consent to send recorded events"),
+    Setting(field="endpoint", kind=str, env="ENDPOINT", key="remote-endpoint", unit="URL",
+            example="https://collector.example/v1/submit",
+            help="the transport's URL (https: an empty path means /v1/submit)"),
+    Setting(field="api_key", kind=str, env="API_KEY", key="remote-api-key", unit="key",
+            secret=True, help="submission key sent as X-API-Key"),
+    Setting(field="ca_bundle", kind=str, env="CA_BUNDLE", key="ca-bundle", unit="file path",
+            example="~/ca.pem", help="PEM file of CAs to trust instead of the system's"),
+    Setting(field="submission_interval", kind=float, env="INTERVAL", key="submission-interval",
+            unit=_MS, example="300000", scale=1000.0, minimum=MIN_SUBMISSION_INTERVAL * 1000,
+            help="pause between background submissions"),
+    Setting(field="submission_batch_size", kind=int, env="BATCH_SIZE",
+            key="submission-batch-size", unit="events", example="100", minimum=1,
+            maximum=MAX_BATCH_EVENTS, help="events per request"),
+    Setting(field="submission_rate_limit", kind=int, env="RATE_LIMIT",
+            key="submission-rate-limit", unit="events per minute", example="1000", minimum=1,
+            maximum=MAX_RATE_LIMIT, help="client rate limit, kept across processes"),
+    Setting(field="max_queue_size", kind=int, env="MAX_QUEUE_SIZE", key="max-queue-size",
+            unit="events", example="10000", minimum=1, help="queue bound; warned at 80 %"),
+    Setting(field="retention_days", kind=float, env="RETENTION_DAYS", key="retention-days",
+            unit="days", example="30", help="local events older than this are removed"),
+    Setting(field="timeout", kind=float, env="TIMEOUT", key="timeout", unit="seconds",
+            example="30", help="network timeout of one request"),
+    Setting(field="exit_flush", kind=float, env="EXIT_FLUSH", key="exit-flush", unit=_MS,
+            example="250", scale=1000.0, minimum=0, maximum=60_000,
+            help="time a short-lived process may spend sending at exit (0: never)"),
+    Setting(field="transport", kind=str, env="TRANSPORT", key="transport",
+            unit="plugin name", example="https", help="transport provider"),
+    Setting(field="storage", kind=str, env="STORAGE", key="storage", unit="plugin name",
+            example="sqlite", help="storage provider"),
+    Setting(field="backoff", kind=str, env="BACKOFF", key="backoff", unit="plugin name",
+            example="exponential-jitter", help="backoff provider"),
+    Setting(field="limiter", kind=str, env="LIMITER", key="limiter", unit="plugin name",
+            example="token-bucket", help="limiter provider"),
+)  # fmt: skip
+#: The settings by config field, by stored key and by environment suffix.
+SETTINGS_BY_FIELD: Final = {s.field: s for s in SETTINGS}
+SETTINGS_BY_KEY: Final = {s.key: s for s in SETTINGS if s.key is not None}
+SETTINGS_BY_ENV: Final = {s.env: s for s in SETTINGS if s.env is not None}
+
+#: ``<APP>_TELEMETRY_<SUFFIX>`` -> (field, type, divisor), derived from :data:`SETTINGS`.
 ENV_KEYS: Final[Mapping[str, tuple[str, type, float]]] = {
-    "ENABLED": ("enabled", bool, 1),
-    "REMOTE_ENABLED": ("remote_enabled", bool, 1),
-    "ENDPOINT": ("endpoint", str, 1),
-    "API_KEY": ("api_key", str, 1),
-    "CA_BUNDLE": ("ca_bundle", str, 1),
-    "INTERVAL": ("submission_interval", float, 1000),
-    "BATCH_SIZE": ("submission_batch_size", int, 1),
-    "RATE_LIMIT": ("submission_rate_limit", int, 1),
-    "MAX_QUEUE_SIZE": ("max_queue_size", int, 1),
-    "RETENTION_DAYS": ("retention_days", float, 1),
-    "TIMEOUT": ("timeout", float, 1),
-    "TRANSPORT": ("transport", str, 1),
-    "STORAGE": ("storage", str, 1),
-    "BACKOFF": ("backoff", str, 1),
-    "LIMITER": ("limiter", str, 1),
+    s.env: (s.field, s.kind, s.scale) for s in SETTINGS if s.env is not None
+}
+#: ``telemetry config set KEY VALUE`` keys -> (field, type, divisor), from :data:`SETTINGS`.
+STORED_KEYS: Final[Mapping[str, tuple[str, type, float]]] = {
+    s.key: (s.field, s.kind, s.scale) for s in SETTINGS if s.key is not None
 }
 
-#: ``telemetry config set KEY VALUE`` keys -> (field, type, divisor); the
-#: interval is stored in milliseconds like the environment variable.
-STORED_KEYS: Final[Mapping[str, tuple[str, type, float]]] = {
-    "enabled": ("enabled", bool, 1),
-    "remote-enabled": ("remote_enabled", bool, 1),
-    "remote-endpoint": ("endpoint", str, 1),
-    "remote-api-key": ("api_key", str, 1),
-    "ca-bundle": ("ca_bundle", str, 1),
-    "submission-interval": ("submission_interval", float, 1000),
-    "submission-batch-size": ("submission_batch_size", int, 1),
-    "submission-rate-limit": ("submission_rate_limit", int, 1),
-    "max-queue-size": ("max_queue_size", int, 1),
-    "retention-days": ("retention_days", float, 1),
-    "transport": ("transport", str, 1),
-}
+
+def check_api_key(key: str, setting: str = "api_key") -> None:
+    """Refuse a key that cannot travel in an HTTP header (CR/LF, other control
+    characters, anything outside latin-1). The message never quotes the key."""
+    for index, char in enumerate(key):
+        if char in "\r\n" or not char.isprintable() or ord(char) > 0xFF:
+            what = "a line break" if char in "\r\n" else f"the character U+{ord(char):04X}"
+            raise ConfigError(
+                setting,
+                f"the API key contains {what} at position {index}, which cannot be sent in "
+                "an HTTP header; copy the key again",
+            )
+
+
+def option_name(name: str) -> str:
+    """Normalise a plugin option name: ``file-drop.path``, ``FILE_DROP_PATH`` and
+    ``file_drop.path`` are one option (``file_drop_path``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def complete_endpoint(endpoint: str) -> str:
+    """The https submit URL of ``endpoint``: an empty path becomes ``/v1/submit``
+    (``https://host:8787`` -> ``https://host:8787/v1/submit``)."""
+    parts = urlsplit(endpoint)
+    if parts.path in ("", "/") and not parts.query:
+        return parts._replace(path="/v1/submit").geturl()
+    return endpoint
+
+
+#: Problems already logged by this process (each is reported once).
+_reported: set[str] = set()
+
+
+def _report(problem: str) -> None:
+    if problem not in _reported:
+        _reported.add(problem)
+        logging.getLogger("telemetry_core").warning("telemetry-core: %s", problem)
 
 
 def read_stored_config(db_path: Path) -> dict[str, str]:
@@ -386,3 +594,21 @@ def read_stored_config(db_path: Path) -> dict[str, str]:
     finally:
         conn.close()
     return {str(k): str(v) for k, v in rows}
+
+
+def settings_markdown(app: str = "myapp") -> str:
+    """The client settings as a Markdown table (``docs/client.md`` holds this
+    text; a test keeps the two equal)."""
+    rows = [
+        "| `config set` key | environment variable | field | value | default |",
+        "|---|---|---|---|---|",
+    ]
+    defaults = TelemetryConfig(app=app, db_path=Path("unused.db"), do_not_track=False)
+    for s in SETTINGS:
+        default = getattr(defaults, s.field)
+        shown = "-" if default is None else s.to_text(default)
+        value = s.expected() + (" (secret, masked)" if s.secret else "")
+        rows.append(
+            f"| `{s.key}` | `{s.env_name(app)}` | `{s.field}` | {value}: {s.help} | `{shown}` |"
+        )
+    return "\n".join(rows) + "\n"

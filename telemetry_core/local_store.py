@@ -36,6 +36,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUBMISSION_LOG_LIMIT",
     "LocalStore",
+    "foreign_reason",
+    "purge_files",
 ]
 
 #: How long a connection waits for another writer before failing, in milliseconds.
@@ -369,12 +371,7 @@ class LocalStore:
         ``-journal`` files and its write-behind spill files. The store cannot be used afterwards."""
         self._purged = True
         self.close()
-        remove_spill_files(self.path)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            except OSError as exc:
-                raise StorageError(f"cannot delete {self.path}{suffix}: {exc}") from exc
+        purge_files(self.path)
 
     def _forget_connections(self) -> None:
         """In a forked child: park the parent's connections and start afresh."""
@@ -388,6 +385,9 @@ class LocalStore:
     def _migrate(self) -> None:
         conn = self.connection()
         try:
+            # Before anything writes (even the switch to WAL): a file that is
+            # not ours is refused, never migrated, purged or changed.
+            self._check_ours(conn)
             self._enable_wal(conn)
             # The common case, a file already at this version, needs no write
             # lock: one read of the header, and the layout check.
@@ -421,6 +421,12 @@ class LocalStore:
                 f"cannot use telemetry database {self.path} ({exc}); "
                 "if the file is corrupt, delete it or run `telemetry disable --purge`"
             ) from exc
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file another program made (see :func:`foreign_reason`)."""
+        reason = _foreign_reason(self.path, conn)
+        if reason is not None:
+            raise StorageError(reason)
 
     def _check_layout(self, conn: sqlite3.Connection) -> None:
         # Migrations 1 and 3 were rewritten before the first release; a file
@@ -604,9 +610,11 @@ class LocalStore:
             for r in self._read("SELECT latency_ms FROM telemetry_submissions ORDER BY latency_ms")
         ]
         last = self._read("SELECT max(started_at) FROM telemetry_submissions")
+        # The newest error, unless a later request succeeded (then it is old news).
         last_error = self._read(
-            "SELECT error FROM telemetry_submissions WHERE error IS NOT NULL"
-            " ORDER BY id DESC LIMIT 1"
+            "SELECT error, started_at FROM telemetry_submissions WHERE error IS NOT NULL"
+            " AND id > coalesce((SELECT max(id) FROM telemetry_submissions"
+            " WHERE error IS NULL), 0) ORDER BY id DESC LIMIT 1"
         )
         return SubmissionStats(
             submissions=total,
@@ -624,9 +632,58 @@ class LocalStore:
             latency_p99_ms=_percentile(latencies, 99),
             last_submission_at=None if last[0][0] is None else float(last[0][0]),
             last_error=str(last_error[0][0]) if last_error else None,
+            last_error_at=float(last_error[0][1]) if last_error else None,
             queue_size=queue.pending,
             dead=queue.dead,
         )
+
+
+def _foreign_reason(path: Path, conn: sqlite3.Connection) -> str | None:
+    try:
+        names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        return (
+            f"{path} is not a telemetry database ({exc}); it was left unchanged. "
+            "Choose another file with --db, or delete this one if it is yours"
+        )
+    if names and not ("telemetry_events" in names and version >= 1):
+        return (
+            f"{path} is not a telemetry database (it holds other tables: "
+            f"{', '.join(sorted(names)[:3])}); it was left unchanged"
+        )
+    return None
+
+
+def foreign_reason(path: Path) -> str | None:
+    """Why ``path`` is not a telemetry database, or None when it is one, is empty
+    or does not exist. Reads only (SQLite ``mode=ro``): the file is never changed.
+
+    A telemetry database holds our first migration's table (``telemetry_events``)
+    at ``user_version`` 1 or more; anything else (another program's tables, a
+    file that is not SQLite) is refused by every command.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error as exc:
+        return f"cannot read {path}: {exc}; it was left unchanged"
+    try:
+        return _foreign_reason(path, conn)
+    finally:
+        conn.close()
+
+
+def purge_files(path: Path) -> None:
+    """Delete a telemetry database, its ``-wal``, ``-shm`` and ``-journal`` files
+    and its write-behind spill files."""
+    remove_spill_files(path)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}{suffix}: {exc}") from exc
 
 
 def _percentile(ordered: list[float], p: float) -> float | None:

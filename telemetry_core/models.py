@@ -15,6 +15,7 @@ __all__ = [
     "QueuedEvent",
     "SubmissionResult",
     "SubmissionStats",
+    "SubmitCall",
 ]
 
 #: A zero-argument callable returning seconds as a float. Wall clocks
@@ -87,13 +88,48 @@ class QueueStats:
 
 
 @attrs.frozen(kw_only=True)
+class SubmitCall:
+    """What one :meth:`TelemetryService.submit_now` call did (not the running totals).
+
+    ``sent`` events went out in ``requests`` requests: ``accepted``,
+    ``duplicates`` and ``rejected`` are the collector's verdicts; ``failed``
+    counts requests that failed, the last with ``error`` at ``error_at``.
+    ``stopped`` says why the call ended: ``done`` (nothing due is left),
+    ``rate_limited`` (the client rate limit paused sending), ``server_pause``
+    (the collector asked to wait with ``Retry-After``; nothing was sent),
+    ``retry`` (a failure; the rest is retried automatically), ``off`` (remote
+    submission is off) or ``limit`` (the call's batch cap). ``retry_at`` is the
+    wall-clock time (epoch seconds) of the next attempt when the call left
+    events waiting, else None.
+    """
+
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    error: str | None = None
+    error_at: float | None = None
+    stopped: str = "done"
+    retry_at: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """True when the call ended with nothing due left and no failure."""
+        return self.stopped == "done" and self.failed == 0
+
+
+@attrs.frozen(kw_only=True)
 class SubmissionStats:
     """Submission history, computed from the local submission log.
 
     Totals count requests (``submissions``) and events; ``success_rate`` is the
     share of requests that got a 2xx; latency percentiles are in milliseconds
     over the logged requests. ``queue_size`` and ``dead`` describe the queue at
-    the time of the snapshot.
+    the time of the snapshot. ``last_error`` is the newest failed request's
+    error, at ``last_error_at``, and is cleared once a later request succeeds.
+    ``last_call`` is what this process's latest ``submit_now()`` did (the value
+    ``submit_now()`` returns carries its own call), else None.
     """
 
     submissions: int = 0
@@ -113,6 +149,8 @@ class SubmissionStats:
     last_error: str | None = None
     queue_size: int = 0
     dead: int = 0
+    last_error_at: float | None = None
+    last_call: SubmitCall | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -8,7 +8,9 @@ of taking the host application down. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import logging
 import os
 import re
 import sys
@@ -58,6 +60,35 @@ DEFAULT_PLUGINS: Final[dict[str, str]] = {
 
 #: Comma-separated plugin names that must not be loaded or registered.
 DISABLE_ENV: Final = "TELEMETRY_CORE_DISABLE_PLUGINS"
+#: File (in the user's state directory) remembering the plugin load problems
+#: already reported, so a broken plugin warns once per install.
+REPORTED_FILE: Final = "plugin-load-warnings"
+_REPORTED_LIMIT: Final = 200
+
+logger = logging.getLogger("telemetry_core")
+
+
+def _first_report(message: str) -> bool:
+    """True the first time ``message`` is seen on this machine (for this user);
+    remembered in the user state directory. Any file error counts as a first time."""
+    import platformdirs
+
+    digest = hashlib.sha256(message.encode("utf-8", "replace")).hexdigest()[:32]
+    path = os.path.join(platformdirs.user_state_dir("telemetry-core"), REPORTED_FILE)
+    try:
+        with open(path, encoding="ascii") as file:
+            seen = file.read().split()
+    except OSError:
+        seen = []
+    if digest in seen:
+        return False
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="ascii") as file:
+            file.write("\n".join([*seen[-(_REPORTED_LIMIT - 1) :], digest]) + "\n")
+    except OSError:
+        pass
+    return True
 
 
 def _may_have_entry_points(group: str) -> bool:
@@ -109,7 +140,8 @@ def _entry_points(group: str) -> Sequence[EntryPoint]:
 
 
 class PluginLoadWarning(UserWarning):
-    """A third-party plugin failed to load or register and was skipped."""
+    """Kept for compatibility: load problems are now logged (once per install) and
+    listed in :attr:`PluginHost.load_warnings`, not issued as warnings."""
 
 
 class PluginObserverWarning(UserWarning):
@@ -156,6 +188,9 @@ class PluginHost:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self._dists: dict[str, tuple[str | None, str | None]] = {}
+        #: Every third-party plugin load problem of this host (``telemetry plugins``
+        #: repeats them); each is logged only the first time on this install.
+        self.load_warnings: list[str] = []
         for name in self.disabled:
             self.pm.set_blocked(name)
         for name, module in DEFAULT_PLUGINS.items():
@@ -213,14 +248,19 @@ class PluginHost:
 
     def _skip(self, ep: EntryPoint, exc: Exception) -> None:
         """Warn about (or, in strict mode, raise) a third-party plugin that failed."""
-        why = f"{type(exc).__name__}: {exc}"
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
         if self.strict:
             raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {why}") from exc
-        warnings.warn(
-            f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}): {why}",
-            PluginLoadWarning,
-            stacklevel=4,
-        )
+        dist = ep.dist
+        version = f" {dist.name} {dist.version}" if dist is not None else ""
+        message = f"telemetry-core: skipping plugin {ep.name!r} ({ep.value}{version}): {why}"
+        self.load_warnings.append(message)
+        # A plain log line, once per install: not a `warnings` report with a
+        # source line, and not again on every command of a CLI app.
+        if _first_report(message):
+            logger.warning("%s (reported once; `telemetry plugins` lists it)", message)
+        else:
+            logger.debug("%s", message)
 
     # -- inspection ---------------------------------------------------------
 
@@ -261,7 +301,8 @@ class PluginHost:
     def _missing(self, kind: str, name: str) -> PluginError:
         names = sorted(p.name for p in self.providers() if p.kind == kind)
         return PluginError(
-            f"no {kind} provider named {name!r}; available: {', '.join(names) or 'none'}"
+            f"no {kind} plugin named {name!r} (available: {', '.join(names) or 'none'}); "
+            f"check the {kind} setting"
         )
 
     # -- providers ------------------------------------------------------------

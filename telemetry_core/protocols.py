@@ -13,7 +13,15 @@ from typing import Protocol, runtime_checkable
 from telemetry_core.models import QueuedEvent, QueueStats, SubmissionResult
 from telemetry_core.schema import Event, ServerInfo
 
-__all__ = ["Backoff", "Limiter", "PagedCleanup", "Storage", "Transport"]
+__all__ = [
+    "Backoff",
+    "Limiter",
+    "PagedCleanup",
+    "PersistentLimiter",
+    "RetryNow",
+    "Storage",
+    "Transport",
+]
 
 
 @runtime_checkable
@@ -155,4 +163,32 @@ class Limiter(Protocol):
 
     def wait_time(self, count: int = 1) -> float:
         """Seconds until ``count`` tokens are available (``inf`` if never)."""
+        ...
+
+
+@runtime_checkable
+class RetryNow(Protocol):
+    """Optional for a storage: make entries waiting for a retry due at once.
+
+    A user-run ``telemetry submit`` (or ``submit_now()``) tries now, past the
+    client's own backoff (DESIGN §5); a storage without this method keeps its
+    schedule.
+    """
+
+    def retry_now(self) -> int:
+        """Make every live, unleased entry waiting for a retry due now; return how many."""
+        ...
+
+
+@runtime_checkable
+class PersistentLimiter(Protocol):
+    """Optional for a limiter: its state can be saved and restored, so that a
+    CLI app running one process per command is limited across runs."""
+
+    def state(self) -> float:
+        """The tokens available now."""
+        ...
+
+    def restore(self, tokens: float, idle: float) -> None:
+        """Continue from ``tokens`` saved ``idle`` seconds ago (refilled for that time)."""
         ...

@@ -88,9 +88,10 @@ from telemetry_core.errors import (
     StorageError,
     TelemetryError,
 )
-from telemetry_core.models import QueueStats, SubmissionStats
+from telemetry_core.models import QueueStats, SubmissionStats, SubmitCall
 from telemetry_core.pii import find_pii
 from telemetry_core.plugin_host import PluginHost
+from telemetry_core.protocols import PersistentLimiter, RetryNow
 from telemetry_core.schema import (
     EVENT_TYPE_PATTERN,
     INT64_MAX,
@@ -136,6 +137,11 @@ WORKER_BUSY_TIMEOUT_MS: Final = 5000
 DROPPED_SPILL_FULL: Final = "dropped:spill_full"
 #: Counter of events that went through the write-behind journal.
 SPILLED: Final = "spilled"
+#: The share of ``max_queue_size`` past which the queue is reported as large.
+QUEUE_WARN_SHARE: Final = 0.8
+#: Stored-config keys of the limiter's state and of a collector-requested pause.
+_LIMITER_KEY: Final = "state.limiter"
+_SERVER_PAUSE_KEY: Final = "state.server-pause-until"
 # An event whose properties hold fewer characters than this cannot encode to
 # more than MAX_EVENT_BYTES (6 bytes per escaped character, plus every other
 # field at its maximum length), so its encoded size need not be measured.
@@ -187,7 +193,14 @@ def _at_exit() -> None:
     services = list(_services)
     if not services:
         return
-    budget = max(s.config.exit_timeout for s in services)
+    # A short-lived process sends what is due first, within config.exit_flush;
+    # the time it took comes out of the stop's budget, so exit waits at most
+    # max(exit_flush, exit_timeout) (plus the native-call grace).
+    started = time.monotonic()
+    flush_deadline = started + max(s.config.exit_flush for s in services)
+    for service in services:
+        service._flush_at_exit(flush_deadline)
+    budget = max(max(s.config.exit_timeout for s in services) - (time.monotonic() - started), 0)
     deadline = time.monotonic() + budget
     for service in services:
         service._signal_stop()
@@ -290,6 +303,9 @@ class TelemetryService:
         self._trusted: tuple[str, str, str | None] | None = None
         self._warned: set[str] = set()
         self._closed = False
+        self._last_call: SubmitCall | None = None
+        # enable() was called: the user's own consent, no stored withdrawal applies.
+        self._consent_given = False
         _install_process_hooks()
         _services.add(self)
 
@@ -339,12 +355,22 @@ class TelemetryService:
         """Stop the worker (bounded by ``timeout``, default ``config.exit_timeout``)
         and close the store's connections.
 
+        A running worker first gets up to ``config.exit_flush`` to send what is
+        due (not when offline or in backoff; not when ``timeout`` is given), so a
+        short-lived process that leaves a ``with`` block sends its events.
+
         The service may be used again: :meth:`track` still records (and
         queues), but the worker only starts again with :meth:`open`.
         """
+        spent = 0.0
+        if timeout is None:
+            started = time.monotonic()
+            self._flush_at_exit(started + self._config.exit_flush)
+            spent = time.monotonic() - started
         with self._lock:
             self._closed = True
-            budget = self._config.exit_timeout if timeout is None else timeout
+            # The flush's time comes out of the stop's budget (one exit bound).
+            budget = max(self._config.exit_timeout - spent, 0.0) if timeout is None else timeout
             deadline = self._monotonic() + budget
             stopped = self._stop_worker(budget)
             stopped = self._stop_cleaner(budget) and stopped
@@ -469,6 +495,7 @@ class TelemetryService:
         self._flush_counts()
         if spill_files(self._config.db_path):
             self._get_write_behind().adopt_orphans()
+        self._save_sender_state()
 
     def _flush_counts(self) -> None:
         """Write the counts kept in memory; what cannot be written stays there."""
@@ -508,12 +535,18 @@ class TelemetryService:
                 if self._config.strict:
                     raise
                 self._broken = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, (PluginError, ConfigError)):
+                    # A misspelled provider name is not a storage problem.
+                    logger.warning("telemetry-core: telemetry is disabled for this run: %s", exc)
+                    return None
                 logger.warning(
                     "telemetry-core: telemetry is disabled for this run, the local store %s "
                     "could not be opened: %s",
                     self._config.db_path,
                     exc,
                 )
+                return None
+            if not self._consent_given and not self._stored_consent(self._opened):
                 return None
             self._schedule_cleanup(self._opened)
             if spill_files(self._config.db_path):
@@ -523,6 +556,22 @@ class TelemetryService:
                 if not write_behind.merge_once():
                     write_behind.start()
             return self._opened
+
+    def _stored_consent(self, opened: _Opened) -> bool:
+        """Apply a withdrawal stored by the user (``telemetry disable``): it beats
+        consent the app's code gives (DESIGN §5). False when recording is off."""
+        try:
+            enabled = opened.store.get_config("enabled")
+            remote = opened.store.get_config("remote-enabled")
+        except (TelemetryError, sqlite3.Error):
+            return True
+        config = self._config
+        if enabled == "false" and config.enabled:
+            self._config = config.evolve(enabled=False, remote_enabled=False)
+            return False
+        if remote == "false" and config.remote_enabled:
+            self._config = config.evolve(remote_enabled=False)
+        return True
 
     def _open(self) -> _Opened:
         from telemetry_core.local_store import LocalStore
@@ -613,6 +662,7 @@ class TelemetryService:
 
     def _make_worker(self, opened: _Opened) -> SubmissionWorker:
         store = opened.store
+        self._restore_limiter(opened)
 
         def long_busy_timeout() -> None:
             # The worker may wait longer for a lock than the app, in slices
@@ -1042,18 +1092,23 @@ class TelemetryService:
 
     # -- submission ----------------------------------------------------------------
 
-    def submit_now(self, progress: Callable[[int, int], None] | None = None) -> SubmissionStats:
-        """Send every due event now, in this thread, and return the submission stats.
+    def submit_now(
+        self, progress: Callable[[int, int], None] | None = None, *, force: bool = False
+    ) -> SubmissionStats:
+        """Send every due event now, in this thread; return the submission stats
+        with ``last_call``, what this call did (see :class:`SubmitCall`).
 
-        Stops early on a retryable failure (the rest is retried on schedule), or
-        when the rate limit has no tokens left. ``progress(done, total)`` is
-        called after every batch. Does nothing when remote submission is off.
-        A transport that cannot be built (unknown name, bad endpoint) raises
-        :class:`PluginError` or :class:`ConfigError`: this is a call the user
-        made, so they hear about it.
+        Tries now, past the client's own backoff (entries waiting for a retry
+        become due), but not before the end of a pause the collector asked for
+        with ``Retry-After`` unless ``force``. Stops early on a retryable
+        failure (the rest is retried on schedule), or when the rate limit has
+        no tokens left. ``progress(done, total)`` is called after every batch.
+        Does nothing when remote submission is off. A transport that cannot be
+        built (unknown name, bad endpoint) raises :class:`PluginError` or
+        :class:`ConfigError`: this is a call the user made, so they hear about it.
         """
         if not self._config.sending:
-            return self.get_submission_stats()
+            return attrs.evolve(self.get_submission_stats(), last_call=SubmitCall(stopped="off"))
         opened = self._ensure_open()
         if opened is None:
             return SubmissionStats()
@@ -1061,6 +1116,30 @@ class TelemetryService:
             if self._worker is None:
                 self._worker = self._make_worker(opened)
             worker = self._worker
+        before = self.get_submission_stats()
+        pause = max(worker.server_pause_until, self._stored_server_pause(opened))
+        if force:
+            worker.clear_pause()
+        elif pause > self._clock():
+            call = SubmitCall(stopped="server_pause", retry_at=pause)
+            self._last_call = call
+            return attrs.evolve(before, last_call=call)
+        if isinstance(opened.storage, RetryNow):
+            opened.storage.retry_now()
+        worker.last_cycle = None
+        self._drain(opened, worker, progress)
+        self._after_cycle()
+        after = self.get_submission_stats()
+        call = self._call_result(before, after, worker)
+        self._last_call = call
+        return attrs.evolve(after, last_call=call)
+
+    def _drain(
+        self,
+        opened: _Opened,
+        worker: SubmissionWorker,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
         # Sending is the caller's explicit wish: wait for a lock like the worker.
         with lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000):
             write_behind = self._write_behind
@@ -1076,7 +1155,6 @@ class TelemetryService:
                     raise
                 self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
         self._flush_counts()
-        return self.get_submission_stats()
 
     def get_submission_stats(self) -> SubmissionStats:
         """Totals, success rate, retries, latency percentiles, last error, queue size.
@@ -1086,8 +1164,9 @@ class TelemetryService:
         """
         opened = self._ensure_open() if self._config.recording else self._open_existing()
         if opened is None:
-            return SubmissionStats()
-        return opened.store.submission_stats(opened.storage.stats())
+            return SubmissionStats(last_call=self._last_call)
+        stats = opened.store.submission_stats(opened.storage.stats())
+        return attrs.evolve(stats, last_call=self._last_call)
 
     def queue_stats(self) -> QueueStats:
         """A snapshot of the local queue (zeros when there is no store)."""
@@ -1209,6 +1288,115 @@ class TelemetryService:
             },
         }
 
+    # -- what one submit did, state kept between processes, queue warning ----------
+
+    def _call_result(
+        self, before: SubmissionStats, after: SubmissionStats, worker: SubmissionWorker
+    ) -> SubmitCall:
+        """This submit_now() call's result, from the totals before and after it."""
+        cycle = worker.last_cycle
+        reason = cycle.reason if cycle is not None else "empty"
+        failed = after.failed - before.failed
+        retry_at: float | None = None
+        stopped = "done"
+        if reason == "rate_limited":
+            stopped, retry_at = "rate_limited", self._clock() + (cycle.wait if cycle else 0.0)
+        elif reason in ("retry", "paused", "offline"):
+            stopped = "retry"
+            retry_at = worker.pause_until or self._clock() + self._config.submission_interval
+        elif reason == "sent":
+            stopped = "limit"
+        return SubmitCall(
+            sent=after.events_sent - before.events_sent,
+            accepted=after.events_accepted - before.events_accepted,
+            duplicates=after.events_duplicate - before.events_duplicate,
+            rejected=after.events_rejected - before.events_rejected,
+            failed=failed,
+            error=after.last_error if failed else None,
+            error_at=after.last_error_at if failed else None,
+            stopped=stopped,
+            retry_at=retry_at,
+        )
+
+    def _save_sender_state(self) -> None:
+        """After a worker cycle or a drain: write the limiter state and a
+        server-requested pause, and look at the queue's size."""
+        opened, worker = self._opened, self._worker
+        if opened is None:
+            return
+        try:
+            limiter = opened.limiter
+            if isinstance(limiter, PersistentLimiter):
+                opened.store.set_config(_LIMITER_KEY, f"{limiter.state()!r} {self._clock()!r}")
+            if worker is not None:
+                pause = worker.server_pause_until
+                if pause or opened.store.get_config(_SERVER_PAUSE_KEY) is not None:
+                    opened.store.set_config(_SERVER_PAUSE_KEY, repr(pause))
+            self._check_queue_size(opened)
+        except Exception as exc:
+            self._warn_once("state", "telemetry-core: could not save the sender's state: %r", exc)
+
+    def _restore_limiter(self, opened: _Opened) -> None:
+        """Continue the rate limit of earlier processes (a CLI runs one per command)."""
+        limiter = opened.limiter
+        if not isinstance(limiter, PersistentLimiter):
+            return
+        try:
+            saved = opened.store.get_config(_LIMITER_KEY)
+            if saved is not None:
+                tokens, at = (float(x) for x in saved.split())
+                limiter.restore(tokens, self._clock() - at)
+        except (ValueError, TelemetryError, sqlite3.Error) as exc:
+            logger.debug("telemetry-core: ignoring the saved limiter state: %r", exc)
+
+    def _stored_server_pause(self, opened: _Opened) -> float:
+        try:
+            return float(opened.store.get_config(_SERVER_PAUSE_KEY) or 0.0)
+        except (ValueError, TelemetryError):
+            return 0.0
+
+    def _check_queue_size(self, opened: _Opened) -> None:
+        warning = self.queue_warning(opened.storage.stats())
+        if warning is not None:
+            self._warn_once("queue_large", "telemetry-core: %s", warning)
+
+    def queue_warning(self, queue: QueueStats | None = None) -> str | None:
+        """A sentence when the queue holds more than :data:`QUEUE_WARN_SHARE` of
+        ``max_queue_size``: how full, the likely cause and what to do; else None."""
+        config = self._config
+        if queue is None:
+            queue = self.queue_stats()
+        held = queue.pending + queue.dead
+        if held <= QUEUE_WARN_SHARE * config.max_queue_size:
+            return None
+        share = 100 * held / config.max_queue_size
+        full = f"the queue holds {held} events ({share:.0f} % of max-queue-size)"
+        if not config.remote_enabled:
+            return f"{full}: remote submission is off; run `telemetry enable --remote`"
+        if config.transport == "https" and config.endpoint is None:
+            return (f"{full}: no endpoint is configured; run "
+                    "`telemetry enable --remote --endpoint URL`")  # fmt: skip
+        stats = self.get_submission_stats()
+        error = stats.last_error or ""
+        if any(f" {code}" in error for code in ("401", "403")):
+            return (f"{full}: the collector refuses the API key; set the right one with "
+                    "`telemetry config set remote-api-key KEY`")  # fmt: skip
+        if error:
+            return (f"{full}: the collector is failing or unreachable ({error[:120]}); events "
+                    "are retried automatically, `telemetry submit` tries now")  # fmt: skip
+        return (f"{full}: events are recorded faster than they are sent; raise "
+                "submission-rate-limit or lower submission-interval")  # fmt: skip
+
+    def _flush_at_exit(self, deadline: float) -> None:
+        """Give the worker of a short-lived process until ``deadline`` (at most
+        ``config.exit_flush``) to send what is due; never when offline or in backoff."""
+        worker = self._worker
+        if worker is None or not self._config.sending or self._config.exit_flush <= 0:
+            return
+        budget = min(self._config.exit_flush, deadline - time.monotonic())
+        if budget > 0:
+            worker.flush(budget)
+
     # -- consent -------------------------------------------------------------------
 
     def enable(self, *, remote: bool = False, endpoint: str | None = None) -> None:
@@ -1231,13 +1419,14 @@ class TelemetryService:
         if endpoint is not None:
             changes["endpoint"] = endpoint
         new = config.evolve(**changes)  # validates the endpoint before anything is written
+        self._consent_given = True
         with self._lock:
             self._stop_worker(config.exit_timeout)
             self._config = new
             self._broken = None
             opened = self._ensure_open()
             if opened is None:
-                raise StorageError(f"cannot open the local store {new.db_path}")
+                raise StorageError(f"cannot open the local store {new.db_path}: {self._broken}")
             opened.store.set_config("enabled", "true")
             if remote:
                 opened.store.set_config("remote-enabled", "true")

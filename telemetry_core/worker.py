@@ -203,6 +203,11 @@ class SubmissionWorker:
         self._info_checked = False
         self._context: str | None = None
         self._warned: set[str] = set()
+        # Set while an exit flush waits for the queue to run dry (see flush()).
+        self._flushing = threading.Event()
+        self._idle = threading.Event()
+        #: The cycle that ended the latest drain() (why it stopped).
+        self.last_cycle: CycleResult | None = None
 
     # -- state --------------------------------------------------------------
 
@@ -235,6 +240,17 @@ class SubmissionWorker:
         return self._context
 
     @property
+    def server_pause_until(self) -> float:
+        """Wall-clock end of a pause the collector asked for (``Retry-After``), else 0."""
+        return self.pause_until if self._server_pause else 0.0
+
+    def clear_pause(self) -> None:
+        """Forget every pause, the server's included (``submit --force``)."""
+        self._pause_deadline = 0.0
+        self._server_pause = False
+        self._offline = False
+
+    @property
     def offline(self) -> bool:
         """True after a network error, until ``transport.ping()`` succeeds."""
         return self._offline
@@ -262,6 +278,25 @@ class SubmissionWorker:
     def wake(self) -> None:
         """Run the next cycle now instead of at the end of the interval."""
         self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """At exit of a short-lived process: let the thread send what is due,
+        waiting at most ``timeout``; True when it ran out of due events.
+
+        Does nothing (False) when the thread is not running, is offline or in
+        a backoff pause: exiting must not wait on a collector known to be away.
+        """
+        if timeout <= 0 or not self.running or self._offline:
+            return False
+        if self.pause_until:
+            return False
+        self._idle.clear()
+        self._flushing.set()
+        self._wake.set()
+        try:
+            return self._idle.wait(timeout)
+        finally:
+            self._flushing.clear()
 
     def stop(self, timeout: float, *, grace: float = SHUTDOWN_GRACE) -> bool:
         """Stop the thread, waiting at most ``timeout`` seconds; True if it ended.
@@ -323,8 +358,9 @@ class SubmissionWorker:
                 )
             finally:
                 self._busy = None
-            if cycle.more:
+            if cycle.more or (cycle.reason == "sent" and self._flushing.is_set()):
                 continue
+            self._idle.set()
             wait = min(max(cycle.wait, 0.0), MAX_LOOP_WAIT)
             if self._wake.wait(wait):
                 self._wake.clear()
@@ -455,6 +491,7 @@ class SubmissionWorker:
         for _ in range(max_batches):
             cycle = self.run_once(honour_pause=False)
             done += cycle.handled
+            self.last_cycle = cycle
             if progress is not None and cycle.handled:
                 progress(done, max(total, done))
             if cycle.reason != "sent":
@@ -492,6 +529,7 @@ class SubmissionWorker:
             return len(batch), False
         self._transport_ready = True
         self._busy = busy
+        error = _redacted(error, self.config.api_key)
         self._record(started, t0, batch, error=error, retry=retry)
         if error.too_large:
             return self._split(batch, error)
@@ -657,3 +695,30 @@ class SubmissionWorker:
             self._log.log_submission(**fields)
         except Exception as exc:
             self._warn_once("log", "telemetry-core: could not write the submission log: %r", exc)
+
+
+def _redacted(error: TransportError, secret: str | None) -> TransportError:
+    """``error`` with every form of ``secret`` (the API key: as text, repr or
+    bytes repr, as an exception message may quote a header) masked, so that
+    it never reaches the submission log, ``last_error`` or ``stats --json``."""
+    text = str(error)
+    if not secret:
+        return error
+    forms = {secret, repr(secret)[1:-1]}
+    for codec in ("utf-8", "latin-1"):
+        forms.add(repr(secret.encode(codec, "replace"))[2:-1])
+    # The same quoted once more, as in the repr of an exception holding one.
+    forms |= {repr(form)[1:-1] for form in forms}
+    cleaned = text
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            cleaned = cleaned.replace(form, "***")
+    if cleaned == text:
+        return error
+    return TransportError(
+        cleaned,
+        retryable=error.retryable,
+        retry_after=error.retry_after,
+        status=error.status,
+        too_large=error.too_large,
+    )

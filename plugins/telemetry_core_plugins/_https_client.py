@@ -319,6 +319,8 @@ class HttpsClient:
             retry_after = parse_retry_after(
                 headers.get("Retry-After"), now=self._clock(), maximum=self._max_retry_after
             )
+            if retry_after is not None:
+                message += f" (the collector asks to retry after {retry_after:g} s)"
         return status_error(message, status, retry_after)
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:

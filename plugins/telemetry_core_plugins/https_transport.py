@@ -15,7 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from telemetry_core.config import validate_endpoint
+import attrs
+
+from telemetry_core.config import complete_endpoint, validate_endpoint
 from telemetry_core.errors import ConfigError
 from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import ProviderInfo
@@ -43,7 +45,8 @@ def _check_endpoint(endpoint: str | None) -> str:
 
 
 class HttpsTransport:
-    """Submits batches to ``config.endpoint`` (the full ``.../v1/submit`` URL).
+    """Submits batches to ``config.endpoint`` (the full ``.../v1/submit`` URL; an
+    empty path is completed to ``/v1/submit``).
 
     Certificates are always verified, against ``config.ca_bundle`` when set,
     else the system's trust store. Plain ``http://`` is refused except to
@@ -57,8 +60,10 @@ class HttpsTransport:
     """
 
     def __init__(self, config: TelemetryConfig, clock: Clock = time.time) -> None:
-        self._endpoint = _check_endpoint(config.endpoint)
-        self._config = config
+        # An endpoint without a path (https://host:8787) means the protocol's
+        # submit path (DESIGN §5), not "POST /" (a 405 for every batch).
+        self._endpoint = complete_endpoint(_check_endpoint(config.endpoint))
+        self._config = attrs.evolve(config, endpoint=self._endpoint)
         self._clock = clock
         self._lock = threading.Lock()
         self._client: HttpsClient | None = None

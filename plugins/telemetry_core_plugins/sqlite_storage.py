@@ -136,6 +136,10 @@ _REVIVE: Final = (
 )
 # Dead entries that died under other delivery settings than the given ones.
 _REVIVE_OTHERS: Final = _REVIVE + " AND dead_context IS NOT ?"
+_RETRY_NOW: Final = (
+    "UPDATE telemetry_queue INDEXED BY idx_telemetry_queue_next_retry_at SET next_retry_at = 0"
+    " WHERE dead = 0 AND next_retry_at > 0 AND lease_owner IS NULL"
+)
 _DEAD: Final = (
     "SELECT count(*) FROM telemetry_queue INDEXED BY idx_telemetry_queue_dead WHERE dead = 1"
 )
@@ -452,6 +456,12 @@ class SQLiteQueue:
         with self.store.transaction() as conn:
             conn.execute(_RELEASE, _held_params(held, owner))
         self._settle(held)
+
+    def retry_now(self) -> int:
+        """Make every live entry waiting for a retry (not leased) due now; return
+        how many (a user-run submit tries past the client's own backoff)."""
+        with self.store.transaction() as conn:
+            return max(conn.execute(_RETRY_NOW).rowcount, 0)
 
     def revive_dead(self, except_context: str | None = None) -> int:
         """Make dead entries due again with ``retry_count`` 0; return how many.

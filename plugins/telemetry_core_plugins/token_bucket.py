@@ -103,6 +103,20 @@ class TokenBucket:
             self._tokens = tokens
             return False
 
+    def state(self) -> float:
+        """The tokens available now (saved by the service between processes)."""
+        return self.tokens
+
+    def restore(self, tokens: float, idle: float) -> None:
+        """Continue from ``tokens`` saved ``idle`` seconds ago, refilled for that
+        time and capped at ``burst`` (a negative or odd input counts as none)."""
+        if not (math.isfinite(tokens) and math.isfinite(idle)):
+            return
+        with self._lock:
+            refilled = max(tokens, 0.0) + max(idle, 0.0) * self.rate
+            self._tokens = min(refilled, self.burst)
+            self._last = self._clock()
+
     def wait_time(self, count: int = 1) -> float:
         """Seconds until ``count`` tokens are available: 0 if they are now,
         ``math.inf`` if ``count > burst`` (never)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -316,3 +317,37 @@ def stats(  # noqa: PLR0917
         click.echo(msgspec.json.encode(result).decode())
     else:
         click.echo(format_stats_table(result))
+
+
+@main.command(name="dev-cert")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dev-cert"),
+    show_default=True,
+    help="Directory to write ca.pem, ca.key, server.pem and server.key into.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="A name or address the server certificate is for (repeatable; "
+    "default 127.0.0.1, localhost and ::1).",
+)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def dev_cert(out: Path, hosts: tuple[str, ...], force: bool) -> None:
+    """Write a local CA and a server certificate, for a collector on this machine.
+
+    For development and tests only (uses the openssl command). The client
+    trusts the CA with `telemetry config set ca-bundle OUT/ca.pem`.
+    """
+    from telemetry_core.collector.devcert import write_dev_certificates
+
+    try:
+        paths = write_dev_certificates(out, hosts or ("127.0.0.1", "localhost", "::1"), force=force)
+    except TelemetryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Wrote {', '.join(str(p) for p in paths.values())}.")
+    click.echo("Serve with:  telemetry-collector serve --tls-cert "
+               f"{paths['server.pem']} --tls-key {paths['server.key']} ...")  # fmt: skip
+    click.echo(f"Trust with:  telemetry config set ca-bundle {paths['ca.pem'].resolve()}")

@@ -44,6 +44,14 @@ def _free_port() -> int:
 
 
 def _tls_files(tmp: Path) -> tuple[Path, Path, Path] | None:
+    """A throwaway CA and server certificate: ``dev-cert`` (openssl), else trustme."""
+    from telemetry_core.collector.devcert import DevCertError, write_dev_certificates
+
+    try:
+        made = write_dev_certificates(tmp / "tls", ("127.0.0.1",))
+        return made["server.pem"], made["server.key"], made["ca.pem"]
+    except DevCertError:
+        pass
     try:
         import trustme
     except ImportError:

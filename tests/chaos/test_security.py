@@ -82,8 +82,17 @@ def test_plain_http_to_a_non_loopback_host_is_refused(
         TelemetryConfig(app="secapp", db_path=tmp_path / "t.db", endpoint=endpoint)
     with pytest.raises(ConfigError):
         TelemetryConfig.from_env(
-            "secapp", tmp_path / "t.db", environ={"SECAPP_TELEMETRY_ENDPOINT": endpoint}
+            "secapp",
+            tmp_path / "t.db",
+            environ={"SECAPP_TELEMETRY_ENDPOINT": endpoint},
+            strict=True,
         )
+    # Not strict: the environment's value is reported and not used (DESIGN §4).
+    lenient = TelemetryConfig.from_env(
+        "secapp", tmp_path / "t.db", environ={"SECAPP_TELEMETRY_ENDPOINT": endpoint}
+    )
+    assert lenient.endpoint is None
+    assert any("SECAPP_TELEMETRY_ENDPOINT" in problem for problem in lenient.problems)
     # A configuration that bypassed validation is refused again by the transport.
     from telemetry_core_plugins.https_transport import HttpsTransport
 

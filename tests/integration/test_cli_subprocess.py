@@ -132,3 +132,111 @@ def test_do_not_track_writes_nothing(
     assert proc.returncode == 1
     assert "DO_NOT_TRACK" in proc.stderr
     assert not db.exists()
+
+
+def test_status_into_a_closed_pipe_prints_no_broken_pipe(
+    telemetry_exe: str, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "telemetry.db"
+    telemetry(telemetry_exe, base_env, "--db", str(db), "enable")
+    # `telemetry status | head -1`, with a reader that closes the pipe at once.
+    status = subprocess.Popen(
+        [telemetry_exe, "--db", str(db), "status"],
+        env=base_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert status.stdout is not None
+    first = status.stdout.readline()
+    status.stdout.close()
+    _, err = status.communicate(timeout=TIMEOUT)
+    assert first.startswith("Telemetry for automatosx: enabled")
+    assert "Broken pipe" not in err
+    assert "Traceback" not in err
+
+
+def test_the_generic_help_presents_no_default_app(
+    telemetry_exe: str, base_env: dict[str, str]
+) -> None:
+    out = telemetry(telemetry_exe, base_env, "--help").stdout
+    assert "automatosx" not in out
+    assert "TELEMETRY_APP" in out
+
+
+def test_a_bad_environment_value_never_raises_into_the_command(
+    telemetry_exe: str, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "AUTOMATOSX_TELEMETRY_INTERVAL": "5s"}
+    proc = telemetry(telemetry_exe, env, "--db", str(tmp_path / "t.db"), "status")
+    assert "AUTOMATOSX_TELEMETRY_INTERVAL" in proc.stdout
+    assert "milliseconds, e.g. 300000" in proc.stdout
+
+
+_AX_APP = '''
+import sys
+import click
+from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core.cli import make_cli
+
+ENDPOINT, CA, DB = sys.argv[1], sys.argv[2], sys.argv[3]
+del sys.argv[1:4]
+
+
+def telemetry_config() -> TelemetryConfig:
+    # What an app ships: endpoint (no path), key and CA in code, its own db path.
+    return TelemetryConfig(app="ax", db_path=DB, enabled=True, remote_enabled=True,
+                           endpoint=ENDPOINT, api_key="ax-in-code-key-0123", ca_bundle=CA)
+
+
+@click.group()
+def ax() -> None:
+    """The ax tool."""
+
+
+@ax.command()
+def run() -> None:
+    """Do the app's work (and record it)."""
+    with TelemetryService(telemetry_config(), background=False) as telemetry:
+        telemetry.track("command_executed", {"command": "run"})
+
+
+ax.add_command(make_cli("ax", config=telemetry_config), name="telemetry")
+ax(prog_name="ax")  # as the installed `ax` console script
+'''
+
+
+def test_an_app_mounting_the_cli_with_its_in_code_config_shows_and_delivers(
+    base_env: dict[str, str], fake_collector: FakeCollector, tmp_path: Path
+) -> None:
+    fake_collector.api_keys = {"ax-in-code-key-0123"}
+    script = tmp_path / "ax.py"
+    script.write_text(_AX_APP, encoding="utf-8")
+    assert fake_collector.ca_path is not None
+    prefix = [sys.executable, str(script), fake_collector.url, fake_collector.ca_path]
+    prefix.append(str(tmp_path / "ax.db"))
+
+    def ax(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*prefix, *args], env=base_env, capture_output=True, text=True, timeout=TIMEOUT,
+            check=False,
+        )  # fmt: skip
+        assert "Traceback" not in proc.stderr
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    for _ in range(3):
+        ax("run")
+    status = ax("telemetry", "status")
+    assert status.stdout.splitlines()[0] == (
+        f"Telemetry for ax: enabled, sending to {fake_collector.submit_url}."
+    )
+    assert "3 events pending" in status.stdout
+    submit = ax("telemetry", "submit")
+    assert "Sent 3 events: 3 accepted" in submit.stdout
+    assert len(fake_collector.event_ids) == 3
+    ax("telemetry", "disable", "--remote")
+    refused = ax("telemetry", "submit", check=False)
+    assert refused.returncode == 1
+    assert "`ax telemetry enable --remote`" in refused.stderr

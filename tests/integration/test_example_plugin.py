@@ -95,15 +95,17 @@ tmp = Path(sys.argv[1])
 records = {r.name: r for r in PluginHost(strict=True).plugins()}
 record = records["file-drop"]
 out = tmp / "dropped.jsonl"
-config = TelemetryConfig(
-    app="exampletest",
-    db_path=tmp / "telemetry.db",
+# No endpoint: a third-party transport needs none; its option comes from the
+# environment (<APP>_TELEMETRY_<PLUGIN>_<OPTION>), its name too.
+config = TelemetryConfig.from_env(
+    "exampletest",
+    tmp / "telemetry.db",
+    environ={
+        "EXAMPLETEST_TELEMETRY_TRANSPORT": "file-drop",
+        "EXAMPLETEST_TELEMETRY_FILE_DROP_PATH": str(out),
+    },
     enabled=True,
     remote_enabled=True,
-    # Never contacted: the file-drop transport ignores the endpoint.
-    endpoint="https://127.0.0.1:9/v1/submit",
-    transport="file-drop",
-    options={"file_drop.path": str(out)},
     strict=True,
 )
 with TelemetryService(config) as telemetry:

@@ -516,3 +516,23 @@ def test_reset_on_a_large_body_stays_a_retryable_network_error(
         transport.submit_batch(events)
     assert (info.value.retryable, info.value.too_large, info.value.status) == (True, False, None)
     assert transport.submit_batch(events).accepted == 900
+
+
+def test_an_endpoint_without_a_path_submits_to_v1_submit(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    transport = make_transport(fake_collector, endpoint=fake_collector.url)
+    assert transport.endpoint == fake_collector.submit_url
+    events = make_events(2)
+    assert transport.submit_batch(events).accepted == 2
+    assert fake_collector.event_ids == [e.id for e in events]
+
+
+def test_a_429_message_says_the_servers_retry_delay(
+    fake_collector: FakeCollector, make_transport: Factory
+) -> None:
+    fake_collector.script(Reply(status=429, headers={"Retry-After": "42"}))
+    with pytest.raises(TransportError) as info:
+        make_transport(fake_collector).submit_batch(make_events(1))
+    assert "429" in str(info.value)
+    assert "retry after 42 s" in str(info.value)

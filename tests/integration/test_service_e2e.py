@@ -199,3 +199,99 @@ def test_exit_with_pending_events_and_the_endpoint_down_is_clean_every_time(
         codes.append(proc.returncode)
         assert proc.returncode == 0, (codes, proc.stderr[-2000:])
     assert codes == [0] * 30
+
+
+_SHORT_LIVED_APP = textwrap.dedent(
+    """
+    import sys, time
+    from telemetry_core import TelemetryConfig, TelemetryService
+
+    db, endpoint, ca, exit_flush = sys.argv[1:5]
+    config = TelemetryConfig(app="oneshot", db_path=db, enabled=True, remote_enabled=True,
+                             endpoint=endpoint, ca_bundle=ca, api_key="k-123",
+                             do_not_track=False, exit_flush=float(exit_flush))
+    telemetry = TelemetryService(config)
+    telemetry.track("command_executed", {"n": 0})
+    time.sleep(0.5)  # the worker's first cycle sends this one; later ones wait an interval
+    for n in range(1, 5):
+        telemetry.track("command_executed", {"n": n})
+    # A one-shot CLI run ends here, without close() or submit_now().
+    """
+)
+
+
+def _run_short_lived(tmp_path: Path, collector: FakeCollector, exit_flush: float) -> float:
+    db = tmp_path / f"oneshot-{exit_flush}.db"
+    argv = [sys.executable, "-c", _SHORT_LIVED_APP, str(db), collector.submit_url]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*argv, collector.ca_path, str(exit_flush)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return time.monotonic() - started
+
+
+def test_a_short_lived_process_sends_its_events_at_exit(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    _run_short_lived(tmp_path, fake_collector, exit_flush=0.25)
+    assert len(fake_collector.event_ids) == 5
+
+
+def test_exit_flush_zero_leaves_the_events_queued_for_the_next_run(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    _run_short_lived(tmp_path, fake_collector, exit_flush=0.0)
+    assert len(fake_collector.event_ids) == 1
+
+
+def test_no_exit_flush_while_the_collector_is_down(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = tmp_path / "down.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHORT_LIVED_APP, str(db), f"https://127.0.0.1:{port}/v1/submit",
+         "/nonexistent-ca.pem", "5.0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Offline after the first failure: the 5 s budget is not spent waiting.
+    config = TelemetryConfig(app="oneshot", db_path=db, enabled=True, do_not_track=False)
+    with TelemetryService(config, background=False) as service:
+        assert service.queue_stats().pending == 5
+
+
+_WITH_BLOCK_APP = textwrap.dedent(
+    """
+    import sys, time
+    from telemetry_core import TelemetryConfig, TelemetryService
+
+    db, endpoint, ca = sys.argv[1:4]
+    config = TelemetryConfig(app="oneshot", db_path=db, enabled=True, remote_enabled=True,
+                             endpoint=endpoint, ca_bundle=ca, api_key="k-123",
+                             do_not_track=False)
+    with TelemetryService(config) as telemetry:
+        telemetry.track("command_executed", {"n": 0})
+        time.sleep(0.5)  # the worker's first cycle sends this one
+        for n in range(1, 5):
+            telemetry.track("command_executed", {"n": n})
+    """
+)
+
+
+def test_leaving_a_with_block_sends_what_is_due_within_the_exit_flush(
+    tmp_path: Path, fake_collector: FakeCollector
+) -> None:
+    assert fake_collector.ca_path is not None
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITH_BLOCK_APP, str(tmp_path / "with.db"),
+         fake_collector.submit_url, fake_collector.ca_path],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(fake_collector.event_ids) == 5

@@ -34,6 +34,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name == "DO_NOT_TRACK" or "_TELEMETRY_" in name:
             monkeypatch.delenv(name)
+    # Problems are reported once per process: each test starts a fresh "process".
+    monkeypatch.setattr("telemetry_core.config._reported", set())
 
 
 def store(db_path: Path, **values: str) -> None:
@@ -334,11 +336,100 @@ def test_env_booleans_and_empty_values(tmp_path: Path) -> None:
         ("ENDPOINT", "nonsense"),
     ],
 )
-def test_a_bad_env_value_names_the_variable(tmp_path: Path, suffix: str, raw: str) -> None:
+def test_a_bad_env_value_raises_in_strict_mode_naming_the_variable(
+    tmp_path: Path, suffix: str, raw: str
+) -> None:
     with pytest.raises(ConfigError) as info:
-        TelemetryConfig.from_env(APP, tmp_path / "t.db", environ={PREFIX + suffix: raw})
+        TelemetryConfig.from_env(
+            APP, tmp_path / "t.db", environ={PREFIX + suffix: raw}, strict=True
+        )
     assert PREFIX + suffix in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "raw", "field"),
+    [
+        ("INTERVAL", "5s", "submission_interval"),
+        ("BATCH_SIZE", "ten", "submission_batch_size"),
+        ("ENDPOINT", "nonsense", "endpoint"),
+        ("TIMEOUT", "-1", "timeout"),
+    ],
+)
+def test_a_bad_env_value_is_reported_once_and_the_default_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, suffix: str, raw: str, field: str
+) -> None:
+    environ = {PREFIX + suffix: raw}
+    with caplog.at_level("WARNING", logger="telemetry_core"):
+        first = TelemetryConfig.from_env(APP, tmp_path / "t.db", environ=environ)
+        again = TelemetryConfig.from_env(APP, tmp_path / "t.db", environ=environ)
+    assert getattr(first, field) == getattr(make(tmp_path), field)
+    assert again.problems == first.problems
+    assert len(first.problems) == 1
+    assert PREFIX + suffix in first.problems[0]
+    assert [r.getMessage() for r in caplog.records].count(
+        "telemetry-core: " + first.problems[0]
+    ) == 1
+
+
+def test_a_bad_interval_message_says_the_unit(tmp_path: Path) -> None:
+    config = TelemetryConfig.from_env(APP, tmp_path / "t.db", environ={PREFIX + "INTERVAL": "5s"})
+    assert "milliseconds" in config.problems[0]
+    assert "e.g. 300000" in config.problems[0]
+
+
+def test_a_bad_env_value_falls_back_to_the_stored_value(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    store(db, **{"submission-batch-size": "50"})
+    config = TelemetryConfig.from_env(APP, db, environ={PREFIX + "BATCH_SIZE": "lots"})
+    assert config.submission_batch_size == 50
+
+
+def test_an_explicit_bad_argument_still_raises(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="submission_batch_size"):
+        TelemetryConfig.from_env(APP, tmp_path / "t.db", environ={}, submission_batch_size=0)
+
+
+@pytest.mark.parametrize("key", ["abc\r\nX-Evil: 1", "clé-\u2603", "tab\there"])
+def test_an_api_key_that_cannot_be_a_header_is_refused_naming_the_setting(
+    tmp_path: Path, key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make(tmp_path, api_key=key)
+    assert info.value.setting == "api_key"
+    assert key not in str(info.value)
+    config = TelemetryConfig.from_env(APP, tmp_path / "t.db", environ={PREFIX + "API_KEY": key})
+    assert config.api_key is None
+    assert PREFIX + "API_KEY" in config.problems[0]
+
+
+def test_a_latin1_api_key_is_accepted(tmp_path: Path) -> None:
+    assert make(tmp_path, api_key="clé-0123456789").api_key == "clé-0123456789"
+
+
+def test_unknown_env_variables_and_dotted_stored_keys_are_plugin_options(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    store(db, **{"file-drop.mode": "append"})
+    environ = {PREFIX + "FILE_DROP_PATH": "events/x.jsonl"}
+    config = TelemetryConfig.from_env(APP, db, environ=environ)
+    assert config.plugin_option("file-drop", "path") == "events/x.jsonl"
+    assert config.plugin_option("file_drop", "mode") == "append"
+    assert config.plugin_option("file-drop", "other", "x") == "x"
+
+
+def test_a_third_party_transport_sends_without_an_https_endpoint(tmp_path: Path) -> None:
+    config = make(tmp_path, enabled=True, remote_enabled=True, transport="spool")
+    assert config.sending
+    assert not make(tmp_path, enabled=True, remote_enabled=True).sending
+
+
+def test_every_setting_has_one_row_used_by_env_and_stored_keys() -> None:
+    from telemetry_core.config import SETTINGS
+
+    fields = {f.name for f in attrs.fields(TelemetryConfig)}
+    assert {s.field for s in SETTINGS} <= fields
+    assert len({s.field for s in SETTINGS}) == len(SETTINGS)
+    assert {s.env for s in SETTINGS if s.env} == set(ENV_KEYS)
 
 
 def test_every_env_key_is_a_config_field() -> None:
@@ -406,8 +497,11 @@ def test_a_bad_stored_value_names_the_key(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     store(db, **{"submission-batch-size": "lots"})
     with pytest.raises(ConfigError) as info:
-        TelemetryConfig.from_env(APP, db, environ={})
+        TelemetryConfig.from_env(APP, db, environ={}, strict=True)
     assert "submission-batch-size" in str(info.value)
+    config = TelemetryConfig.from_env(APP, db, environ={})
+    assert config.submission_batch_size == 100
+    assert "submission-batch-size" in config.problems[0]
 
 
 def test_read_stored_config_never_creates_a_file(tmp_path: Path) -> None:
@@ -538,3 +632,14 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
         submission_rate_limit=MAX_RATE_LIMIT,
     )
     assert config.submission_batch_size == MAX_BATCH_EVENTS
+
+
+def test_the_settings_table_in_the_docs_is_generated_from_the_setting_rows() -> None:
+    from telemetry_core.config import settings_markdown
+
+    text = (Path(__file__).parents[2] / "docs" / "client.md").read_text(encoding="utf-8")
+    start = text.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
+    end = text.index("<!-- settings-table:end -->")
+    assert text[start:end].strip() == settings_markdown().strip(), (
+        "docs/client.md is stale: paste telemetry_core.config.settings_markdown() into it"
+    )

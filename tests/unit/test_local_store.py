@@ -461,3 +461,29 @@ def test_connections_use_a_small_page_cache(store: LocalStore) -> None:
     thread.join(10)
     assert store.connection().execute("PRAGMA cache_size").fetchone()[0] == -CACHE_SIZE_KIB
     assert per_thread == [-CACHE_SIZE_KIB]
+
+
+def _foreign_sqlite(path: Path) -> bytes:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes(body) VALUES ('keep me')")
+    conn.close()
+    return path.read_bytes()
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_byte_for_byte_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    before = _foreign_sqlite(path)
+    with pytest.raises(StorageError, match="not a telemetry database"):
+        LocalStore(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"plain text, not a database\n" * 200)
+    with pytest.raises(StorageError, match=r"not a (telemetry )?database"):
+        LocalStore(path)
+    assert path.read_bytes() == b"plain text, not a database\n" * 200

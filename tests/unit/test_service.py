@@ -1085,3 +1085,34 @@ def test_status_flags_a_retention_longer_than_the_collectors_dedup_window(
         status = service.status()
     assert status["collector_dedup_window_days"] == 7
     assert status["retention_exceeds_dedup_window"] is True
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        lambda key: RuntimeError(f"Invalid header value {key.encode('latin-1')!r}"),
+        lambda key: ValueError(f"header X-API-Key: {key!r} rejected"),
+        lambda key: TransportError(f"proxy said: bad key {key}", retryable=True),
+    ],
+)
+def test_whatever_a_transport_raises_reaches_last_error_without_the_api_key(
+    tmp_path: Path, raised: Any
+) -> None:
+    key = "clé-secrète-0123456789"  # latin-1: accepted, but an http client may quote it
+    transport = FakeTransport()
+    transport.script = [raised(key)]
+    config = TelemetryConfig(
+        app="demo", db_path=tmp_path / "t.db", enabled=True, remote_enabled=True,
+        transport="fake", api_key=key, do_not_track=False,
+    )  # fmt: skip
+    service = TelemetryService(config, plugins=[FakeTransportPlugin(transport)], background=False)
+    try:
+        service.track("command_executed")
+        stats = service.submit_now()
+    finally:
+        service.close()
+    assert stats.last_error is not None
+    assert "***" in stats.last_error
+    text = json.dumps(msgspec.to_builtins(stats))
+    for form in (key, repr(key)[1:-1], repr(key.encode("latin-1"))[2:-1]):
+        assert form not in text

@@ -75,8 +75,10 @@ class FileDropTransport:
 
 
 def output_path(config: TelemetryConfig) -> Path:
-    """Where batches go: option, then environment, then next to the database."""
-    configured = config.options.get(PATH_OPTION) or os.environ.get(PATH_ENV)
+    """Where batches go: the plugin option ``file-drop.path`` (in code, from
+    ``<APP>_TELEMETRY_FILE_DROP_PATH`` or ``telemetry config set file-drop.path``),
+    then ``$TELEMETRY_FILE_DROP_PATH``, then next to the database."""
+    configured = config.plugin_option(NAME, "path") or os.environ.get(PATH_ENV)
     if configured:
         return Path(configured).expanduser()
     return config.db_path.with_name("file-drop.jsonl")
