@@ -128,9 +128,12 @@ def _stored(db: Path) -> int:
 
 
 def _fill(db: Path, n: int = 30) -> None:
+    """The app ran before: ``n`` events stored, its daily retention cleanup done
+    (so a later run starts no cleanup of its own that could race the scenario)."""
     with TelemetryService(_config(db)) as service:
         for i in range(n):
             assert service.track("host.before", {"i": i}) is not None
+        service.cleanup()
 
 
 @pytest.fixture
