@@ -345,7 +345,27 @@ class PluginHost:
             raise self._missing("storage", config.storage)
         return result
 
+    def register(self, plugin: object) -> None:
+        """Register an embedding app's own plugin object (validated at once)."""
+        try:
+            self.pm.register(plugin)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid plugin: {exc}") from exc
+
     # -- observers ------------------------------------------------------------
+
+    def scrub_verdicts_reusable(self) -> bool:
+        """True when every ``telemetry_scrub_event`` implementation declares
+        ``TELEMETRY_SCRUB_PER_PROPERTY = True`` on its plugin: its verdict on a
+        property depends on that key and value alone, and what it leaves never
+        holds what :func:`telemetry_core.pii.find_pii` finds. The recorder may
+        then remember verdicts and skip the re-check (see
+        :mod:`telemetry_core.recorder`)."""
+        impls = self._scrub_caller.get_hookimpls()
+        return bool(impls) and all(
+            getattr(impl.plugin, "TELEMETRY_SCRUB_PER_PROPERTY", False) is True for impl in impls
+        )
 
     def scrub_event(self, event_type: str, properties: dict[str, PropertyValue]) -> None:
         """Run the scrubbing chain over ``properties`` in place.

@@ -24,7 +24,12 @@ if TYPE_CHECKING:
     from telemetry_core.models import ProviderInfo
     from telemetry_core.schema import PropertyValue
 
-__all__ = ["REDACTED", "local_identifiers", "scrub_text"]
+__all__ = ["REDACTED", "TELEMETRY_SCRUB_PER_PROPERTY", "local_identifiers", "scrub_text"]
+
+#: Declared to the plugin host: this scrubber decides each property from its key
+#: and value alone, and leaves nothing :func:`~telemetry_core.pii.find_pii` finds,
+#: so its verdicts may be remembered (see :mod:`telemetry_core.recorder`).
+TELEMETRY_SCRUB_PER_PROPERTY: Final = True
 
 
 @cache

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import random
 import sqlite3
@@ -58,12 +57,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
 
-from telemetry_core import privacy
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
     fork_guard,
@@ -89,22 +87,12 @@ from telemetry_core.errors import (
     TelemetryError,
 )
 from telemetry_core.models import QueueStats, SubmissionStats, SubmitCall
-from telemetry_core.pii import find_pii
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.protocols import PersistentLimiter, RetryNow
+from telemetry_core.recorder import Recorder, counter_name
 from telemetry_core.schema import (
-    EVENT_TYPE_PATTERN,
-    INT64_MAX,
-    INT64_MIN,
-    MAX_EVENT_BYTES,
-    MAX_PROPERTIES,
-    MAX_PROPERTY_KEY_LENGTH,
-    MAX_PROPERTY_VALUE_LENGTH,
-    MAX_SHORT_STRING_LENGTH,
     Event,
     PropertyValue,
-    new_event_id,
-    validate_event,
 )
 from telemetry_core.worker import DEDUP_WINDOW_KEY, SubmissionWorker
 
@@ -124,10 +112,6 @@ __all__ = [
 
 logger = logging.getLogger("telemetry_core")
 
-#: Scrubbing verdicts remembered per service (cleared when full); string values
-#: longer than _SCRUB_CACHE_VALUE_LENGTH are never remembered.
-_SCRUB_CACHE_SIZE: Final = 2048
-_SCRUB_CACHE_VALUE_LENGTH: Final = 256
 #: How long the app's connection waits in SQLite for another process's write
 #: lock (milliseconds) before ``track()`` spills the event instead.
 APP_BUSY_TIMEOUT_MS: Final = 2
@@ -142,15 +126,6 @@ QUEUE_WARN_SHARE: Final = 0.8
 #: Stored-config keys of the limiter's state and of a collector-requested pause.
 _LIMITER_KEY: Final = "state.limiter"
 _SERVER_PAUSE_KEY: Final = "state.server-pause-until"
-# An event whose properties hold fewer characters than this cannot encode to
-# more than MAX_EVENT_BYTES (6 bytes per escaped character, plus every other
-# field at its maximum length), so its encoded size need not be measured.
-_SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
-_MISSING: Final = object()
-#: validate_event's bound on duration_ms.
-_MAX_DURATION_MS: Final = 1e15
-#: Scrub verdict: the property stays as it is.
-_KEEP: Final = object()
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -214,10 +189,6 @@ def _after_fork_in_child() -> None:
         service._reset_after_fork()
 
 
-def _counter_name(prefix: str, code: str) -> str:
-    return f"{prefix}:{code}"
-
-
 @attrs.frozen(kw_only=True)
 class _Opened:
     """The providers of an open service (one per process)."""
@@ -272,7 +243,7 @@ class TelemetryService:
             host = PluginHost(strict=config.strict, plugins=plugins)
         else:
             for plugin in plugins:
-                host.pm.register(plugin)
+                host.register(plugin)
         self._host = host
         self._clock = clock
         self._monotonic = monotonic
@@ -293,14 +264,7 @@ class TelemetryService:
         self._cleaner: Cleaner | None = None
         # The spill journal and its merger, made on the first locked write.
         self._write_behind: WriteBehind | None = None
-        # Verdicts of the bundled scrubber by property (key, or key and string
-        # value): _KEEP, or (new value or _MISSING for a dropped key, counter).
-        self._scrub_cache: dict[object, object] = {}
-        # The same verdicts for properties seen in a valid event, keyed by key
-        # and string value or key and type: such a property needs no check.
-        self._known: dict[object, object] = {}
-        # install_id, app and app_version of the last valid event.
-        self._trusted: tuple[str, str, str | None] | None = None
+        self._recorder = Recorder(host, self._count, clock)
         self._warned: set[str] = set()
         self._closed = False
         self._last_call: SubmitCall | None = None
@@ -590,7 +554,6 @@ class TelemetryService:
         except BaseException:
             store.close()
             raise
-        impls = self._host.pm.hook.telemetry_scrub_event.get_hookimpls()
         return _Opened(
             store=guarded(store),
             storage=guarded(storage),
@@ -598,7 +561,7 @@ class TelemetryService:
             backoff=backoff,
             limiter=limiter,
             install_id=install_id,
-            scrubbed_clean=[impl.plugin for impl in impls] == [privacy],
+            scrubbed_clean=self._host.scrub_verdicts_reusable(),
         )
 
     def _schedule_cleanup(self, opened: _Opened) -> None:
@@ -735,7 +698,7 @@ class TelemetryService:
         try:
             return self._track(event_type, properties, duration_ms, success, session_id)
         except EventRejected as exc:
-            self._count(_counter_name("rejected", exc.code))
+            self._count(counter_name("rejected", exc.code))
             if config.strict:
                 raise
             self._warn_once(
@@ -748,7 +711,7 @@ class TelemetryService:
         except Exception as exc:
             # Counted in memory: the store has just failed, counting there now
             # would wait (a lock) or fail a second time.
-            self._count(_counter_name("failed", type(exc).__name__), defer=True)
+            self._count(counter_name("failed", type(exc).__name__), defer=True)
             if config.strict:
                 if isinstance(exc, TelemetryError):
                     raise
@@ -773,170 +736,16 @@ class TelemetryService:
         opened = self._ensure_open()
         if opened is None:
             return None
-        if not isinstance(event_type, str) or not EVENT_TYPE_PATTERN.match(event_type):
-            raise EventRejected("invalid_type", "type must match ^[a-z][a-z0-9_.:-]{0,63}$")
         config = self._config
-        known = None
-        if (
-            opened.scrubbed_clean
-            and session_id is None
-            and self._trusted == (opened.install_id, config.app, config.app_version)
-        ):
-            known = self._known_properties(properties)
-        if known is not None:
-            return self._track_known(opened, event_type, known, duration_ms, success)
-        props, chars = _copy_properties(properties)
-        duration = _check_duration(duration_ms)
-        if success is not None and not isinstance(success, bool):
-            raise EventRejected("invalid_field", "success must be True, False or None")
-        if session_id is not None:
-            if not isinstance(session_id, str):
-                raise EventRejected("invalid_field", "session_id must be a string")
-            if len(session_id) > MAX_SHORT_STRING_LENGTH:
-                raise EventRejected(
-                    "invalid_field", f"session_id is longer than {MAX_SHORT_STRING_LENGTH}"
-                )
-            if find_pii(session_id) is not None:
-                raise EventRejected("pii", "session_id looks like personal data")
-        original: list[tuple[str, PropertyValue]] | None = None
-        if not props:
-            pass
-        elif opened.scrubbed_clean:
-            original = list(props.items())
-            self._scrub_bundled(event_type, props)
-        else:
-            before = dict(props)
-            self._host.scrub_event(event_type, props)
-            self._count_scrubbed(before, props)
-        if not opened.scrubbed_clean:
-            for key, value in props.items():
-                if isinstance(value, str) and (kind := find_pii(value)) is not None:
-                    raise EventRejected(
-                        "pii", f"property {key!r} still holds {kind} after scrubbing"
-                    )
-        now = self._clock()
-        timestamp = int(now * 1000)
-        event = Event(
-            id=new_event_id(),
-            type=event_type,
-            timestamp=timestamp,
-            install_id=opened.install_id,
-            app=self._config.app,
-            app_version=self._config.app_version,
+        event = self._recorder.build(
+            (opened.install_id, config.app, config.app_version),
+            event_type,
+            properties,
+            duration_ms=duration_ms,
+            success=success,
             session_id=session_id,
-            duration_ms=duration,
-            success=success,
-            properties=props,
+            remember=opened.scrubbed_clean,
         )
-        problem = validate_event(event, now_ms=timestamp)
-        if problem is not None:
-            raise EventRejected(*problem)
-        if chars >= _SMALL_EVENT_CHARS and len(_encoder.encode(event)) > MAX_EVENT_BYTES:
-            raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
-        if opened.scrubbed_clean:
-            self._learn(event, original)
-        return self._store(opened, event)
-
-    def _learn(self, event: Event, original: list[tuple[str, PropertyValue]] | None) -> None:
-        """Remember what a valid event showed: its fixed fields, and for each
-        property the scrubber's verdict, now known to yield a valid property."""
-        self._trusted = (event.install_id, event.app, event.app_version)
-        if not original:
-            return
-        verdicts = self._scrub_cache
-        known = self._known
-        if len(known) + len(original) > _SCRUB_CACHE_SIZE:
-            known.clear()
-        for key, value in original:
-            kind = type(value)
-            verdict = verdicts.get((key, value) if kind is str else key)
-            if verdict is not None:
-                known[(key, value) if kind is str else (key, kind)] = verdict
-
-    def _known_properties(
-        self, properties: Mapping[str, PropertyValue] | None
-    ) -> tuple[dict[str, PropertyValue], int, list[str] | None] | None:
-        """``properties`` scrubbed and checked when every one of them was seen
-        before in a valid event (the common case: apps repeat keys and values);
-        else None, and the full path decides.
-
-        Returns the properties to store, their characters (keys and string
-        values) and the scrub counters to add.
-        """
-        if properties is None:
-            return {}, 0, None
-        if type(properties) is not dict or len(properties) > MAX_PROPERTIES:
-            return None
-        known = self._known
-        props: dict[str, PropertyValue] = {}
-        chars = 0
-        counters: list[str] | None = None
-        for key, value in properties.items():
-            if type(key) is not str:
-                return None
-            kind = type(value)
-            if kind is str:
-                verdict = known.get((key, value))
-            else:
-                if (kind is int and not INT64_MIN <= value <= INT64_MAX) or (
-                    kind is float and not math.isfinite(value)
-                ):
-                    return None
-                verdict = known.get((key, kind))
-            if verdict is _KEEP:
-                props[key] = value
-                if kind is str:
-                    chars += len(value)
-            elif verdict is None:
-                return None
-            else:
-                new, counter = cast("tuple[object, str]", verdict)
-                if new is not _MISSING:
-                    props[key] = cast("PropertyValue", new)
-                    if type(new) is str:
-                        chars += len(new)
-                if counters is None:
-                    counters = []
-                counters.append(counter)
-            chars += len(key)
-        return props, chars, counters
-
-    def _track_known(
-        self,
-        opened: _Opened,
-        event_type: str,
-        known: tuple[dict[str, PropertyValue], int, list[str] | None],
-        duration_ms: float | None,
-        success: bool | None,
-    ) -> str | None:
-        """Record an event whose every part the service built or has seen valid
-        before: only what is new (duration, success, timestamp) is checked."""
-        props, chars, counters = known
-        duration = _check_duration(duration_ms)
-        if success is not None and not isinstance(success, bool):
-            raise EventRejected("invalid_field", "success must be True, False or None")
-        if counters is not None:
-            for counter in counters:
-                self._count(counter)
-        timestamp = int(self._clock() * 1000)
-        config = self._config
-        event = Event(
-            id=new_event_id(),
-            type=event_type,
-            timestamp=timestamp,
-            install_id=opened.install_id,
-            app=config.app,
-            app_version=config.app_version,
-            duration_ms=duration,
-            success=success,
-            properties=props,
-        )
-        if not 0 <= timestamp <= INT64_MAX:
-            raise EventRejected(
-                "invalid_timestamp", "timestamp must be milliseconds since the epoch"
-            )
-        if chars >= _SMALL_EVENT_CHARS and len(_encoder.encode(event)) > MAX_EVENT_BYTES:
-            raise EventRejected("too_large", f"the encoded event exceeds {MAX_EVENT_BYTES} bytes")
         return self._store(opened, event)
 
     def _store(self, opened: _Opened, event: Event) -> str | None:
@@ -960,10 +769,7 @@ class TelemetryService:
                 return None
         elif self._pending_counts:
             self._flush_counts()
-        # A cheap look at the implementations (kept up to date by pluggy on
-        # every registration) saves the hook call when nobody observes.
-        if self._host.pm.hook.telemetry_event_recorded.get_hookimpls():
-            self._host.event_recorded(event)
+        self._host.event_recorded(event)
         if sending and (self._worker is None or not self._worker.running):
             self._ensure_worker()
         return event.id
@@ -1026,69 +832,6 @@ class TelemetryService:
                 worker.wake()
             elif self._config.sending and not self._closed:
                 self._ensure_worker()
-
-    def _scrub_bundled(self, event_type: str, props: dict[str, PropertyValue]) -> None:
-        """Scrub ``props`` in place as the bundled scrubber (the only one
-        registered) does, remembering its verdict per property.
-
-        The bundled scrubber decides every property on its own, from its key
-        and value alone, and apps send the same keys and values again and
-        again: a verdict seen before costs one dict lookup. Only properties not
-        seen yet go through the scrubber (one call for all of them).
-        """
-        cache = self._scrub_cache
-        todo: dict[str, PropertyValue] | None = None
-        changes: list[tuple[str, object]] | None = None
-        for key, value in props.items():
-            verdict = cache.get((key, value) if type(value) is str else key)
-            if verdict is _KEEP:
-                continue
-            if verdict is None:
-                if todo is None:
-                    todo = {}
-                todo[key] = value
-            else:
-                if changes is None:
-                    changes = []
-                changes.append((key, verdict))
-        if todo is not None:
-            before = dict(todo)
-            privacy.telemetry_scrub_event(event_type, todo)
-            if len(cache) + len(before) > _SCRUB_CACHE_SIZE:
-                cache.clear()
-            for key, value in before.items():
-                new = todo.get(key, _MISSING)
-                if new is value or (new is not _MISSING and new == value):
-                    verdict = _KEEP
-                else:
-                    kind = find_pii(value) if isinstance(value, str) else None
-                    verdict = (new, _counter_name("scrubbed", kind or "identifier"))
-                    if changes is None:
-                        changes = []
-                    changes.append((key, verdict))
-                if type(value) is not str:
-                    cache[key] = verdict
-                elif len(value) <= _SCRUB_CACHE_VALUE_LENGTH:
-                    cache[(key, value)] = verdict
-        if changes is not None:
-            for key, verdict in changes:
-                new, counter = cast("tuple[object, str]", verdict)
-                if new is _MISSING:
-                    del props[key]
-                else:
-                    props[key] = cast("PropertyValue", new)
-                self._count(counter)
-
-    def _count_scrubbed(
-        self, before: Mapping[str, PropertyValue], after: Mapping[str, PropertyValue]
-    ) -> None:
-        for key, value in before.items():
-            new = after.get(key, _MISSING)
-            # Identity first: a NaN is not equal to itself but was not changed.
-            if new is value or (new is not _MISSING and new == value):
-                continue
-            kind = find_pii(value) if isinstance(value, str) else None
-            self._count(_counter_name("scrubbed", kind or "identifier"))
 
     # -- submission ----------------------------------------------------------------
 
@@ -1493,92 +1236,3 @@ def _dedup_window(opened: _Opened | None) -> int | None:
         return int(text) if text else None
     except (TelemetryError, ValueError, sqlite3.Error):
         return None
-
-
-def _copy_properties(
-    properties: Mapping[str, PropertyValue] | None,
-) -> tuple[dict[str, PropertyValue], int]:
-    """Copy ``properties``, checking the cheap bounds (count, key and value
-    lengths, types, finite numbers) in O(size), before anything scans the text.
-
-    Subclasses of str, int and float become their base type (the encoder
-    refuses them). Returns the copy and the number of characters in its keys
-    and string values.
-    """
-    if properties is None:
-        return {}, 0
-    if not isinstance(properties, Mapping):
-        raise EventRejected("invalid_property", "properties must be a mapping")
-    if len(properties) > MAX_PROPERTIES:
-        raise EventRejected(
-            "too_many_properties", f"at most {MAX_PROPERTIES} properties are allowed"
-        )
-    props: dict[str, PropertyValue] = {}
-    chars = 0
-    for raw_key, raw_value in properties.items():
-        key = raw_key if type(raw_key) is str else _plain_key(raw_key)
-        if len(key) > MAX_PROPERTY_KEY_LENGTH:
-            _plain_key(key)  # raises, naming the key
-        kind = type(raw_value)
-        if kind is str or kind is int or kind is float or kind is bool or raw_value is None:
-            value: PropertyValue = raw_value
-        else:
-            value = _plain_value(key, raw_value)
-        if type(value) is str:
-            if len(value) > MAX_PROPERTY_VALUE_LENGTH:
-                raise EventRejected(
-                    "invalid_property",
-                    f"property {key!r} is longer than {MAX_PROPERTY_VALUE_LENGTH}",
-                )
-            chars += len(value)
-        elif type(value) is float and not math.isfinite(value):
-            raise EventRejected("invalid_property", f"property {key!r} must be finite")
-        chars += len(key)
-        props[key] = value
-    if len(props) > MAX_PROPERTIES:  # a mapping whose len() and items() disagree
-        raise EventRejected(
-            "too_many_properties", f"at most {MAX_PROPERTIES} properties are allowed"
-        )
-    return props, chars
-
-
-def _plain_key(key: object) -> str:
-    if type(key) is not str:
-        if not isinstance(key, str):
-            raise EventRejected("invalid_property", "property keys must be strings")
-        key = str.__str__(key)
-    if len(key) > MAX_PROPERTY_KEY_LENGTH:
-        raise EventRejected(
-            "invalid_property",
-            f"property key {key[:MAX_PROPERTY_KEY_LENGTH]!r}... is longer than "
-            f"{MAX_PROPERTY_KEY_LENGTH}",
-        )
-    return key
-
-
-def _plain_value(key: str, value: object) -> PropertyValue:
-    """``value`` as an exact str/int/float/bool/None (a subclass becomes its base
-    type, without calling methods it may override)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value  # type: ignore[return-value]
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):  # bool cannot be subclassed
-        return int.__index__(value)
-    if isinstance(value, float):
-        return float.__float__(value)
-    raise EventRejected(
-        "invalid_property",
-        f"property {key!r} has type {kind.__name__}; use str, int, float, bool or None",
-    )
-
-
-def _check_duration(duration_ms: float | None) -> float | None:
-    if duration_ms is None:
-        return None
-    if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)):
-        raise EventRejected("invalid_duration", "duration_ms must be a number")
-    if not math.isfinite(duration_ms) or not 0 <= duration_ms < _MAX_DURATION_MS:
-        raise EventRejected("invalid_duration", "duration_ms must be a finite number >= 0")
-    return float(duration_ms)

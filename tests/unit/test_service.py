@@ -22,7 +22,7 @@ import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
 from telemetry_core import _retention as retention_module
-from telemetry_core import service as service_module
+from telemetry_core import recorder as recorder_module
 from telemetry_core._forksafe import ForkGuard
 from telemetry_core.errors import ConfigError, EventRejected, TransportError
 from telemetry_core.hookspecs import hookimpl
@@ -1019,13 +1019,13 @@ def test_known_properties_skip_validation_but_new_values_are_checked(
     local_rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    real = service_module.validate_event
+    real = recorder_module.validate_event
 
     def spy(event: Event, **kwargs: Any) -> Any:
         calls.append(event.type)
         return real(event, **kwargs)
 
-    monkeypatch.setattr(service_module, "validate_event", spy)
+    monkeypatch.setattr(recorder_module, "validate_event", spy)
     service = local_rig.service
     assert service.track("a", {"k": "v", "n": 1}) is not None
     assert service.track("b", {"k": "v", "n": 2}) is not None  # all known: no validation
@@ -1044,13 +1044,14 @@ def test_known_properties_skip_validation_but_new_values_are_checked(
     assert service.event_counts() == {"a": 1, "b": 1, "g": 1}
 
 
-def test_the_verdict_caches_are_bounded(local_rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_module, "_SCRUB_CACHE_SIZE", 8)
+def test_the_verdict_caches_are_bounded(local_rig: Rig) -> None:
     service = local_rig.service
+    recorder = service._recorder
+    recorder._known.size = recorder._verdicts.size = 8
     for i in range(50):
         assert service.track("t", {"k": f"v{i}", "i": i}) is not None
-    assert len(service._known) <= 8
-    assert len(service._scrub_cache) <= 8
+    assert len(recorder._known.items) <= 8
+    assert len(recorder._verdicts.items) <= 8
     assert service.event_counts() == {"t": 50}
 
 

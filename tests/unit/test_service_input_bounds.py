@@ -68,16 +68,16 @@ def test_oversized_session_id_is_not_searched_for_pii(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """find_pii runs on a session_id of any length before its 128-char bound."""
-    import telemetry_core.service as service_module
+    import telemetry_core.recorder as recorder_module
 
     seen: list[int] = []
-    real = service_module.find_pii
+    real = recorder_module.find_pii
 
     def spy(value: str) -> str | None:
         seen.append(len(value))
         return real(value)
 
-    monkeypatch.setattr(service_module, "find_pii", spy)
+    monkeypatch.setattr(recorder_module, "find_pii", spy)
     with TelemetryService(_config(tmp_path)) as telemetry:
         assert telemetry.track("s", session_id="x" * 5000) is None
     assert max(seen, default=0) <= MAX_SHORT_STRING_LENGTH
