@@ -48,20 +48,18 @@ not open it at all.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import random
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
 
+from telemetry_core import _process
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
     fork_guard,
@@ -129,64 +127,6 @@ _SERVER_PAUSE_KEY: Final = "state.server-pause-until"
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
-
-# Every live service, for the process-wide at-exit and after-fork hooks.
-_services: weakref.WeakSet[TelemetryService] = weakref.WeakSet()
-_hooks_installed = False
-_hooks_lock = threading.Lock()
-# Objects a forked child inherited from its parent (connections, transports).
-# They are kept alive, never closed or finalized, in the child: closing an
-# inherited SQLite connection can disturb the parent's locks and WAL.
-_inherited: list[object] = []
-
-
-def _install_process_hooks() -> None:
-    global _hooks_installed
-    with _hooks_lock:
-        if _hooks_installed:
-            return
-        atexit.register(_at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                before=fork_guard.before_fork,
-                after_in_parent=fork_guard.after_fork_in_parent,
-                after_in_child=_after_fork_in_child,
-            )
-        _hooks_installed = True
-
-
-def _at_exit() -> None:
-    """Stop every worker, then close what they no longer use, from the main thread.
-
-    Every worker is told to stop first (it starts no new call), then each is
-    joined within the largest ``exit_timeout`` (see ``SubmissionWorker.stop``
-    for the grace given to a thread inside a short local call). A service whose
-    worker ended has its counts flushed and its connections closed here, so that
-    nothing is finalized under a running thread; one whose worker is still
-    inside a call keeps its connections open.
-    """
-    services = list(_services)
-    if not services:
-        return
-    # A short-lived process sends what is due first, within config.exit_flush;
-    # the time it took comes out of the stop's budget, so exit waits at most
-    # max(exit_flush, exit_timeout) (plus the native-call grace).
-    started = time.monotonic()
-    flush_deadline = started + max(s.config.exit_flush for s in services)
-    for service in services:
-        service._flush_at_exit(flush_deadline)
-    budget = max(max(s.config.exit_timeout for s in services) - (time.monotonic() - started), 0)
-    deadline = time.monotonic() + budget
-    for service in services:
-        service._signal_stop()
-    for service in services:
-        service._finish_at_exit(max(deadline - time.monotonic(), 0.0))
-
-
-def _after_fork_in_child() -> None:
-    fork_guard.after_fork_in_child()
-    for service in list(_services):
-        service._reset_after_fork()
 
 
 @attrs.frozen(kw_only=True)
@@ -270,8 +210,7 @@ class TelemetryService:
         self._last_call: SubmitCall | None = None
         # enable() was called: the user's own consent, no stored withdrawal applies.
         self._consent_given = False
-        _install_process_hooks()
-        _services.add(self)
+        _process.register(self)
 
     # -- properties ----------------------------------------------------------
 
@@ -289,6 +228,16 @@ class TelemetryService:
     def worker(self) -> SubmissionWorker | None:
         """The submission worker, once made (None before the first need)."""
         return self._worker
+
+    @property
+    def exit_flush(self) -> float:
+        """Seconds this service may spend sending at interpreter exit."""
+        return self._config.exit_flush
+
+    @property
+    def exit_timeout(self) -> float:
+        """Seconds this service's worker may take to stop at interpreter exit."""
+        return self._config.exit_timeout
 
     @property
     def degraded(self) -> str | None:
@@ -425,7 +374,7 @@ class TelemetryService:
         self._lock = threading.RLock()
         for obj in (self._worker, self._opened):
             if obj is not None:
-                _inherited.append(obj)
+                _process.inherited.append(obj)
         self._worker = None
         self._stray = None
         self._cleaner = None
@@ -434,7 +383,7 @@ class TelemetryService:
         if self._write_behind is not None:
             # Its journal file is the parent's (the journal's own fork hook
             # closed it here); the child spills into a file of its own.
-            _inherited.append(self._write_behind)
+            _process.inherited.append(self._write_behind)
             self._write_behind = None
         self._counts_lock = threading.Lock()
 
