@@ -63,11 +63,12 @@ from telemetry_core import _process
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
     fork_guard,
-    guarded,
     is_locked,
     lock_budget,
     set_lock_budget,
 )
+from telemetry_core._providers import Opened as _Opened
+from telemetry_core._providers import ProviderRequest, open_providers
 from telemetry_core._retention import (
     CLEANUP_EVERY,
     CLEANUP_PAGE,
@@ -96,9 +97,7 @@ from telemetry_core.worker import DEDUP_WINDOW_KEY, SubmissionWorker
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
-    from telemetry_core.local_store import LocalStore
     from telemetry_core.models import Clock
-    from telemetry_core.protocols import Backoff, Limiter, Storage
 
 __all__ = [
     "APP_BUSY_TIMEOUT_MS",
@@ -127,23 +126,6 @@ _SERVER_PAUSE_KEY: Final = "state.server-pause-until"
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
-
-
-@attrs.frozen(kw_only=True)
-class _Opened:
-    """The providers of an open service (one per process)."""
-
-    store: LocalStore
-    storage: Storage
-    #: The storage without the fork-guard wrapper's lock retries (the record
-    #: path must not wait: it spills instead).
-    raw_storage: Storage
-    backoff: Backoff
-    limiter: Limiter
-    install_id: str
-    #: Only the bundled scrubber runs, whose output never holds what
-    #: find_pii finds: the re-check after scrubbing can be skipped.
-    scrubbed_clean: bool
 
 
 class TelemetryService:
@@ -443,7 +425,7 @@ class TelemetryService:
                 return None
             try:
                 with fork_guard.section():
-                    self._opened = self._open()
+                    self._opened = open_providers(self._providers_for(), read_only=False)
             except (TelemetryError, sqlite3.Error, OSError) as exc:
                 if self._config.strict:
                     raise
@@ -486,31 +468,14 @@ class TelemetryService:
             self._config = config.evolve(remote_enabled=False)
         return True
 
-    def _open(self) -> _Opened:
-        from telemetry_core.local_store import LocalStore
-
-        config = self._config
-        store = LocalStore(config.db_path, clock=self._clock)
-        # Opening (a migration) may wait the default busy timeout once; after
-        # that, the app-facing connections wait only briefly for a lock.
-        store.busy_timeout_ms = APP_BUSY_TIMEOUT_MS
-        store.connection().execute(f"PRAGMA busy_timeout = {APP_BUSY_TIMEOUT_MS}")
-        try:
-            backoff = self._host.make_backoff(config, self._rng, self._clock)
-            limiter = self._host.make_limiter(config, self._monotonic)
-            storage = self._host.make_storage(config, store, backoff, self._clock)
-            install_id = store.install_id()
-        except BaseException:
-            store.close()
-            raise
-        return _Opened(
-            store=guarded(store),
-            storage=guarded(storage),
-            raw_storage=storage,
-            backoff=backoff,
-            limiter=limiter,
-            install_id=install_id,
-            scrubbed_clean=self._host.scrub_verdicts_reusable(),
+    def _providers_for(self) -> ProviderRequest:
+        return ProviderRequest(
+            config=self._config,
+            host=self._host,
+            clock=self._clock,
+            monotonic=self._monotonic,
+            rng=self._rng,
+            busy_timeout_ms=APP_BUSY_TIMEOUT_MS,
         )
 
     def _schedule_cleanup(self, opened: _Opened) -> None:
@@ -542,35 +507,6 @@ class TelemetryService:
             warn=self._warn_once,
         )
         self._cleaner.start()
-
-    def _open_reader(self) -> _Opened:
-        """A read-only view of the existing file: no migration, no cleanup, no writes."""
-        from telemetry_core.local_store import LocalStore
-
-        config = self._config
-        store = LocalStore(
-            config.db_path,
-            clock=self._clock,
-            busy_timeout_ms=APP_BUSY_TIMEOUT_MS,
-            read_only=True,
-        )
-        try:
-            backoff = self._host.make_backoff(config, self._rng, self._clock)
-            limiter = self._host.make_limiter(config, self._monotonic)
-            storage = self._host.make_storage(config, store, backoff, self._clock)
-            install_id = store.get_config("install-id") or ""
-        except BaseException:
-            store.close()
-            raise
-        return _Opened(
-            store=guarded(store),
-            storage=guarded(storage),
-            raw_storage=storage,
-            backoff=backoff,
-            limiter=limiter,
-            install_id=install_id,
-            scrubbed_clean=False,
-        )
 
     def _make_worker(self, opened: _Opened) -> SubmissionWorker:
         store = opened.store
@@ -931,7 +867,7 @@ class TelemetryService:
             if self._reader is None:
                 try:
                     with fork_guard.section():
-                        self._reader = self._open_reader()
+                        self._reader = open_providers(self._providers_for(), read_only=True)
                 except (TelemetryError, sqlite3.Error, OSError) as exc:
                     if config.strict:
                         raise
