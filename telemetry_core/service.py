@@ -60,6 +60,7 @@ import attrs
 import msgspec
 
 from telemetry_core import _process
+from telemetry_core._counters import Counters
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
     fork_guard,
@@ -175,10 +176,7 @@ class TelemetryService:
         # A read-only view of an existing file, for read calls with consent off.
         self._reader: _Opened | None = None
         self._broken: str | None = None
-        # Counts not written yet (name -> n): failures are counted here first,
-        # so that counting never waits on a store that just failed.
-        self._pending_counts: dict[str, int] = {}
-        self._counts_lock = threading.Lock()
+        self._counters = Counters(lambda: None if self._opened is None else self._opened.store)
         self._worker: SubmissionWorker | None = None
         # A worker that close() could not stop in time (still inside a call):
         # the at-exit hook waits for it again before the process exits.
@@ -186,8 +184,7 @@ class TelemetryService:
         self._cleaner: Cleaner | None = None
         # The spill journal and its merger, made on the first locked write.
         self._write_behind: WriteBehind | None = None
-        self._recorder = Recorder(host, self._count, clock)
-        self._warned: set[str] = set()
+        self._recorder = Recorder(host, self._counters.count, clock)
         self._closed = False
         self._last_call: SubmitCall | None = None
         # enable() was called: the user's own consent, no stored withdrawal applies.
@@ -271,7 +268,7 @@ class TelemetryService:
             stopped = self._stop_cleaner(budget) and stopped
             self._merge_spilled(deadline)
             if stopped:
-                self._flush_counts()
+                self._counters.flush()
             opened, self._opened = self._opened, None
             reader, self._reader = self._reader, None
         # A worker still waiting on the network (or a cleanup still inside a
@@ -367,49 +364,18 @@ class TelemetryService:
             # closed it here); the child spills into a file of its own.
             _process.inherited.append(self._write_behind)
             self._write_behind = None
-        self._counts_lock = threading.Lock()
+        self._counters.after_fork()
 
     # -- warnings and counters -------------------------------------------------
-
-    def _warn_once(self, kind: str, message: str, *args: object) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            logger.warning(message, *args)
-
-    def _count(self, name: str, n: int = 1, *, defer: bool = False) -> None:
-        """Count ``name``: at once, or (``defer``) in memory until the next flush."""
-        with self._counts_lock:
-            self._pending_counts[name] = self._pending_counts.get(name, 0) + n
-        if not defer:
-            self._flush_counts()
 
     def _after_cycle(self) -> None:
         """In the worker thread after each cycle: write the counts kept in memory,
         and take in events that other processes on this database spilled and
         left (a forked worker that exited, a killed process)."""
-        self._flush_counts()
+        self._counters.flush()
         if spill_files(self._config.db_path):
             self._get_write_behind().adopt_orphans()
         self._save_sender_state()
-
-    def _flush_counts(self) -> None:
-        """Write the counts kept in memory; what cannot be written stays there."""
-        opened = self._opened
-        if opened is None or not self._pending_counts:
-            return
-        with self._counts_lock:
-            pending, self._pending_counts = self._pending_counts, {}
-        done: list[str] = []
-        try:
-            for name, n in pending.items():
-                opened.store.increment_counter(name, n)
-                done.append(name)
-        except Exception as exc:
-            logger.debug("telemetry-core: could not write counters: %r", exc)
-            with self._counts_lock:
-                for name, n in pending.items():
-                    if name not in done:
-                        self._pending_counts[name] = self._pending_counts.get(name, 0) + n
 
     # -- opening -----------------------------------------------------------------
 
@@ -486,7 +452,7 @@ class TelemetryService:
         except Exception as exc:
             if self._config.strict:
                 raise
-            self._warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
+            self._counters.warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
             return
         if last is not None:
             try:
@@ -504,7 +470,7 @@ class TelemetryService:
             cutoff=now - self._config.retention_days * DAY,
             busy_timeout_ms=LOCK_SLICE_MS,
             lock_budget=WORKER_BUSY_TIMEOUT_MS / 1000,
-            warn=self._warn_once,
+            warn=self._counters.warn_once,
         )
         self._cleaner.start()
 
@@ -583,10 +549,10 @@ class TelemetryService:
         try:
             return self._track(event_type, properties, duration_ms, success, session_id)
         except EventRejected as exc:
-            self._count(counter_name("rejected", exc.code))
+            self._counters.count(counter_name("rejected", exc.code))
             if config.strict:
                 raise
-            self._warn_once(
+            self._counters.warn_once(
                 f"rejected:{exc.code}",
                 "telemetry-core: dropped a %r event: %s (further drops of this kind are "
                 "only counted)",
@@ -596,12 +562,12 @@ class TelemetryService:
         except Exception as exc:
             # Counted in memory: the store has just failed, counting there now
             # would wait (a lock) or fail a second time.
-            self._count(counter_name("failed", type(exc).__name__), defer=True)
+            self._counters.count(counter_name("failed", type(exc).__name__), defer=True)
             if config.strict:
                 if isinstance(exc, TelemetryError):
                     raise
                 raise StorageError(f"could not record the event: {exc!r}") from exc
-            self._warn_once(
+            self._counters.warn_once(
                 f"failed:{type(exc).__name__}",
                 "telemetry-core: could not record an event: %r (further failures of this "
                 "kind are only counted)",
@@ -652,8 +618,8 @@ class TelemetryService:
         if not stored:
             if not self._spill(event, sending):
                 return None
-        elif self._pending_counts:
-            self._flush_counts()
+        elif self._counters.waiting:
+            self._counters.flush()
         self._host.event_recorded(event)
         if sending and (self._worker is None or not self._worker.running):
             self._ensure_worker()
@@ -662,10 +628,10 @@ class TelemetryService:
     def _spill(self, event: Event, sending: bool) -> bool:
         """Put ``event`` in the write-behind journal; False when it is full."""
         if self._get_write_behind().spill(_encoder.encode(event), enqueue=sending):
-            self._count(SPILLED, defer=True)
+            self._counters.count(SPILLED, defer=True)
             return True
-        self._count(DROPPED_SPILL_FULL, defer=True)
-        self._warn_once(
+        self._counters.count(DROPPED_SPILL_FULL, defer=True)
+        self._counters.warn_once(
             DROPPED_SPILL_FULL,
             "telemetry-core: the local database %s stays locked by another process and "
             "%d events wait to be stored; further events are dropped and counted (%s)",
@@ -707,7 +673,7 @@ class TelemetryService:
             try:
                 events.append((_event_decoder.decode(payload), enqueue))
             except msgspec.DecodeError:
-                self._count("failed:spill_decode", defer=True)
+                self._counters.count("failed:spill_decode", defer=True)
         with fork_guard.section(), opened.store.transaction():
             for event, enqueue in events:
                 opened.raw_storage.record(event, enqueue=enqueue)
@@ -781,8 +747,8 @@ class TelemetryService:
             except Exception as exc:
                 if self._config.strict:
                     raise
-                self._warn_once("submit", "telemetry-core: submission failed: %r", exc)
-        self._flush_counts()
+                self._counters.warn_once("submit", "telemetry-core: submission failed: %r", exc)
+        self._counters.flush()
 
     def get_submission_stats(self) -> SubmissionStats:
         """Totals, success rate, retries, latency percentiles, last error, queue size.
@@ -815,9 +781,8 @@ class TelemetryService:
         the counts not written to the store yet)."""
         opened = self._open_existing()
         counts = dict(opened.store.counters()) if opened is not None else {}
-        with self._counts_lock:
-            for name, n in self._pending_counts.items():
-                counts[name] = counts.get(name, 0) + n
+        for name, n in self._counters.pending().items():
+            counts[name] = counts.get(name, 0) + n
         return counts
 
     def retry_dead(self) -> int:
@@ -962,7 +927,9 @@ class TelemetryService:
                     opened.store.set_config(_SERVER_PAUSE_KEY, repr(pause))
             self._check_queue_size(opened)
         except Exception as exc:
-            self._warn_once("state", "telemetry-core: could not save the sender's state: %r", exc)
+            self._counters.warn_once(
+                "state", "telemetry-core: could not save the sender's state: %r", exc
+            )
 
     def _restore_limiter(self, opened: _Opened) -> None:
         """Continue the rate limit of earlier processes (a CLI runs one per command)."""
@@ -986,7 +953,7 @@ class TelemetryService:
     def _check_queue_size(self, opened: _Opened) -> None:
         warning = self.queue_warning(opened.storage.stats())
         if warning is not None:
-            self._warn_once("queue_large", "telemetry-core: %s", warning)
+            self._counters.warn_once("queue_large", "telemetry-core: %s", warning)
 
     def queue_warning(self, queue: QueueStats | None = None) -> str | None:
         """A sentence when the queue holds more than :data:`QUEUE_WARN_SHARE` of
@@ -1097,7 +1064,7 @@ class TelemetryService:
                 for closeable in (opened.storage, opened.store):
                     closeable.close()
                 opened.store.purge()
-                self._warned.clear()
+                self._counters.warned.clear()
                 return
             opened.store.set_config("remote-enabled", "false")
             if not remote_only:
