@@ -60,6 +60,7 @@ import attrs
 import msgspec
 
 from telemetry_core import _process
+from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
@@ -88,7 +89,7 @@ from telemetry_core.errors import (
 )
 from telemetry_core.models import QueueStats, SubmissionStats, SubmitCall
 from telemetry_core.plugin_host import PluginHost
-from telemetry_core.protocols import PersistentLimiter, RetryNow
+from telemetry_core.protocols import RetryNow
 from telemetry_core.recorder import Recorder, counter_name
 from telemetry_core.schema import (
     Event,
@@ -119,11 +120,6 @@ WORKER_BUSY_TIMEOUT_MS: Final = 5000
 DROPPED_SPILL_FULL: Final = "dropped:spill_full"
 #: Counter of events that went through the write-behind journal.
 SPILLED: Final = "spilled"
-#: The share of ``max_queue_size`` past which the queue is reported as large.
-QUEUE_WARN_SHARE: Final = 0.8
-#: Stored-config keys of the limiter's state and of a collector-requested pause.
-_LIMITER_KEY: Final = "state.limiter"
-_SERVER_PAUSE_KEY: Final = "state.server-pause-until"
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -476,7 +472,7 @@ class TelemetryService:
 
     def _make_worker(self, opened: _Opened) -> SubmissionWorker:
         store = opened.store
-        self._restore_limiter(opened)
+        sender_state.restore_limiter(opened, self._clock())
 
         def long_busy_timeout() -> None:
             # The worker may wait longer for a lock than the app, in slices
@@ -711,7 +707,7 @@ class TelemetryService:
                 self._worker = self._make_worker(opened)
             worker = self._worker
         before = self.get_submission_stats()
-        pause = max(worker.server_pause_until, self._stored_server_pause(opened))
+        pause = max(worker.server_pause_until, sender_state.stored_server_pause(opened))
         if force:
             worker.clear_pause()
         elif pause > self._clock():
@@ -724,7 +720,7 @@ class TelemetryService:
         self._drain(opened, worker, progress)
         self._after_cycle()
         after = self.get_submission_stats()
-        call = self._call_result(before, after, worker)
+        call = sender_state.call_result(before, after, worker, self._clock(), self._config)
         self._last_call = call
         return attrs.evolve(after, last_call=call)
 
@@ -881,106 +877,34 @@ class TelemetryService:
             },
         }
 
-    # -- what one submit did, state kept between processes, queue warning ----------
-
-    def _call_result(
-        self, before: SubmissionStats, after: SubmissionStats, worker: SubmissionWorker
-    ) -> SubmitCall:
-        """This submit_now() call's result, from the totals before and after it."""
-        cycle = worker.last_cycle
-        reason = cycle.reason if cycle is not None else "empty"
-        failed = after.failed - before.failed
-        retry_at: float | None = None
-        stopped = "done"
-        if reason == "rate_limited":
-            stopped, retry_at = "rate_limited", self._clock() + (cycle.wait if cycle else 0.0)
-        elif reason in ("retry", "paused", "offline"):
-            stopped = "retry"
-            retry_at = worker.pause_until or self._clock() + self._config.submission_interval
-        elif reason == "sent":
-            stopped = "limit"
-        return SubmitCall(
-            sent=after.events_sent - before.events_sent,
-            accepted=after.events_accepted - before.events_accepted,
-            duplicates=after.events_duplicate - before.events_duplicate,
-            rejected=after.events_rejected - before.events_rejected,
-            failed=failed,
-            error=after.last_error if failed else None,
-            error_at=after.last_error_at if failed else None,
-            stopped=stopped,
-            retry_at=retry_at,
-        )
+    # -- state kept between processes, queue warning ------------------------------
 
     def _save_sender_state(self) -> None:
         """After a worker cycle or a drain: write the limiter state and a
         server-requested pause, and look at the queue's size."""
-        opened, worker = self._opened, self._worker
+        opened = self._opened
         if opened is None:
             return
         try:
-            limiter = opened.limiter
-            if isinstance(limiter, PersistentLimiter):
-                opened.store.set_config(_LIMITER_KEY, f"{limiter.state()!r} {self._clock()!r}")
-            if worker is not None:
-                pause = worker.server_pause_until
-                if pause or opened.store.get_config(_SERVER_PAUSE_KEY) is not None:
-                    opened.store.set_config(_SERVER_PAUSE_KEY, repr(pause))
-            self._check_queue_size(opened)
+            sender_state.save(opened, self._worker, self._clock())
+            warning = self.queue_warning(opened.storage.stats())
         except Exception as exc:
             self._counters.warn_once(
                 "state", "telemetry-core: could not save the sender's state: %r", exc
             )
-
-    def _restore_limiter(self, opened: _Opened) -> None:
-        """Continue the rate limit of earlier processes (a CLI runs one per command)."""
-        limiter = opened.limiter
-        if not isinstance(limiter, PersistentLimiter):
             return
-        try:
-            saved = opened.store.get_config(_LIMITER_KEY)
-            if saved is not None:
-                tokens, at = (float(x) for x in saved.split())
-                limiter.restore(tokens, self._clock() - at)
-        except (ValueError, TelemetryError, sqlite3.Error) as exc:
-            logger.debug("telemetry-core: ignoring the saved limiter state: %r", exc)
-
-    def _stored_server_pause(self, opened: _Opened) -> float:
-        try:
-            return float(opened.store.get_config(_SERVER_PAUSE_KEY) or 0.0)
-        except (ValueError, TelemetryError):
-            return 0.0
-
-    def _check_queue_size(self, opened: _Opened) -> None:
-        warning = self.queue_warning(opened.storage.stats())
         if warning is not None:
             self._counters.warn_once("queue_large", "telemetry-core: %s", warning)
 
     def queue_warning(self, queue: QueueStats | None = None) -> str | None:
-        """A sentence when the queue holds more than :data:`QUEUE_WARN_SHARE` of
-        ``max_queue_size``: how full, the likely cause and what to do; else None."""
-        config = self._config
+        """A sentence when the queue holds more than
+        :data:`~telemetry_core._sender_state.QUEUE_WARN_SHARE` of ``max_queue_size``:
+        how full, the likely cause and what to do; else None."""
         if queue is None:
             queue = self.queue_stats()
-        held = queue.pending + queue.dead
-        if held <= QUEUE_WARN_SHARE * config.max_queue_size:
-            return None
-        share = 100 * held / config.max_queue_size
-        full = f"the queue holds {held} events ({share:.0f} % of max-queue-size)"
-        if not config.remote_enabled:
-            return f"{full}: remote submission is off; run `telemetry enable --remote`"
-        if config.transport == "https" and config.endpoint is None:
-            return (f"{full}: no endpoint is configured; run "
-                    "`telemetry enable --remote --endpoint URL`")  # fmt: skip
-        stats = self.get_submission_stats()
-        error = stats.last_error or ""
-        if any(f" {code}" in error for code in ("401", "403")):
-            return (f"{full}: the collector refuses the API key; set the right one with "
-                    "`telemetry config set remote-api-key KEY`")  # fmt: skip
-        if error:
-            return (f"{full}: the collector is failing or unreachable ({error[:120]}); events "
-                    "are retried automatically, `telemetry submit` tries now")  # fmt: skip
-        return (f"{full}: events are recorded faster than they are sent; raise "
-                "submission-rate-limit or lower submission-interval")  # fmt: skip
+        return sender_state.queue_warning(
+            self._config, queue, lambda: self.get_submission_stats().last_error
+        )
 
     def _flush_at_exit(self, deadline: float) -> None:
         """Give the worker of a short-lived process until ``deadline`` (at most
