@@ -62,10 +62,10 @@ import msgspec
 from telemetry_core import _process
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
+from telemetry_core._event_writer import EventWriter
 from telemetry_core._forksafe import (
     LOCK_SLICE_MS,
     fork_guard,
-    is_locked,
     lock_budget,
     set_lock_budget,
 )
@@ -79,7 +79,7 @@ from telemetry_core._retention import (
     Cleaner,
     clean,
 )
-from telemetry_core._write_behind import SpillJournal, WriteBehind, count_spilled, spill_files
+from telemetry_core._write_behind import count_spilled
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
@@ -116,10 +116,6 @@ logger = logging.getLogger("telemetry_core")
 APP_BUSY_TIMEOUT_MS: Final = 2
 #: How long the worker and submit_now() wait for it (milliseconds).
 WORKER_BUSY_TIMEOUT_MS: Final = 5000
-#: Counter of events the write-behind journal could not keep (it was full).
-DROPPED_SPILL_FULL: Final = "dropped:spill_full"
-#: Counter of events that went through the write-behind journal.
-SPILLED: Final = "spilled"
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -178,8 +174,13 @@ class TelemetryService:
         # the at-exit hook waits for it again before the process exits.
         self._stray: SubmissionWorker | None = None
         self._cleaner: Cleaner | None = None
-        # The spill journal and its merger, made on the first locked write.
-        self._write_behind: WriteBehind | None = None
+        self._writer = EventWriter(
+            config=lambda: self._config,
+            opened=lambda: self._opened,
+            counters=self._counters,
+            monotonic=monotonic,
+            on_queued=self._spilled_events_queued,
+        )
         self._recorder = Recorder(host, self._counters.count, clock)
         self._closed = False
         self._last_call: SubmitCall | None = None
@@ -262,7 +263,7 @@ class TelemetryService:
             deadline = self._monotonic() + budget
             stopped = self._stop_worker(budget)
             stopped = self._stop_cleaner(budget) and stopped
-            self._merge_spilled(deadline)
+            self._writer.close(deadline)
             if stopped:
                 self._counters.flush()
             opened, self._opened = self._opened, None
@@ -278,27 +279,6 @@ class TelemetryService:
                     closeable.close()
                 except Exception as exc:
                     logger.debug("telemetry-core: close failed: %r", exc)
-
-    def _merge_spilled(self, deadline: float) -> None:
-        """Store spilled events before closing, retrying a lock until ``deadline``
-        (monotonic); what is left stays on disk for the next process."""
-        write_behind = self._write_behind
-        if write_behind is None or self._opened is None:
-            return
-        write_behind.stop(max(deadline - self._monotonic(), 0.0))
-        try:
-            if not write_behind.merge_until(deadline):
-                pending = write_behind.journal.pending
-                # Unlocked, the files are orphans that any later opener merges.
-                write_behind.release_files()
-                logger.info(
-                    "telemetry-core: %s is still locked; %d spilled event(s) stay in a spill "
-                    "file next to it and are stored by the next run",
-                    self._config.db_path,
-                    pending,
-                )
-        except Exception as exc:
-            logger.debug("telemetry-core: merging spilled events failed: %r", exc)
 
     def _stop_worker(self, timeout: float) -> bool:
         worker, self._worker = self._worker, None
@@ -355,11 +335,7 @@ class TelemetryService:
         self._cleaner = None
         self._opened = None
         self._reader = None
-        if self._write_behind is not None:
-            # Its journal file is the parent's (the journal's own fork hook
-            # closed it here); the child spills into a file of its own.
-            _process.inherited.append(self._write_behind)
-            self._write_behind = None
+        _process.inherited.append(self._writer.forget_after_fork())
         self._counters.after_fork()
 
     # -- warnings and counters -------------------------------------------------
@@ -369,8 +345,7 @@ class TelemetryService:
         and take in events that other processes on this database spilled and
         left (a forked worker that exited, a killed process)."""
         self._counters.flush()
-        if spill_files(self._config.db_path):
-            self._get_write_behind().adopt_orphans()
+        self._writer.take_in_left_behind(now=False)
         self._save_sender_state()
 
     # -- opening -----------------------------------------------------------------
@@ -406,12 +381,8 @@ class TelemetryService:
             if not self._consent_given and not self._stored_consent(self._opened):
                 return None
             self._schedule_cleanup(self._opened)
-            if spill_files(self._config.db_path):
-                # Events an earlier process spilled and could not merge: one
-                # try now (so reads see them), the rest in the background.
-                write_behind = self._get_write_behind()
-                if not write_behind.merge_once():
-                    write_behind.start()
+            # Events an earlier process spilled and could not store.
+            self._writer.take_in_left_behind(now=True)
             return self._opened
 
     def _stored_consent(self, opened: _Opened) -> bool:
@@ -596,89 +567,21 @@ class TelemetryService:
         return self._store(opened, event)
 
     def _store(self, opened: _Opened, event: Event) -> str | None:
-        """Write a checked event (and queue it when sending), then notify.
-
-        A locked database does not make the caller wait: the event is spilled
-        (see :mod:`telemetry_core._write_behind`)."""
+        """Write a checked event (and queue it when sending), then notify."""
         sending = self._config.sending
-        write_behind = self._write_behind
-        stored = False
-        if write_behind is None or write_behind.try_database():
-            try:
-                with fork_guard.section():
-                    opened.raw_storage.record(event, enqueue=sending)
-                stored = True
-            except Exception as exc:
-                if not is_locked(exc):
-                    raise
-        if not stored:
-            if not self._spill(event, sending):
-                return None
-        elif self._counters.waiting:
-            self._counters.flush()
+        if not self._writer.write(opened, event, enqueue=sending):
+            return None
         self._host.event_recorded(event)
         if sending and (self._worker is None or not self._worker.running):
             self._ensure_worker()
         return event.id
 
-    def _spill(self, event: Event, sending: bool) -> bool:
-        """Put ``event`` in the write-behind journal; False when it is full."""
-        if self._get_write_behind().spill(_encoder.encode(event), enqueue=sending):
-            self._counters.count(SPILLED, defer=True)
-            return True
-        self._counters.count(DROPPED_SPILL_FULL, defer=True)
-        self._counters.warn_once(
-            DROPPED_SPILL_FULL,
-            "telemetry-core: the local database %s stays locked by another process and "
-            "%d events wait to be stored; further events are dropped and counted (%s)",
-            self._config.db_path,
-            self._config.max_queue_size,
-            DROPPED_SPILL_FULL,
-        )
-        return False
-
-    def _get_write_behind(self) -> WriteBehind:
-        with self._lock:
-            if self._write_behind is None:
-                config = self._config
-
-                def thread_setup() -> None:
-                    opened = self._opened
-                    if opened is not None:
-                        with fork_guard.section():
-                            opened.store.connection().execute(
-                                f"PRAGMA busy_timeout = {LOCK_SLICE_MS}"
-                            )
-
-                self._write_behind = WriteBehind(
-                    SpillJournal(config.db_path, max_entries=config.max_queue_size),
-                    self._store_spilled,
-                    is_locked=is_locked,
-                    thread_setup=thread_setup,
-                    monotonic=self._monotonic,
-                )
-            return self._write_behind
-
-    def _store_spilled(self, entries: list[tuple[bytes, bool]]) -> None:
-        """Store spilled events in one transaction (raises when locked)."""
-        opened = self._opened
-        if opened is None:
-            raise StorageError("the local store is closed")
-        events = []
-        for payload, enqueue in entries:
-            try:
-                events.append((_event_decoder.decode(payload), enqueue))
-            except msgspec.DecodeError:
-                self._counters.count("failed:spill_decode", defer=True)
-        with fork_guard.section(), opened.store.transaction():
-            for event, enqueue in events:
-                opened.raw_storage.record(event, enqueue=enqueue)
-        if any(enqueue for _, enqueue in events):
-            worker = self._worker
-            if worker is not None and worker.running:
-                worker.wake()
-            elif self._config.sending and not self._closed:
-                self._ensure_worker()
+    def _spilled_events_queued(self) -> None:
+        worker = self._worker
+        if worker is not None and worker.running:
+            worker.wake()
+        elif self._config.sending and not self._closed:
+            self._ensure_worker()
 
     # -- submission ----------------------------------------------------------------
 
@@ -732,9 +635,7 @@ class TelemetryService:
     ) -> None:
         # Sending is the caller's explicit wish: wait for a lock like the worker.
         with lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000):
-            write_behind = self._write_behind
-            if write_behind is not None:
-                write_behind.merge_until(self._monotonic() + WORKER_BUSY_TIMEOUT_MS / 1000)
+            self._writer.settle_until(self._monotonic() + WORKER_BUSY_TIMEOUT_MS / 1000)
             total = opened.storage.stats().due
             try:
                 worker.drain(progress, total=total)
@@ -808,9 +709,7 @@ class TelemetryService:
         Events this process spilled are merged first when the lock allows (one
         try), so a read sees what ``track()`` returned an id for."""
         if self._opened is not None:
-            write_behind = self._write_behind
-            if write_behind is not None and write_behind.journal.pending:
-                write_behind.merge_once()
+            self._writer.settle_once()
             return self._opened
         config = self._config
         if config.do_not_track:
@@ -980,10 +879,7 @@ class TelemetryService:
                 # cleanup still running is interrupted first: its connection
                 # is closed with the others.
                 self._stop_cleaner(WORKER_BUSY_TIMEOUT_MS / 1000)
-                write_behind, self._write_behind = self._write_behind, None
-                if write_behind is not None:
-                    write_behind.stop(WORKER_BUSY_TIMEOUT_MS / 1000)
-                    write_behind.journal.close()
+                self._writer.discard(WORKER_BUSY_TIMEOUT_MS / 1000)
                 self._opened = None
                 for closeable in (opened.storage, opened.store):
                     closeable.close()

@@ -1,0 +1,198 @@
+"""Writing checked events: straight to the storage, or, while another process
+holds the database's lock, to the write-behind journal (:mod:`telemetry_core._write_behind`).
+
+``track()`` never waits on another process's lock (DESIGN §4): the storage is
+tried with the app connection's short busy timeout, outside the fork guard's
+lock retries; when the file is locked the event is spilled and a background
+thread stores it once the lock is released. Spilled events are also stored
+before reads (one try), before ``submit_now()`` sends, at ``close()`` (within the
+exit budget), and those other processes left behind are adopted by the worker
+after each cycle and by the next opener.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, is_locked
+from telemetry_core._write_behind import SpillJournal, WriteBehind, spill_files
+from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event
+
+if TYPE_CHECKING:
+    from telemetry_core._counters import Counters
+    from telemetry_core._providers import Opened
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.models import Clock
+
+__all__ = ["DROPPED_SPILL_FULL", "SPILLED", "EventWriter"]
+
+logger = logging.getLogger("telemetry_core")
+
+#: Counter of events the write-behind journal could not keep (it was full).
+DROPPED_SPILL_FULL: Final = "dropped:spill_full"
+#: Counter of events that went through the write-behind journal.
+SPILLED: Final = "spilled"
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+class EventWriter:
+    """Stores the events of one service (see the module docstring).
+
+    :param config: returns the effective configuration (db path, queue bound).
+    :param opened: returns the open providers, None while closed.
+    :param counters: where spills and drops are counted.
+    :param monotonic: monotonic clock in seconds.
+    :param on_queued: called after spilled events that were to be queued have
+        been stored (the service wakes or starts its worker).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], TelemetryConfig],
+        opened: Callable[[], Opened | None],
+        counters: Counters,
+        monotonic: Clock,
+        on_queued: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._opened = opened
+        self._counters = counters
+        self._monotonic = monotonic
+        self._on_queued = on_queued
+        self._behind: WriteBehind | None = None
+
+    def write(self, opened: Opened, event: Event, *, enqueue: bool) -> bool:
+        """Store ``event`` (queued when ``enqueue``), or spill it when the file is
+        locked; False only when the journal is full (the event is dropped, counted)."""
+        behind = self._behind
+        if behind is None or behind.try_database():
+            try:
+                with fork_guard.section():
+                    opened.raw_storage.record(event, enqueue=enqueue)
+            except Exception as exc:
+                if not is_locked(exc):
+                    raise
+            else:
+                if self._counters.waiting:
+                    self._counters.flush()
+                return True
+        return self._spill(event, enqueue)
+
+    def _spill(self, event: Event, enqueue: bool) -> bool:
+        if self.behind().spill(_encoder.encode(event), enqueue=enqueue):
+            self._counters.count(SPILLED, defer=True)
+            return True
+        config = self._config()
+        self._counters.count(DROPPED_SPILL_FULL, defer=True)
+        self._counters.warn_once(
+            DROPPED_SPILL_FULL,
+            "telemetry-core: the local database %s stays locked by another process and "
+            "%d events wait to be stored; further events are dropped and counted (%s)",
+            config.db_path,
+            config.max_queue_size,
+            DROPPED_SPILL_FULL,
+        )
+        return False
+
+    def behind(self) -> WriteBehind:
+        """The journal and its merger, made on first use."""
+        if self._behind is None:
+            config = self._config()
+            self._behind = WriteBehind(
+                SpillJournal(config.db_path, max_entries=config.max_queue_size),
+                self._store_spilled,
+                is_locked=is_locked,
+                thread_setup=self._merger_setup,
+                monotonic=self._monotonic,
+            )
+        return self._behind
+
+    def _merger_setup(self) -> None:
+        opened = self._opened()
+        if opened is not None:
+            with fork_guard.section():
+                opened.store.connection().execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+
+    def _store_spilled(self, entries: list[tuple[bytes, bool]]) -> None:
+        """Store spilled events in one transaction (raises when locked)."""
+        opened = self._opened()
+        if opened is None:
+            raise StorageError("the local store is closed")
+        events = []
+        for payload, enqueue in entries:
+            try:
+                events.append((_event_decoder.decode(payload), enqueue))
+            except msgspec.DecodeError:
+                self._counters.count("failed:spill_decode", defer=True)
+        with fork_guard.section(), opened.store.transaction():
+            for event, enqueue in events:
+                opened.raw_storage.record(event, enqueue=enqueue)
+        if any(enqueue for _, enqueue in events):
+            self._on_queued()
+
+    # -- when spilled events are stored -----------------------------------------
+
+    def take_in_left_behind(self, *, now: bool) -> None:
+        """Store spill files other processes left: one try at once (``now``, so
+        reads see them) and the rest in the background."""
+        if not spill_files(self._config().db_path):
+            return
+        behind = self.behind()
+        if now:
+            if not behind.merge_once():
+                behind.start()
+        else:
+            behind.adopt_orphans()
+
+    def settle_once(self) -> None:
+        """Before a read: one try at storing what this process spilled."""
+        behind = self._behind
+        if behind is not None and behind.journal.pending:
+            behind.merge_once()
+
+    def settle_until(self, deadline: float) -> None:
+        """Before sending: store what this process spilled, retrying a lock until
+        the monotonic ``deadline``."""
+        if self._behind is not None:
+            self._behind.merge_until(deadline)
+
+    def close(self, deadline: float) -> None:
+        """Stop the merger and store what waits, retrying until ``deadline``;
+        what is left stays on disk, unlocked, for the next process."""
+        behind = self._behind
+        if behind is None or self._opened() is None:
+            return
+        behind.stop(max(deadline - self._monotonic(), 0.0))
+        try:
+            if not behind.merge_until(deadline):
+                pending = behind.journal.pending
+                behind.release_files()
+                logger.info(
+                    "telemetry-core: %s is still locked; %d spilled event(s) stay in a spill "
+                    "file next to it and are stored by the next run",
+                    self._config().db_path,
+                    pending,
+                )
+        except Exception as exc:
+            logger.debug("telemetry-core: merging spilled events failed: %r", exc)
+
+    def discard(self, timeout: float) -> None:
+        """Stop and forget the journal (the database is being purged)."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.stop(timeout)
+            behind.journal.close()
+
+    def forget_after_fork(self) -> object | None:
+        """In a forked child: drop the parent's journal (returned, to be kept
+        alive); the child spills into a file of its own."""
+        behind, self._behind = self._behind, None
+        return behind
