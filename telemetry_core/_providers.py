@@ -12,11 +12,13 @@ for the recording path, which must not wait for a lock (it spills instead).
 from __future__ import annotations
 
 import random
+import sqlite3
 from typing import TYPE_CHECKING
 
 import attrs
 
 from telemetry_core._forksafe import guarded
+from telemetry_core.errors import TelemetryError
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from telemetry_core.plugin_host import PluginHost
     from telemetry_core.protocols import Backoff, Limiter, Storage
 
-__all__ = ["Opened", "ProviderRequest", "open_providers"]
+__all__ = ["Opened", "ProviderRequest", "apply_stored_withdrawal", "open_providers"]
 
 
 @attrs.frozen(kw_only=True)
@@ -93,3 +95,18 @@ def open_providers(request: ProviderRequest, *, read_only: bool) -> Opened:
         install_id=install_id,
         scrubbed_clean=not read_only and host.scrub_verdicts_reusable(),
     )
+
+
+def apply_stored_withdrawal(config: TelemetryConfig, opened: Opened) -> TelemetryConfig:
+    """``config`` with a withdrawal the user stored (``telemetry disable``, or
+    ``disable --remote``) applied: it beats consent the app's code gives (DESIGN §5)."""
+    try:
+        enabled = opened.store.get_config("enabled")
+        remote = opened.store.get_config("remote-enabled")
+    except (TelemetryError, sqlite3.Error):
+        return config
+    if enabled == "false" and config.enabled:
+        return config.evolve(enabled=False, remote_enabled=False)
+    if remote == "false" and config.remote_enabled:
+        return config.evolve(remote_enabled=False)
+    return config

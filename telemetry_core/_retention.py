@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from telemetry_core._forksafe import fork_guard, set_lock_budget
+from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, set_lock_budget
 from telemetry_core.protocols import PagedCleanup
 from telemetry_core.worker import SHUTDOWN_GRACE
 
@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from telemetry_core.local_store import LocalStore
     from telemetry_core.protocols import Storage
 
-__all__ = ["CLEANUP_EVERY", "CLEANUP_PAGE", "DAY", "LAST_CLEANUP_KEY", "Cleaner", "clean"]
+__all__ = [
+    "CLEANUP_EVERY",
+    "CLEANUP_PAGE",
+    "DAY",
+    "LAST_CLEANUP_KEY",
+    "Cleaner",
+    "clean",
+    "schedule_cleanup",
+]
 
 #: Retention cleanup runs when the store opens, at most this often (seconds).
 CLEANUP_EVERY: Final = 24 * 3600.0
@@ -161,3 +169,37 @@ class Cleaner:
                 # collector at some later point, outside a fork-guard section).
                 with fork_guard.section(), contextlib.suppress(sqlite3.Error):
                     conn.close()
+
+
+#: A background cleanup may wait this long in all for another writer's lock.
+_CLEANUP_LOCK_BUDGET: Final = 5.0
+
+
+def schedule_cleanup(
+    store: LocalStore,
+    storage: Storage,
+    *,
+    now: float,
+    retention_days: float,
+    warn: Callable[..., None],
+) -> Cleaner | None:
+    """Start a :class:`Cleaner` when the last cleanup is :data:`CLEANUP_EVERY` ago
+    or more (or never happened, or its time is unreadable); else None."""
+    last = store.get_config(LAST_CLEANUP_KEY)
+    if last is not None:
+        try:
+            if 0 <= now - float(last) < CLEANUP_EVERY:
+                return None
+        except ValueError:
+            pass  # an unreadable time: clean up (and store a good one)
+    cleaner = Cleaner(
+        store=store,
+        storage=storage,
+        now=now,
+        cutoff=now - retention_days * DAY,
+        busy_timeout_ms=LOCK_SLICE_MS,
+        lock_budget=_CLEANUP_LOCK_BUDGET,
+        warn=warn,
+    )
+    cleaner.start()
+    return cleaner

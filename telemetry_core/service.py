@@ -64,13 +64,11 @@ from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
 from telemetry_core._event_writer import EventWriter
 from telemetry_core._forksafe import (
-    LOCK_SLICE_MS,
     fork_guard,
     lock_budget,
-    set_lock_budget,
 )
 from telemetry_core._providers import Opened as _Opened
-from telemetry_core._providers import ProviderRequest, open_providers
+from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_providers
 from telemetry_core._retention import (
     CLEANUP_EVERY,
     CLEANUP_PAGE,
@@ -78,6 +76,7 @@ from telemetry_core._retention import (
     LAST_CLEANUP_KEY,
     Cleaner,
     clean,
+    schedule_cleanup,
 )
 from telemetry_core._write_behind import count_spilled
 from telemetry_core.errors import (
@@ -378,28 +377,17 @@ class TelemetryService:
                     exc,
                 )
                 return None
-            if not self._consent_given and not self._stored_consent(self._opened):
-                return None
+            if not self._consent_given:
+                before, self._config = (
+                    self._config,
+                    apply_stored_withdrawal(self._config, self._opened),
+                )
+                if before.enabled and not self._config.enabled:
+                    return None  # the user withdrew consent: record nothing
             self._schedule_cleanup(self._opened)
             # Events an earlier process spilled and could not store.
             self._writer.take_in_left_behind(now=True)
             return self._opened
-
-    def _stored_consent(self, opened: _Opened) -> bool:
-        """Apply a withdrawal stored by the user (``telemetry disable``): it beats
-        consent the app's code gives (DESIGN §5). False when recording is off."""
-        try:
-            enabled = opened.store.get_config("enabled")
-            remote = opened.store.get_config("remote-enabled")
-        except (TelemetryError, sqlite3.Error):
-            return True
-        config = self._config
-        if enabled == "false" and config.enabled:
-            self._config = config.evolve(enabled=False, remote_enabled=False)
-            return False
-        if remote == "false" and config.remote_enabled:
-            self._config = config.evolve(remote_enabled=False)
-        return True
 
     def _providers_for(self) -> ProviderRequest:
         return ProviderRequest(
@@ -413,56 +401,30 @@ class TelemetryService:
 
     def _schedule_cleanup(self, opened: _Opened) -> None:
         """Start the retention cleanup in the background when one is due."""
+        cleaner = self._cleaner
+        if cleaner is not None and cleaner.running:
+            return
         try:
-            now = self._clock()
-            last = opened.store.get_config(LAST_CLEANUP_KEY)
+            self._cleaner = schedule_cleanup(
+                opened.store,
+                opened.storage,
+                now=self._clock(),
+                retention_days=self._config.retention_days,
+                warn=self._counters.warn_once,
+            )
         except Exception as exc:
             if self._config.strict:
                 raise
             self._counters.warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
-            return
-        if last is not None:
-            try:
-                if 0 <= now - float(last) < CLEANUP_EVERY:
-                    return
-            except ValueError:
-                pass  # an unreadable time: clean up (and store a good one)
-        cleaner = self._cleaner
-        if cleaner is not None and cleaner.running:
-            return
-        self._cleaner = Cleaner(
-            store=opened.store,
-            storage=opened.storage,
-            now=now,
-            cutoff=now - self._config.retention_days * DAY,
-            busy_timeout_ms=LOCK_SLICE_MS,
-            lock_budget=WORKER_BUSY_TIMEOUT_MS / 1000,
-            warn=self._counters.warn_once,
-        )
-        self._cleaner.start()
 
     def _make_worker(self, opened: _Opened) -> SubmissionWorker:
-        store = opened.store
         sender_state.restore_limiter(opened, self._clock())
-
-        def long_busy_timeout() -> None:
-            # The worker may wait longer for a lock than the app, in slices
-            # between fork-guard sections (see _forksafe).
-            conn = store.connection()
-            with fork_guard.section():
-                conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
-            set_lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000)
-
-        return SubmissionWorker(
+        return SubmissionWorker.for_store(
             self._config,
             host=self._host,
-            storage=opened.storage,
-            log=opened.store,
-            backoff=opened.backoff,
-            limiter=opened.limiter,
+            opened=opened,
             clock=self._clock,
             monotonic=self._monotonic,
-            thread_setup=long_busy_timeout,
             after_cycle=self._after_cycle,
         )
 

@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
+from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, set_lock_budget
 from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
 
 if TYPE_CHECKING:
+    from telemetry_core._providers import Opened
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.models import Clock, QueuedEvent, SubmissionResult
     from telemetry_core.plugin_host import PluginHost
@@ -62,6 +64,8 @@ MAX_LOOP_WAIT = 3600.0
 #: Extra wait in :meth:`SubmissionWorker.stop` for a thread inside a local
 #: (non-network) call or the first call of a new transport, which end quickly.
 SHUTDOWN_GRACE: Final = 1.0
+#: How long the worker's thread may wait in all for another writer's lock (seconds).
+WORKER_LOCK_BUDGET: Final = 5.0
 #: Stored-config key of the collector's dedup window as last learned (days), and
 #: of when it was learned; it is asked again (``GET /v1/info``) at most this often.
 DEDUP_WINDOW_KEY: Final = "server-dedup-window-days"
@@ -208,6 +212,43 @@ class SubmissionWorker:
         self._idle = threading.Event()
         #: The cycle that ended the latest drain() (why it stopped).
         self.last_cycle: CycleResult | None = None
+
+    @classmethod
+    def for_store(
+        cls,
+        config: TelemetryConfig,
+        *,
+        host: PluginHost,
+        opened: Opened,
+        clock: Clock,
+        monotonic: Clock,
+        after_cycle: Callable[[], None] | None = None,
+    ) -> SubmissionWorker:
+        """A worker for a service's open providers, logging to its local store.
+
+        Its thread waits for another writer's lock longer than the app does
+        (up to :data:`WORKER_LOCK_BUDGET`), in short slices between fork-guard
+        sections (see :mod:`telemetry_core._forksafe`)."""
+        store = opened.store
+
+        def longer_lock_waits() -> None:
+            conn = store.connection()
+            with fork_guard.section():
+                conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+            set_lock_budget(WORKER_LOCK_BUDGET)
+
+        return cls(
+            config,
+            host=host,
+            storage=opened.storage,
+            log=store,
+            backoff=opened.backoff,
+            limiter=opened.limiter,
+            clock=clock,
+            monotonic=monotonic,
+            thread_setup=longer_lock_waits,
+            after_cycle=after_cycle,
+        )
 
     # -- state --------------------------------------------------------------
 
