@@ -78,7 +78,7 @@ from telemetry_core._retention import (
     clean,
     schedule_cleanup,
 )
-from telemetry_core._write_behind import count_spilled
+from telemetry_core._status import describe
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
@@ -94,7 +94,7 @@ from telemetry_core.schema import (
     Event,
     PropertyValue,
 )
-from telemetry_core.worker import DEDUP_WINDOW_KEY, SubmissionWorker
+from telemetry_core.worker import SubmissionWorker
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -702,41 +702,15 @@ class TelemetryService:
 
     def status(self) -> dict[str, Any]:
         """What is configured and in use: app, db path, consent, endpoint (never
-        the key), install id, queue, worker and plugin names."""
-        config = self._config
-        opened = self._open_existing()
-        queue = opened.storage.stats() if opened is not None else QueueStats(pending=0)
-        worker = self._worker
-        return {
-            "app": config.app,
-            "app_version": config.app_version,
-            "db_path": str(config.db_path),
-            "db_exists": config.db_path.exists(),
-            "enabled": config.recording,
-            "remote_enabled": config.sending,
-            "endpoint": config.endpoint,
-            "api_key_set": config.api_key is not None,
-            "do_not_track": config.do_not_track,
-            "install_id": opened.install_id if opened is not None else None,
-            "degraded": self._broken,
-            "queue": attrs.asdict(queue),
-            "spilled": count_spilled(config.db_path),
-            "collector_dedup_window_days": _dedup_window(opened),
-            "retention_exceeds_dedup_window": (window := _dedup_window(opened)) is not None
-            and config.retention_days > window,
-            "worker": {
-                "running": worker is not None and worker.running,
-                "paused_until": worker.pause_until if worker and worker.pause_until else None,
-                "offline": worker.offline if worker is not None else False,
-            },
-            "plugins": {
-                "transport": config.transport,
-                "storage": config.storage,
-                "backoff": config.backoff,
-                "limiter": config.limiter,
-                "loaded": [record.name for record in self._host.plugins()],
-            },
-        }
+        the key), install id, queue, worker and plugin names (see
+        :func:`telemetry_core._status.describe` for every key)."""
+        return describe(
+            self._config,
+            self._open_existing(),
+            self._worker,
+            degraded=self._broken,
+            loaded=[record.name for record in self._host.plugins()],
+        )
 
     # -- state kept between processes, queue warning ------------------------------
 
@@ -859,14 +833,3 @@ class TelemetryService:
     def disable_remote_submission(self) -> None:
         """Stop sending; keep recording locally (DESIGN §4 name)."""
         self.disable(remote_only=True)
-
-
-def _dedup_window(opened: _Opened | None) -> int | None:
-    """The collector's dedup window (days) as the worker last learned it."""
-    if opened is None:
-        return None
-    try:
-        text = opened.store.get_config(DEDUP_WINDOW_KEY)
-        return int(text) if text else None
-    except (TelemetryError, ValueError, sqlite3.Error):
-        return None
