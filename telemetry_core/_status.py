@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from telemetry_core._dedup_window import DEDUP_WINDOW_KEY
 from telemetry_core._write_behind import count_spilled
 from telemetry_core.errors import TelemetryError
 from telemetry_core.models import QueueStats
-from telemetry_core.worker import DEDUP_WINDOW_KEY
 
 if TYPE_CHECKING:
     from telemetry_core._providers import Opened

@@ -35,10 +35,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
+from telemetry_core._attempts import attempt_fields, redacted
+from telemetry_core._dedup_window import learn as learn_dedup_window
 from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, set_lock_budget
 from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
@@ -66,11 +68,6 @@ MAX_LOOP_WAIT = 3600.0
 SHUTDOWN_GRACE: Final = 1.0
 #: How long the worker's thread may wait in all for another writer's lock (seconds).
 WORKER_LOCK_BUDGET: Final = 5.0
-#: Stored-config key of the collector's dedup window as last learned (days), and
-#: of when it was learned; it is asked again (``GET /v1/info``) at most this often.
-DEDUP_WINDOW_KEY: Final = "server-dedup-window-days"
-DEDUP_CHECKED_KEY: Final = "server-info-checked-at"
-SERVER_INFO_EVERY: Final = 24 * 3600.0
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
@@ -570,7 +567,7 @@ class SubmissionWorker:
             return len(batch), False
         self._transport_ready = True
         self._busy = busy
-        error = _redacted(error, self.config.api_key)
+        error = redacted(error, self.config.api_key)
         self._record(started, t0, batch, error=error, retry=retry)
         if error.too_large:
             return self._split(batch, error)
@@ -647,26 +644,13 @@ class SubmissionWorker:
         self._host.batch_submitted(events, result)
 
     def _check_dedup_window(self) -> None:
-        """Once per worker, at most daily: learn the collector's dedup window
-        (``GET /v1/info``) and warn when the client keeps events longer, since
-        a resend older than the window would be counted again (DESIGN §7)."""
+        """Once per worker: compare the client's retention with the collector's
+        dedup window (see :func:`telemetry_core._dedup_window.learn`)."""
         self._info_checked = True
-        try:
-            checked = self._log.get_config(DEDUP_CHECKED_KEY)
-            now = self._clock()
-            if checked is not None and 0 <= now - float(checked) < SERVER_INFO_EVERY:
-                window_text = self._log.get_config(DEDUP_WINDOW_KEY)
-                window = int(window_text) if window_text else None
-            else:
-                transport = self._transport
-                if transport is None or self._halting():
-                    return
-                window = transport.server_info().dedup_window_days
-                self._log.set_config(DEDUP_WINDOW_KEY, "" if window is None else str(window))
-                self._log.set_config(DEDUP_CHECKED_KEY, repr(now))
-        except Exception as exc:
-            logger.debug("telemetry-core: could not learn the dedup window: %s", type(exc).__name__)
+        transport = self._transport
+        if transport is None or self._halting():
             return
+        window = learn_dedup_window(self._log, transport, self._clock())
         if window is not None and self.config.retention_days > window:
             self._warn_once(
                 "dedup_window",
@@ -707,59 +691,10 @@ class SubmissionWorker:
         error: TransportError | None = None,
     ) -> None:
         latency_ms = max((self._monotonic() - t0) * 1000.0, 0.0)
-        fields: dict[str, Any] = {
-            "started_at": started,
-            "latency_ms": latency_ms,
-            "batch_size": len(batch),
-            "retry": retry,
-        }
-        if result is not None:
-            fields.update(
-                accepted=result.accepted,
-                rejected=result.rejected,
-                duplicates=result.duplicates,
-                status=result.status,
-                error=None,
-                network_error=False,
-            )
-        else:
-            assert error is not None
-            fields.update(
-                accepted=0,
-                rejected=0,
-                duplicates=0,
-                status=error.status,
-                error=str(error),
-                network_error=error.retryable and error.status is None,
-            )
+        fields = attempt_fields(
+            started, latency_ms, len(batch), retry=retry, result=result, error=error
+        )
         try:
             self._log.log_submission(**fields)
         except Exception as exc:
             self._warn_once("log", "telemetry-core: could not write the submission log: %r", exc)
-
-
-def _redacted(error: TransportError, secret: str | None) -> TransportError:
-    """``error`` with every form of ``secret`` (the API key: as text, repr or
-    bytes repr, as an exception message may quote a header) masked, so that
-    it never reaches the submission log, ``last_error`` or ``stats --json``."""
-    text = str(error)
-    if not secret:
-        return error
-    forms = {secret, repr(secret)[1:-1]}
-    for codec in ("utf-8", "latin-1"):
-        forms.add(repr(secret.encode(codec, "replace"))[2:-1])
-    # The same quoted once more, as in the repr of an exception holding one.
-    forms |= {repr(form)[1:-1] for form in forms}
-    cleaned = text
-    for form in sorted(forms, key=len, reverse=True):
-        if form:
-            cleaned = cleaned.replace(form, "***")
-    if cleaned == text:
-        return error
-    return TransportError(
-        cleaned,
-        retryable=error.retryable,
-        retry_after=error.retry_after,
-        status=error.status,
-        too_large=error.too_large,
-    )
