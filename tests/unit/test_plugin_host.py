@@ -143,6 +143,7 @@ def test_defaults_registered_under_short_names(entry_points: EntryPointFactory) 
     host = PluginHost()
     assert set(DEFAULT_PLUGINS) == {
         "https",
+        "otlp",
         "sqlite",
         "exponential-jitter",
         "token-bucket",
@@ -330,7 +331,10 @@ def test_unknown_provider_name_lists_available_names(
     host = PluginHost()
     with pytest.raises(PluginError) as info:
         host.make_transport(config.evolve(transport="carrier-pigeon"))
-    assert str(info.value) == "no transport provider named 'carrier-pigeon'; available: https, null"
+    assert (
+        str(info.value)
+        == "no transport provider named 'carrier-pigeon'; available: https, null, otlp"
+    )
     with pytest.raises(
         PluginError, match="no limiter provider named 'leaky'; available: token-bucket"
     ):
