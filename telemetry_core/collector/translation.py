@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
 import msgspec
 
-from telemetry_core.collector.ingest import CheckedBatch
 from telemetry_core.schema import MAX_PROPERTY_KEY_LENGTH, Event, EventError, PropertyValue
 
 __all__ = [
@@ -158,11 +157,11 @@ class Translation:
         """Record that the record at ``index`` could not be translated."""
         self.errors.append(EventError(index, code, message))
 
-    def all_errors(self, checked: CheckedBatch) -> list[EventError]:
+    def all_errors(self, verdict: Sequence[EventError]) -> list[EventError]:
         """Every rejection of the request, by request index: the translation's
-        and those of ``checked`` (the verdict on :attr:`raws`), in index order."""
+        and those of ``verdict`` (indexed into :attr:`raws`), in index order."""
         errors = list(self.errors)
-        errors.extend(EventError(self.origins[e.index], e.code, e.message) for e in checked.errors)
+        errors.extend(EventError(self.origins[e.index], e.code, e.message) for e in verdict)
         errors.sort(key=lambda e: e.index)
         return errors
 

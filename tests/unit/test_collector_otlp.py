@@ -202,7 +202,7 @@ def test_schema_rules_and_pii_reject_records_after_translation_with_request_inde
     checked = check_events(
         translation.raws, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=86_400_000
     )
-    errors = translation.all_errors(checked)
+    errors = translation.all_errors(checked.errors)
     assert len(checked.events) == 1
     assert [(e.index, e.code) for e in errors] == [(1, "invalid_duration"), (2, "pii")]
 
