@@ -32,9 +32,8 @@ request, a ``google.rpc.Status``, both in the request's encoding.
 
 from __future__ import annotations
 
-import base64
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -42,7 +41,7 @@ import msgspec
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
     Translation,
-    derived_id,
+    derived_id_of_bytes,
     normalise_key,
     normalise_type,
     uuid_or_none,
@@ -53,7 +52,6 @@ __all__ = [
     "JSON",
     "PROTOBUF",
     "Encoding",
-    "decode_logs",
     "encode_export_response",
     "encode_status",
     "encoding_of",
@@ -71,10 +69,6 @@ _RESERVED: Final = frozenset(
 DEFAULT_APP: Final = "unknown_service"
 DEFAULT_INSTALL: Final = "unknown"
 
-#: A decoded OTLP value: (kind, value) with kind one of
-#: s(tring) b(ool) i(nt) d(ouble) y (bytes, base64) a(rray) k(ey-value list).
-Value = tuple[str, Any]
-
 
 def encoding_of(content_type: str | None) -> Encoding | None:
     """The OTLP encoding named by a ``Content-Type`` header, or ``None``."""
@@ -86,30 +80,75 @@ def encoding_of(content_type: str | None) -> Encoding | None:
     return None
 
 
-# -- the plain form both decoders produce ---------------------------------------------
+# -- the mapping both encodings share -----------------------------------------------
+
+#: Stands for an attribute whose value is not a scalar (array, map, bytes):
+#: not a property, and not a valid duration, success or id either.
+NON_SCALAR: Final = "(non-scalar OTLP value)"
+_Attributes = dict[str, Any]
 
 
-class Record(msgspec.Struct, frozen=True, array_like=True):
-    """One log record in plain values, as both encodings decode it."""
+class _Resource:
+    """What a resource gives each of its records: app, version, install."""
 
-    time_ns: int
-    observed_ns: int
-    severity_number: int
-    severity_text: str
-    event_name: str
-    body: Value | None
-    attributes: list[tuple[str, Value]]
-    trace_id: str
-    span_id: str
-    flags: int
+    __slots__ = ("app", "install", "version")
+
+    def __init__(self, attributes: _Attributes) -> None:
+        self.app = _text(attributes.get("service.name")) or DEFAULT_APP
+        self.version = _text(attributes.get("service.version"))
+        self.install = _text(attributes.get("service.instance.id")) or DEFAULT_INSTALL
 
 
-class Block(msgspec.Struct, frozen=True, array_like=True):
-    """The records of one (resource, scope) pair."""
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value is not NON_SCALAR and value else None
 
-    resource: list[tuple[str, Value]]
-    scope: list[Any]
-    records: list[Record]
+
+def _add_record(
+    out: Translation,
+    index: int,
+    *,
+    event_name: str,
+    attributes: _Attributes,
+    nanos: int,
+    resource: _Resource,
+    content: Callable[[], bytes],
+    received_ms: int,
+) -> None:
+    """Translate one record (its ``attributes`` are consumed) into an event or a rejection."""
+    uid = attributes.pop("log.record.uid", None)
+    named = attributes.pop("event.name", None)
+    duration = attributes.pop("event.duration_ms", None)
+    success = attributes.pop("event.success", None)
+    session = attributes.pop("session.id", None)
+    name = event_name or _text(named)
+    event_type = normalise_type(name) if name else None
+    if event_type is None:
+        reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
+        out.reject(index, "missing_type", f"{reason}: a log record needs an event name")
+        return
+    properties = {}
+    for key, value in attributes.items():
+        if value is not NON_SCALAR:
+            normalised = normalise_key(key)
+            if normalised is not None:
+                properties[normalised] = value
+    out.add(
+        index,
+        Event(
+            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", content()),
+            type=event_type,
+            timestamp=nanos // 1_000_000 if nanos else received_ms,
+            install_id=resource.install,
+            app=resource.app,
+            app_version=resource.version,
+            session_id=session,
+            # Whatever their kind, the schema check of the event judges these
+            # (a string duration or an integer success is rejected there).
+            duration_ms=duration,
+            success=success,
+            properties=properties,
+        ),
+    )
 
 
 # -- protobuf ------------------------------------------------------------------------
@@ -130,69 +169,75 @@ def _pb() -> Any:
     return logs_service_pb2
 
 
-def _pb_value(value: Any) -> Value | None:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return ("s", value.string_value)
-    if kind == "bool_value":
-        return ("b", value.bool_value)
-    if kind == "int_value":
-        return ("i", value.int_value)
-    if kind == "double_value":
-        return ("d", value.double_value)
-    if kind == "bytes_value":
-        return ("y", base64.b64encode(value.bytes_value).decode())
-    if kind == "array_value":
-        return ("a", [_pb_value(v) for v in value.array_value.values])
-    if kind == "kvlist_value":
-        return ("k", [(kv.key, _pb_value(kv.value)) for kv in value.kvlist_value.values])
-    return None
+_PB_SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 
 
-def _pb_attributes(attributes: Any) -> list[tuple[str, Value]]:
-    out = []
+#: Attributes up to this many bytes (as encoded) are remembered within a request.
+_MEMO_MAX_BYTES: Final = 256
+
+
+def _pb_attributes(attributes: Any, memo: dict[bytes, tuple[str, Any]]) -> _Attributes:
+    """The attributes as a dict of Python values.
+
+    Reading a protobuf field from Python builds a wrapper object each time, and
+    most attributes repeat from record to record (the same command, the same
+    flag): ``memo`` maps each attribute's encoding (one C call) to its decoded
+    pair, so a repeated attribute costs one lookup (half the time, measured).
+    """
+    out: _Attributes = {}
     for kv in attributes:
-        value = _pb_value(kv.value)
-        if value is not None:
-            out.append((kv.key, value))
+        raw = kv.SerializeToString()
+        known = memo.get(raw)
+        if known is None:
+            value = kv.value
+            kind = value.WhichOneof("value")
+            if kind in _PB_SCALARS:
+                known = (kv.key, getattr(value, kind))
+            else:
+                known = (kv.key, None if kind is None else NON_SCALAR)
+            if len(raw) <= _MEMO_MAX_BYTES:
+                memo[raw] = known
+        out[known[0]] = known[1]
     return out
 
 
-def _decode_protobuf(body: bytes) -> list[Block]:
+def _pb_content(context: bytes, record: Any) -> bytes:
+    data: bytes = record.SerializeToString(deterministic=True)
+    return context + data
+
+
+def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
     pb = _pb()
     request = pb.ExportLogsServiceRequest()
     try:
         request.ParseFromString(body)
     except Exception as exc:  # the upb, C++ and Python backends raise different types
         raise IngestError(400, "malformed", f"invalid OTLP protobuf: {exc}") from None
-    blocks = []
+    out = Translation()
+    index = 0
+    memo: dict[bytes, tuple[str, Any]] = {}
     for resource_logs in request.resource_logs:
-        resource = _pb_attributes(resource_logs.resource.attributes)
+        resource_pb = resource_logs.resource
+        resource = _Resource(_pb_attributes(resource_pb.attributes, memo))
         for scope_logs in resource_logs.scope_logs:
-            scope = scope_logs.scope
-            records = [
-                Record(
-                    rec.time_unix_nano,
-                    rec.observed_time_unix_nano,
-                    rec.severity_number,
-                    rec.severity_text,
-                    rec.event_name,
-                    _pb_value(rec.body) if rec.HasField("body") else None,
-                    _pb_attributes(rec.attributes),
-                    rec.trace_id.hex(),
-                    rec.span_id.hex(),
-                    rec.flags,
-                )
-                for rec in scope_logs.log_records
-            ]
-            blocks.append(
-                Block(
-                    resource,
-                    [scope.name, scope.version, _pb_attributes(scope.attributes)],
-                    records,
-                )
+            # A derived id covers the record, its scope and its resource, as sent.
+            context = resource_pb.SerializeToString(deterministic=True) + (
+                scope_logs.scope.SerializeToString(deterministic=True)
             )
-    return blocks
+            for record in scope_logs.log_records:
+                _add_record(
+                    out,
+                    index,
+                    event_name=record.event_name,
+                    attributes=_pb_attributes(record.attributes, memo),
+                    nanos=record.time_unix_nano or record.observed_time_unix_nano,
+                    resource=resource,
+                    content=functools.partial(_pb_content, context, record),
+                    received_ms=received_ms,
+                )
+                index += 1
+    out.total = index
+    return out
 
 
 # -- JSON ----------------------------------------------------------------------------
@@ -208,7 +253,7 @@ class _JKeyValueList(msgspec.Struct, rename="camel"):
     values: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
-class _JAny(msgspec.Struct, rename="camel"):
+class _JAny(msgspec.Struct, rename="camel", omit_defaults=True):
     string_value: str | None = None
     bool_value: bool | None = None
     int_value: _Int64 | None = None
@@ -223,13 +268,13 @@ class _JKeyValue(msgspec.Struct, rename="camel"):
     value: _JAny | None = None
 
 
-class _JScope(msgspec.Struct, rename="camel"):
+class _JScope(msgspec.Struct, rename="camel", omit_defaults=True):
     name: str = ""
     version: str = ""
     attributes: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
-class _JRecord(msgspec.Struct, rename="camel"):
+class _JRecord(msgspec.Struct, rename="camel", omit_defaults=True):
     time_unix_nano: _Int64 = 0
     observed_time_unix_nano: _Int64 = 0
     severity_number: int | str = 0
@@ -247,7 +292,7 @@ class _JScopeLogs(msgspec.Struct, rename="camel"):
     log_records: list[_JRecord] = msgspec.field(default_factory=list)
 
 
-class _JResource(msgspec.Struct, rename="camel"):
+class _JResource(msgspec.Struct, rename="camel", omit_defaults=True):
     attributes: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
@@ -261,6 +306,7 @@ class _JRequest(msgspec.Struct, rename="camel"):
 
 
 _json_decoder = msgspec.json.Decoder(_JRequest)
+_json_encoder = msgspec.json.Encoder()
 
 
 def _int64(value: _Int64, field: str) -> int:
@@ -272,149 +318,79 @@ def _int64(value: _Int64, field: str) -> int:
         raise IngestError(400, "malformed", f"{field} is not an integer: {value[:40]!r}") from None
 
 
-def _json_value(value: _JAny | None) -> Value | None:
+def _json_scalar(value: _JAny | None) -> Any:
     if value is None:
         return None
     if value.string_value is not None:
-        return ("s", value.string_value)
+        return value.string_value
     if value.bool_value is not None:
-        return ("b", value.bool_value)
+        return value.bool_value
     if value.int_value is not None:
-        return ("i", _int64(value.int_value, "intValue"))
+        return _int64(value.int_value, "intValue")
     if value.double_value is not None:
         double = value.double_value
-        return ("d", float(double) if isinstance(double, str) else double)
-    if value.bytes_value is not None:
-        return ("y", value.bytes_value)
-    if value.array_value is not None:
-        return ("a", [_json_value(v) for v in value.array_value.values])
-    if value.kvlist_value is not None:
-        return ("k", [(kv.key, _json_value(kv.value)) for kv in value.kvlist_value.values])
-    return None
+        return float(double) if isinstance(double, str) else double
+    if value.bytes_value is None and value.array_value is None and value.kvlist_value is None:
+        return None
+    return NON_SCALAR
 
 
-def _json_attributes(attributes: list[_JKeyValue]) -> list[tuple[str, Value]]:
-    out = []
-    for kv in attributes:
-        value = _json_value(kv.value)
-        if value is not None:
-            out.append((kv.key, value))
-    return out
+def _json_attributes(attributes: list[_JKeyValue]) -> _Attributes:
+    return {kv.key: _json_scalar(kv.value) for kv in attributes}
 
 
-def _json_record(rec: _JRecord) -> Record:
-    severity = rec.severity_number
-    return Record(
-        _int64(rec.time_unix_nano, "timeUnixNano"),
-        _int64(rec.observed_time_unix_nano, "observedTimeUnixNano"),
-        severity if isinstance(severity, int) else 0,
-        rec.severity_text,
-        rec.event_name,
-        _json_value(rec.body),
-        _json_attributes(rec.attributes),
-        rec.trace_id.lower(),
-        rec.span_id.lower(),
-        rec.flags,
-    )
+def _json_content(context: bytes, record: _JRecord) -> bytes:
+    return context + _json_encoder.encode(record)
 
 
-def _decode_json(body: bytes) -> list[Block]:
+def _translate_json(body: bytes, received_ms: int) -> Translation:
     try:
         request = _json_decoder.decode(body)
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise IngestError(400, "malformed", f"invalid OTLP JSON: {exc}") from None
-    blocks = []
+    out = Translation()
+    index = 0
     for resource_logs in request.resource_logs:
-        resource = resource_logs.resource
-        attributes = _json_attributes(resource.attributes) if resource else []
+        resource_json = resource_logs.resource or _JResource()
+        resource = _Resource(_json_attributes(resource_json.attributes))
         for scope_logs in resource_logs.scope_logs:
-            scope = scope_logs.scope or _JScope()
-            blocks.append(
-                Block(
-                    attributes,
-                    [scope.name, scope.version, _json_attributes(scope.attributes)],
-                    [_json_record(r) for r in scope_logs.log_records],
+            context = _json_encoder.encode([resource_json, scope_logs.scope])
+            for record in scope_logs.log_records:
+                nanos = _int64(record.time_unix_nano, "timeUnixNano") or _int64(
+                    record.observed_time_unix_nano, "observedTimeUnixNano"
                 )
-            )
-    return blocks
+                _add_record(
+                    out,
+                    index,
+                    event_name=record.event_name,
+                    attributes=_json_attributes(record.attributes),
+                    nanos=nanos,
+                    resource=resource,
+                    content=functools.partial(_json_content, context, record),
+                    received_ms=received_ms,
+                )
+                index += 1
+    out.total = index
+    return out
 
 
-def decode_logs(body: bytes, encoding: Encoding) -> list[Block]:
-    """Decode an ``ExportLogsServiceRequest`` body into plain blocks.
+def translate_logs(body: bytes, encoding: Encoding, *, received_ms: int) -> Translation:
+    """Decode an ``ExportLogsServiceRequest`` body and translate each log record,
+    indexed in request order (resources, then scopes, then records).
 
     Raises :class:`IngestError` 400 (``malformed``) for a body that is not a
     valid request in ``encoding``, 415 for protobuf without the otlp extra.
+    A record resent in the same encoding gets the same derived id.
     """
-    return _decode_protobuf(body) if encoding == PROTOBUF else _decode_json(body)
-
-
-# -- mapping -------------------------------------------------------------------------
-
-
-def _string(attributes: Mapping[str, Value], key: str) -> str | None:
-    value = attributes.get(key)
-    return value[1] if value is not None and value[0] == "s" else None
-
-
-def _scalar(value: Value | None) -> Any:
-    # Whatever its kind, the schema check of the event judges it (a string
-    # duration or an integer success is rejected there, with its reason).
-    return None if value is None else value[1]
-
-
-def _records(blocks: list[Block]) -> Iterator[tuple[Block, Record]]:
-    for block in blocks:
-        for record in block.records:
-            yield block, record
-
-
-def translate_logs(blocks: list[Block], *, received_ms: int) -> Translation:
-    """Translate decoded blocks into events, one per log record, indexed in order."""
-    out = Translation()
-    for index, (block, record) in enumerate(_records(blocks)):
-        attributes = dict(record.attributes)
-        name = record.event_name or _string(attributes, "event.name")
-        event_type = normalise_type(name) if name else None
-        if event_type is None:
-            reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
-            out.reject(index, "missing_type", f"{reason}: a log record needs an event name")
-            continue
-        resource = dict(block.resource)
-        event_id = uuid_or_none(_string(attributes, "log.record.uid")) or derived_id(
-            "otlp", [block.resource, block.scope, record]
-        )
-        nanos = record.time_ns or record.observed_ns
-        properties: dict[str, Any] = {}
-        for key, value in record.attributes:
-            if key in _RESERVED or value[0] not in "sbid":
-                continue
-            name_ = normalise_key(key)
-            if name_ is not None:
-                properties[name_] = value[1]
-        out.add(
-            index,
-            Event(
-                id=event_id,
-                type=event_type,
-                timestamp=nanos // 1_000_000 if nanos else received_ms,
-                install_id=_string(resource, "service.instance.id") or DEFAULT_INSTALL,
-                app=_string(resource, "service.name") or DEFAULT_APP,
-                app_version=_string(resource, "service.version"),
-                session_id=_string(attributes, "session.id"),
-                duration_ms=_scalar(attributes.get("event.duration_ms")),
-                success=_scalar(attributes.get("event.success")),
-                properties=properties,
-            ),
-        )
-    out.total = sum(len(b.records) for b in blocks)
-    return out
+    if encoding == PROTOBUF:
+        return _translate_protobuf(body, received_ms)
+    return _translate_json(body, received_ms)
 
 
 # -- answers -------------------------------------------------------------------------
 
 #: HTTP status -> google.rpc.Code of the Status body.
 _GRPC_CODES: Final = {400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}
-_json_encoder = msgspec.json.Encoder()
 
 
 def encode_export_response(rejected: int, message: str, encoding: Encoding) -> bytes:

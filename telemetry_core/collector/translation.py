@@ -17,6 +17,8 @@ a usable id get a deterministic UUID derived from their content
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +33,7 @@ __all__ = [
     "ID_NAMESPACE",
     "Translation",
     "derived_id",
+    "derived_id_of_bytes",
     "first_messages",
     "flatten_properties",
     "normalise_key",
@@ -49,6 +52,7 @@ _UNDERSCORES: Final = re.compile(r"__+")
 _MAX_TYPE_LENGTH: Final = 64
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_type(name: str) -> str | None:
     """``name`` as an event type of pattern ``^[a-z][a-z0-9_.:-]{0,63}$``, or ``None``.
 
@@ -64,6 +68,7 @@ def normalise_type(name: str) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_key(key: str) -> str | None:
     """``key`` as a property key (``^[A-Za-z_][A-Za-z0-9_.:-]*$``, at most 64
     characters), or ``None`` when it is empty. Case is kept."""
@@ -79,6 +84,8 @@ def uuid_or_none(value: object) -> str | None:
     """``value`` in canonical form when it is a UUID string, else ``None``."""
     if not isinstance(value, str) or len(value) > 45:
         return None
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # the common case, without building a UUID
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -86,6 +93,7 @@ def uuid_or_none(value: object) -> str | None:
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def derived_id(kind: str, content: object) -> str:
@@ -96,7 +104,15 @@ def derived_id(kind: str, content: object) -> str:
     any difference in its content gives another. ``kind`` separates the
     protocols, so equal content from two of them never collides.
     """
-    return str(uuid.uuid5(ID_NAMESPACE, kind + "\x00" + _canonical.encode(content).decode()))
+    return derived_id_of_bytes(kind, _canonical.encode(content))
+
+
+def derived_id_of_bytes(kind: str, data: bytes) -> str:
+    """The UUID (version 5, in :data:`ID_NAMESPACE`) of ``data``, for ``kind``."""
+    digest = hashlib.sha1(
+        ID_NAMESPACE.bytes + kind.encode() + b"\x00" + data, usedforsecurity=False
+    ).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 def flatten_properties(
