@@ -218,6 +218,7 @@ def translate_posthog(
 ) -> Translation:
     """Translate PostHog capture events into schema-1 events."""
     out = Translation(total=len(batch.messages))
+    hash_id = hasher.memo()
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "an event must be a JSON object")
@@ -243,7 +244,7 @@ def translate_posthog(
         if timestamp is None:
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
-        install = hasher.hash(distinct)
+        install = hash_id(distinct)
         properties = flatten_properties(props, drop_prefix="$")
         properties.pop("distinct_id", None)
         properties.pop("token", None)
@@ -289,6 +290,7 @@ def translate_segment(
 ) -> Translation:
     """Translate Segment messages (track, page, screen) into schema-1 events."""
     out = Translation(total=len(batch.messages))
+    hash_id = hasher.memo()
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "a message must be a JSON object")
@@ -307,7 +309,7 @@ def translate_segment(
         if timestamp is None:
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
-        install = hasher.hash(user)
+        install = hash_id(user)
         raw_props = message.get("properties")
         properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
         page_name = _text(message.get("name"))

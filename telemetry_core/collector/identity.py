@@ -14,10 +14,10 @@ collector sharing the database, and every restart, hashes alike.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -45,8 +45,21 @@ class IdentityHasher:
 
     def hash(self, value: str) -> str:
         """The keyed hash of ``value``: 32 lowercase hex digits."""
-        digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return digest.hexdigest()[:_HASH_HEX_DIGITS]
+        digest = hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256")
+        return digest.hex()[:_HASH_HEX_DIGITS]
+
+    def memo(self) -> Callable[[str], str]:
+        """:meth:`hash` remembering its answers: for one request, whose messages
+        mostly come from one user (dropped with the request, like the raw ids)."""
+        known: dict[str, str] = {}
+
+        def hash_once(value: str) -> str:
+            hashed = known.get(value)
+            if hashed is None:
+                hashed = known[value] = self.hash(value)
+            return hashed
+
+        return hash_once
 
 
 _CREATE: Final = (

@@ -115,6 +115,9 @@ def derived_id_of_bytes(kind: str, data: bytes) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
+_SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def flatten_properties(
     properties: Mapping[str, object], *, drop_prefix: str | None = None
 ) -> dict[str, PropertyValue]:
@@ -127,47 +130,55 @@ def flatten_properties(
     """
     flat: dict[str, PropertyValue] = {}
     for key, value in properties.items():
-        if drop_prefix and key.startswith(drop_prefix):
+        if drop_prefix is not None and key.startswith(drop_prefix):
             continue
-        if isinstance(value, Mapping):
+        if type(value) in _SCALAR_TYPES:
+            name = normalise_key(key)
+            if name is not None:
+                flat[name] = value  # type: ignore[assignment]
+        elif isinstance(value, Mapping):
             for inner, inner_value in value.items():
-                if drop_prefix and str(inner).startswith(drop_prefix):
+                inner_key = str(inner)
+                if drop_prefix is not None and inner_key.startswith(drop_prefix):
                     continue
-                _put(flat, f"{key}.{inner}", inner_value)
-        else:
-            _put(flat, key, value)
+                if type(inner_value) in _SCALAR_TYPES:
+                    name = normalise_key(f"{key}.{inner_key}")
+                    if name is not None:
+                        flat[name] = inner_value
     return flat
 
 
-def _put(flat: dict[str, PropertyValue], key: str, value: object) -> None:
-    if value is None or isinstance(value, str | bool | int | float):
-        name = normalise_key(key)
-        if name is not None:
-            flat[name] = value
-
-
 _event_encoder = msgspec.json.Encoder()
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 @attrs.define
 class Translation:
     """A request's records translated into ``/v1/submit`` events.
 
-    ``raws`` are the translated events as wire JSON, for
-    :func:`~telemetry_core.collector.ingest.check_events`; ``origins`` give the
-    index in the request of each; ``errors`` are the records that could not be
-    translated, by their index in the request; ``total`` counts every record.
+    ``events`` are the translated events and :attr:`raws` the same as wire
+    JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
+    give the index in the request of each; ``errors`` are the records that
+    could not be translated, by their index in the request; ``total`` counts
+    every record.
     """
 
-    raws: list[msgspec.Raw] = attrs.field(factory=list)
+    events: list[Event] = attrs.field(factory=list)
     origins: list[int] = attrs.field(factory=list)
     errors: list[EventError] = attrs.field(factory=list)
     total: int = 0
 
     def add(self, index: int, event: Event) -> None:
         """Add the record at ``index``, translated into ``event``."""
-        self.raws.append(msgspec.Raw(_event_encoder.encode(event)))
+        self.events.append(event)
         self.origins.append(index)
+
+    @property
+    def raws(self) -> list[msgspec.Raw]:
+        """Each event as wire JSON (encoded in one call, split in another)."""
+        if not self.events:
+            return []
+        return _raw_list.decode(_event_encoder.encode(self.events))
 
     def reject(self, index: int, code: str, message: str) -> None:
         """Record that the record at ``index`` could not be translated."""
