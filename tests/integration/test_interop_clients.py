@@ -42,13 +42,34 @@ RAW_USER = "ann.example@example.com"
 def collector(tls_ca: trustme.CA, tmp_path: Path) -> Iterator[CollectorProcess]:
     with CollectorProcess(tls_ca, tmp_path / "collector", ["--db", str(tmp_path / "c.db")]) as c:
         yield c
+        close_sdk_connections()
 
 
 @pytest.fixture
-def ca_path(tls_ca: trustme.CA, tmp_path: Path) -> str:
+def ca_path(tls_ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test CA, trusted by the SDKs the way their users trust a private CA.
+
+    The SDKs use ``requests``, which prefers ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE`` from the environment over a session's own bundle (the
+    OTLP exporter's ``certificate_file``): a machine that sets them globally
+    gets them pointed at the test CA.
+    """
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(path))
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     return str(path)
+
+
+def close_sdk_connections() -> None:
+    """Close the keep-alive connections the SDKs pool at module level, as the
+    app's exit would, before the collector stops: an idle one holds its
+    graceful shutdown for the whole grace period."""
+    from posthog.request import reset_sessions
+    from segment.analytics import request as segment_request
+
+    reset_sessions()
+    segment_request._session.close()
 
 
 def post(
@@ -199,7 +220,6 @@ def test_posthog_python_events_are_counted_once_and_distinct_id_never_stored(
 ) -> None:
     import posthog
 
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_path)
     client = posthog.Posthog(API_KEY, host=collector.base_url, sync_mode=True, gzip=True)
     event_uuid = str(uuid.uuid4())
     for i in range(4):
@@ -237,7 +257,6 @@ def test_segment_analytics_python_is_counted_once_and_anonymous_id_never_stored(
 ) -> None:
     from segment.analytics import Client
 
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_path)
     client = Client(API_KEY, host=collector.base_url, sync_mode=True)
     for _ in range(3):
         client.track(anonymous_id=RAW_USER, event="Order Completed", properties={"total": 9.5})
@@ -245,7 +264,7 @@ def test_segment_analytics_python_is_counted_once_and_anonymous_id_never_stored(
     client.identify(anonymous_id=RAW_USER, traits={"email": RAW_USER})
     client.track(anonymous_id="dev-2", event="Signed Up", message_id="signup-dev-2")
     client.track(anonymous_id="dev-2", event="Signed Up", message_id="signup-dev-2")  # resent
-    client.shutdown()
+    # sync_mode sends each call before it returns (and has no consumer to shut down)
     stats = totals(collector)
     assert stats["by_type"] == {"order_completed": 3, "page_view": 1, "signed_up": 1}
     assert (stats["duplicates"], stats["rejected"]) == (1, 1)  # identify is not stored
@@ -270,6 +289,7 @@ def throttling_collector(tls_ca: trustme.CA, tmp_path: Path) -> Iterator[Collect
     args = ["--db", str(tmp_path / "c.db"), "--rate-limit", "60", "--rate-burst", "1000"]
     with CollectorProcess(tls_ca, tmp_path / "throttling", args) as c:
         yield c
+        close_sdk_connections()
 
 
 def spend_the_burst(collector: CollectorProcess) -> None:
@@ -296,7 +316,6 @@ def test_each_sdk_retries_a_429_after_retry_after_and_is_counted_once(
     from segment.analytics import Client
 
     collector = throttling_collector
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_path)
     # The key's bucket is empty from here on: each SDK's first request gets 429
     # with Retry-After: 1, and its own retry (a second later) gets in.
     spend_the_burst(collector)
