@@ -87,7 +87,10 @@ async def otlp_logs(request: Request) -> Response:
 
 async def _otlp_logs(encoding: otlp.Encoding | None, submission: Submission) -> Response:
     request = submission.request
-    kid = submission.authenticate(request.headers.get("x-api-key") or _bearer(request))
+    kid = submission.authenticate(
+        request.headers.get("x-api-key") or _bearer(request),
+        where="key (X-API-Key or Authorization: Bearer)",
+    )
     if encoding is None:
         raise IngestError(
             415,
@@ -135,7 +138,7 @@ Translator = Callable[..., Translation]
 
 
 async def _analytics(
-    decode: Decoder, translate: Translator, submission: Submission
+    decode: Decoder, translate: Translator, key_field: str, submission: Submission
 ) -> tuple[SubmitResponse, Translation]:
     """The steps PostHog and Segment share: the key is in the body (or Basic /
     Bearer auth), so the body is read, within the limits, before it is checked."""
@@ -147,7 +150,10 @@ async def _analytics(
     body = await submission.read_body(content_encoding)
     collector = submission.collector
     batch = decode(body, max_events=collector.settings.max_events_per_batch)
-    kid = submission.authenticate(batch.key or _basic_user(request) or _bearer(request))
+    kid = submission.authenticate(
+        batch.key or _basic_user(request) or _bearer(request),
+        where=f"key ({key_field} in the body, or Basic auth)",
+    )
     translation = translate(batch, hasher=collector.identity, received_ms=collector.now_ms())
     return await _accept(submission, kid, translation), translation
 
@@ -159,7 +165,7 @@ async def posthog_capture(request: Request) -> Response:
 
 async def _posthog(submission: Submission) -> Response:
     verdict, translation = await _analytics(
-        analytics_sdks.decode_posthog, analytics_sdks.translate_posthog, submission
+        analytics_sdks.decode_posthog, analytics_sdks.translate_posthog, "api_key", submission
     )
     return json_response({"status": 1, **_verdict_body(verdict, translation)})
 
@@ -171,7 +177,7 @@ async def segment_batch(request: Request) -> Response:
 
 async def _segment(submission: Submission) -> Response:
     verdict, translation = await _analytics(
-        analytics_sdks.decode_segment, analytics_sdks.translate_segment, submission
+        analytics_sdks.decode_segment, analytics_sdks.translate_segment, "writeKey", submission
     )
     return json_response({"success": True, **_verdict_body(verdict, translation)})
 
