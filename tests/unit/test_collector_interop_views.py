@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import sqlite3
 import uuid
@@ -143,6 +144,17 @@ def test_posthog_accepts_text_plain_and_a_bearer_key(client: TestClient) -> None
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == 1
     assert totals(client)["by_type"] == {"page_view": 1}
+
+
+def test_posthog_js_gzip_named_in_the_query_is_inflated(client: TestClient) -> None:
+    body = json.dumps([{"event": "$autocapture", "distinct_id": "u", "properties": {"token": KEY}}])
+    answer = client.post(
+        "/e/?compression=gzip-js",
+        content=gzip.compress(body.encode()),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert totals(client)["by_type"] == {"autocapture": 1}
 
 
 def test_posthog_without_a_key_is_a_401_with_detail(client: TestClient) -> None:

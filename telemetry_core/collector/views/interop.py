@@ -146,6 +146,9 @@ async def _analytics(
     # posthog-js sends its JSON as text/plain (sendBeacon); the body decides.
     submission.require_media_type("application/json", "text/plain")
     content_encoding = submission.content_encoding()
+    if request.query_params.get("compression") == "gzip-js":
+        # posthog-js gzips in the browser and says so in the query, not in a header.
+        content_encoding = "gzip"
     submission.admit()
     body = await submission.read_body(content_encoding)
     collector = submission.collector
