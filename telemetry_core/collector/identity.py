@@ -62,6 +62,8 @@ class IdentityHasher:
         return hash_once
 
 
+#: Advisory lock held while the secrets table is created and read (PostgreSQL).
+_SECRETS_LOCK_KEY: Final = 0x7465_6C65_5345_4352  # "teleSECR"
 _CREATE: Final = (
     "CREATE TABLE IF NOT EXISTS collector_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 )
@@ -99,6 +101,9 @@ def _postgres_secret(database_url: str, candidate: str) -> str:
 
     try:
         with psycopg.connect(database_url) as conn:
+            # Collectors starting together would race on CREATE TABLE IF NOT
+            # EXISTS (not atomic in PostgreSQL): one at a time, for this transaction.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SECRETS_LOCK_KEY,))
             conn.execute(_CREATE)
             conn.execute(
                 "INSERT INTO collector_secrets (name, value) VALUES (%s, %s) "
