@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "exit_pending": "bench.exit_pending",
     "end_to_end": "bench.end_to_end",
     "ingest": "bench.ingest",
+    "interop_decode": "bench.interop_decode",
     "idle": "bench.idle",
 }
 

@@ -52,6 +52,7 @@ __all__ = [
 #: Bundled plugins: short stable name -> module registered as the plugin.
 DEFAULT_PLUGINS: Final[dict[str, str]] = {
     "https": "telemetry_core_plugins.https_transport",
+    "otlp": "telemetry_core_plugins.otlp_transport",
     "sqlite": "telemetry_core_plugins.sqlite_storage",
     "exponential-jitter": "telemetry_core_plugins.exponential_jitter",
     "token-bucket": "telemetry_core_plugins.token_bucket",

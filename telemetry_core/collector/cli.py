@@ -151,6 +151,12 @@ def _default(key: str) -> Any:
     help="Server processes sharing the port (--database-url only).",
 )
 @click.option(
+    "--identity-secret",
+    help="Key of the hash that replaces PostHog/Segment user ids "
+    "(default: generated once and kept in the database).",
+)
+@click.option("--identity-secret-file", type=click.Path(dir_okay=False), help="File with that key.")
+@click.option(
     "--log-level",
     default=_default("log_level"),
     show_default=True,

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from telemetry_core._version import __version__
 from telemetry_core.collector.auth import AdminAuth, KeyRing
+from telemetry_core.collector.identity import IdentityHasher, new_secret
 from telemetry_core.collector.ingest import InFlightBudget
 from telemetry_core.collector.limiter import KeyedRateLimiter
 from telemetry_core.collector.metrics import CollectorMetrics
@@ -68,6 +69,8 @@ class Collector:
             clock=monotonic,
         )
         self.budget = InFlightBudget(settings.inflight_budget_bytes)
+        #: Hashes the user ids of PostHog and Segment messages (never stored raw).
+        self.identity = IdentityHasher(settings.identity_secret or new_secret())
         self.metrics = CollectorMetrics(lambda: float(store.queue_depth))
         store.add_commit_observer(self.metrics.observe_commit)
         self.info = ServerInfo(

@@ -131,6 +131,8 @@ OPTIONS: Mapping[str, Option] = {
         Option("metrics_token", str, secret=True),
         Option("metrics_token_file", str, path=True),
         Option("metrics_port", int),
+        Option("identity_secret", str, secret=True),
+        Option("identity_secret_file", str, path=True),
         Option("workers", int, 1),
     )
 }
@@ -373,7 +375,8 @@ def collector_settings(values: Mapping[str, Any]) -> CollectorSettings:
     metrics_token = _secret(values, "metrics_token")
     inflight_mb = values["max_inflight_mb"]
     try:
-        return _collector_settings(values, keys, admin_token, metrics_token, inflight_mb)
+        settings = _collector_settings(values, keys, admin_token, metrics_token, inflight_mb)
+        return attrs.evolve(settings, identity_secret=_secret(values, "identity_secret"))
     except ConfigError as exc:
         key = _OPTION_OF_FIELD.get(exc.setting, exc.setting)
         if key not in OPTIONS:

@@ -27,6 +27,7 @@ __all__ = [
     "html_response",
     "json_response",
     "refusal",
+    "refusal_headers",
 ]
 
 log = logging.getLogger("telemetry_core.collector")
@@ -64,9 +65,9 @@ def html_response(page: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(page, status_code=status, headers=DASHBOARD_HEADERS)
 
 
-def refusal(exc: IngestError) -> Response:
-    """The JSON error answer of a request-level refusal (``Retry-After`` and
-    ``Connection: close`` as the error asks)."""
+def refusal_headers(exc: IngestError) -> dict[str, str]:
+    """The headers of a request-level refusal, whatever the body's format:
+    ``Retry-After`` (429 and 503) and ``Connection: close`` as the error asks."""
     headers: dict[str, str] = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
@@ -74,7 +75,12 @@ def refusal(exc: IngestError) -> Response:
         headers["Retry-After"] = "1"
     if exc.close:
         headers["Connection"] = "close"
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return headers
+
+
+def refusal(exc: IngestError) -> Response:
+    """The JSON error answer of a request-level refusal (headers by :func:`refusal_headers`)."""
+    return error_response(exc.status, exc.code, exc.message, refusal_headers(exc))
 
 
 def disconnected(path: str) -> Response:

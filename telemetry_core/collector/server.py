@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from telemetry_core.collector.options import ServeSettings, StoreSettings
 from telemetry_core.collector.store import CollectorStore
 from telemetry_core.errors import ConfigError
@@ -85,6 +87,13 @@ def _serve_one(settings: ServeSettings, sock: socket.socket | None = None) -> in
 
     app_settings = settings.collector
     store = open_store(settings.store, max_pending_events=app_settings.max_pending_events)
+    if app_settings.identity_secret is None:
+        from telemetry_core.collector.identity import persisted_secret
+
+        secret = persisted_secret(
+            db_path=settings.store.db, database_url=settings.store.database_url
+        )
+        app_settings = attrs.evolve(app_settings, identity_secret=secret)
     app = create_app(app_settings, store)
     metrics_server = None
     if settings.metrics_port is not None:

@@ -56,6 +56,11 @@ class CollectorSettings:
     build: ``max_events_per_batch x max_event_bytes``) within
     ``drain_timeout_s`` (at most ``body_timeout_s``), so the client, still
     sending, can read the answer; past either bound the connection is closed.
+
+    ``identity_secret`` keys the hash that replaces the user ids of PostHog and
+    Segment messages (:mod:`~telemetry_core.collector.identity`); without one
+    the app makes a random one, good for its own lifetime only (the command
+    line keeps one in the database).
     """
 
     api_keys: tuple[str, ...] = attrs.field(converter=_str_tuple, repr=False)
@@ -83,6 +88,7 @@ class CollectorSettings:
     drain_max_bytes: int | None = None
     drain_timeout_s: float = 5.0
     metrics_token: str | None = attrs.field(default=None, repr=False)
+    identity_secret: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if any(not k for k in self.api_keys):
@@ -108,6 +114,8 @@ class CollectorSettings:
             raise ConfigError("drain_max_bytes", "must not be negative")
         if not self.drain_timeout_s >= 0:
             raise ConfigError("drain_timeout_s", "must not be negative")
+        if self.identity_secret is not None and len(self.identity_secret) < 16:
+            raise ConfigError("identity_secret", "must be at least 16 characters")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CollectorSettings:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
@@ -43,7 +43,7 @@ from telemetry_core.collector.responses import (
 )
 from telemetry_core.collector.store import StoreOverloaded
 from telemetry_core.errors import StorageError
-from telemetry_core.schema import SubmitResponse
+from telemetry_core.schema import EventError, SubmitResponse
 
 __all__ = ["Submission", "SubmissionHandler", "fingerprint", "handle_submission", "read_capped"]
 
@@ -71,13 +71,14 @@ class Submission:
         #: or without one), for the log lines of this request; never the key.
         self.key = "none"
 
-    def authenticate(self, presented: str | None) -> str:
-        """The id of the submission key ``presented``; 401 when it is missing or unknown."""
+    def authenticate(self, presented: str | None, *, where: str = "X-API-Key") -> str:
+        """The id of the submission key ``presented``; 401 when it is missing or
+        unknown (the message names ``where`` the format carries its key)."""
         if presented:
             self.key = fingerprint(presented)
         kid = self.collector.keys.identify(presented)
         if kid is None:
-            raise IngestError(401, "unauthorized", "missing or unknown X-API-Key")
+            raise IngestError(401, "unauthorized", f"missing or unknown {where}")
         return kid
 
     def require_media_type(self, *accepted: str) -> None:
@@ -121,18 +122,27 @@ class Submission:
             max_body=settings.max_body_bytes,
         )
 
-    async def accept(self, kid: str, raws: list[msgspec.Raw]) -> SubmitResponse:
+    async def accept(
+        self, kid: str, raws: list[msgspec.Raw], *, untranslated: Sequence[EventError] = ()
+    ) -> SubmitResponse:
         """Rate-limit, check (schema and PII), deduplicate and store ``raws``, one
         JSON event each; return the per-event verdict. 429 when the key's rate
-        limit is spent, 503 when the store is busy or failed."""
+        limit is spent, 503 when the store is busy or failed.
+
+        ``untranslated`` are the records of a foreign format that never became
+        events (no event name, a profile call, ...): they count against the rate
+        limit and as rejected in the stats, metrics and log like the events
+        rejected here, but the verdict returned covers ``raws`` only (its indexes
+        are theirs)."""
         collector = self.collector
         settings, store, metrics = collector.settings, collector.store, collector.metrics
         received = collector.now_ms()
-        wait = collector.limiter.acquire(kid, len(raws))
+        records = len(raws) + len(untranslated)
+        wait = collector.limiter.acquire(kid, records)
         if wait:
-            metrics.events.labels("throttled").inc(len(raws))
-            await store.record_outcomes(rejected={}, throttled=len(raws), received_ms=received)
-            log.info("submit throttled key=%s events=%d retry_after=%d", kid, len(raws), wait)
+            metrics.events.labels("throttled").inc(records)
+            await store.record_outcomes(rejected={}, throttled=records, received_ms=received)
+            log.info("submit throttled key=%s events=%d retry_after=%d", kid, records, wait)
             raise IngestError(429, "rate_limited", "rate limit exceeded", retry_after=wait)
         checked = check_events(
             raws,
@@ -148,20 +158,21 @@ class Submission:
             log.error("store write failed error=%s", type(exc).__name__)
             raise IngestError(503, "store_unavailable", "the store failed; retry later") from exc
         codes = Counter(e.code for e in checked.errors)
+        codes.update(e.code for e in untranslated)
         if codes:
             await store.record_outcomes(rejected=codes, throttled=0, received_ms=received)
             for code, n in codes.items():
                 metrics.rejected.labels(code).inc(n)
-            metrics.events.labels("rejected").inc(len(checked.errors))
+            metrics.events.labels("rejected").inc(codes.total())
         metrics.events.labels("accepted").inc(outcome.accepted)
         metrics.events.labels("duplicate").inc(outcome.duplicates)
         log.info(
             "submit ok key=%s events=%d accepted=%d duplicates=%d rejected=%d",
             kid,
-            len(raws),
+            records,
             outcome.accepted,
             outcome.duplicates,
-            len(checked.errors),
+            codes.total(),
         )
         return SubmitResponse(
             success=not checked.errors,
@@ -176,8 +187,15 @@ class Submission:
 SubmissionHandler = Callable[[Submission], Awaitable[Response]]
 
 
-async def handle_submission(request: Request, handler: SubmissionHandler) -> Response:
-    """Run ``handler`` on ``request`` inside the pipeline's guard (see the module docstring)."""
+async def handle_submission(
+    request: Request,
+    handler: SubmissionHandler,
+    *,
+    refuse: Callable[[IngestError], Response] = refusal,
+) -> Response:
+    """Run ``handler`` on ``request`` inside the pipeline's guard (see the module
+    docstring); ``refuse`` shapes a refusal in the route's format (default: our
+    JSON error)."""
     collector = Collector.of(request)
     started = time.perf_counter()
     stream = BodyStream(request.receive)
@@ -199,7 +217,7 @@ async def handle_submission(request: Request, handler: SubmissionHandler) -> Res
             )
         elif exc.status != 429:  # a throttled batch was logged where it was counted
             log.info("submit refused status=%d code=%s %s", exc.status, exc.code, who)
-        return refusal(exc)
+        return refuse(exc)
     except ClientDisconnect:
         return disconnected(request.url.path)
     finally:

@@ -87,7 +87,7 @@ def test_hook_telemetry_list_providers() -> None:
         ProviderInfo(kind="transport", name="test-transport", description="test"),
     )
     # The listed names are what an unknown-name error offers instead.
-    with pytest.raises(PluginError, match="available: https, test-transport"):
+    with pytest.raises(PluginError, match="available: https, otlp, test-transport"):
         host.make_transport(TelemetryConfig(app="hooktest", transport="nope", do_not_track=False))
 
 

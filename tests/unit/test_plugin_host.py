@@ -144,6 +144,7 @@ def test_defaults_registered_under_short_names(entry_points: EntryPointFactory) 
     host = PluginHost()
     assert set(DEFAULT_PLUGINS) == {
         "https",
+        "otlp",
         "sqlite",
         "exponential-jitter",
         "token-bucket",
@@ -331,7 +332,9 @@ def test_unknown_provider_name_lists_available_names(
     with pytest.raises(PluginError) as info:
         host.make_transport(config.evolve(transport="carrier-pigeon"))
     message = str(info.value)
-    assert message.startswith("no transport plugin named 'carrier-pigeon' (available: https, null)")
+    assert message.startswith(
+        "no transport plugin named 'carrier-pigeon' (available: https, null, otlp)"
+    )
     with pytest.raises(
         PluginError, match=r"no limiter plugin named 'leaky' \(available: token-bucket\)"
     ):

@@ -3,6 +3,8 @@
 - :mod:`~telemetry_core.collector.views.submission`: apps sending events
   (``POST /v1/submit``), through the shared pipeline of
   :mod:`telemetry_core.collector.submission`.
+- :mod:`~telemetry_core.collector.views.interop`: apps speaking OTLP/HTTP
+  (``POST /v1/logs``), PostHog's or Segment's API, through the same pipeline.
 - :mod:`~telemetry_core.collector.views.public`: anyone (``/ping``, ``/v1/info``).
 - :mod:`~telemetry_core.collector.views.admin`: the operator (``/v1/stats``,
   the dashboard with ``/login`` and ``/logout``, ``/metrics``).
@@ -17,8 +19,8 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from telemetry_core.collector.views import admin, public, submission
+from telemetry_core.collector.views import admin, interop, public, submission
 
 __all__ = ["ROUTES"]
 
-ROUTES: tuple[Route, ...] = (*submission.ROUTES, *public.ROUTES, *admin.ROUTES)
+ROUTES: tuple[Route, ...] = (*submission.ROUTES, *interop.ROUTES, *public.ROUTES, *admin.ROUTES)

@@ -1,0 +1,342 @@
+"""PostHog- and Segment-compatible ingest: their bodies translated into schema-1 events.
+
+An app using ``posthog-python`` (or posthog-js, or any PostHog SDK sending
+JSON) or Segment's ``analytics-python`` only changes its ``host`` to feed the
+collector. What differs from ``/v1/submit`` is decided here, as pure functions;
+the routes hand the result to the ``/v1/submit`` pipeline.
+
+PostHog (``/batch/``, ``/capture/``, ``/e/``, ``/i/v0/e/``): a body is
+``{"api_key", "batch": [event, ...]}``, a single event with ``api_key`` (or
+``token``) beside it, or a list of events carrying ``properties.token``.
+Segment (``/v1/batch``, ``/v1/track``): ``{"writeKey", "batch": [message, ...]}``
+or a single message; the key may instead come as Basic auth (the route reads
+it).
+
+The mapping (docs/protocol.md has the tables):
+
+- id: PostHog ``uuid`` / Segment ``messageId`` when it is a UUID; a Segment
+  ``messageId`` that is not becomes a UUID derived from it; a message without
+  one gets a UUID derived from its content. A resent batch is counted once.
+- type: the event name normalised (``Button Clicked`` -> ``button_clicked``);
+  PostHog's own events by :data:`POSTHOG_EVENT_TYPES` (``$pageview`` ->
+  ``page_view``); Segment ``page`` / ``screen`` calls -> ``page_view`` /
+  ``screen_view``.
+- install_id: :class:`~telemetry_core.collector.identity.IdentityHasher` of
+  ``distinct_id`` (PostHog) or ``anonymousId``, else ``userId`` (Segment): the
+  raw id is never stored.
+- properties: flattened one level; ``$`` properties (the SDKs' own) dropped;
+  a numeric ``duration_ms`` and a boolean ``success`` become the event's fields.
+- app / app_version: PostHog ``$app_name`` / ``$app_version``, Segment
+  ``context.app.name`` / ``.version``; else ``posthog`` / ``segment``.
+
+Person, group and alias calls (PostHog ``$identify``, ``$set``,
+``$create_alias``, ``$groupidentify``, ...; Segment ``identify``, ``group``,
+``alias``) carry profile data, not usage: they are rejected
+(``unsupported_event``) and counted, never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import attrs
+import msgspec
+
+from telemetry_core.collector.identity import IdentityHasher
+from telemetry_core.collector.ingest import IngestError
+from telemetry_core.collector.translation import (
+    Translation,
+    derived_id,
+    flatten_properties,
+    normalise_type,
+    uuid_or_none,
+)
+from telemetry_core.schema import Event
+
+__all__ = [
+    "POSTHOG_EVENT_TYPES",
+    "POSTHOG_PROFILE_EVENTS",
+    "SEGMENT_CALL_TYPES",
+    "AnalyticsBatch",
+    "decode_posthog",
+    "decode_segment",
+    "translate_posthog",
+    "translate_segment",
+]
+
+#: PostHog's own events and the type each is stored as.
+POSTHOG_EVENT_TYPES: Final[Mapping[str, str]] = {
+    "$pageview": "page_view",
+    "$pageleave": "page_leave",
+    "$screen": "screen_view",
+    "$autocapture": "autocapture",
+    "$rageclick": "rage_click",
+    "$dead_click": "dead_click",
+    "$exception": "exception",
+    "$feature_flag_called": "feature_flag_called",
+    "$web_vitals": "web_vitals",
+    "$opt_in": "opt_in",
+}
+#: PostHog events that carry person or group profiles: rejected, never stored.
+POSTHOG_PROFILE_EVENTS: Final = frozenset(
+    {
+        "$identify",
+        "$set",
+        "$create_alias",
+        "$merge_dangerously",
+        "$groupidentify",
+        "$delete_person",
+        "$set_once",
+    }
+)
+#: Segment call types stored, and the event type of those without an event name.
+SEGMENT_CALL_TYPES: Final[Mapping[str, str | None]] = {
+    "track": None,
+    "page": "page_view",
+    "screen": "screen_view",
+}
+
+
+@attrs.frozen
+class AnalyticsBatch:
+    """A decoded SDK request: the key found in its body (if any) and its messages."""
+
+    key: str | None
+    messages: list[Any]
+
+
+_any_decoder = msgspec.json.Decoder()
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return _any_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise IngestError(400, "malformed", f"invalid JSON body: {exc}") from None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def decode_posthog(body: bytes, *, max_events: int) -> AnalyticsBatch:
+    """Decode a PostHog capture body (batch, single event or list of events).
+
+    Raises :class:`IngestError` 400 (``malformed``) for anything else, 413
+    (``too_many_events``) past ``max_events``.
+    """
+    data = _decode_json(body)
+    if isinstance(data, list):
+        messages = data
+        first = next((m for m in data if isinstance(m, dict)), {})
+        props = first.get("properties")
+        key = _text(first.get("api_key")) or _text(first.get("token"))
+        if key is None and isinstance(props, dict):
+            key = _text(props.get("token"))
+    elif isinstance(data, dict):
+        key = _text(data.get("api_key")) or _text(data.get("token"))
+        batch = data.get("batch", data.get("data"))
+        if isinstance(batch, list):
+            messages = batch
+        elif "event" in data:
+            messages = [data]
+            props = data.get("properties")
+            if key is None and isinstance(props, dict):
+                key = _text(props.get("token"))
+        else:
+            raise IngestError(400, "malformed", "expected a batch or an event")
+    else:
+        raise IngestError(400, "malformed", "expected a JSON object or list")
+    return _bounded(AnalyticsBatch(key, messages), max_events)
+
+
+def decode_segment(body: bytes, *, max_events: int) -> AnalyticsBatch:
+    """Decode a Segment body: ``{"batch": [...]}`` or a single message."""
+    data = _decode_json(body)
+    if not isinstance(data, dict):
+        raise IngestError(400, "malformed", "expected a JSON object")
+    key = _text(data.get("writeKey"))
+    batch = data.get("batch")
+    if isinstance(batch, list):
+        messages = batch
+    elif "batch" in data:
+        raise IngestError(400, "malformed", "batch must be a list")
+    else:
+        messages = [data]
+    return _bounded(AnalyticsBatch(key, messages), max_events)
+
+
+def _bounded(batch: AnalyticsBatch, max_events: int) -> AnalyticsBatch:
+    if len(batch.messages) > max_events:
+        raise IngestError(
+            413, "too_many_events", f"{len(batch.messages)} events; at most {max_events}"
+        )
+    return batch
+
+
+def _timestamp_ms(value: object, received_ms: int) -> int | None:
+    """Milliseconds of an ISO-8601 timestamp (naive means UTC); ``received_ms``
+    when absent; ``None`` when unreadable."""
+    if value is None:
+        return received_ms
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _user_id(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    return _text(value)
+
+
+def _lift(properties: dict[str, Any]) -> tuple[Any, Any]:
+    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields."""
+    duration = properties.get("duration_ms")
+    success = properties.get("success")
+    lifted_duration = None
+    lifted_success = None
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        lifted_duration = properties.pop("duration_ms")
+    if isinstance(success, bool):
+        lifted_success = properties.pop("success")
+    return lifted_duration, lifted_success
+
+
+def translate_posthog(
+    batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
+) -> Translation:
+    """Translate PostHog capture events into schema-1 events."""
+    out = Translation(total=len(batch.messages))
+    hash_id = hasher.memo()
+    for index, message in enumerate(batch.messages):
+        if not isinstance(message, dict):
+            out.reject(index, "invalid_event", "an event must be a JSON object")
+            continue
+        name = message.get("event")
+        if not isinstance(name, str) or not name:
+            out.reject(index, "missing_type", "the event has no name")
+            continue
+        if name in POSTHOG_PROFILE_EVENTS:
+            out.reject(index, "unsupported_event", f"{name} carries profile data; not stored")
+            continue
+        event_type = POSTHOG_EVENT_TYPES.get(name) or normalise_type(name)
+        if event_type is None:
+            out.reject(index, "missing_type", f"event name {name[:64]!r} has no letter")
+            continue
+        raw_props = message.get("properties")
+        props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
+        distinct = _user_id(message.get("distinct_id")) or _user_id(props.get("distinct_id"))
+        if distinct is None:
+            out.reject(index, "missing_install", "the event has no distinct_id")
+            continue
+        timestamp = _timestamp_ms(message.get("timestamp"), received_ms)
+        if timestamp is None:
+            out.reject(index, "invalid_field", "timestamp is not ISO-8601")
+            continue
+        install = hash_id(distinct)
+        properties = flatten_properties(props, drop_prefix="$")
+        properties.pop("distinct_id", None)
+        properties.pop("token", None)
+        duration, success = _lift(properties)
+        event_id = uuid_or_none(message.get("uuid")) or derived_id(
+            "posthog", [install, name, timestamp, properties, duration, success]
+        )
+        out.add(
+            index,
+            Event(
+                id=event_id,
+                type=event_type,
+                timestamp=timestamp,
+                install_id=install,
+                app=_text(props.get("$app_name")) or "posthog",
+                app_version=_text(props.get("$app_version")),
+                session_id=_text(props.get("$session_id")),
+                duration_ms=duration,
+                success=success,
+                properties=properties,
+            ),
+        )
+    return out
+
+
+def _segment_type(message: dict[str, Any]) -> tuple[str | None, str]:
+    """The event type of a Segment message, or ``None`` and why not."""
+    call = message.get("type", "track")
+    if call not in SEGMENT_CALL_TYPES:
+        return None, f"{str(call)[:32]!r} calls carry profile data or are unknown; not stored"
+    fixed = SEGMENT_CALL_TYPES[call]
+    if fixed is not None:
+        return fixed, ""
+    name = message.get("event")
+    if not isinstance(name, str) or not name:
+        return None, "the track call has no event name"
+    normalised = normalise_type(name)
+    return normalised, "" if normalised else f"event name {name[:64]!r} has no letter"
+
+
+def translate_segment(
+    batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
+) -> Translation:
+    """Translate Segment messages (track, page, screen) into schema-1 events."""
+    out = Translation(total=len(batch.messages))
+    hash_id = hasher.memo()
+    for index, message in enumerate(batch.messages):
+        if not isinstance(message, dict):
+            out.reject(index, "invalid_event", "a message must be a JSON object")
+            continue
+        event_type, why = _segment_type(message)
+        if event_type is None:
+            tracked = message.get("type", "track") == "track"
+            code = "missing_type" if tracked else "unsupported_event"
+            out.reject(index, code, why)
+            continue
+        user = _user_id(message.get("anonymousId")) or _user_id(message.get("userId"))
+        if user is None:
+            out.reject(index, "missing_install", "the message has no anonymousId or userId")
+            continue
+        timestamp = _timestamp_ms(message.get("timestamp"), received_ms)
+        if timestamp is None:
+            out.reject(index, "invalid_field", "timestamp is not ISO-8601")
+            continue
+        install = hash_id(user)
+        raw_props = message.get("properties")
+        properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
+        page_name = _text(message.get("name"))
+        if page_name is not None and message.get("type") in ("page", "screen"):
+            properties.setdefault("name", page_name)
+        duration, success = _lift(properties)
+        message_id = message.get("messageId")
+        event_id = uuid_or_none(message_id) or (
+            derived_id("segment", message_id)
+            if isinstance(message_id, str) and message_id
+            else derived_id("segment", [install, event_type, timestamp, properties])
+        )
+        context = message.get("context")
+        app = context.get("app") if isinstance(context, dict) else None
+        app = app if isinstance(app, dict) else {}
+        out.add(
+            index,
+            Event(
+                id=event_id,
+                type=event_type,
+                timestamp=timestamp,
+                install_id=install,
+                app=_text(app.get("name")) or "segment",
+                app_version=_text(app.get("version")),
+                duration_ms=duration,
+                success=success,
+                properties=properties,
+            ),
+        )
+    return out

@@ -1,0 +1,202 @@
+"""What every foreign protocol shares on its way into the ``/v1/submit`` pipeline.
+
+The OTLP receiver (:mod:`~telemetry_core.collector.otlp`) and the analytics-SDK
+routes (:mod:`~telemetry_core.collector.analytics_sdks`) translate each record
+they receive into a schema-1 event and hand the batch to the same
+:func:`~telemetry_core.collector.ingest.check_events` as ``/v1/submit``: the
+translation decides only names, ids and which fields carry over; validation, the
+PII re-check, dedup and rollups stay where they are. A record that cannot be
+translated at all (no event name, no user id) is rejected here, with its index
+in the request, and counted like any other rejection.
+
+Names are normalised to the event type pattern (``Button Clicked`` becomes
+``button_clicked``); property keys to the property key pattern. Records without
+a usable id get a deterministic UUID derived from their content
+(:func:`derived_id`), so a retried request is counted once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
+
+import attrs
+import msgspec
+
+from telemetry_core.schema import MAX_PROPERTY_KEY_LENGTH, Event, EventError, PropertyValue
+
+__all__ = [
+    "ID_NAMESPACE",
+    "Translation",
+    "derived_id",
+    "derived_id_of_bytes",
+    "first_messages",
+    "flatten_properties",
+    "normalise_key",
+    "normalise_type",
+    "uuid_or_none",
+]
+
+#: The namespace of every derived id (uuid5). Fixed forever: changing it would
+#: make a retried record look new.
+ID_NAMESPACE: Final = uuid.UUID("6c1f7f0e-3a52-5d8e-9d5b-2f1a7c0e4b61")
+
+_CAMEL_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NOT_TYPE_CHARS: Final = re.compile(r"[^a-z0-9_.:-]+")
+_NOT_KEY_CHARS: Final = re.compile(r"[^A-Za-z0-9_.:-]+")
+_UNDERSCORES: Final = re.compile(r"__+")
+_MAX_TYPE_LENGTH: Final = 64
+
+
+@functools.lru_cache(maxsize=4096)
+def normalise_type(name: str) -> str | None:
+    """``name`` as an event type of pattern ``^[a-z][a-z0-9_.:-]{0,63}$``, or ``None``.
+
+    A leading ``$`` is dropped, camelCase and spaces become ``snake_case``, any
+    other character outside the pattern becomes ``_``, and the result is cut
+    to 64 characters. ``None`` when nothing is left that starts with a letter.
+    """
+    text = _CAMEL_BOUNDARY.sub("_", name.strip().lstrip("$")).lower()
+    text = _UNDERSCORES.sub("_", _NOT_TYPE_CHARS.sub("_", text)).strip("_")
+    text = text[:_MAX_TYPE_LENGTH].rstrip("_")
+    if not text or not ("a" <= text[0] <= "z"):
+        return None
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
+def normalise_key(key: str) -> str | None:
+    """``key`` as a property key (``^[A-Za-z_][A-Za-z0-9_.:-]*$``, at most 64
+    characters), or ``None`` when it is empty. Case is kept."""
+    text = _UNDERSCORES.sub("_", _NOT_KEY_CHARS.sub("_", key.strip()))
+    if not text:
+        return None
+    if not (text[0].isascii() and (text[0].isalpha() or text[0] == "_")):
+        text = "_" + text
+    return text[:MAX_PROPERTY_KEY_LENGTH]
+
+
+def uuid_or_none(value: object) -> str | None:
+    """``value`` in canonical form when it is a UUID string, else ``None``."""
+    if not isinstance(value, str) or len(value) > 45:
+        return None
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # the common case, without building a UUID
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def derived_id(kind: str, content: object) -> str:
+    """A UUID (version 5) determined by ``content`` alone.
+
+    ``content`` is any msgspec-encodable value; it is encoded canonically (map
+    keys sorted), so the same record sent twice (a retry) gets the same id while
+    any difference in its content gives another. ``kind`` separates the
+    protocols, so equal content from two of them never collides.
+    """
+    return derived_id_of_bytes(kind, _canonical.encode(content))
+
+
+def derived_id_of_bytes(kind: str, data: bytes) -> str:
+    """The UUID (version 5, in :data:`ID_NAMESPACE`) of ``data``, for ``kind``."""
+    digest = hashlib.sha1(
+        ID_NAMESPACE.bytes + kind.encode() + b"\x00" + data, usedforsecurity=False
+    ).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+_SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def flatten_properties(
+    properties: Mapping[str, object], *, drop_prefix: str | None = None
+) -> dict[str, PropertyValue]:
+    """``properties`` as a flat map of scalars.
+
+    A nested map is flattened one level (``{"plan": {"tier": "pro"}}`` becomes
+    ``{"plan.tier": "pro"}``); deeper maps, lists and other values are dropped,
+    and so are keys starting with ``drop_prefix`` (at either level). Keys are
+    normalised with :func:`normalise_key`.
+    """
+    flat: dict[str, PropertyValue] = {}
+    for key, value in properties.items():
+        if drop_prefix is not None and key.startswith(drop_prefix):
+            continue
+        if type(value) in _SCALAR_TYPES:
+            name = normalise_key(key)
+            if name is not None:
+                flat[name] = value  # type: ignore[assignment]
+        elif isinstance(value, Mapping):
+            for inner, inner_value in value.items():
+                inner_key = str(inner)
+                if drop_prefix is not None and inner_key.startswith(drop_prefix):
+                    continue
+                if type(inner_value) in _SCALAR_TYPES:
+                    name = normalise_key(f"{key}.{inner_key}")
+                    if name is not None:
+                        flat[name] = inner_value
+    return flat
+
+
+_event_encoder = msgspec.json.Encoder()
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+@attrs.define
+class Translation:
+    """A request's records translated into ``/v1/submit`` events.
+
+    ``events`` are the translated events and :attr:`raws` the same as wire
+    JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
+    give the index in the request of each; ``errors`` are the records that
+    could not be translated, by their index in the request; ``total`` counts
+    every record.
+    """
+
+    events: list[Event] = attrs.field(factory=list)
+    origins: list[int] = attrs.field(factory=list)
+    errors: list[EventError] = attrs.field(factory=list)
+    total: int = 0
+
+    def add(self, index: int, event: Event) -> None:
+        """Add the record at ``index``, translated into ``event``."""
+        self.events.append(event)
+        self.origins.append(index)
+
+    @property
+    def raws(self) -> list[msgspec.Raw]:
+        """Each event as wire JSON (encoded in one call, split in another)."""
+        if not self.events:
+            return []
+        return _raw_list.decode(_event_encoder.encode(self.events))
+
+    def reject(self, index: int, code: str, message: str) -> None:
+        """Record that the record at ``index`` could not be translated."""
+        self.errors.append(EventError(index, code, message))
+
+    def all_errors(self, verdict: Sequence[EventError]) -> list[EventError]:
+        """Every rejection of the request, by request index: the translation's
+        and those of ``verdict`` (indexed into :attr:`raws`), in index order."""
+        errors = list(self.errors)
+        errors.extend(EventError(self.origins[e.index], e.code, e.message) for e in verdict)
+        errors.sort(key=lambda e: e.index)
+        return errors
+
+
+def first_messages(errors: Iterable[EventError], limit: int = 3) -> str:
+    """A short developer-facing summary of ``errors`` (the first ``limit``)."""
+    items = list(errors)
+    parts = [f"record {e.index}: {e.code}: {e.message}" for e in items[:limit]]
+    if len(items) > limit:
+        parts.append(f"and {len(items) - limit} more")
+    return "; ".join(parts)

@@ -1,0 +1,258 @@
+"""PostHog and Segment bodies translated into schema-1 events."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from telemetry_core.collector.analytics_sdks import (
+    AnalyticsBatch,
+    decode_posthog,
+    decode_segment,
+    translate_posthog,
+    translate_segment,
+)
+from telemetry_core.collector.identity import IdentityHasher, persisted_secret
+from telemetry_core.collector.ingest import IngestError
+from telemetry_core.collector.translation import (
+    Translation,
+    flatten_properties,
+    normalise_key,
+    normalise_type,
+)
+from telemetry_core.schema import Event
+
+NOW_MS = 1_765_000_000_000
+HASHER = IdentityHasher("s" * 32)
+UUID_1 = "0190c1a2-0000-7000-8000-000000000001"
+
+
+def posthog_event(**extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event": "Button Clicked",
+        "distinct_id": "ann@example.com",
+        "properties": {
+            "$lib": "posthog-python",
+            "$lib_version": "7.0.0",
+            "$geoip_disable": True,
+            "plan": "pro",
+            "billing": {"cycle": "yearly", "seats": 3, "$internal": 1, "deep": {"x": 1}},
+            "tags": ["a", "b"],
+            "duration_ms": 40,
+            "success": False,
+        },
+        "timestamp": "2025-12-06T05:46:40.250000+00:00",
+        "uuid": UUID_1,
+        "type": "capture",
+    }
+    event.update(extra)
+    return event
+
+
+def events(translation: Translation) -> list[Event]:
+    return [msgspec.json.decode(raw, type=Event) for raw in translation.raws]
+
+
+def posthog(*messages: dict[str, Any]) -> list[Event]:
+    batch = AnalyticsBatch("key", list(messages))
+    return events(translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS))
+
+
+def segment(*messages: dict[str, Any]) -> Translation:
+    batch = AnalyticsBatch("key", list(messages))
+    return translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Button Clicked", "button_clicked"),
+        ("buttonClicked", "button_clicked"),
+        ("$pageview", "pageview"),
+        ("  Signed-Up (v2)!  ", "signed-up_v2"),
+        ("checkout:step.2", "checkout:step.2"),
+        ("123 go", None),
+        ("$$$", None),
+        ("x" * 80, "x" * 64),
+    ],
+)
+def test_names_are_normalised_to_the_type_pattern(name: str, expected: str | None) -> None:
+    assert normalise_type(name) == expected
+
+
+def test_keys_are_normalised_to_the_key_pattern() -> None:
+    assert normalise_key("Plan Name") == "Plan_Name"
+    assert normalise_key("2fa") == "_2fa"
+    assert normalise_key("") is None
+
+
+def test_properties_are_flattened_one_level_and_sdk_properties_dropped() -> None:
+    flat = flatten_properties(
+        {"$lib": "x", "a": 1, "b": {"c": "d", "$e": 2, "f": {"g": 1}}, "h": [1]}, drop_prefix="$"
+    )
+    assert flat == {"a": 1, "b.c": "d"}
+
+
+def test_a_posthog_event_maps_as_documented() -> None:
+    [event] = posthog(posthog_event())
+    assert event.id == UUID_1
+    assert event.type == "button_clicked"
+    assert event.timestamp == 1_765_000_000_250
+    assert event.install_id == HASHER.hash("ann@example.com")
+    assert event.app == "posthog"
+    assert (event.duration_ms, event.success) == (40, False)
+    assert event.properties == {"plan": "pro", "billing.cycle": "yearly", "billing.seats": 3}
+
+
+def test_posthog_own_events_have_documented_types() -> None:
+    [page, screen] = posthog(
+        posthog_event(event="$pageview", uuid=str(uuid.uuid4())),
+        posthog_event(event="$screen", uuid=str(uuid.uuid4())),
+    )
+    assert (page.type, screen.type) == ("page_view", "screen_view")
+
+
+def test_posthog_app_name_and_version_come_from_the_sdk_properties() -> None:
+    message = posthog_event()
+    message["properties"].update({"$app_name": "Shop", "$app_version": "3.1"})
+    [event] = posthog(message)
+    assert (event.app, event.app_version) == ("Shop", "3.1")
+
+
+def test_posthog_events_without_uuid_get_an_id_derived_from_content() -> None:
+    message = posthog_event()
+    del message["uuid"]
+    [first] = posthog(message)
+    [again] = posthog(message)
+    [other] = posthog({**message, "timestamp": "2025-12-06T05:46:41+00:00"})
+    assert first.id == again.id != other.id
+    assert uuid.UUID(first.id).version == 5
+
+
+def test_profile_events_and_events_without_user_are_rejected_by_index() -> None:
+    batch = AnalyticsBatch(
+        "key",
+        [
+            posthog_event(event="$identify"),
+            posthog_event(distinct_id=None),
+            "not an object",
+            posthog_event(timestamp="yesterday"),
+            posthog_event(),
+        ],
+    )
+    translation = translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert [(e.index, e.code) for e in translation.errors] == [
+        (0, "unsupported_event"),
+        (1, "missing_install"),
+        (2, "invalid_event"),
+        (3, "invalid_field"),
+    ]
+    assert translation.origins == [4]
+
+
+def test_posthog_bodies_are_read_in_all_three_shapes() -> None:
+    batch = decode_posthog(
+        json.dumps({"api_key": "k1", "batch": [posthog_event()]}).encode(), max_events=10
+    )
+    assert (batch.key, len(batch.messages)) == ("k1", 1)
+    single = decode_posthog(json.dumps({**posthog_event(), "api_key": "k2"}).encode(), max_events=1)
+    assert (single.key, len(single.messages)) == ("k2", 1)
+    listed = posthog_event()
+    listed["properties"]["token"] = "k3"
+    as_list = decode_posthog(json.dumps([listed, listed]).encode(), max_events=10)
+    assert (as_list.key, len(as_list.messages)) == ("k3", 2)
+    [event] = posthog(listed)
+    assert "token" not in event.properties
+
+
+def test_malformed_and_oversized_bodies_are_refused() -> None:
+    for body in (b"{", b'"text"', b'{"api_key": "k"}'):
+        with pytest.raises(IngestError) as info:
+            decode_posthog(body, max_events=10)
+        assert info.value.status == 400
+    with pytest.raises(IngestError) as info:
+        decode_segment(json.dumps({"batch": [{}] * 3}).encode(), max_events=2)
+    assert (info.value.status, info.value.code) == (413, "too_many_events")
+
+
+def segment_track(**extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": "Order Completed",
+        "anonymousId": "device-42",
+        "userId": "ann@example.com",
+        "properties": {"total": 30.5, "currency": "EUR", "items": [{"sku": 1}]},
+        "context": {"library": {"name": "analytics-python"}, "ip": "10.1.2.3"},
+        "timestamp": "2025-12-06T05:46:40.250+00:00",
+        "messageId": UUID_1,
+    }
+    message.update(extra)
+    return message
+
+
+def test_a_segment_track_maps_as_documented() -> None:
+    [event] = events(segment(segment_track()))
+    assert (event.id, event.type, event.timestamp) == (UUID_1, "order_completed", 1_765_000_000_250)
+    assert event.install_id == HASHER.hash("device-42")
+    assert event.properties == {"total": 30.5, "currency": "EUR"}
+    assert event.app == "segment"
+
+
+def test_segment_user_id_is_hashed_when_there_is_no_anonymous_id() -> None:
+    [event] = events(segment(segment_track(anonymousId=None)))
+    assert event.install_id == HASHER.hash("ann@example.com")
+
+
+def test_a_non_uuid_message_id_becomes_a_stable_uuid() -> None:
+    [a] = events(segment(segment_track(messageId="ajs-next-1")))
+    [b] = events(segment(segment_track(messageId="ajs-next-1", timestamp=None)))
+    [c] = events(segment(segment_track(messageId="ajs-next-2")))
+    assert a.id == b.id != c.id
+    assert uuid.UUID(a.id).version == 5
+
+
+def test_segment_page_and_screen_calls_are_views_and_profile_calls_are_rejected() -> None:
+    translation = segment(
+        segment_track(type="page", name="Pricing", messageId=str(uuid.uuid4())),
+        segment_track(type="screen", name="Home", messageId=str(uuid.uuid4())),
+        segment_track(type="identify", traits={"email": "ann@example.com"}),
+        segment_track(type="alias"),
+        segment_track(event=None),
+    )
+    page, screen = events(translation)
+    assert (page.type, page.properties["name"]) == ("page_view", "Pricing")
+    assert screen.type == "screen_view"
+    assert [(e.index, e.code) for e in translation.errors] == [
+        (2, "unsupported_event"),
+        (3, "unsupported_event"),
+        (4, "missing_type"),
+    ]
+
+
+def test_segment_single_message_and_write_key_are_read() -> None:
+    batch = decode_segment(json.dumps({**segment_track(), "writeKey": "wk"}).encode(), max_events=5)
+    assert (batch.key, len(batch.messages)) == ("wk", 1)
+
+
+def test_the_identity_hash_is_keyed_stable_and_short() -> None:
+    other = IdentityHasher("t" * 32)
+    assert HASHER.hash("ann") == HASHER.hash("ann") != other.hash("ann")
+    assert len(HASHER.hash("ann")) == 32
+    with pytest.raises(ValueError, match="16"):
+        IdentityHasher("short")
+
+
+def test_the_persisted_secret_is_created_once_and_read_back(tmp_path: Path) -> None:
+    db = tmp_path / "collector.db"
+    first = persisted_secret(db_path=db)
+    assert persisted_secret(db_path=db) == first
+    with sqlite3.connect(db) as conn:
+        [(stored,)] = conn.execute("SELECT value FROM collector_secrets").fetchall()
+    conn.close()
+    assert stored == first and len(first) == 64

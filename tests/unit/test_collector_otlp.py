@@ -1,0 +1,258 @@
+"""OTLP/HTTP logs: decoding both encodings and translating records into events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+from telemetry_core.collector import otlp
+from telemetry_core.collector.ingest import IngestError, check_events
+from telemetry_core.collector.translation import Translation
+from telemetry_core.schema import Event
+
+NOW_MS = int(time.time() * 1000)
+ONE_INT = common_pb2.ArrayValue(values=[common_pb2.AnyValue(int_value=1)])
+UID = "0190c1a2-0000-7000-8000-000000000001"
+
+
+def kv(key: str, **value: Any) -> common_pb2.KeyValue:
+    return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(**value))
+
+
+def request(*records: logs_pb2.LogRecord, resource: list[common_pb2.KeyValue] | None = None):
+    attributes = (
+        resource
+        if resource is not None
+        else [
+            kv("service.name", string_value="shop"),
+            kv("service.version", string_value="2.1.0"),
+            kv("service.instance.id", string_value="inst-7"),
+            kv("host.name", string_value="build-box"),
+        ]
+    )
+    return logs_service_pb2.ExportLogsServiceRequest(
+        resource_logs=[
+            logs_pb2.ResourceLogs(
+                resource=resource_pb2.Resource(attributes=attributes),
+                scope_logs=[
+                    logs_pb2.ScopeLogs(
+                        scope=common_pb2.InstrumentationScope(name="shop.ui"),
+                        log_records=list(records),
+                    )
+                ],
+            )
+        ]
+    )
+
+
+def clicked(**extra: Any) -> logs_pb2.LogRecord:
+    fields: dict[str, Any] = {
+        "time_unix_nano": NOW_MS * 1_000_000 + 123,
+        "event_name": "Button Clicked",
+        "body": common_pb2.AnyValue(string_value="free text"),
+        "trace_id": bytes(range(16)),
+        "span_id": bytes(range(8)),
+        "attributes": [
+            kv("event.duration_ms", double_value=12.5),
+            kv("event.success", bool_value=True),
+            kv("plan", string_value="pro"),
+            kv("seats", int_value=3),
+            kv("ratio", double_value=0.5),
+            kv("beta", bool_value=False),
+            kv(
+                "tags", array_value=common_pb2.ArrayValue(values=[common_pb2.AnyValue(int_value=1)])
+            ),
+            kv("session.id", string_value="sess-1"),
+        ],
+    }
+    fields.update(extra)
+    return logs_pb2.LogRecord(**fields)
+
+
+def as_json(message: logs_service_pb2.ExportLogsServiceRequest) -> bytes:
+    """The OTLP/JSON form: camelCase, int64 as strings, hex trace/span ids."""
+    data = json.loads(json_format.MessageToJson(message))
+    for resource_logs in data.get("resourceLogs", []):
+        for scope_logs in resource_logs.get("scopeLogs", []):
+            for record in scope_logs.get("logRecords", []):
+                for field in ("traceId", "spanId"):
+                    if field in record:
+                        record[field] = base64.b64decode(record[field]).hex().upper()
+    return json.dumps(data).encode()
+
+
+def events_of(body: bytes, encoding: otlp.Encoding) -> tuple[list[Event], Translation]:
+    translation = otlp.translate_logs(body, encoding, received_ms=NOW_MS)
+    return [msgspec.json.decode(raw, type=Event) for raw in translation.raws], translation
+
+
+def test_a_record_maps_to_an_event_as_design_section_10_says() -> None:
+    [event], _ = events_of(request(clicked()).SerializeToString(), otlp.PROTOBUF)
+    assert event.type == "button_clicked"
+    assert event.timestamp == NOW_MS
+    assert (event.app, event.app_version, event.install_id) == ("shop", "2.1.0", "inst-7")
+    assert (event.duration_ms, event.success, event.session_id) == (12.5, True, "sess-1")
+    # scalar attributes only; body, trace context and host.name are not stored
+    assert event.properties == {"plan": "pro", "seats": 3, "ratio": 0.5, "beta": False}
+    assert uuid.UUID(event.id).version == 5
+
+
+def test_log_record_uid_is_the_event_id_when_it_is_a_uuid() -> None:
+    record = clicked(attributes=[kv("log.record.uid", string_value=UID)])
+    [event], _ = events_of(request(record).SerializeToString(), otlp.PROTOBUF)
+    assert event.id == UID
+    assert "log.record.uid" not in event.properties
+
+
+def test_a_non_uuid_uid_gets_a_derived_id_instead() -> None:
+    record = clicked(attributes=[kv("log.record.uid", string_value="01ARZ3NDEKTSV4RRFFQ69G5FAV")])
+    [event], _ = events_of(request(record).SerializeToString(), otlp.PROTOBUF)
+    assert uuid.UUID(event.id).version == 5
+
+
+def test_a_resent_record_gets_the_same_derived_id_and_a_different_one_another() -> None:
+    body = request(clicked()).SerializeToString()
+    [first], _ = events_of(body, otlp.PROTOBUF)
+    [again], _ = events_of(body, otlp.PROTOBUF)
+    [other], _ = events_of(
+        request(clicked(time_unix_nano=NOW_MS * 1_000_000 + 124)).SerializeToString(),
+        otlp.PROTOBUF,
+    )
+    assert first.id == again.id
+    assert other.id != first.id
+
+
+def test_json_and_protobuf_give_the_same_events() -> None:
+    named_by_attribute = clicked(event_name="", attributes=[kv("event.name", string_value="x")])
+    with_uid = clicked(attributes=[kv("log.record.uid", string_value=UID)])
+    message = request(clicked(), named_by_attribute, with_uid)
+    from_pb, _ = events_of(message.SerializeToString(), otlp.PROTOBUF)
+    from_json, _ = events_of(as_json(message), otlp.JSON)
+    assert len(from_pb) == 3
+    # Ids derived from content are derived per encoding (a retry resends the same bytes).
+    assert [msgspec.structs.replace(e, id="") for e in from_json] == [
+        msgspec.structs.replace(e, id="") for e in from_pb
+    ]
+    assert from_json[2].id == from_pb[2].id == UID
+
+
+def test_a_resent_json_record_gets_the_same_derived_id() -> None:
+    body = as_json(request(clicked()))
+    [first], _ = events_of(body, otlp.JSON)
+    [again], _ = events_of(body, otlp.JSON)
+    [other], _ = events_of(as_json(request(clicked(severity_text="WARN"))), otlp.JSON)
+    assert first.id == again.id != other.id
+
+
+def test_json_accepts_int64_as_numbers_too() -> None:
+    body = {
+        "resourceLogs": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "a"}}]
+                },
+                "scopeLogs": [
+                    {
+                        "logRecords": [
+                            {
+                                "timeUnixNano": NOW_MS * 1_000_000,
+                                "eventName": "opened",
+                                "attributes": [{"key": "n", "value": {"intValue": 5}}],
+                                "unknownField": {"ignored": True},
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    [event], _ = events_of(json.dumps(body).encode(), otlp.JSON)
+    assert (event.type, event.timestamp, event.properties) == ("opened", NOW_MS, {"n": 5})
+    assert (event.app, event.install_id) == ("a", otlp.DEFAULT_INSTALL)
+
+
+def test_event_name_falls_back_to_the_event_name_attribute_and_time_to_observed() -> None:
+    record = logs_pb2.LogRecord(
+        observed_time_unix_nano=(NOW_MS - 5) * 1_000_000,
+        attributes=[kv("event.name", string_value="$pageview")],
+    )
+    [event], _ = events_of(request(record, resource=[]).SerializeToString(), otlp.PROTOBUF)
+    assert (event.type, event.timestamp) == ("pageview", NOW_MS - 5)
+    assert (event.app, event.install_id) == (otlp.DEFAULT_APP, otlp.DEFAULT_INSTALL)
+    assert "event.name" not in event.properties
+
+
+def test_a_log_line_without_an_event_name_is_rejected_with_its_index() -> None:
+    plain = logs_pb2.LogRecord(time_unix_nano=1, body=common_pb2.AnyValue(string_value="GET /"))
+    events, translation = events_of(request(clicked(), plain).SerializeToString(), otlp.PROTOBUF)
+    assert len(events) == 1
+    assert [(e.index, e.code) for e in translation.errors] == [(1, "missing_type")]
+    assert translation.total == 2
+
+
+def test_schema_rules_and_pii_reject_records_after_translation_with_request_indexes() -> None:
+    message = request(
+        clicked(),
+        clicked(attributes=[kv("event.duration_ms", double_value=-1.0)]),
+        clicked(attributes=[kv("owner", string_value="ann@example.com")]),
+    )
+    translation = otlp.translate_logs(
+        message.SerializeToString(), otlp.PROTOBUF, received_ms=NOW_MS
+    )
+    checked = check_events(
+        translation.raws, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=86_400_000
+    )
+    errors = translation.all_errors(checked.errors)
+    assert len(checked.events) == 1
+    assert [(e.index, e.code) for e in errors] == [(1, "invalid_duration"), (2, "pii")]
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [(b"\xff\xff\xff", otlp.PROTOBUF), (b"{", otlp.JSON), (b'{"resourceLogs": 3}', otlp.JSON)],
+)
+def test_an_undecodable_body_is_a_400(body: bytes, encoding: otlp.Encoding) -> None:
+    with pytest.raises(IngestError) as info:
+        otlp.translate_logs(body, encoding, received_ms=NOW_MS)
+    assert (info.value.status, info.value.code) == (400, "malformed")
+
+
+def test_encoding_is_read_from_the_content_type() -> None:
+    assert otlp.encoding_of("application/x-protobuf") == otlp.PROTOBUF
+    assert otlp.encoding_of("Application/JSON; charset=utf-8") == otlp.JSON
+    assert otlp.encoding_of("text/plain") is None
+    assert otlp.encoding_of(None) is None
+
+
+def test_partial_success_is_a_real_export_response_in_both_encodings() -> None:
+    pb = logs_service_pb2.ExportLogsServiceResponse.FromString(
+        otlp.encode_export_response(2, "record 1: pii", otlp.PROTOBUF)
+    )
+    assert pb.partial_success.rejected_log_records == 2
+    assert pb.partial_success.error_message == "record 1: pii"
+    assert otlp.encode_export_response(0, "", otlp.PROTOBUF) == b""
+    as_json_answer = json.loads(otlp.encode_export_response(2, "x", otlp.JSON))
+    assert as_json_answer == {"partialSuccess": {"rejectedLogRecords": "2", "errorMessage": "x"}}
+    assert json.loads(otlp.encode_export_response(0, "", otlp.JSON)) == {}
+
+
+def test_a_refusal_is_a_google_rpc_status_in_the_request_encoding() -> None:
+    body, media = otlp.encode_status(401, "missing or unknown key", otlp.PROTOBUF)
+    status = status_pb2.Status.FromString(body)
+    assert (media, status.code, status.message) == (otlp.PROTOBUF, 16, "missing or unknown key")
+    body, media = otlp.encode_status(429, "slow down", otlp.JSON)
+    assert (media, json.loads(body)) == (otlp.JSON, {"code": 8, "message": "slow down"})
+    body, media = otlp.encode_status(415, "no", None)
+    assert media == otlp.JSON
