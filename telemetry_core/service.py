@@ -65,7 +65,6 @@ from telemetry_core._counters import Counters
 from telemetry_core._event_writer import EventWriter
 from telemetry_core._forksafe import (
     fork_guard,
-    lock_budget,
 )
 from telemetry_core._providers import Opened as _Opened
 from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_providers
@@ -78,6 +77,7 @@ from telemetry_core._retention import (
     clean,
     schedule_cleanup,
 )
+from telemetry_core._sending import Sending
 from telemetry_core._status import describe
 from telemetry_core.errors import (
     ConfigError,
@@ -88,7 +88,6 @@ from telemetry_core.errors import (
 )
 from telemetry_core.models import QueueStats, SubmissionStats, SubmitCall
 from telemetry_core.plugin_host import PluginHost
-from telemetry_core.protocols import RetryNow
 from telemetry_core.recorder import Recorder, counter_name
 from telemetry_core.schema import (
     Event,
@@ -168,10 +167,6 @@ class TelemetryService:
         self._reader: _Opened | None = None
         self._broken: str | None = None
         self._counters = Counters(lambda: None if self._opened is None else self._opened.store)
-        self._worker: SubmissionWorker | None = None
-        # A worker that close() could not stop in time (still inside a call):
-        # the at-exit hook waits for it again before the process exits.
-        self._stray: SubmissionWorker | None = None
         self._cleaner: Cleaner | None = None
         self._writer = EventWriter(
             config=lambda: self._config,
@@ -180,9 +175,18 @@ class TelemetryService:
             monotonic=monotonic,
             on_queued=self._spilled_events_queued,
         )
+        self._sending = Sending(
+            config=lambda: self._config,
+            host=host,
+            counters=self._counters,
+            writer=self._writer,
+            stats=self.get_submission_stats,
+            after_cycle=self._after_cycle,
+            clock=clock,
+            monotonic=monotonic,
+        )
         self._recorder = Recorder(host, self._counters.count, clock)
         self._closed = False
-        self._last_call: SubmitCall | None = None
         # enable() was called: the user's own consent, no stored withdrawal applies.
         self._consent_given = False
         _process.register(self)
@@ -202,7 +206,7 @@ class TelemetryService:
     @property
     def worker(self) -> SubmissionWorker | None:
         """The submission worker, once made (None before the first need)."""
-        return self._worker
+        return self._sending.worker
 
     @property
     def exit_flush(self) -> float:
@@ -280,15 +284,7 @@ class TelemetryService:
                     logger.debug("telemetry-core: close failed: %r", exc)
 
     def _stop_worker(self, timeout: float) -> bool:
-        worker, self._worker = self._worker, None
-        if worker is None:
-            return True
-        stopped = worker.stop(timeout)
-        if stopped:
-            worker.close()
-        else:
-            self._stray = worker
-        return stopped
+        return self._sending.stop(timeout)
 
     def _stop_cleaner(self, timeout: float) -> bool:
         cleaner = self._cleaner
@@ -300,24 +296,14 @@ class TelemetryService:
         return stopped
 
     def _signal_stop(self) -> None:
-        for worker in (self._worker, self._stray):
-            if worker is not None:
-                worker.stop(0.0, grace=0.0)
+        self._sending.signal_stop()
         cleaner = self._cleaner
         if cleaner is not None:
             cleaner.stop(0.0)
 
     def _finish_at_exit(self, timeout: float) -> None:
-        # The grace of SubmissionWorker.stop applies even when the budget is
-        # spent: a thread inside native code must leave it before exit().
-        stray = self._stray
-        if stray is not None:
-            if not stray.stop(timeout):
-                return  # still inside a call: leave its connections alone
-            self._stray = None
-        worker = self._worker
-        if worker is not None and not worker.stop(timeout):
-            return  # still inside a call: leave its connections alone
+        if not self._sending.finish(timeout):
+            return  # a worker is still inside a call: leave its connections alone
         cleaner = self._cleaner
         if cleaner is not None and not cleaner.stop(timeout):
             return
@@ -326,11 +312,7 @@ class TelemetryService:
     def _reset_after_fork(self) -> None:
         """In a forked child: forget the parent's thread, connections and locks."""
         self._lock = threading.RLock()
-        for obj in (self._worker, self._opened):
-            if obj is not None:
-                _process.inherited.append(obj)
-        self._worker = None
-        self._stray = None
+        _process.inherited.extend((self._sending.forget_after_fork(), self._opened))
         self._cleaner = None
         self._opened = None
         self._reader = None
@@ -417,20 +399,9 @@ class TelemetryService:
                 raise
             self._counters.warn_once("cleanup", "telemetry-core: retention cleanup failed: %r", exc)
 
-    def _make_worker(self, opened: _Opened) -> SubmissionWorker:
-        sender_state.restore_limiter(opened, self._clock())
-        return SubmissionWorker.for_store(
-            self._config,
-            host=self._host,
-            opened=opened,
-            clock=self._clock,
-            monotonic=self._monotonic,
-            after_cycle=self._after_cycle,
-        )
-
     def _ensure_worker(self) -> SubmissionWorker | None:
         """Start the background worker if remote submission is on."""
-        worker = self._worker
+        worker = self._sending.worker
         if worker is not None and worker.running:
             return worker
         with self._lock:
@@ -439,10 +410,9 @@ class TelemetryService:
             opened = self._ensure_open()
             if opened is None:
                 return None
-            if self._worker is None:
-                self._worker = self._make_worker(opened)
-            self._worker.start()
-            return self._worker
+            worker = self._sending.get_worker(opened)
+            worker.start()
+            return worker
 
     # -- recording ---------------------------------------------------------------
 
@@ -534,12 +504,12 @@ class TelemetryService:
         if not self._writer.write(opened, event, enqueue=sending):
             return None
         self._host.event_recorded(event)
-        if sending and (self._worker is None or not self._worker.running):
+        if sending and (self._sending.worker is None or not self._sending.worker.running):
             self._ensure_worker()
         return event.id
 
     def _spilled_events_queued(self) -> None:
-        worker = self._worker
+        worker = self._sending.worker
         if worker is not None and worker.running:
             worker.wake()
         elif self._config.sending and not self._closed:
@@ -568,46 +538,8 @@ class TelemetryService:
         if opened is None:
             return SubmissionStats()
         with self._lock:
-            if self._worker is None:
-                self._worker = self._make_worker(opened)
-            worker = self._worker
-        before = self.get_submission_stats()
-        pause = max(worker.server_pause_until, sender_state.stored_server_pause(opened))
-        if force:
-            worker.clear_pause()
-        elif pause > self._clock():
-            call = SubmitCall(stopped="server_pause", retry_at=pause)
-            self._last_call = call
-            return attrs.evolve(before, last_call=call)
-        if isinstance(opened.storage, RetryNow):
-            opened.storage.retry_now()
-        worker.last_cycle = None
-        self._drain(opened, worker, progress)
-        self._after_cycle()
-        after = self.get_submission_stats()
-        call = sender_state.call_result(before, after, worker, self._clock(), self._config)
-        self._last_call = call
-        return attrs.evolve(after, last_call=call)
-
-    def _drain(
-        self,
-        opened: _Opened,
-        worker: SubmissionWorker,
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        # Sending is the caller's explicit wish: wait for a lock like the worker.
-        with lock_budget(WORKER_BUSY_TIMEOUT_MS / 1000):
-            self._writer.settle_until(self._monotonic() + WORKER_BUSY_TIMEOUT_MS / 1000)
-            total = opened.storage.stats().due
-            try:
-                worker.drain(progress, total=total)
-            except (PluginError, ConfigError):
-                raise
-            except Exception as exc:
-                if self._config.strict:
-                    raise
-                self._counters.warn_once("submit", "telemetry-core: submission failed: %r", exc)
-        self._counters.flush()
+            self._sending.get_worker(opened)
+        return self._sending.submit_now(opened, progress, force=force)
 
     def get_submission_stats(self) -> SubmissionStats:
         """Totals, success rate, retries, latency percentiles, last error, queue size.
@@ -617,9 +549,9 @@ class TelemetryService:
         """
         opened = self._ensure_open() if self._config.recording else self._open_existing()
         if opened is None:
-            return SubmissionStats(last_call=self._last_call)
+            return SubmissionStats(last_call=self._sending.last_call)
         stats = opened.store.submission_stats(opened.storage.stats())
-        return attrs.evolve(stats, last_call=self._last_call)
+        return attrs.evolve(stats, last_call=self._sending.last_call)
 
     def queue_stats(self) -> QueueStats:
         """A snapshot of the local queue (zeros when there is no store)."""
@@ -650,8 +582,8 @@ class TelemetryService:
         if opened is None:
             return 0
         revived = opened.storage.revive_dead()
-        if revived and self._worker is not None:
-            self._worker.wake()
+        if revived and self._sending.worker is not None:
+            self._sending.worker.wake()
         return revived
 
     def cleanup(self) -> int:
@@ -707,7 +639,7 @@ class TelemetryService:
         return describe(
             self._config,
             self._open_existing(),
-            self._worker,
+            self._sending.worker,
             degraded=self._broken,
             loaded=[record.name for record in self._host.plugins()],
         )
@@ -721,7 +653,7 @@ class TelemetryService:
         if opened is None:
             return
         try:
-            sender_state.save(opened, self._worker, self._clock())
+            sender_state.save(opened, self._sending.worker, self._clock())
             warning = self.queue_warning(opened.storage.stats())
         except Exception as exc:
             self._counters.warn_once(
@@ -742,14 +674,7 @@ class TelemetryService:
         )
 
     def _flush_at_exit(self, deadline: float) -> None:
-        """Give the worker of a short-lived process until ``deadline`` (at most
-        ``config.exit_flush``) to send what is due; never when offline or in backoff."""
-        worker = self._worker
-        if worker is None or not self._config.sending or self._config.exit_flush <= 0:
-            return
-        budget = min(self._config.exit_flush, deadline - time.monotonic())
-        if budget > 0:
-            worker.flush(budget)
+        self._sending.flush_at_exit(deadline)
 
     # -- consent -------------------------------------------------------------------
 

@@ -749,12 +749,12 @@ def test_a_worker_close_could_not_stop_is_waited_for_at_exit(tmp_path: Path) -> 
             break
     assert entered.is_set()
     service.close(timeout=0.0)  # waiting on the network: no grace, left running
-    assert worker.running and service._stray is worker
+    assert worker.running and service._sending.stray is worker
     service._signal_stop()  # as the at-exit hook does first: only signals
     assert worker.running
     release.set()
     service._finish_at_exit(10.0)
-    assert not worker.running and service._stray is None
+    assert not worker.running and service._sending.stray is None
     assert rig.transport.batches[-1] == [event_id]
 
 

@@ -1,0 +1,175 @@
+"""The sending side of a service: its worker, and what one ``submit_now()`` does.
+
+:class:`Sending` owns the service's :class:`~telemetry_core.worker.SubmissionWorker`
+(made on first need, wired to the local store), a worker that could not be
+stopped in time (waited for again at exit), and the result of the last
+``submit_now()`` call. The service decides *whether* to send (consent, the
+background setting); this part does the sending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from telemetry_core import _sender_state as sender_state
+from telemetry_core._forksafe import lock_budget
+from telemetry_core.errors import ConfigError, PluginError
+from telemetry_core.models import SubmissionStats, SubmitCall
+from telemetry_core.protocols import RetryNow
+from telemetry_core.worker import WORKER_LOCK_BUDGET, SubmissionWorker
+
+if TYPE_CHECKING:
+    from telemetry_core._counters import Counters
+    from telemetry_core._event_writer import EventWriter
+    from telemetry_core._providers import Opened
+    from telemetry_core.config import TelemetryConfig
+    from telemetry_core.models import Clock
+    from telemetry_core.plugin_host import PluginHost
+
+__all__ = ["Sending"]
+
+
+class Sending:
+    """The worker of one service and its one-shot submissions.
+
+    :param config: returns the effective configuration.
+    :param host: the plugin host (transport, batch hooks).
+    :param counters: the service's counters and warnings.
+    :param writer: stores spilled events before a submission sends.
+    :param stats: returns the submission totals (before and after a call).
+    :param after_cycle: run after each worker cycle and each submission.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], TelemetryConfig],
+        host: PluginHost,
+        counters: Counters,
+        writer: EventWriter,
+        stats: Callable[[], SubmissionStats],
+        after_cycle: Callable[[], None],
+        clock: Clock,
+        monotonic: Clock,
+    ) -> None:
+        self._config = config
+        self._host = host
+        self._counters = counters
+        self._writer = writer
+        self._stats = stats
+        self._after_cycle = after_cycle
+        self._clock = clock
+        self._monotonic = monotonic
+        self.worker: SubmissionWorker | None = None
+        # A worker stop() could not end in time (still inside a call): the
+        # at-exit hook waits for it again before the process exits.
+        self.stray: SubmissionWorker | None = None
+        self.last_call: SubmitCall | None = None
+
+    def get_worker(self, opened: Opened) -> SubmissionWorker:
+        """The worker, made on first need (continuing a persisted rate limit)."""
+        if self.worker is None:
+            sender_state.restore_limiter(opened, self._clock())
+            self.worker = SubmissionWorker.for_store(
+                self._config(),
+                host=self._host,
+                opened=opened,
+                clock=self._clock,
+                monotonic=self._monotonic,
+                after_cycle=self._after_cycle,
+            )
+        return self.worker
+
+    def stop(self, timeout: float) -> bool:
+        """Stop and forget the worker within ``timeout``; True if it ended."""
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return True
+        stopped = worker.stop(timeout)
+        if stopped:
+            worker.close()
+        else:
+            self.stray = worker
+        return stopped
+
+    def signal_stop(self) -> None:
+        """Tell every worker to start nothing new (at exit, before waiting)."""
+        for worker in (self.worker, self.stray):
+            if worker is not None:
+                worker.stop(0.0, grace=0.0)
+
+    def finish(self, timeout: float) -> bool:
+        """At exit: wait for the workers; False while one is still inside a call
+        (its connections must then be left alone). The grace of
+        ``SubmissionWorker.stop`` applies even when the budget is spent: a
+        thread inside native code must leave it before ``exit()``."""
+        stray = self.stray
+        if stray is not None:
+            if not stray.stop(timeout):
+                return False
+            self.stray = None
+        worker = self.worker
+        return worker is None or worker.stop(timeout)
+
+    def flush_at_exit(self, deadline: float) -> None:
+        """Give the worker of a short-lived process until ``deadline`` (at most
+        ``config.exit_flush``) to send what is due; never when offline or in backoff."""
+        config = self._config()
+        worker = self.worker
+        if worker is None or not config.sending or config.exit_flush <= 0:
+            return
+        budget = min(config.exit_flush, deadline - time.monotonic())
+        if budget > 0:
+            worker.flush(budget)
+
+    def submit_now(
+        self, opened: Opened, progress: Callable[[int, int], None] | None, *, force: bool
+    ) -> SubmissionStats:
+        """Send every due event now, in this thread (see ``TelemetryService.submit_now``)."""
+        worker = self.get_worker(opened)
+        before = self._stats()
+        pause = max(worker.server_pause_until, sender_state.stored_server_pause(opened))
+        if force:
+            worker.clear_pause()
+        elif pause > self._clock():
+            self.last_call = SubmitCall(stopped="server_pause", retry_at=pause)
+            return attrs.evolve(before, last_call=self.last_call)
+        if isinstance(opened.storage, RetryNow):
+            opened.storage.retry_now()
+        worker.last_cycle = None
+        self._drain(opened, worker, progress)
+        self._after_cycle()
+        after = self._stats()
+        self.last_call = sender_state.call_result(
+            before, after, worker, self._clock(), self._config()
+        )
+        return attrs.evolve(after, last_call=self.last_call)
+
+    def _drain(
+        self,
+        opened: Opened,
+        worker: SubmissionWorker,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        # Sending is the caller's explicit wish: wait for a lock like the worker.
+        with lock_budget(WORKER_LOCK_BUDGET):
+            self._writer.settle_until(self._monotonic() + WORKER_LOCK_BUDGET)
+            total = opened.storage.stats().due
+            try:
+                worker.drain(progress, total=total)
+            except (PluginError, ConfigError):
+                raise
+            except Exception as exc:
+                if self._config().strict:
+                    raise
+                self._counters.warn_once("submit", "telemetry-core: submission failed: %r", exc)
+        self._counters.flush()
+
+    def forget_after_fork(self) -> object | None:
+        """In a forked child: drop the parent's worker (returned, to be kept alive)."""
+        worker, self.worker, self.stray = self.worker, None, None
+        return worker
