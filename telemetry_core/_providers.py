@@ -11,14 +11,15 @@ for the recording path, which must not wait for a lock (it spills instead).
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 from typing import TYPE_CHECKING
 
 import attrs
 
-from telemetry_core._forksafe import guarded
-from telemetry_core.errors import TelemetryError
+from telemetry_core._forksafe import fork_guard, guarded
+from telemetry_core.errors import ConfigError, PluginError, TelemetryError
 
 if TYPE_CHECKING:
     from telemetry_core.config import TelemetryConfig
@@ -27,7 +28,16 @@ if TYPE_CHECKING:
     from telemetry_core.plugin_host import PluginHost
     from telemetry_core.protocols import Backoff, Limiter, Storage
 
-__all__ = ["Opened", "ProviderRequest", "apply_stored_withdrawal", "open_providers"]
+__all__ = [
+    "Opened",
+    "ProviderRequest",
+    "apply_stored_withdrawal",
+    "open_or_report",
+    "open_providers",
+]
+
+
+logger = logging.getLogger("telemetry_core")
 
 
 @attrs.frozen(kw_only=True)
@@ -110,3 +120,29 @@ def apply_stored_withdrawal(config: TelemetryConfig, opened: Opened) -> Telemetr
     if remote == "false" and config.remote_enabled:
         return config.evolve(remote_enabled=False)
     return config
+
+
+def open_or_report(request: ProviderRequest, *, read_only: bool) -> Opened | str:
+    """:func:`open_providers` inside a fork-guard section; on failure one warning
+    and the reason as a string (telemetry is a no-op for the run), unless
+    ``config.strict``, which raises."""
+    try:
+        with fork_guard.section():
+            return open_providers(request, read_only=read_only)
+    except (TelemetryError, sqlite3.Error, OSError) as exc:
+        if request.config.strict:
+            raise
+        db_path = request.config.db_path
+        if read_only:
+            logger.warning("telemetry-core: cannot read the local store %s: %s", db_path, exc)
+        elif isinstance(exc, (PluginError, ConfigError)):
+            # A misspelled provider name is not a storage problem.
+            logger.warning("telemetry-core: telemetry is disabled for this run: %s", exc)
+        else:
+            logger.warning(
+                "telemetry-core: telemetry is disabled for this run, the local store %s "
+                "could not be opened: %s",
+                db_path,
+                exc,
+            )
+        return f"{type(exc).__name__}: {exc}"

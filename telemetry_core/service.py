@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,11 +62,8 @@ from telemetry_core import _process
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
 from telemetry_core._event_writer import EventWriter
-from telemetry_core._forksafe import (
-    fork_guard,
-)
 from telemetry_core._providers import Opened as _Opened
-from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_providers
+from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_or_report
 from telemetry_core._retention import (
     CLEANUP_EVERY,
     CLEANUP_PAGE,
@@ -82,7 +78,6 @@ from telemetry_core._status import describe
 from telemetry_core.errors import (
     ConfigError,
     EventRejected,
-    PluginError,
     StorageError,
     TelemetryError,
 )
@@ -341,24 +336,11 @@ class TelemetryService:
                 return self._opened
             if self._broken is not None:
                 return None
-            try:
-                with fork_guard.section():
-                    self._opened = open_providers(self._providers_for(), read_only=False)
-            except (TelemetryError, sqlite3.Error, OSError) as exc:
-                if self._config.strict:
-                    raise
-                self._broken = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, (PluginError, ConfigError)):
-                    # A misspelled provider name is not a storage problem.
-                    logger.warning("telemetry-core: telemetry is disabled for this run: %s", exc)
-                    return None
-                logger.warning(
-                    "telemetry-core: telemetry is disabled for this run, the local store %s "
-                    "could not be opened: %s",
-                    self._config.db_path,
-                    exc,
-                )
+            result = open_or_report(self._providers_for(), read_only=False)
+            if isinstance(result, str):
+                self._broken = result
                 return None
+            self._opened = result
             if not self._consent_given:
                 before, self._config = (
                     self._config,
@@ -619,17 +601,11 @@ class TelemetryService:
             return reader
         with self._lock:
             if self._reader is None:
-                try:
-                    with fork_guard.section():
-                        self._reader = open_providers(self._providers_for(), read_only=True)
-                except (TelemetryError, sqlite3.Error, OSError) as exc:
-                    if config.strict:
-                        raise
-                    self._broken = f"{type(exc).__name__}: {exc}"
-                    logger.warning(
-                        "telemetry-core: cannot read the local store %s: %s", config.db_path, exc
-                    )
+                result = open_or_report(self._providers_for(), read_only=True)
+                if isinstance(result, str):
+                    self._broken = result
                     return None
+                self._reader = result
             return self._reader
 
     def status(self) -> dict[str, Any]:
