@@ -282,13 +282,7 @@ def _property_problem(
 
 def _value_problem(key: str, value: object, max_value_length: int) -> tuple[str, str] | None:
     if isinstance(value, str):
-        if len(value) > max_value_length:
-            return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
-        if _CONTROL_IN_TEXT.search(value):
-            return ("invalid_property", f"property {key!r} contains control characters")
-        if _SURROGATE.search(value):
-            return ("invalid_property", f"property {key!r} is not valid Unicode text")
-        return None
+        return _text_problem(key, value, max_value_length)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -302,6 +296,16 @@ def _value_problem(key: str, value: object, max_value_length: int) -> tuple[str,
             else ("invalid_property", f"property {key!r} must be finite")
         )
     return ("invalid_property", f"property {key!r} has an unsupported type")
+
+
+def _text_problem(key: str, value: str, max_value_length: int) -> tuple[str, str] | None:
+    if len(value) > max_value_length:
+        return ("invalid_property", f"property {key!r} is longer than {max_value_length}")
+    if _CONTROL_IN_TEXT.search(value):
+        return ("invalid_property", f"property {key!r} contains control characters")
+    if _SURROGATE.search(value):
+        return ("invalid_property", f"property {key!r} is not valid Unicode text")
+    return None
 
 
 def validate_event(
