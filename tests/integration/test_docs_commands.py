@@ -12,7 +12,8 @@ reader would have on a test machine, and only these:
   files in the sandbox (the certificate and key from ``dev-cert``, a keys file
   and an admin token file);
 * ``--host 0.0.0.0`` becomes ``--host 127.0.0.1`` (tests listen on loopback only) and
-  the documented ports (8787, 8443) become one free port;
+  the documented ports (8787, 8443), and the default port of a command that
+  names none (``TELEMETRY_COLLECTOR_PORT``), become one free port;
 * ``https://collector.example`` (the "your collector" of the docs) becomes the
   collector the README's own commands started;
 * a PostgreSQL URL becomes a throwaway database (the line is skipped, with a
@@ -126,6 +127,8 @@ class Sandbox:
             XDG_DATA_HOME=str(home / ".local" / "share"),
             XDG_CONFIG_HOME=str(home / ".config"),
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            # A command that names no port gets the free one too (8787 may be taken).
+            TELEMETRY_COLLECTOR_PORT=str(self.port),
         )
         self.database_url: str | None = None
 
