@@ -19,8 +19,9 @@ reader would have on a test machine, and only these:
 * a PostgreSQL URL becomes a throwaway database (the line is skipped, with a
   reason, when no server runs; under CI=true it must run).
 
-A ``telemetry-collector serve`` line runs in the background until the next one
-or the end; it must come up and answer ``/ping``. Commands that install
+A ``telemetry-collector serve`` line runs in the background until the next one,
+a ``kill %1`` (the reader's shell job) or the end; it must come up and answer
+``/ping`` (over https, or http when the document runs it without TLS). Commands that install
 packages, build wheels or run suites and benchmarks are covered by their own
 tests, named in :data:`COVERED_ELSEWHERE`.
 """
@@ -188,13 +189,15 @@ class Sandbox:
             if self.server.poll() is not None:
                 err = self.server.stderr.read().decode() if self.server.stderr else ""
                 raise AssertionError(f"collector exited: {command}\n{err[-2000:]}")
-            try:
-                with urllib.request.urlopen(
-                    f"https://127.0.0.1:{self.port}/ping", context=context, timeout=2
-                ):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            for scheme in ("https", "http"):  # a documented collector may run without TLS
+                try:
+                    with urllib.request.urlopen(  # noqa: S310 - a fixed http(s) loopback URL
+                        f"{scheme}://127.0.0.1:{self.port}/ping", context=context, timeout=2
+                    ):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
         raise AssertionError(f"collector did not come up: {command}")
 
     def stop(self) -> None:
@@ -257,6 +260,10 @@ def _run_documents(sandbox: Sandbox, cleanup: contextlib.ExitStack, not_run: lis
                 continue
             if command.startswith("telemetry-collector serve"):
                 sandbox.serve(command)
+                continue
+            if command.strip() == "kill %1":  # the reader's shell job: the collector started above
+                assert sandbox.server is not None, f"{where}: nothing was started"
+                sandbox.stop()
                 continue
             result = sandbox.run(command)
             assert result.returncode == 0, f"{where}\n{result.stdout}\n{result.stderr}"
