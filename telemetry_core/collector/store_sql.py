@@ -17,8 +17,8 @@ modulo operator, which psycopg wants doubled) and each store's transactions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
@@ -51,30 +51,33 @@ class Dialect:
 SQLITE: Final = Dialect(placeholder="?", modulo="%")
 POSTGRES: Final = Dialect(placeholder="%s", modulo="%%")
 
+K = TypeVar("K", bound=Hashable)
+
 #: Runs one statement with its parameters and returns every row.
 Fetch = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
 
 
-class Dedupe:
-    """Decides, id by id in order, which events of one transaction are new.
+class Dedupe(Generic[K]):
+    """Decides, key by key in order, which events of one transaction are new.
 
-    An event is new when its id is not in ``stored`` (the ids the database
-    already held) and no earlier event of the transaction had it: within a
-    transaction the first occurrence wins.
+    An event is new when its key (the id on SQLite, ``(app, id)`` on
+    PostgreSQL) is not in ``stored`` (the keys the database already held) and
+    no earlier event of the transaction had it: within a transaction the first
+    occurrence wins.
     """
 
-    def __init__(self, stored: Container[str]) -> None:
+    def __init__(self, stored: Container[K]) -> None:
         self._stored = stored
-        self._claimed: set[str] = set()
+        self._claimed: set[K] = set()
 
-    def claim(self, event_id: str) -> bool:
+    def claim(self, event_id: K) -> bool:
         """True when ``event_id`` is new (and from now on taken)."""
         if event_id in self._claimed or event_id in self._stored:
             return False
         self._claimed.add(event_id)
         return True
 
-    def verdicts(self, ids: Iterable[str]) -> tuple[bool, ...]:
+    def verdicts(self, ids: Iterable[K]) -> tuple[bool, ...]:
         """:meth:`claim` for each of ``ids``: the ``inserted`` flags of a batch."""
         return tuple(self.claim(event_id) for event_id in ids)
 
