@@ -122,25 +122,29 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 # One statement per table per batch: arrays in, unnest, sorted, upsert.
-#: Dedup: claim each (app, id) of the batch; only the pairs that come back are new.
-_CLAIM_IDS: Final = """
-INSERT INTO event_ids (app, id, received_ms)
-SELECT u.app, u.id, %(received)s
-FROM unnest(%(app)s::text[], %(id)s::uuid[]) AS u(app, id)
-ORDER BY u.app, u.id
-ON CONFLICT (app, id) DO NOTHING
-RETURNING app, id
-"""
-_INSERT_EVENTS: Final = """
-INSERT INTO events (app, id, type, timestamp_ms, received_ms, install_id, session_id,
-                    app_version, duration_ms, success, properties)
-SELECT u.app, u.id, u.type, u.ts, %(received)s, u.install_id, u.session_id,
-       u.app_version, u.duration_ms, u.success, u.properties::jsonb
-FROM unnest(%(app)s::text[], %(id)s::uuid[], %(type)s::text[], %(ts)s::bigint[],
-            %(install_id)s::text[], %(session_id)s::text[], %(app_version)s::text[],
-            %(duration_ms)s::float8[], %(success)s::boolean[], %(properties)s::text[])
-     AS u(app, id, type, ts, install_id, session_id, app_version, duration_ms, success,
-          properties)
+#: One statement, one parameter: the batch travels as one JSON document (encoded
+#: by msgspec, parsed by the server; binding ten arrays of 100 values cost the
+#: collector more CPU than everything else it does per event). Each (app, id)
+#: is claimed in ``event_ids``; only the pairs claimed now are stored in
+#: ``events`` and come back.
+_INSERT_BATCH: Final = """
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS u(
+        app text, id uuid, type text, timestamp bigint, install_id text, session_id text,
+        app_version text, duration_ms float8, success boolean, properties jsonb)
+), claimed AS (
+    INSERT INTO event_ids (app, id, received_ms)
+    SELECT app, id, %(received)s FROM batch ORDER BY app, id
+    ON CONFLICT (app, id) DO NOTHING
+    RETURNING app, id
+), stored AS (
+    INSERT INTO events (app, id, type, timestamp_ms, received_ms, install_id, session_id,
+                        app_version, duration_ms, success, properties)
+    SELECT b.app, b.id, b.type, b.timestamp, %(received)s, b.install_id, b.session_id,
+           b.app_version, b.duration_ms, b.success, b.properties
+    FROM batch b JOIN claimed c ON c.app = b.app AND c.id = b.id
+)
+SELECT app, id FROM claimed
 """
 _UPSERT_ROLLUPS: Final = """
 INSERT INTO rollups (app, type, hour_ms, count, success, failure)
@@ -300,7 +304,10 @@ def _storable(event: Event) -> Event:
 
 
 def _canonical_id(event_id: str) -> str:
-    # Any spelling of a UUID is the same event (the column type is UUID).
+    # Any spelling of a UUID is the same event (the column type is UUID). The
+    # hyphenated form the schema admits is canonical once in lower case.
+    if len(event_id) == 36 and event_id[8] == event_id[13] == "-":
+        return event_id.lower()
     return str(uuid.UUID(event_id))
 
 
@@ -661,14 +668,10 @@ class PostgresStore(PendingWork):
                 first[key] = stored
         # Sorted keys: concurrent batches take the primary-key locks in one order.
         order = sorted(first)
-        cur.execute(
-            _CLAIM_IDS,
-            {"received": received_ms, "app": [k[0] for k in order], "id": [k[1] for k in order]},
-        )
+        batch = msgspec.json.encode([first[k] for k in order]).decode()
+        cur.execute(_INSERT_BATCH, {"batch": batch, "received": received_ms})
         new_keys = {(str(app), str(event_id)) for app, event_id in cur.fetchall()}
         inserted = Dedupe(stored=first.keys() - new_keys).verdicts(keys)
-        if new_keys:
-            _insert_events(cur, [first[k] for k in order if k in new_keys], received_ms)
         add_outcomes(counters, duplicates=inserted.count(False), received_ms=received_ms)
         if not new_keys:
             return IngestOutcome(inserted=inserted)
@@ -678,26 +681,6 @@ class PostgresStore(PendingWork):
             cur.execute(_UPSERT_BUCKETS, _columns(increments.buckets, 5))
         cur.execute(_INSERT_INSTALLS, _columns(increments.installs, 4))
         return IngestOutcome(inserted=inserted)
-
-
-def _insert_events(cur: psycopg.Cursor[Any], rows: Sequence[Event], received_ms: int) -> None:
-    encode = msgspec.json.encode
-    cur.execute(
-        _INSERT_EVENTS,
-        {
-            "received": received_ms,
-            "app": [e.app for e in rows],
-            "id": [_canonical_id(e.id) for e in rows],
-            "type": [e.type for e in rows],
-            "ts": [e.timestamp for e in rows],
-            "install_id": [e.install_id for e in rows],
-            "session_id": [e.session_id for e in rows],
-            "app_version": [e.app_version for e in rows],
-            "duration_ms": [None if e.duration_ms is None else float(e.duration_ms) for e in rows],
-            "success": [e.success for e in rows],
-            "properties": [encode(e.properties).decode() for e in rows],
-        },
-    )
 
 
 _AHEAD_MS: Final = PARTITIONS_AHEAD_DAYS * DAY_MS
