@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "bench.ingest",
     "interop_decode": "bench.interop_decode",
     "collector_scale": "bench.collector_scale",
+    "pg_scale": "bench.pg_scale",
     "idle": "bench.idle",
 }
 

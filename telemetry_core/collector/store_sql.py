@@ -123,12 +123,28 @@ def read_stats_data(fetch: Fetch, query: StatsQuery, dialect: Dialect) -> StatsD
         args.append(query.event_type)
     cond = " AND ".join(where)
     grain = DAY_MS if query.bucket == "day" else HOUR_MS
-    rollups = fetch(
-        f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}", args
-    )
-    buckets = fetch(
-        f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args
-    )
+    if grain == HOUR_MS:
+        rollups = fetch(
+            f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}", args
+        )
+        buckets = fetch(
+            f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args
+        )
+    else:
+        # Summed to the grain by the database: a year of days is 24 times fewer
+        # rows to send and shape than a year of hours.
+        start = f"hour_ms - hour_ms {dialect.modulo} {grain}"
+        rollups = fetch(
+            f"SELECT app, type, {start} AS b, CAST(SUM(count) AS BIGINT), "
+            "CAST(SUM(success) AS BIGINT), CAST(SUM(failure) AS BIGINT) "
+            f"FROM rollups WHERE {cond} GROUP BY app, type, b",
+            args,
+        )
+        buckets = fetch(
+            f"SELECT app, type, {start} AS b, bucket, CAST(SUM(count) AS BIGINT) "
+            f"FROM rollup_buckets WHERE {cond} GROUP BY app, type, b, bucket",
+            args,
+        )
     series_installs = fetch(
         f"SELECT app, type, hour_ms - hour_ms {dialect.modulo} {grain} AS b, "
         f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",
