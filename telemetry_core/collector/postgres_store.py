@@ -1,10 +1,13 @@
 """The scale-out collector store: one PostgreSQL database shared by many collectors.
 
 Several stateless collector processes may point at the same database; the
-event id's primary key makes ingestion exactly-once across all of them. Each
-batch is one transaction: the raw events go in with ``INSERT ... ON CONFLICT
-(id) DO NOTHING RETURNING id``, and only the ids that come back update the
-rollups, histogram buckets and install sets with upserts. Every statement
+primary key ``(app, id)`` of ``event_ids`` makes ingestion exactly-once across
+all of them. Each batch is one transaction: one statement, whose only parameter
+is the batch as JSON, claims the keys in ``event_ids`` (``ON CONFLICT DO
+NOTHING RETURNING``) and stores the raw rows of the keys it claimed in
+``events``, partitioned by day of reception so that retention drops whole
+partitions; only the keys that come back update the rollups, histogram buckets
+and install sets with upserts. Every statement
 touches its rows in sorted key order and the tables in a fixed order, so two
 collectors writing overlapping batches wait for each other instead of
 deadlocking; deadlocks and serialization failures are retried all the same.
