@@ -111,7 +111,9 @@ def run(ctx: Context) -> Report:
         headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
         errors: list[str] = []
         procs = pids + [c for p in pids for c in _cpu.children(p)]
-        used = cpu.setdefault(label, {"collector_s": 0.0, "postgres_s": 0.0, "events": 0})
+        used = cpu.setdefault(
+            label, {"collector_s": 0.0, "postgres_s": 0.0, "clients_s": 0.0, "events": 0}
+        )
 
         def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
             for body in bodies:
@@ -130,7 +132,7 @@ def run(ctx: Context) -> Report:
                 for p, w in zip(pools, work, strict=True)
             ]
             backends = _backend_pids(url) if url else []
-            c0, b0 = _cpu.total(procs), _cpu.total(backends)
+            c0, b0, l0 = _cpu.total(procs), _cpu.total(backends), _cpu.self_seconds()
             t0 = time.perf_counter_ns()
             for t in threads:
                 t.start()
@@ -139,6 +141,7 @@ def run(ctx: Context) -> Report:
             elapsed = time.perf_counter_ns() - t0
             used["collector_s"] += _cpu.total(procs) - c0
             used["postgres_s"] += _cpu.total(backends) - b0
+            used["clients_s"] += _cpu.self_seconds() - l0
             used["events"] += CLIENTS * batches * BATCH
             if errors:
                 raise RuntimeError(f"collector answered {errors[0]}")
@@ -227,9 +230,11 @@ def _checks(report: Report, cpu: dict[str, dict[str, float]]) -> None:
         row = report.row(label)
         per_collector = used["collector_s"] / events * 1e6
         per_pg = used["postgres_s"] / events * 1e6
+        per_client = used["clients_s"] / events * 1e6
         if row is not None:
             row.extra["collector_cpu_us_per_event"] = round(per_collector, 1)
             row.extra["postgres_cpu_us_per_event"] = round(per_pg, 1)
+            row.extra["load_generator_cpu_us_per_event"] = round(per_client, 1)
         pg_part = (
             f", PostgreSQL backends {per_pg:.1f} µs/event = {1e6 / per_pg:,.0f} events/s per core"
             if per_pg
@@ -237,5 +242,6 @@ def _checks(report: Report, cpu: dict[str, dict[str, float]]) -> None:
         )
         report.notes.append(
             f"{label}: collector CPU {per_collector:.1f} µs/event = "
-            f"{1e6 / per_collector:,.0f} events/s per core{pg_part}"
+            f"{1e6 / per_collector:,.0f} events/s per core{pg_part}; "
+            f"load generator {per_client:.1f} µs/event"
         )
