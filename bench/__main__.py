@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, str] = {
     "end_to_end": "bench.end_to_end",
     "ingest": "bench.ingest",
     "interop_decode": "bench.interop_decode",
+    "collector_scale": "bench.collector_scale",
+    "pg_scale": "bench.pg_scale",
     "idle": "bench.idle",
 }
 

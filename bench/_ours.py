@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,19 +209,27 @@ def collector(
     api_key: str,
     database_url: str | None = None,
     timeout: float = 30.0,
+    extra: Sequence[str] = (),
+    module: str = "telemetry_core.collector",
+    env_extra: Mapping[str, str] | None = None,
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
-    """Run ``telemetry-collector serve`` on loopback with TLS; yield its base URL."""
+    """Run ``telemetry-collector serve`` on loopback with TLS; yield its base URL.
+
+    ``extra`` adds arguments (``--workers 2``); ``module`` runs another entry
+    point (bench/_http_stack.py picks the HTTP stack); ``pids`` receives the
+    process id."""
     try:
         import telemetry_core.collector.cli  # noqa: F401
     except ImportError as exc:
         raise Unavailable(f"telemetry-collector: {exc}") from exc
     port = free_port()
     store = ["--database-url", database_url] if database_url else ["--db", str(workdir / "c.db")]
-    env = dict(os.environ, TELEMETRY_COLLECTOR_ADMIN_TOKEN="bench-admin-token")
+    env = dict(os.environ, TELEMETRY_COLLECTOR_ADMIN_TOKEN="bench-admin-token", **(env_extra or {}))
     cmd = [
         sys.executable,
         "-m",
-        "telemetry_core.collector",
+        module,
         "serve",
         *store,
         "--host",
@@ -245,9 +253,12 @@ def collector(
         str(10**6),
         "--log-level",
         "warning",
+        *extra,
     ]
     log = (workdir / f"collector-{port}.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         deadline = time.monotonic() + timeout
         while True:

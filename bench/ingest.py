@@ -182,7 +182,7 @@ def run(ctx: Context) -> Report:
         for conn in managers:
             conn.close()
     for c in clients:
-        check = report.check_ratio(f"collector sqlite, {c} clients", RAW, at_least=0.25)
+        check = report.check_ratio(f"collector sqlite, {c} clients", RAW, at_least=0.5)
         if c != 4:
             report.checks.remove(check)
     r4, rf = report.row("collector sqlite, 4 clients"), report.row(RAW_FULL)

@@ -1,10 +1,13 @@
 """The scale-out collector store: one PostgreSQL database shared by many collectors.
 
 Several stateless collector processes may point at the same database; the
-event id's primary key makes ingestion exactly-once across all of them. Each
-batch is one transaction: the raw events go in with ``INSERT ... ON CONFLICT
-(id) DO NOTHING RETURNING id``, and only the ids that come back update the
-rollups, histogram buckets and install sets with upserts. Every statement
+primary key ``(app, id)`` of ``event_ids`` makes ingestion exactly-once across
+all of them. Each batch is one transaction: one statement, whose only parameter
+is the batch as JSON, claims the keys in ``event_ids`` (``ON CONFLICT DO
+NOTHING RETURNING``) and stores the raw rows of the keys it claimed in
+``events``, partitioned by day of reception so that retention drops whole
+partitions; only the keys that come back update the rollups, histogram buckets
+and install sets with upserts. Every statement
 touches its rows in sorted key order and the tables in a fixed order, so two
 collectors writing overlapping batches wait for each other instead of
 deadlocking; deadlocks and serialization failures are retried all the same.
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -68,10 +72,25 @@ MAX_ATTEMPTS: Final = 5
 #: each transaction (and its locks and WAL) small on a busy table.
 CLEANUP_CHUNK: Final = 10_000
 
+#: Days of ``events`` partitions created ahead of today, at start-up and by
+#: every retention run (hourly), so ingest never waits for a partition; a
+#: batch whose day has none (a stepped clock) creates it on the spot.
+PARTITIONS_AHEAD_DAYS: Final = 7
+
+#: How ``pg_get_expr`` prints the bounds of one of our range partitions.
+_BOUNDS: Final = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
+
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS events (
-    id UUID PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS event_ids (
     app TEXT NOT NULL,
+    id UUID NOT NULL,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (app, id)
+);
+CREATE INDEX IF NOT EXISTS event_ids_received ON event_ids (received_ms);
+CREATE TABLE IF NOT EXISTS events (
+    app TEXT NOT NULL,
+    id UUID NOT NULL,
     type TEXT NOT NULL,
     timestamp_ms BIGINT NOT NULL,
     received_ms BIGINT NOT NULL,
@@ -81,8 +100,7 @@ CREATE TABLE IF NOT EXISTS events (
     duration_ms DOUBLE PRECISION,
     success BOOLEAN,
     properties JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+) PARTITION BY RANGE (received_ms);
 CREATE TABLE IF NOT EXISTS rollups (
     app TEXT NOT NULL, type TEXT NOT NULL, hour_ms BIGINT NOT NULL,
     count BIGINT NOT NULL, success BIGINT NOT NULL, failure BIGINT NOT NULL,
@@ -107,19 +125,29 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 # One statement per table per batch: arrays in, unnest, sorted, upsert.
-_INSERT_EVENTS: Final = """
-INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, session_id,
-                    app_version, duration_ms, success, properties)
-SELECT u.id, u.app, u.type, u.ts, %(received)s, u.install_id, u.session_id,
-       u.app_version, u.duration_ms, u.success, u.properties::jsonb
-FROM unnest(%(id)s::uuid[], %(app)s::text[], %(type)s::text[], %(ts)s::bigint[],
-            %(install_id)s::text[], %(session_id)s::text[], %(app_version)s::text[],
-            %(duration_ms)s::float8[], %(success)s::boolean[], %(properties)s::text[])
-     AS u(id, app, type, ts, install_id, session_id, app_version, duration_ms, success,
-          properties)
-ORDER BY u.id
-ON CONFLICT (id) DO NOTHING
-RETURNING id
+#: One statement, one parameter: the batch travels as one JSON document (encoded
+#: by msgspec, parsed by the server; binding ten arrays of 100 values cost the
+#: collector more CPU than everything else it does per event). Each (app, id)
+#: is claimed in ``event_ids``; only the pairs claimed now are stored in
+#: ``events`` and come back.
+_INSERT_BATCH: Final = """
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS u(
+        app text, id uuid, type text, timestamp bigint, install_id text, session_id text,
+        app_version text, duration_ms float8, success boolean, properties jsonb)
+), claimed AS (
+    INSERT INTO event_ids (app, id, received_ms)
+    SELECT app, id, %(received)s FROM batch ORDER BY app, id
+    ON CONFLICT (app, id) DO NOTHING
+    RETURNING app, id
+), stored AS (
+    INSERT INTO events (app, id, type, timestamp_ms, received_ms, install_id, session_id,
+                        app_version, duration_ms, success, properties)
+    SELECT b.app, b.id, b.type, b.timestamp, %(received)s, b.install_id, b.session_id,
+           b.app_version, b.duration_ms, b.success, b.properties
+    FROM batch b JOIN claimed c ON c.app = b.app AND c.id = b.id
+)
+SELECT app, id FROM claimed
 """
 _UPSERT_ROLLUPS: Final = """
 INSERT INTO rollups (app, type, hour_ms, count, success, failure)
@@ -279,7 +307,10 @@ def _storable(event: Event) -> Event:
 
 
 def _canonical_id(event_id: str) -> str:
-    # Any spelling of a UUID is the same event (the column type is UUID).
+    # Any spelling of a UUID is the same event (the column type is UUID). The
+    # hyphenated form the schema admits is canonical once in lower case.
+    if len(event_id) == 36 and event_id[8] == event_id[13] == "-":
+        return event_id.lower()
     return str(uuid.UUID(event_id))
 
 
@@ -317,6 +348,8 @@ class PostgresStore(PendingWork):
         self._flushing: asyncio.Future[None] | None = None
         self._closed = False
         self._rng = random.Random()
+        #: Days whose ``events`` partition this process created or saw created.
+        self._days: set[int] = set()
         self._pool = ConnectionPool(
             database_url,
             min_size=pool_min,
@@ -406,7 +439,7 @@ class PostgresStore(PendingWork):
 
     async def cleanup(self, retention_days: int, now_ms: int) -> int:
         """Delete raw events received more than ``retention_days`` before ``now_ms``."""
-        return await self._submit(self.cleanup_blocking, now_ms - retention_days * DAY_MS)
+        return await self._submit(self.cleanup_blocking, now_ms - retention_days * DAY_MS, now_ms)
 
     async def close(self) -> None:
         """Wait for every running batch to commit, flush counters, close the pool."""
@@ -425,14 +458,27 @@ class PostgresStore(PendingWork):
         """
         try:
             started = time.perf_counter()
-            outcome = self._transaction(
-                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
-            )
+            outcome = self._ingest_day(events, received_ms)
             elapsed = time.perf_counter() - started
         finally:
             self._release(len(events))
         self._notify_observers(elapsed, len(events))
         return outcome
+
+    def _ingest_day(self, events: Sequence[Event], received_ms: int) -> IngestOutcome:
+        day = _day_of(received_ms)
+        self._ensure_partition(day)
+        try:
+            return self._transaction(
+                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
+            )
+        except _MissingPartition:
+            # Retention (maybe in another process) dropped the partition since.
+            self._days.discard(day)
+            self._ensure_partition(day)
+            return self._transaction(
+                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
+            )
 
     def read_stats_data(self, query: StatsQuery) -> StatsData:
         """Read the rollup rows for ``query`` in one consistent snapshot."""
@@ -459,21 +505,39 @@ class PostgresStore(PendingWork):
                 return
         self._transaction(lambda cur, counters: None)
 
-    def cleanup_blocking(self, before_ms: int) -> int:
-        """Delete raw events received before ``before_ms``, in chunks; return how many."""
-        deleted = 0
+    def cleanup_blocking(self, before_ms: int, now_ms: int) -> int:
+        """Drop the daily ``events`` partitions that end at or before ``before_ms``
+        and forget their ids (in chunks); return how many events went.
 
-        def delete_chunk(cur: psycopg.Cursor[Any], _counters: object) -> int:
+        Raw events therefore live up to one day past the retention period.
+        The partitions of the days ahead of ``now_ms`` are created here too.
+        """
+        cutoff = _day_of(before_ms)
+        now_day = _day_of(now_ms)
+
+        def drop_partitions(cur: psycopg.Cursor[Any], _counters: object) -> None:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            for name, low, high in _partitions(cur):
+                if high <= cutoff:
+                    cur.execute(f"DROP TABLE IF EXISTS {name}")
+                    self._days.discard(low)
+            self._days.update(_create_partitions(cur, now_day, now_day + _AHEAD_MS))
+
+        def forget_chunk(cur: psycopg.Cursor[Any], _counters: object) -> int:
             return cur.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "DELETE FROM event_ids WHERE (app, id) IN (SELECT app, id FROM event_ids "
                 "WHERE received_ms < %s LIMIT %s)",
-                (before_ms, CLEANUP_CHUNK),
+                (cutoff, CLEANUP_CHUNK),
             ).rowcount
 
+        # The partitions go first: should the process die before the ids are
+        # forgotten, the next run forgets them and dedup errs on the safe side.
+        self._transaction(drop_partitions, with_counters=False)
+        deleted = 0
         # Bounded: each round deletes a full chunk or ends the loop; the cap only
         # guards against a clock that keeps moving rows behind the cut-off.
         for _ in range(1_000_000):
-            count = self._transaction(delete_chunk, with_counters=False)
+            count = self._transaction(forget_chunk, with_counters=False)
             deleted += count
             if count < CLEANUP_CHUNK:
                 break
@@ -503,12 +567,32 @@ class PostgresStore(PendingWork):
         return self._executor.submit(fn).result()
 
     def _create_schema(self) -> None:
+        today = _day_of(int(time.time() * 1000))
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                legacy = _unpartitioned_events(cur)
+                if legacy:
+                    cur.execute("ALTER TABLE events RENAME TO events_unpartitioned")
                 cur.execute(_SCHEMA)
+                if legacy:
+                    _migrate_unpartitioned(cur)
+                self._days.update(_create_partitions(cur, today, today + _AHEAD_MS))
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(f"cannot create the collector schema: {_describe(exc)}") from exc
+
+    def _ensure_partition(self, day_ms: int) -> None:
+        """Create the ``events`` partition of ``day_ms`` unless this process knows it exists."""
+        if day_ms in self._days:
+            return
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                self._days.update(_create_partitions(cur, day_ms, day_ms + DAY_MS))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot create a partition: {_describe(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot create a partition: {_describe(exc)}") from exc
 
     def _take_counters(self) -> dict[tuple[int, str], int]:
         with self._lock:
@@ -558,6 +642,11 @@ class PostgresStore(PendingWork):
             except _UNAVAILABLE as exc:
                 self._restore_counters(buffered)
                 raise StoreUnavailable(f"transaction failed: {_describe(exc)}") from exc
+            except psycopg.errors.CheckViolation as exc:
+                self._restore_counters(buffered)
+                if "no partition" in str(exc):
+                    raise _MissingPartition(f"transaction failed: {_describe(exc)}") from exc
+                raise StorageError(f"transaction failed: {_describe(exc)}") from exc
             except psycopg.Error as exc:
                 self._restore_counters(buffered)
                 raise StorageError(f"transaction failed: {_describe(exc)}") from exc
@@ -570,44 +659,105 @@ class PostgresStore(PendingWork):
         events: Sequence[Event],
         received_ms: int,
     ) -> IngestOutcome:
-        ids = [_canonical_id(e.id) for e in events]
-        first: dict[str, Event] = {}
-        for event_id, event in zip(ids, events, strict=True):
-            if event_id not in first:
-                first[event_id] = _storable(event)
-        # Sorted ids: concurrent batches take the primary-key locks in one order.
+        # The idempotency key is (app, id): the key a distributed PostgreSQL
+        # shards on leads every unique key (see docs/operations.md).
+        keys: list[tuple[str, str]] = []
+        first: dict[tuple[str, str], Event] = {}
+        for event in events:
+            stored = _storable(event)
+            key = (stored.app, _canonical_id(event.id))
+            keys.append(key)
+            if key not in first:
+                first[key] = stored
+        # Sorted keys: concurrent batches take the primary-key locks in one order.
         order = sorted(first)
-        rows = [first[i] for i in order]
-        encode = msgspec.json.encode
-        cur.execute(
-            _INSERT_EVENTS,
-            {
-                "received": received_ms,
-                "id": order,
-                "app": [e.app for e in rows],
-                "type": [e.type for e in rows],
-                "ts": [e.timestamp for e in rows],
-                "install_id": [e.install_id for e in rows],
-                "session_id": [e.session_id for e in rows],
-                "app_version": [e.app_version for e in rows],
-                "duration_ms": [
-                    None if e.duration_ms is None else float(e.duration_ms) for e in rows
-                ],
-                "success": [e.success for e in rows],
-                "properties": [encode(e.properties).decode() for e in rows],
-            },
-        )
-        new_ids = {str(row[0]) for row in cur.fetchall()}
-        inserted = Dedupe(stored=first.keys() - new_ids).verdicts(ids)
+        batch = msgspec.json.encode([first[k] for k in order]).decode()
+        cur.execute(_INSERT_BATCH, {"batch": batch, "received": received_ms})
+        new_keys = {(str(app), str(event_id)) for app, event_id in cur.fetchall()}
+        inserted = Dedupe(stored=first.keys() - new_keys).verdicts(keys)
         add_outcomes(counters, duplicates=inserted.count(False), received_ms=received_ms)
-        if not new_ids:
+        if not new_keys:
             return IngestOutcome(inserted=inserted)
-        increments = plan_increments(first[i] for i in sorted(new_ids))
+        increments = plan_increments(first[k] for k in sorted(new_keys))
         cur.execute(_UPSERT_ROLLUPS, _columns(increments.rollups, 6))
         if increments.buckets:
             cur.execute(_UPSERT_BUCKETS, _columns(increments.buckets, 5))
         cur.execute(_INSERT_INSTALLS, _columns(increments.installs, 4))
         return IngestOutcome(inserted=inserted)
+
+
+_AHEAD_MS: Final = PARTITIONS_AHEAD_DAYS * DAY_MS
+
+
+class _MissingPartition(StorageError):
+    """A batch's day has no ``events`` partition (retention dropped it meanwhile)."""
+
+
+def _day_of(ms: int) -> int:
+    return ms - ms % DAY_MS
+
+
+def _partition_name(day_ms: int) -> str:
+    return "events_" + time.strftime("%Y%m%d", time.gmtime(day_ms // 1000))
+
+
+def _create_partitions(cur: psycopg.Cursor[Any], from_ms: int, to_ms: int) -> list[int]:
+    """Create the daily partitions of ``events`` covering ``[from_ms, to_ms)``
+    that do not exist yet (the caller holds the schema lock); return their days."""
+    days = list(range(_day_of(from_ms), to_ms, DAY_MS))
+    for day in days:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {_partition_name(day)} PARTITION OF events "
+            f"FOR VALUES FROM ({day}) TO ({day + DAY_MS})"
+        )
+    return days
+
+
+def _partitions(cur: psycopg.Cursor[Any]) -> list[tuple[str, int, int]]:
+    """Every partition of ``events`` as ``(name, from_ms, to_ms)``."""
+    cur.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"
+    )
+    found = []
+    for name, bound in cur.fetchall():
+        match = _BOUNDS.search(bound or "")
+        if match:
+            found.append((str(name), int(match[1]), int(match[2])))
+    return found
+
+
+def _unpartitioned_events(cur: psycopg.Cursor[Any]) -> bool:
+    """True when ``events`` is the plain table of a collector before partitioning."""
+    cur.execute(
+        "SELECT relkind FROM pg_class WHERE relname = 'events' "
+        "AND relnamespace = current_schema()::regnamespace"
+    )
+    row = cur.fetchone()
+    return row is not None and row[0] == "r"
+
+
+def _migrate_unpartitioned(cur: psycopg.Cursor[Any]) -> None:
+    """Move the rows of a pre-partitioning ``events`` table (renamed
+    ``events_unpartitioned``) into ``event_ids`` and the daily partitions, then
+    drop it; runs once, in the schema transaction, under the schema lock."""
+    cur.execute("SELECT min(received_ms), max(received_ms) FROM events_unpartitioned")
+    low, high = cur.fetchone() or (None, None)
+    if low is not None and high is not None:
+        _create_partitions(cur, int(low), int(high) + 1)
+    cur.execute(
+        "INSERT INTO event_ids (app, id, received_ms) "
+        "SELECT app, id, received_ms FROM events_unpartitioned ON CONFLICT DO NOTHING"
+    )
+    cur.execute(
+        "INSERT INTO events (app, id, type, timestamp_ms, received_ms, install_id, "
+        "session_id, app_version, duration_ms, success, properties) "
+        "SELECT app, id, type, timestamp_ms, received_ms, install_id, session_id, "
+        "app_version, duration_ms, success, properties FROM events_unpartitioned"
+    )
+    moved = cur.rowcount
+    cur.execute("DROP TABLE events_unpartitioned")
+    log.info("migrated the events table to daily partitions rows=%d", moved)
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -10,11 +10,12 @@ not SQL (histogram math, bucketing, the shape of the stats document) in
 :mod:`telemetry_core.collector.aggregation`. Each store keeps only its dialect
 and its transactions.
 
-Tables (names and columns are the same in both stores)::
+Tables (names and columns are the same in both stores, but for the raw events
+on PostgreSQL, see below)::
 
     -- Raw events, kept ``retention_days`` (by ``received_ms``).
     events(
-        id           TEXT/UUID PRIMARY KEY,   -- the idempotency key
+        id           TEXT/UUID PRIMARY KEY,   -- the idempotency key (SQLite)
         app TEXT, type TEXT, timestamp_ms BIGINT, received_ms BIGINT,
         install_id TEXT, session_id TEXT NULL, app_version TEXT NULL,
         duration_ms DOUBLE NULL, success BOOLEAN NULL,
@@ -36,10 +37,17 @@ Tables (names and columns are the same in both stores)::
     -- "rejected:<code>". Not per app: a rejected event may have no readable app.
     counters(hour_ms, name, count, PRIMARY KEY (hour_ms, name))
 
+On PostgreSQL, built for 100 million raw events and for sharding on ``app``, the
+raw ``events`` (same columns) are range-partitioned by day of ``received_ms``
+with no unique key, and the idempotency key lives in
+``event_ids(app, id, received_ms, PRIMARY KEY (app, id))``, which is not
+partitioned, so dedup stays exact while retention drops whole partitions.
+
 Semantics every implementation keeps:
 
-* **Exactly once.** Inserting the raw event (``INSERT ... ON CONFLICT (id) DO
-  NOTHING``) decides whether it is new. Only new events increment ``rollups``,
+* **Exactly once.** Inserting the raw event's key (``INSERT ... ON CONFLICT DO
+  NOTHING``: the id on SQLite, ``(app, id)`` in ``event_ids`` on PostgreSQL)
+  decides whether it is new. Only new events increment ``rollups``,
   ``rollup_buckets`` and ``installs``; a conflicting one increments the
   ``duplicate`` counter instead. All of it happens in ONE transaction per batch
   (or per group of batches), so a crash never leaves an event stored but not

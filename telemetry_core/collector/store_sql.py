@@ -17,8 +17,8 @@ modulo operator, which psycopg wants doubled) and each store's transactions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
@@ -51,30 +51,33 @@ class Dialect:
 SQLITE: Final = Dialect(placeholder="?", modulo="%")
 POSTGRES: Final = Dialect(placeholder="%s", modulo="%%")
 
+K = TypeVar("K", bound=Hashable)
+
 #: Runs one statement with its parameters and returns every row.
 Fetch = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
 
 
-class Dedupe:
-    """Decides, id by id in order, which events of one transaction are new.
+class Dedupe(Generic[K]):
+    """Decides, key by key in order, which events of one transaction are new.
 
-    An event is new when its id is not in ``stored`` (the ids the database
-    already held) and no earlier event of the transaction had it: within a
-    transaction the first occurrence wins.
+    An event is new when its key (the id on SQLite, ``(app, id)`` on
+    PostgreSQL) is not in ``stored`` (the keys the database already held) and
+    no earlier event of the transaction had it: within a transaction the first
+    occurrence wins.
     """
 
-    def __init__(self, stored: Container[str]) -> None:
+    def __init__(self, stored: Container[K]) -> None:
         self._stored = stored
-        self._claimed: set[str] = set()
+        self._claimed: set[K] = set()
 
-    def claim(self, event_id: str) -> bool:
+    def claim(self, event_id: K) -> bool:
         """True when ``event_id`` is new (and from now on taken)."""
         if event_id in self._claimed or event_id in self._stored:
             return False
         self._claimed.add(event_id)
         return True
 
-    def verdicts(self, ids: Iterable[str]) -> tuple[bool, ...]:
+    def verdicts(self, ids: Iterable[K]) -> tuple[bool, ...]:
         """:meth:`claim` for each of ``ids``: the ``inserted`` flags of a batch."""
         return tuple(self.claim(event_id) for event_id in ids)
 
@@ -120,12 +123,28 @@ def read_stats_data(fetch: Fetch, query: StatsQuery, dialect: Dialect) -> StatsD
         args.append(query.event_type)
     cond = " AND ".join(where)
     grain = DAY_MS if query.bucket == "day" else HOUR_MS
-    rollups = fetch(
-        f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}", args
-    )
-    buckets = fetch(
-        f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args
-    )
+    if grain == HOUR_MS:
+        rollups = fetch(
+            f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}", args
+        )
+        buckets = fetch(
+            f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args
+        )
+    else:
+        # Summed to the grain by the database: a year of days is 24 times fewer
+        # rows to send and shape than a year of hours.
+        start = f"hour_ms - hour_ms {dialect.modulo} {grain}"
+        rollups = fetch(
+            f"SELECT app, type, {start} AS b, CAST(SUM(count) AS BIGINT), "
+            "CAST(SUM(success) AS BIGINT), CAST(SUM(failure) AS BIGINT) "
+            f"FROM rollups WHERE {cond} GROUP BY app, type, b",
+            args,
+        )
+        buckets = fetch(
+            f"SELECT app, type, {start} AS b, bucket, CAST(SUM(count) AS BIGINT) "
+            f"FROM rollup_buckets WHERE {cond} GROUP BY app, type, b, bucket",
+            args,
+        )
     series_installs = fetch(
         f"SELECT app, type, hour_ms - hour_ms {dialect.modulo} {grain} AS b, "
         f"COUNT(DISTINCT install_id) FROM installs WHERE {cond} GROUP BY app, type, b",

@@ -273,10 +273,10 @@ def test_overloaded_store_refuses_new_work(pg_url: str) -> None:
     events = _events(random.Random(9), 3)
     blocker = psycopg.connect(pg_url)
     try:
+        # An uncommitted claim of the first event's dedup key holds its row lock.
         blocker.execute(
-            "INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, "
-            "properties) VALUES (%s, 'ax', 't', 0, 0, 'i', '{}')",
-            (events[0].id,),
+            "INSERT INTO event_ids (app, id, received_ms) VALUES (%s, %s, 0)",
+            (events[0].app, events[0].id),
         )
 
         async def scenario() -> tuple[IngestOutcome, int, bool]:

@@ -1,0 +1,247 @@
+"""Collector throughput: the HTTP stack, and 1 vs 2 worker processes on PostgreSQL.
+
+Four clients (threads, one urllib3 keep-alive TLS connection each) POST
+pre-encoded batches of 100 fresh events to ``telemetry-collector serve``; a round
+ends when every batch has its 200 (sent only after the commit). Subjects, all
+running at once and measured interleaved:
+
+- PostgreSQL, one process, with uvicorn's pure-Python ``h11`` parser or
+  ``httptools``, on asyncio's loop or ``uvloop`` (bench/_http_stack.py picks them);
+- PostgreSQL, ``--workers 2``;
+- SQLite, one process, ``h11`` and ``httptools``, against the raw ``executemany``
+  floor of bench/ingest.py.
+
+Each round also reads the CPU time the collector processes and the PostgreSQL
+backends serving them used (``/proc``), which gives the capacity plan of
+docs/operations.md: events per second per collector core and per PostgreSQL core.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import _cpu, _ours
+from bench._harness import Context, Report, Round, Unavailable, interleave
+from bench._tls import Certs
+
+NAME = "collector_scale"
+BATCH = 100
+CLIENTS = 4
+API_KEY = "bench-submission-key"
+DATABASE = "telemetry_bench_scale"
+RAW = "raw sqlite3 executemany (1 writer)"
+
+#: name -> (BENCH_HTTP, BENCH_LOOP)
+STACKS: dict[str, tuple[str, str]] = {
+    "h11 + asyncio": ("h11", "asyncio"),
+    "h11 + uvloop": ("h11", "uvloop"),
+    "httptools + uvloop": ("httptools", "uvloop"),
+}
+
+
+def _pg_url() -> str | None:
+    try:
+        import psycopg
+
+        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        return f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
+    except Exception:
+        return None
+
+
+def _backend_pids(url: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (DATABASE,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def run(ctx: Context) -> Report:
+    """Measure and compare; see the module docstring."""
+    import urllib3
+
+    batches = ctx.pick(3, 10)  # per client per round
+    rounds = ctx.pick(3, 7)
+    report = Report(NAME, "collector throughput: HTTP stack, worker processes (time per event)")
+    report.params = {"clients": CLIENTS, "batches_per_client": batches, "batch": BATCH}
+    report.params["rounds"] = rounds
+    certs = Certs(ctx.workdir / "tls")
+    pg = _pg_url()
+    if pg is None:
+        report.notes.append("PostgreSQL not measured (no server at 127.0.0.1:5432)")
+    configs: dict[str, dict[str, Any]] = {}
+    for stack, (http, loop) in STACKS.items():
+        env = {"BENCH_HTTP": http, "BENCH_LOOP": loop}
+        configs[f"sqlite, 1 process, {stack}"] = {"env": env, "url": None, "extra": ()}
+        if pg:
+            configs[f"postgres, 1 process, {stack}"] = {"env": env, "url": pg, "extra": ()}
+    if pg:
+        for stack in ("h11 + uvloop", "httptools + uvloop"):
+            http, loop = STACKS[stack]
+            configs[f"postgres, --workers 2, {stack}"] = {
+                "env": {"BENCH_HTTP": http, "BENCH_LOOP": loop},
+                "url": pg,
+                "extra": ("--workers", "2", "--pool-max", "4"),
+            }
+    cms: list[Any] = []
+    sqlite_conns: list[sqlite3.Connection] = []
+    cpu: dict[str, dict[str, float]] = {}
+
+    def ours(label: str, base: str, pids: list[int], url: str | None) -> Callable[[], Round]:
+        port = int(base.rsplit(":", 1)[1])
+        pools = [
+            urllib3.HTTPSConnectionPool(
+                "127.0.0.1", port, ca_certs=str(certs.ca), assert_hostname="127.0.0.1", maxsize=1
+            )
+            for _ in range(CLIENTS)
+        ]
+        headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
+        errors: list[str] = []
+        procs = pids + [c for p in pids for c in _cpu.children(p)]
+        used = cpu.setdefault(
+            label, {"collector_s": 0.0, "postgres_s": 0.0, "clients_s": 0.0, "events": 0}
+        )
+
+        def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
+            for body in bodies:
+                r = pool.request("POST", "/v1/submit", body=body, headers=headers)
+                if r.status != 200:
+                    errors.append(f"{r.status} {r.data[:200]!r}")
+                    return
+
+        def one_round() -> Round:
+            work = [
+                [json.dumps({"events": _ours.event_dicts(BATCH)}).encode() for _ in range(batches)]
+                for _ in range(CLIENTS)
+            ]
+            threads = [
+                threading.Thread(target=client, args=(p, w))
+                for p, w in zip(pools, work, strict=True)
+            ]
+            backends = _backend_pids(url) if url else []
+            c0, b0, l0 = _cpu.total(procs), _cpu.total(backends), _cpu.self_seconds()
+            t0 = time.perf_counter_ns()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            elapsed = time.perf_counter_ns() - t0
+            used["collector_s"] += _cpu.total(procs) - c0
+            used["postgres_s"] += _cpu.total(backends) - b0
+            used["clients_s"] += _cpu.self_seconds() - l0
+            used["events"] += CLIENTS * batches * BATCH
+            if errors:
+                raise RuntimeError(f"collector answered {errors[0]}")
+            return Round(elapsed, CLIENTS * batches * BATCH)
+
+        return one_round
+
+    def raw() -> Callable[[], Round]:
+        conn = sqlite3.connect(ctx.workdir / "raw.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT,"
+            " ts INTEGER, install_id TEXT, payload TEXT)"
+        )
+        sqlite_conns.append(conn)
+
+        def one_round() -> Round:
+            rows = [
+                [
+                    (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
+                    for e in _ours.event_dicts(BATCH)
+                ]
+                for _ in range(CLIENTS * batches)
+            ]
+            t0 = time.perf_counter_ns()
+            for batch in rows:
+                conn.execute("BEGIN")
+                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
+                conn.execute("COMMIT")
+            return Round(time.perf_counter_ns() - t0, CLIENTS * batches * BATCH)
+
+        return one_round
+
+    subjects: dict[str, Callable[[], Callable[[], Round]]] = {RAW: raw}
+    try:
+        for n, (label, config) in enumerate(configs.items()):
+            pids: list[int] = []
+            workdir = ctx.workdir / f"c{n}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            cm = _ours.collector(
+                workdir,
+                cert=certs.cert,
+                key=certs.key,
+                api_key=API_KEY,
+                database_url=config["url"],
+                extra=config["extra"],
+                module="bench._http_stack",
+                env_extra=config["env"],
+                pids=pids,
+            )
+            try:
+                base = cm.__enter__()
+            except Unavailable as exc:
+                report.notes.append(f"{label}: unavailable: {exc}")
+                continue
+            cms.append(cm)
+            subjects[label] = functools.partial(ours, label, base, pids, config["url"])
+        report.rows = interleave(subjects, rounds=rounds, unit="event", max_seconds=400)
+    finally:
+        for cm in reversed(cms):
+            cm.__exit__(None, None, None)
+        for conn in sqlite_conns:
+            conn.close()
+    _checks(report, cpu)
+    return report
+
+
+def _checks(report: Report, cpu: dict[str, dict[str, float]]) -> None:
+    for stack in ("h11 + uvloop", "httptools + uvloop"):
+        report.check_ratio(
+            f"postgres, --workers 2, {stack}", f"postgres, 1 process, {stack}", at_least=1.6
+        )
+    report.check_ratio(
+        "postgres, 1 process, httptools + uvloop", "postgres, 1 process, h11 + uvloop", at_least=1.0
+    )
+    report.check_ratio(
+        "sqlite, 1 process, httptools + uvloop", "sqlite, 1 process, h11 + uvloop", at_least=1.0
+    )
+    report.check_ratio("sqlite, 1 process, h11 + uvloop", RAW, at_least=0.5)
+    report.check_ratio("sqlite, 1 process, httptools + uvloop", RAW, at_least=0.5)
+    for label, used in cpu.items():
+        events = used["events"]
+        if not events:
+            continue
+        row = report.row(label)
+        per_collector = used["collector_s"] / events * 1e6
+        per_pg = used["postgres_s"] / events * 1e6
+        per_client = used["clients_s"] / events * 1e6
+        if row is not None:
+            row.extra["collector_cpu_us_per_event"] = round(per_collector, 1)
+            row.extra["postgres_cpu_us_per_event"] = round(per_pg, 1)
+            row.extra["load_generator_cpu_us_per_event"] = round(per_client, 1)
+        pg_part = (
+            f", PostgreSQL backends {per_pg:.1f} µs/event = {1e6 / per_pg:,.0f} events/s per core"
+            if per_pg
+            else ""
+        )
+        report.notes.append(
+            f"{label}: collector CPU {per_collector:.1f} µs/event = "
+            f"{1e6 / per_collector:,.0f} events/s per core{pg_part}; "
+            f"load generator {per_client:.1f} µs/event"
+        )

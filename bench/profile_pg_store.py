@@ -1,0 +1,57 @@
+"""Profile ``PostgresStore.ingest_blocking`` in this process: 280 batches of 100
+fresh events into a fresh database, with pyinstrument, and the CPU this process
+spent per event. ``python -m bench.profile_pg_store`` (PostgreSQL at
+postgres@127.0.0.1:5432); bench/results/profile-collector-postgres.txt holds its
+output before and after the batch became one JSON parameter.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import psycopg
+from pyinstrument import Profiler
+
+from bench import _ours
+from telemetry_core.collector.postgres_store import PostgresStore
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATABASE = "telemetry_bench_profile"
+BATCHES = 280
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    """Run the profile and print it."""
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:5432/{DATABASE}", pool_max=2)
+    batches = [[_ours.make_event() for _ in range(100)] for _ in range(BATCHES + 20)]
+    now = int(time.time() * 1000)
+    try:
+        for batch in batches[:20]:  # warm-up
+            store._admit(len(batch), "busy")
+            store.ingest_blocking(batch, now)
+        t0, c0 = time.perf_counter(), _cpu()
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        for batch in batches[20:]:
+            store._admit(len(batch), "busy")
+            store.ingest_blocking(batch, now)
+        profiler.stop()
+        n = BATCHES * 100
+        wall, cpu = (time.perf_counter() - t0) / n * 1e6, (_cpu() - c0) / n * 1e6
+        print(f"wall {wall:.1f} us/event, cpu {cpu:.1f} us/event")
+        print(profiler.output_text(unicode=False, color=False))
+    finally:
+        store.close_blocking()
+
+
+if __name__ == "__main__":
+    main()
