@@ -139,6 +139,47 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE telemetry_queue ADD COLUMN backoff_step INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE telemetry_queue ADD COLUMN dead_context TEXT",
     ),
+    # 6: one durable write per event. A queued event lives in its queue entry
+    # (``payload``, ``type``, ``recorded_at``), not in a second table, so that
+    # recording appends one row to the queue's rowid b-tree (plus one leaf of the
+    # ``event_id`` index, which keeps recording an id twice a no-op), as many
+    # pages as a raw one-row insert into a table with a text primary key. The
+    # event table is renamed ``telemetry_stored_events`` and holds the events
+    # that are not queued (recorded locally only, delivered, or dropped from a
+    # full queue); delivering an entry moves its event there. The view
+    # ``telemetry_events`` keeps the old name for every recorded event. Existing
+    # entries take their event's payload along; entries whose event was gone
+    # are dropped (they could never be sent) and the size counter is redone.
+    (
+        "ALTER TABLE telemetry_events RENAME TO telemetry_stored_events",
+        "ALTER TABLE telemetry_queue ADD COLUMN type TEXT",
+        "ALTER TABLE telemetry_queue ADD COLUMN recorded_at REAL",
+        "ALTER TABLE telemetry_queue ADD COLUMN payload BLOB",
+        """DELETE FROM telemetry_queue WHERE NOT EXISTS
+            (SELECT 1 FROM telemetry_stored_events AS e WHERE e.id = telemetry_queue.event_id)""",
+        """UPDATE telemetry_queue SET (type, recorded_at, payload) =
+            (SELECT e.type, e.created_at, e.payload FROM telemetry_stored_events AS e
+             WHERE e.id = telemetry_queue.event_id)""",
+        """DELETE FROM telemetry_stored_events WHERE EXISTS
+            (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = telemetry_stored_events.id)""",
+        """UPDATE telemetry_counters
+            SET value = (SELECT coalesce(max(id), 0) - count(*) FROM telemetry_queue)
+            WHERE name = 'queue.holes'""",
+        "CREATE UNIQUE INDEX idx_telemetry_queue_event_id ON telemetry_queue(event_id)",
+        """CREATE VIEW telemetry_events AS
+            SELECT id, type, timestamp, session_id, duration_ms, success, app, app_version,
+                   install_id, schema, properties, payload, created_at
+            FROM telemetry_stored_events
+            UNION ALL
+            SELECT event_id, type, json_extract(p, '$.timestamp'),
+                   json_extract(p, '$.session_id'), json_extract(p, '$.duration_ms'),
+                   json_extract(p, '$.success'), json_extract(p, '$.app'),
+                   json_extract(p, '$.app_version'), json_extract(p, '$.install_id'),
+                   json_extract(p, '$.schema'), json_extract(p, '$.properties'), payload,
+                   coalesce(recorded_at, created_at)
+            FROM (SELECT event_id, type, payload, recorded_at, created_at,
+                         CAST(payload AS TEXT) AS p FROM telemetry_queue)""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -540,7 +581,11 @@ class LocalStore:
 
     def event_counts(self) -> dict[str, int]:
         """Locally stored events by type."""
-        rows = self._read("SELECT type, count(*) FROM telemetry_events GROUP BY type ORDER BY type")
+        rows = self._read(
+            "SELECT type, sum(n) FROM (SELECT type, count(*) AS n FROM telemetry_stored_events"
+            " GROUP BY type UNION ALL SELECT type, count(*) FROM telemetry_queue GROUP BY type)"
+            " GROUP BY type ORDER BY type"
+        )
         return {str(k): int(v) for k, v in rows}
 
     # -- submission log ----------------------------------------------------
