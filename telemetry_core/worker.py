@@ -71,6 +71,11 @@ WORKER_LOCK_BUDGET: Final = 5.0
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
+#: Before a wait at least this long (seconds), the worker lets the transport
+#: drop its idle connections (``release_idle()``, when it has one): a keep-alive
+#: connection rarely outlives such a pause on the server side, and an idle
+#: process should not hold sockets and TLS buffers.
+RELEASE_IDLE_AFTER: Final = 30.0
 
 
 class SubmissionLog(Protocol):
@@ -400,8 +405,19 @@ class SubmissionWorker:
                 continue
             self._idle.set()
             wait = min(max(cycle.wait, 0.0), MAX_LOOP_WAIT)
+            if wait >= RELEASE_IDLE_AFTER:
+                self._release_idle()
             if self._wake.wait(wait):
                 self._wake.clear()
+
+    def _release_idle(self) -> None:
+        release = getattr(self._transport, "release_idle", None)
+        if release is None:
+            return
+        try:
+            release()
+        except Exception as exc:
+            logger.debug("telemetry-core: releasing idle connections failed: %r", exc)
 
     # -- one cycle ------------------------------------------------------------
 
