@@ -144,41 +144,50 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # recording appends one row to the queue's rowid b-tree (plus one leaf of the
     # ``event_id`` index, which keeps recording an id twice a no-op), as many
     # pages as a raw one-row insert into a table with a text primary key. The
-    # event table is renamed ``telemetry_stored_events`` and holds the events
-    # that are not queued (recorded locally only, delivered, or dropped from a
-    # full queue); delivering an entry moves its event there. The view
-    # ``telemetry_events`` keeps the old name for every recorded event. Existing
-    # entries take their event's payload along; entries whose event was gone
-    # are dropped (they could never be sent) and the size counter is redone.
+    # events that are not queued (recorded locally only, delivered, or dropped
+    # from a full queue) move to ``telemetry_stored_events``, which keeps only
+    # what is queried (id, type, recording time) besides the payload; delivering
+    # an entry moves its event there. The view ``telemetry_events`` keeps the old
+    # name and columns (read from the payload) for every recorded event.
+    # Existing entries take their event's payload along; entries whose event
+    # was gone are dropped (they could never be sent) and the size is redone.
     (
-        "ALTER TABLE telemetry_events RENAME TO telemetry_stored_events",
         "ALTER TABLE telemetry_queue ADD COLUMN type TEXT",
         "ALTER TABLE telemetry_queue ADD COLUMN recorded_at REAL",
         "ALTER TABLE telemetry_queue ADD COLUMN payload BLOB",
         """DELETE FROM telemetry_queue WHERE NOT EXISTS
-            (SELECT 1 FROM telemetry_stored_events AS e WHERE e.id = telemetry_queue.event_id)""",
+            (SELECT 1 FROM telemetry_events AS e WHERE e.id = telemetry_queue.event_id)""",
         """UPDATE telemetry_queue SET (type, recorded_at, payload) =
-            (SELECT e.type, e.created_at, e.payload FROM telemetry_stored_events AS e
+            (SELECT e.type, e.created_at, e.payload FROM telemetry_events AS e
              WHERE e.id = telemetry_queue.event_id)""",
-        """DELETE FROM telemetry_stored_events WHERE EXISTS
-            (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = telemetry_stored_events.id)""",
         """UPDATE telemetry_counters
             SET value = (SELECT coalesce(max(id), 0) - count(*) FROM telemetry_queue)
             WHERE name = 'queue.holes'""",
         "CREATE UNIQUE INDEX idx_telemetry_queue_event_id ON telemetry_queue(event_id)",
+        """CREATE TABLE telemetry_stored_events (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            payload BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """INSERT INTO telemetry_stored_events(id, type, created_at, payload)
+            SELECT id, type, created_at, payload FROM telemetry_events AS e WHERE NOT EXISTS
+            (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = e.id) ORDER BY id""",
+        "DROP TABLE telemetry_events",
         """CREATE VIEW telemetry_events AS
-            SELECT id, type, timestamp, session_id, duration_ms, success, app, app_version,
-                   install_id, schema, properties, payload, created_at
-            FROM telemetry_stored_events
-            UNION ALL
-            SELECT event_id, type, json_extract(p, '$.timestamp'),
-                   json_extract(p, '$.session_id'), json_extract(p, '$.duration_ms'),
-                   json_extract(p, '$.success'), json_extract(p, '$.app'),
-                   json_extract(p, '$.app_version'), json_extract(p, '$.install_id'),
-                   json_extract(p, '$.schema'), json_extract(p, '$.properties'), payload,
-                   coalesce(recorded_at, created_at)
-            FROM (SELECT event_id, type, payload, recorded_at, created_at,
-                         CAST(payload AS TEXT) AS p FROM telemetry_queue)""",
+            SELECT id, type, json_extract(p, '$.timestamp') AS timestamp,
+                   json_extract(p, '$.session_id') AS session_id,
+                   json_extract(p, '$.duration_ms') AS duration_ms,
+                   json_extract(p, '$.success') AS success, json_extract(p, '$.app') AS app,
+                   json_extract(p, '$.app_version') AS app_version,
+                   json_extract(p, '$.install_id') AS install_id,
+                   json_extract(p, '$.schema') AS schema,
+                   json_extract(p, '$.properties') AS properties, payload, created_at
+            FROM (SELECT id, type, payload, created_at, CAST(payload AS TEXT) AS p
+                  FROM telemetry_stored_events
+                  UNION ALL
+                  SELECT event_id, type, payload, coalesce(recorded_at, created_at),
+                         CAST(payload AS TEXT) FROM telemetry_queue)""",
     ),
 )
 

@@ -13,8 +13,9 @@ How the queue stays cheap at any depth (see migrations 3 and 6 of
   to the queue's rowid b-tree, and its key in the ``event_id`` index (which
   makes recording an id twice a no-op), as many pages as a raw one-row insert.
   A fresh entry is in no partial index and no counter is touched.
-* Delivering an entry moves its event to ``telemetry_stored_events`` in the
-  transaction that removes the entry (one statement per batch).
+* Delivering an entry moves its event (id, type, recording time, payload) to
+  ``telemetry_stored_events`` in the transaction that removes the entry (one
+  statement per batch).
 * ``dequeue`` walks the queue table in id (FIFO) order and stops after
   ``batch_size`` due rows; only entries that are leased, waiting for a retry or
   dead are skipped on the way. A claim sets the entry's ``next_retry_at`` to its
@@ -75,15 +76,10 @@ _STORED_START: Final = " "
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(list[Event])
 
-_STORED_COLUMNS: Final = (
-    "id, type, timestamp, session_id, duration_ms, success, app, app_version, install_id,"
-    " schema, properties, payload, created_at"
-)
 # An event recorded locally only (not queued): unless it is queued already.
 _INSERT_EVENT: Final = (
-    f"INSERT OR IGNORE INTO telemetry_stored_events({_STORED_COLUMNS})"
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-    " WHERE NOT EXISTS (SELECT 1 FROM telemetry_queue WHERE event_id = ?)"
+    "INSERT OR IGNORE INTO telemetry_stored_events(id, type, created_at, payload)"
+    " SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM telemetry_queue WHERE event_id = ?)"
 )
 # A queued event: the entry carries it (unless it is stored or queued already).
 _INSERT_ENTRY: Final = (
@@ -101,15 +97,10 @@ _UNSTORE: Final = (
     " AND EXISTS (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = telemetry_stored_events.id)"
 )
 # Keeps the events of entries (chosen by a WHERE clause on the queue) that are
-# about to be deleted: the stored row is rebuilt from the payload.
+# about to be deleted.
 _ARCHIVE: Final = (
-    f"INSERT OR IGNORE INTO telemetry_stored_events({_STORED_COLUMNS})"
-    " SELECT event_id, type, json_extract(p, '$.timestamp'), json_extract(p, '$.session_id'),"
-    " json_extract(p, '$.duration_ms'), json_extract(p, '$.success'), json_extract(p, '$.app'),"
-    " json_extract(p, '$.app_version'), json_extract(p, '$.install_id'),"
-    " coalesce(json_extract(p, '$.schema'), 1), coalesce(json_extract(p, '$.properties'), '{}'),"
-    " payload, coalesce(recorded_at, created_at) FROM (SELECT event_id, type, payload,"
-    " recorded_at, created_at, CAST(payload AS TEXT) AS p FROM telemetry_queue"
+    "INSERT OR IGNORE INTO telemetry_stored_events(id, type, created_at, payload)"
+    " SELECT event_id, type, coalesce(recorded_at, created_at), payload FROM telemetry_queue"
 )
 _HOLES: Final = "SELECT value FROM telemetry_counters WHERE name = 'queue.holes'"
 _MAX_ID: Final = "SELECT coalesce(max(id), 0) FROM telemetry_queue"
@@ -122,7 +113,7 @@ _OLDEST_FREE: Final = (
     " WHERE lease_expires_at IS NULL OR lease_expires_at <= ? ORDER BY id LIMIT ?)"
 )
 _BY_ROW_IDS: Final = " WHERE id IN (SELECT value FROM json_each(?))"
-_ARCHIVE_ROWS: Final = _ARCHIVE + _BY_ROW_IDS + ")"
+_ARCHIVE_ROWS: Final = _ARCHIVE + _BY_ROW_IDS
 _DROP_ROWS: Final = "DELETE FROM telemetry_queue" + _BY_ROW_IDS
 _COUNT: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?)"
@@ -154,7 +145,7 @@ _HELD: Final = (
     " AND event_id IN (SELECT value FROM json_each(?))"
 )
 _SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
-_ARCHIVE_HELD: Final = _ARCHIVE + _HELD + ")"
+_ARCHIVE_HELD: Final = _ARCHIVE + _HELD
 _RESCHEDULE: Final = (
     "UPDATE telemetry_queue SET retry_count = retry_count + 1, backoff_step = backoff_step + ?,"
     " next_retry_at = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
@@ -324,28 +315,8 @@ class SQLiteQueue:
                 if cursor.rowcount == 1 and (cursor.lastrowid or 0) > self.max_queue_size:
                     self._trim(conn, cursor.lastrowid or 0)
             return
-        properties = _encoder.encode(event.properties).decode()
-        success = None if event.success is None else int(event.success)
         with self.store.transaction() as conn:
-            conn.execute(
-                _INSERT_EVENT,
-                (
-                    event.id,
-                    event.type,
-                    event.timestamp,
-                    event.session_id,
-                    event.duration_ms,
-                    success,
-                    event.app,
-                    event.app_version,
-                    event.install_id,
-                    event.schema,
-                    properties,
-                    payload,
-                    now,
-                    event.id,
-                ),
-            )
+            conn.execute(_INSERT_EVENT, (event.id, event.type, now, payload, event.id))
 
     def enqueue(self, event_ids: Sequence[str]) -> int:
         """Queue stored events (unknown or already queued ids are skipped), in
