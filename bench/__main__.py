@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "bench.ingest",
     "interop_decode": "bench.interop_decode",
     "idle": "bench.idle",
+    "rss_depth": "bench.rss_depth",
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
