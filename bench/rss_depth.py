@@ -4,7 +4,7 @@ For each depth (1k, 10k in a quick run; 1k, 10k, 100k, 1M in a full one) a
 database is filled with that many pending events (not timed), then a child
 process opens a ``TelemetryService`` on it with remote submission on (endpoint
 on a loopback port where nothing listens), records one event and waits while
-its worker claims a batch, fails to send it and backs off. Its RSS
+``submit_now()`` claims a batch and fails to send it (the worker then backs off). Its RSS
 (``/proc/<pid>/status``) is read after a settling time, next to an idle
 interpreter's started at the same moment. The check is the growth from the
 smallest depth to the largest.
@@ -30,6 +30,9 @@ config = TelemetryConfig(app="bench", db_path=sys.argv[2], enabled=True, do_not_
                          remote_enabled=True, endpoint=sys.argv[3], max_queue_size=10**8)
 with TelemetryService(config) as telemetry:
     telemetry.track("command_executed", {"command": "run"}, duration_ms=12.5, success=True)
+    # One attempt now (refused): the transport, its TLS context and urllib3 are
+    # loaded whether or not the worker's first cycle saw the event.
+    telemetry.submit_now()
     telemetry.queue_stats()
     print("ready", flush=True)
     time.sleep(float(sys.argv[1]))
