@@ -526,7 +526,9 @@ def test_dead_letters_revive_when_the_delivery_context_changes(
     assert queue.revive_dead() == 0
 
 
-def test_manual_revive_revives_every_dead_letter(queue: SQLiteQueue, make_event: MakeEvent) -> None:
+def test_manual_revive_revives_every_dead_letter(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
     [event] = record_many(queue, make_event, 1)
     queue.mark_dead(ids(queue.dequeue(1)), "HTTP 400", "context-a")
     assert queue.revive_dead() == 1
