@@ -418,6 +418,9 @@ class SubmissionWorker:
             release()
         except Exception as exc:
             logger.debug("telemetry-core: releasing idle connections failed: %r", exc)
+        # The next call builds a TLS context again (native work without the
+        # GIL): it is a setup phase that stop() waits for, as the first one was.
+        self._transport_ready = False
 
     # -- one cycle ------------------------------------------------------------
 

@@ -770,6 +770,8 @@ def test_a_long_wait_releases_the_transports_idle_connections(tmp_path: Path) ->
     finally:
         assert rig.worker.stop(10)
     assert len(rig.storage.submitted) == 1
+    # The next call rebuilds the TLS context: a setup phase again.
+    assert rig.worker._transport_ready is False
 
 
 def test_a_short_wait_keeps_the_connections(tmp_path: Path) -> None:
