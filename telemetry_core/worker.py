@@ -25,7 +25,9 @@ faulthandler has already been uninstalled, so nothing is printed). The first
 call of a transport is where the https transport builds its TLS context lazily:
 it loads the CA bundle (about 50 ms of OpenSSL work without the GIL) and makes
 the first handshake. Later calls mostly wait in ``poll()``, which is safe to
-abandon.
+abandon. Before a wait of :data:`RELEASE_IDLE_AFTER` seconds or more the worker
+lets the transport drop its connections and TLS context (``release_idle()``,
+when the transport has one); the call after that is a first call again.
 """
 
 from __future__ import annotations
