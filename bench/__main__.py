@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, str] = {
     "collector_scale": "bench.collector_scale",
     "pg_scale": "bench.pg_scale",
     "idle": "bench.idle",
+    "rss_depth": "bench.rss_depth",
 }
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

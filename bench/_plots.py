@@ -86,6 +86,19 @@ def draw(results: Path) -> list[Path]:
         ax.legend()
         ax.grid(True, alpha=0.3)
         written.append(_save(fig, results / "ingest.png"))
+    rss = _load(results, "rss_depth")
+    if rss and rss["series"].get("depths"):
+        s = rss["series"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(s["depths"], s["added_mb"], marker="o", label="ours: service, worker backing off")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("pending events in the queue")
+        ax.set_ylabel("MB above an idle interpreter")
+        ax.set_title("Resident memory against queue depth")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        written.append(_save(fig, results / "rss_depth.png"))
     return written
 
 

@@ -67,3 +67,10 @@ def process_round(
         return Round(elapsed, 1, [elapsed])
 
     return one_round
+
+
+def timed_run(cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> float:
+    """Run ``cmd`` to completion (it must succeed); return its wall time in seconds."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, timeout=120)
+    return time.perf_counter() - t0

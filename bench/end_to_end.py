@@ -115,7 +115,7 @@ def run(ctx: Context) -> Report:
             close()
     for batch in sizes:
         report.check_ratio(
-            f"ours submit_now, batch {batch}", f"raw urllib3 POST, batch {batch}", at_least=0.3
+            f"ours submit_now, batch {batch}", f"raw urllib3 POST, batch {batch}", at_least=0.5
         )
     report.series = {
         "batch_sizes": sizes,

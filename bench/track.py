@@ -17,14 +17,26 @@ from bench._harness import Context, Report, Round, interleave, timed_ops
 
 NAME = "track"
 OURS = "telemetry-core track()"
+OURS_REMOTE = "telemetry-core track(), remote on"
 RAW = "raw sqlite3 INSERT+COMMIT"
 PERSIST = "persist-queue SQLiteAckQueue.put"
 LITE = "litequeue put"
 
 
-def _ours_factory(workdir: Path, n: int) -> Callable[[], Callable[[], Round]]:
+def _ours_factory(workdir: Path, n: int, *, remote: bool) -> Callable[[], Callable[[], Round]]:
     def factory() -> Callable[[], Round]:
-        svc = _ours.service(workdir / "ours.db")
+        # Remote on (the production setting): every event is also queued for
+        # sending. The endpoint is a loopback port where nothing listens, so the
+        # worker fails its first attempt and waits (backoff) while track() runs.
+        changes = (
+            {
+                "remote_enabled": True,
+                "endpoint": f"https://127.0.0.1:{_ours.closed_port()}/v1/submit",
+            }
+            if remote
+            else {}
+        )
+        svc = _ours.service(workdir / ("ours-remote.db" if remote else "ours.db"), **changes)
         _CLOSERS.append(lambda: _ours.close_service(svc))
         return lambda: timed_ops([lambda: _ours.track(svc)] * n)
 
@@ -96,7 +108,8 @@ def run(ctx: Context) -> Report:
     try:
         report.rows = interleave(
             {
-                OURS: _ours_factory(work, n),
+                OURS: _ours_factory(work, n, remote=False),
+                OURS_REMOTE: _ours_factory(work, n, remote=True),
                 RAW: _raw_factory(work, n),
                 PERSIST: _persist_factory(work, n),
                 LITE: _lite_factory(work, n),
@@ -108,6 +121,7 @@ def run(ctx: Context) -> Report:
         while _CLOSERS:
             _CLOSERS.pop()()
     report.check_ratio(OURS, RAW, at_least=0.7)
+    report.check_ratio(OURS_REMOTE, RAW, at_least=0.7)
     report.check_ratio(OURS, PERSIST, at_least=5)
     report.notes.append(
         "persist-queue keeps its default synchronous=FULL; litequeue sets WAL + NORMAL itself"

@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import threading
 import weakref
 from collections.abc import Callable
@@ -131,7 +130,7 @@ class SpillJournal:
             return True
 
     def _open(self) -> int:
-        name = f"{self.db_path.name}.spill-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{self.db_path.name}.spill-{os.getpid()}-{os.urandom(4).hex()}"
         path = self.db_path.parent / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended

@@ -22,7 +22,6 @@ and a bounded retry costs little.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -73,6 +72,8 @@ def delivery_context(config: TelemetryConfig) -> str:
     replaced bundle counts as a change) and the library version. The key itself
     is never stored.
     """
+    import hashlib  # here: a process that only records never needs it
+
     from telemetry_core._version import __version__
 
     ca = config.ca_bundle or ""

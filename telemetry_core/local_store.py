@@ -139,6 +139,56 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE telemetry_queue ADD COLUMN backoff_step INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE telemetry_queue ADD COLUMN dead_context TEXT",
     ),
+    # 6: one durable write per event. A queued event lives in its queue entry
+    # (``payload``, ``type``, ``recorded_at``), not in a second table, so that
+    # recording appends one row to the queue's rowid b-tree (plus one leaf of the
+    # ``event_id`` index, which keeps recording an id twice a no-op), as many
+    # pages as a raw one-row insert into a table with a text primary key. The
+    # events that are not queued (recorded locally only, delivered, or dropped
+    # from a full queue) move to ``telemetry_stored_events``, which keeps only
+    # what is queried (id, type, recording time) besides the payload; delivering
+    # an entry moves its event there. The view ``telemetry_events`` keeps the old
+    # name and columns (read from the payload) for every recorded event.
+    # Existing entries take their event's payload along; entries whose event
+    # was gone are dropped (they could never be sent) and the size is redone.
+    (
+        "ALTER TABLE telemetry_queue ADD COLUMN type TEXT",
+        "ALTER TABLE telemetry_queue ADD COLUMN recorded_at REAL",
+        "ALTER TABLE telemetry_queue ADD COLUMN payload BLOB",
+        """DELETE FROM telemetry_queue WHERE NOT EXISTS
+            (SELECT 1 FROM telemetry_events AS e WHERE e.id = telemetry_queue.event_id)""",
+        """UPDATE telemetry_queue SET (type, recorded_at, payload) =
+            (SELECT e.type, e.created_at, e.payload FROM telemetry_events AS e
+             WHERE e.id = telemetry_queue.event_id)""",
+        """UPDATE telemetry_counters
+            SET value = (SELECT coalesce(max(id), 0) - count(*) FROM telemetry_queue)
+            WHERE name = 'queue.holes'""",
+        "CREATE UNIQUE INDEX idx_telemetry_queue_event_id ON telemetry_queue(event_id)",
+        """CREATE TABLE telemetry_stored_events (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            payload BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """INSERT INTO telemetry_stored_events(id, type, created_at, payload)
+            SELECT id, type, created_at, payload FROM telemetry_events AS e WHERE NOT EXISTS
+            (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = e.id) ORDER BY id""",
+        "DROP TABLE telemetry_events",
+        """CREATE VIEW telemetry_events AS
+            SELECT id, type, json_extract(p, '$.timestamp') AS timestamp,
+                   json_extract(p, '$.session_id') AS session_id,
+                   json_extract(p, '$.duration_ms') AS duration_ms,
+                   json_extract(p, '$.success') AS success, json_extract(p, '$.app') AS app,
+                   json_extract(p, '$.app_version') AS app_version,
+                   json_extract(p, '$.install_id') AS install_id,
+                   json_extract(p, '$.schema') AS schema,
+                   json_extract(p, '$.properties') AS properties, payload, created_at
+            FROM (SELECT id, type, payload, created_at, CAST(payload AS TEXT) AS p
+                  FROM telemetry_stored_events
+                  UNION ALL
+                  SELECT event_id, type, payload, coalesce(recorded_at, created_at),
+                         CAST(payload AS TEXT) FROM telemetry_queue)""",
+    ),
 )
 
 #: The schema version this code writes.
@@ -540,7 +590,11 @@ class LocalStore:
 
     def event_counts(self) -> dict[str, int]:
         """Locally stored events by type."""
-        rows = self._read("SELECT type, count(*) FROM telemetry_events GROUP BY type ORDER BY type")
+        rows = self._read(
+            "SELECT type, sum(n) FROM (SELECT type, count(*) AS n FROM telemetry_stored_events"
+            " GROUP BY type UNION ALL SELECT type, count(*) FROM telemetry_queue GROUP BY type)"
+            " GROUP BY type ORDER BY type"
+        )
         return {str(k): int(v) for k, v in rows}
 
     # -- submission log ----------------------------------------------------

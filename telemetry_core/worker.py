@@ -25,7 +25,9 @@ faulthandler has already been uninstalled, so nothing is printed). The first
 call of a transport is where the https transport builds its TLS context lazily:
 it loads the CA bundle (about 50 ms of OpenSSL work without the GIL) and makes
 the first handshake. Later calls mostly wait in ``poll()``, which is safe to
-abandon.
+abandon. Before a wait of :data:`RELEASE_IDLE_AFTER` seconds or more the worker
+lets the transport drop its connections and TLS context (``release_idle()``,
+when the transport has one); the call after that is a first call again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ WORKER_LOCK_BUDGET: Final = 5.0
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
+#: Before a wait at least this long (seconds), the worker lets the transport
+#: drop its idle connections (``release_idle()``, when it has one): a keep-alive
+#: connection rarely outlives such a pause on the server side, and an idle
+#: process should not hold sockets and TLS buffers.
+RELEASE_IDLE_AFTER: Final = 30.0
 
 
 class SubmissionLog(Protocol):
@@ -400,8 +407,22 @@ class SubmissionWorker:
                 continue
             self._idle.set()
             wait = min(max(cycle.wait, 0.0), MAX_LOOP_WAIT)
+            if wait >= RELEASE_IDLE_AFTER:
+                self._release_idle()
             if self._wake.wait(wait):
                 self._wake.clear()
+
+    def _release_idle(self) -> None:
+        release = getattr(self._transport, "release_idle", None)
+        if release is None:
+            return
+        try:
+            release()
+        except Exception as exc:
+            logger.debug("telemetry-core: releasing idle connections failed: %r", exc)
+        # The next call builds a TLS context again (native work without the
+        # GIL): it is a setup phase that stop() waits for, as the first one was.
+        self._transport_ready = False
 
     # -- one cycle ------------------------------------------------------------
 

@@ -46,6 +46,8 @@ import email.utils
 import gzip
 import logging
 import math
+import os
+import re
 import ssl
 import threading
 import time
@@ -94,6 +96,9 @@ PING_TIMEOUT: Final = 5.0
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
 #: Sent with every request.
 USER_AGENT: Final = f"telemetry-core/{__version__}"
+
+#: File names of a hashed certificate directory.
+_HASHED_NAME: Final = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
 _response_decoder = msgspec.json.Decoder(SubmitResponse)
 _info_decoder = msgspec.json.Decoder(ServerInfo)
@@ -161,9 +166,36 @@ def _base_url(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _hashed_ca_dir() -> str | None:
+    """The system's hashed certificate directory (``c_rehash`` links such as
+    ``1a2b3c4d.0``), unless the environment names a CA file or directory.
+
+    OpenSSL reads a certificate from such a directory only when a handshake
+    needs it, instead of parsing the whole system bundle (about 150
+    certificates, 1.5 MiB of heap and tens of milliseconds) up front.
+    """
+    paths = ssl.get_default_verify_paths()
+    if os.environ.get(paths.openssl_cafile_env) or os.environ.get(paths.openssl_capath_env):
+        return None
+    capath = paths.capath
+    if not capath or not os.path.isdir(capath):
+        return None
+    try:
+        with os.scandir(capath) as entries:
+            hashed = any(_HASHED_NAME.fullmatch(e.name) for e in entries)
+    except OSError:
+        return None
+    return capath if hashed else None
+
+
 def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     try:
-        context = ssl.create_default_context(cafile=ca_bundle)
+        capath = None if ca_bundle else _hashed_ca_dir()
+        if capath is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_verify_locations(capath=capath)
+        else:
+            context = ssl.create_default_context(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("ca_bundle", f"cannot load CA bundle {ca_bundle!r}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -111,6 +111,11 @@ class HttpsTransport:
         """
         return self._get_client().server_info()
 
+    def release_idle(self) -> None:
+        """Drop the connection pool and its TLS context while the worker waits
+        (it calls this before a long pause); the next request builds them again."""
+        self.close()
+
     def close(self) -> None:
         """Close pooled connections; the transport reconnects on next use."""
         client = self._client

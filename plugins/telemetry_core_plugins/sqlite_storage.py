@@ -1,15 +1,21 @@
 """Storage plugin ``sqlite``: the local event store and the durable queue.
 
-Events go to ``telemetry_events`` with their exact wire encoding (``payload``),
-so the sender decodes once and never re-encodes. Queue entries live in
-``telemetry_queue``; every call is one transaction of constant SQL.
+Events are kept with their exact wire encoding (``payload``), so the sender
+decodes once and never re-encodes. A queued event lives in its queue entry in
+``telemetry_queue``; the others (recorded locally only, or delivered) live in
+``telemetry_stored_events``; the view ``telemetry_events`` shows both. Every call
+is one transaction of constant SQL.
 
-How the queue stays cheap at any depth (see migration 3 of
+How the queue stays cheap at any depth (see migrations 3 and 6 of
 :mod:`telemetry_core.local_store`):
 
-* Recording writes two b-tree pages: the event (keyed by its time-ordered id)
-  and the queue entry (appended at ``max(id) + 1``). A fresh entry is in no
-  secondary index and no counter is touched.
+* Recording a queued event is one row: the entry, appended at ``max(id) + 1``
+  to the queue's rowid b-tree, and its key in the ``event_id`` index (which
+  makes recording an id twice a no-op), as many pages as a raw one-row insert.
+  A fresh entry is in no partial index and no counter is touched.
+* Delivering an entry moves its event (id, type, recording time, payload) to
+  ``telemetry_stored_events`` in the transaction that removes the entry (one
+  statement per batch).
 * ``dequeue`` walks the queue table in id (FIFO) order and stops after
   ``batch_size`` due rows; only entries that are leased, waiting for a retry or
   dead are skipped on the way. A claim sets the entry's ``next_retry_at`` to its
@@ -61,31 +67,54 @@ _MAX_PARK_PROBE: Final = 1000
 #: Seconds added to the longest configured wait to make the horizon (see
 #: :class:`SQLiteQueue`): jitter and the time a call takes stay inside it.
 _HORIZON_MARGIN: Final = 600.0
+#: Retention cursors (see :meth:`SQLiteQueue.cleanup_page`): a queue row id
+#: after this prefix walks the queue; the stored events are walked from this
+#: one (lower than any event id the schema accepts).
+_QUEUE_CURSOR: Final = "#"
+_STORED_START: Final = " "
 
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(list[Event])
 
+# An event recorded locally only (not queued): unless it is queued already.
 _INSERT_EVENT: Final = (
-    "INSERT OR IGNORE INTO telemetry_events(id, type, timestamp, session_id, duration_ms,"
-    " success, app, app_version, install_id, schema, properties, payload, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO telemetry_stored_events(id, type, created_at, payload)"
+    " SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM telemetry_queue WHERE event_id = ?)"
 )
-_INSERT_ENTRY: Final = "INSERT INTO telemetry_queue(event_id, created_at) VALUES (?, ?)"
+# A queued event: the entry carries it (unless it is stored or queued already).
+_INSERT_ENTRY: Final = (
+    "INSERT OR IGNORE INTO telemetry_queue(event_id, type, created_at, payload)"
+    " SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM telemetry_stored_events WHERE id = ?)"
+)
+# Stored events move into the queue in the given order (queued ones are not stored).
 _ENQUEUE: Final = (
-    "INSERT INTO telemetry_queue(event_id, created_at)"
-    " SELECT e.id, ? FROM json_each(?) AS j JOIN telemetry_events AS e ON e.id = j.value"
-    " WHERE e.id NOT IN (SELECT event_id FROM telemetry_queue)"
-    " GROUP BY e.id ORDER BY min(j.key)"
+    "INSERT OR IGNORE INTO telemetry_queue(event_id, type, created_at, recorded_at, payload)"
+    " SELECT e.id, e.type, ?, e.created_at, e.payload FROM json_each(?) AS j"
+    " JOIN telemetry_stored_events AS e ON e.id = j.value GROUP BY e.id ORDER BY min(j.key)"
+)
+_UNSTORE: Final = (
+    "DELETE FROM telemetry_stored_events WHERE id IN (SELECT value FROM json_each(?))"
+    " AND EXISTS (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = telemetry_stored_events.id)"
+)
+# Keeps the events of entries (chosen by a WHERE clause on the queue) that are
+# about to be deleted.
+_ARCHIVE: Final = (
+    "INSERT OR IGNORE INTO telemetry_stored_events(id, type, created_at, payload)"
+    " SELECT event_id, type, coalesce(recorded_at, created_at), payload FROM telemetry_queue"
 )
 _HOLES: Final = "SELECT value FROM telemetry_counters WHERE name = 'queue.holes'"
 _MAX_ID: Final = "SELECT coalesce(max(id), 0) FROM telemetry_queue"
 _ADD_HOLES: Final = "UPDATE telemetry_counters SET value = value + ? WHERE name = 'queue.holes'"
 # The oldest entries no live lease holds: an entry on the wire may be delivered,
-# so trimming it would count a delivered event as dropped.
-_DROP_OLDEST: Final = (
-    "DELETE FROM telemetry_queue WHERE id IN (SELECT id FROM telemetry_queue"
+# so trimming it would count a delivered event as dropped. Their events stay
+# recorded locally (archived first).
+_OLDEST_FREE: Final = (
+    "SELECT json_group_array(id) FROM (SELECT id FROM telemetry_queue"
     " WHERE lease_expires_at IS NULL OR lease_expires_at <= ? ORDER BY id LIMIT ?)"
 )
+_BY_ROW_IDS: Final = " WHERE id IN (SELECT value FROM json_each(?))"
+_ARCHIVE_ROWS: Final = _ARCHIVE + _BY_ROW_IDS
+_DROP_ROWS: Final = "DELETE FROM telemetry_queue" + _BY_ROW_IDS
 _COUNT: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?)"
     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
@@ -95,13 +124,12 @@ _COUNT: Final = (
 # horizon) can only come from a clock that stepped backwards since it was
 # written: such an entry is due too, so a backwards step never holds events.
 _DUE: Final = "(next_retry_at <= ? OR next_retry_at > ?)"
-# Walks the queue's rowid b-tree from the front (a LEFT JOIN keeps it outer; an
-# entry whose event is gone comes back with a NULL payload and is removed).
+# Walks the queue's rowid b-tree from the front; the entry carries its event
+# (an entry without a payload cannot be sent and is removed).
 _SELECT_DUE: Final = (
-    "SELECT q.id, q.event_id, q.retry_count, q.created_at, q.last_error, e.payload,"
-    " q.backoff_step FROM telemetry_queue AS q"
-    " LEFT JOIN telemetry_events AS e ON e.id = q.event_id"
-    " WHERE q.dead = 0 AND (q.next_retry_at <= ? OR q.next_retry_at > ?) ORDER BY q.id LIMIT ?"
+    "SELECT id, event_id, retry_count, created_at, last_error, payload, backoff_step"
+    " FROM telemetry_queue WHERE dead = 0 AND (next_retry_at <= ? OR next_retry_at > ?)"
+    " ORDER BY id LIMIT ?"
 )
 # The selected rows are exactly the due live rows between the first and the
 # last selected id, so one range update claims them all.
@@ -117,6 +145,7 @@ _HELD: Final = (
     " AND event_id IN (SELECT value FROM json_each(?))"
 )
 _SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
+_ARCHIVE_HELD: Final = _ARCHIVE + _HELD
 _RESCHEDULE: Final = (
     "UPDATE telemetry_queue SET retry_count = retry_count + 1, backoff_step = backoff_step + ?,"
     " next_retry_at = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL" + _HELD
@@ -164,22 +193,26 @@ _COUNTERS: Final = (
     " OR (name > 'dropped.' AND name < 'dropped/')"
 )
 _RETENTION_ENTRIES: Final = (
-    "DELETE FROM telemetry_queue"
-    " WHERE event_id IN (SELECT id FROM telemetry_events WHERE created_at < ?)"
+    "DELETE FROM telemetry_queue WHERE coalesce(recorded_at, created_at) < ?"
 )
-_RETENTION_EVENTS: Final = "DELETE FROM telemetry_events WHERE created_at < ?"
+_RETENTION_EVENTS: Final = "DELETE FROM telemetry_stored_events WHERE created_at < ?"
 _ORPHAN: Final = "DELETE FROM telemetry_queue WHERE id = ?"
-# One page of the retention scan, in id order: the last id seen, the ids of
-# the page recorded before the cutoff (a JSON array) and the rows seen.
+# One page of the retention scan of stored events, in id order: the last id
+# seen, the ids of the page recorded before the cutoff (a JSON array) and the
+# rows seen.
 _RETENTION_PAGE: Final = (
     "SELECT max(id), json_group_array(id) FILTER (WHERE created_at < ?), count(*)"
-    " FROM (SELECT id, created_at FROM telemetry_events WHERE id > ? ORDER BY id LIMIT ?)"
-)
-_RETENTION_ENTRIES_OF: Final = (
-    "DELETE FROM telemetry_queue WHERE event_id IN (SELECT value FROM json_each(?))"
+    " FROM (SELECT id, created_at FROM telemetry_stored_events WHERE id > ? ORDER BY id LIMIT ?)"
 )
 _RETENTION_EVENTS_OF: Final = (
-    "DELETE FROM telemetry_events WHERE id IN (SELECT value FROM json_each(?)) AND created_at < ?"
+    "DELETE FROM telemetry_stored_events WHERE id IN (SELECT value FROM json_each(?))"
+    " AND created_at < ?"
+)
+# The same over the queue, in row id order.
+_RETENTION_QUEUE_PAGE: Final = (
+    "SELECT max(id), json_group_array(id) FILTER (WHERE coalesce(recorded_at, created_at) < ?),"
+    " count(*) FROM (SELECT id, recorded_at, created_at FROM telemetry_queue WHERE id > ?"
+    " ORDER BY id LIMIT ?)"
 )
 
 
@@ -274,44 +307,27 @@ class SQLiteQueue:
         Recording an id that is already stored changes nothing.
         """
         payload = _encoder.encode(event)
-        properties = _encoder.encode(event.properties).decode()
-        success = None if event.success is None else int(event.success)
         now = self.clock()
-        with self.store.transaction() as conn:
-            cursor = conn.execute(
-                _INSERT_EVENT,
-                (
-                    event.id,
-                    event.type,
-                    event.timestamp,
-                    event.session_id,
-                    event.duration_ms,
-                    success,
-                    event.app,
-                    event.app_version,
-                    event.install_id,
-                    event.schema,
-                    properties,
-                    payload,
-                    now,
-                ),
-            )
-            if enqueue and cursor.rowcount == 1:
-                last = conn.execute(_INSERT_ENTRY, (event.id, now)).lastrowid or 0
+        if enqueue:
+            with self.store.transaction() as conn:
+                cursor = conn.execute(_INSERT_ENTRY, (event.id, event.type, now, payload, event.id))
                 # The size is at most the newest id: no lookup while that fits.
-                if last > self.max_queue_size:
-                    self._trim(conn, last)
+                if cursor.rowcount == 1 and (cursor.lastrowid or 0) > self.max_queue_size:
+                    self._trim(conn, cursor.lastrowid or 0)
+            return
+        with self.store.transaction() as conn:
+            conn.execute(_INSERT_EVENT, (event.id, event.type, now, payload, event.id))
 
     def enqueue(self, event_ids: Sequence[str]) -> int:
         """Queue stored events (unknown or already queued ids are skipped), in
         the given order; return how many were newly queued."""
         if not event_ids:
             return 0
+        wanted = _encoder.encode(list(event_ids)).decode()
         with self.store.transaction() as conn:
-            added = conn.execute(
-                _ENQUEUE, (self.clock(), _encoder.encode(list(event_ids)).decode())
-            ).rowcount
+            added = conn.execute(_ENQUEUE, (self.clock(), wanted)).rowcount
             if added > 0:
+                conn.execute(_UNSTORE, (wanted,))
                 last = int(conn.execute(_MAX_ID).fetchone()[0])
                 if last > self.max_queue_size:
                     self._trim(conn, last)
@@ -320,7 +336,9 @@ class SQLiteQueue:
     def _trim(self, conn: sqlite3.Connection, max_id: int) -> None:
         excess = max_id - int(conn.execute(_HOLES).fetchone()[0]) - self.max_queue_size
         if excess > 0:
-            dropped = conn.execute(_DROP_OLDEST, (self.clock(), excess)).rowcount
+            rows = conn.execute(_OLDEST_FREE, (self.clock(), excess)).fetchone()[0]
+            conn.execute(_ARCHIVE_ROWS, (rows,))
+            dropped = conn.execute(_DROP_ROWS, (rows,)).rowcount
             _deleted(conn, dropped, max_id)
             if dropped > 0:
                 conn.execute(_COUNT, ("dropped.queue_full", dropped))
@@ -400,9 +418,11 @@ class SQLiteQueue:
         if not held:
             return
         owner = self.owner
+        params = _held_params(held, owner)
         with self.store.transaction() as conn:
             max_before = int(conn.execute(_MAX_ID).fetchone()[0])
-            deleted = conn.execute(_SUBMITTED, _held_params(held, owner)).rowcount
+            conn.execute(_ARCHIVE_HELD, params)
+            deleted = conn.execute(_SUBMITTED, params).rowcount
             _deleted(conn, deleted, max_before)
         self._settle(held)
 
@@ -504,15 +524,15 @@ class SQLiteQueue:
         )
 
     def cleanup(self, older_than: float) -> int:
-        """Delete events recorded before ``older_than`` and their queue entries
+        """Delete events recorded before ``older_than``, queued ones included
         (counted under ``dropped.expired``); return how many events went."""
         with self.store.transaction() as conn:
             max_before = int(conn.execute(_MAX_ID).fetchone()[0])
-            entries = conn.execute(_RETENTION_ENTRIES, (older_than,)).rowcount
+            entries = max(conn.execute(_RETENTION_ENTRIES, (older_than,)).rowcount, 0)
             if entries > 0:
                 _deleted(conn, entries, max_before)
                 conn.execute(_COUNT, ("dropped.expired", entries))
-            return max(conn.execute(_RETENTION_EVENTS, (older_than,)).rowcount, 0)
+            return entries + max(conn.execute(_RETENTION_EVENTS, (older_than,)).rowcount, 0)
 
     def cleanup_page(self, older_than: float, after: str, page: int) -> tuple[str | None, int]:
         """One bounded step of :meth:`cleanup`: look at the next ``page`` events
@@ -523,19 +543,37 @@ class SQLiteQueue:
         Returns the id to pass as ``after`` for the next step (None when the
         table is done) and how many events went. Lets a caller clean a large
         store in small steps that never hold the write lock for long.
+
+        The walk covers the queue first (queued events live in their entries),
+        then the stored events; the cursor says which.
         """
+        removed = 0
+        if after == "" or after.startswith(_QUEUE_CURSOR):
+            last_row = int(after[len(_QUEUE_CURSOR) :] or 0)
+            last, removed, seen = self._expire_entries(older_than, last_row, page)
+            if seen >= page:
+                return f"{_QUEUE_CURSOR}{last}", removed
+            after = _STORED_START
         conn = self.store.connection()
         last, old, seen = conn.execute(_RETENTION_PAGE, (older_than, after, page)).fetchone()
-        removed = 0
+        if old is not None and old != "[]":
+            with self.store.transaction() as conn:
+                removed += max(conn.execute(_RETENTION_EVENTS_OF, (old, older_than)).rowcount, 0)
+        return (last if seen >= page else None), removed
+
+    def _expire_entries(self, older_than: float, after: int, page: int) -> tuple[int, int, int]:
+        """One page of the queue walk: (last row id seen, entries deleted, rows seen)."""
+        conn = self.store.connection()
+        last, old, seen = conn.execute(_RETENTION_QUEUE_PAGE, (older_than, after, page)).fetchone()
+        entries = 0
         if old is not None and old != "[]":
             with self.store.transaction() as conn:
                 max_before = int(conn.execute(_MAX_ID).fetchone()[0])
-                entries = conn.execute(_RETENTION_ENTRIES_OF, (old,)).rowcount
+                entries = max(conn.execute(_DROP_ROWS, (old,)).rowcount, 0)
+                _deleted(conn, entries, max_before)
                 if entries > 0:
-                    _deleted(conn, entries, max_before)
                     conn.execute(_COUNT, ("dropped.expired", entries))
-                removed = max(conn.execute(_RETENTION_EVENTS_OF, (old, older_than)).rowcount, 0)
-        return (last if seen >= page else None), removed
+        return int(last or 0), entries, int(seen)
 
     def close(self) -> None:
         """Close the store's connections in this process (reopened on next use)."""

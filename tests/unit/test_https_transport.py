@@ -184,3 +184,40 @@ def test_refused_connection_is_not_reported_as_a_timeout(tmp_path: Path) -> None
     assert info.value.retryable
     assert "timed out" not in str(info.value)
     assert "cannot connect" in str(info.value)
+
+
+def test_without_a_ca_bundle_the_system_ca_directory_is_read_lazily(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    from telemetry_core_plugins import _https_client
+
+    hashed = tmp_path / "certs"
+    hashed.mkdir()
+    (hashed / "1a2b3c4d.0").write_text("not parsed until a handshake needs it\n")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "bundle.pem").write_text("")
+
+    def paths(capath: Path) -> ssl.DefaultVerifyPaths:
+        return ssl.DefaultVerifyPaths(
+            "/nonexistent/cert.pem", str(capath), "SSL_CERT_FILE", "/x", "SSL_CERT_DIR", "/y"
+        )
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths(hashed))
+    assert _https_client._hashed_ca_dir() == str(hashed)
+    context = _https_client._ssl_context(None)
+    # Nothing parsed up front; certificates are verified, host names checked.
+    assert context.cert_store_stats()["x509"] == 0
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    # A directory without hashed names, or a CA file named by the environment:
+    # OpenSSL's own defaults (the whole bundle).
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths(plain))
+    assert _https_client._hashed_ca_dir() is None
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths(hashed))
+    monkeypatch.setenv("SSL_CERT_FILE", str(plain / "bundle.pem"))
+    assert _https_client._hashed_ca_dir() is None

@@ -53,7 +53,7 @@ def test_creates_file_dirs_wal_and_schema(store: LocalStore, tmp_db_path: Path) 
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     assert {
-        "telemetry_events",
+        "telemetry_stored_events",
         "telemetry_config",
         "telemetry_queue",
         "telemetry_submissions",
@@ -78,17 +78,24 @@ def test_queue_table_keeps_the_seed_columns_and_indexes(store: LocalStore) -> No
     cols = {r[1] for r in conn.execute("PRAGMA table_info(telemetry_queue)")}
     assert {"id", "event_id", "created_at", "retry_count", "next_retry_at", "last_error"} <= cols
     assert {"lease_owner", "lease_expires_at", "dead"} <= cols
-    # Only the rare states are indexed (partial indexes): a fresh entry is
-    # appended to the table and written nowhere else. No foreign key: a
-    # cascade would scan the queue per deleted event; the storage plugin
-    # deletes entries with their events itself.
-    indexes = {r[1]: r[4] for r in conn.execute("PRAGMA index_list(telemetry_queue)")}
-    assert indexes == {"idx_telemetry_queue_next_retry_at": 1, "idx_telemetry_queue_dead": 1}
+    # An entry carries its event (migration 6).
+    assert {"type", "recorded_at", "payload"} <= cols
+    # Only the rare states are indexed (partial indexes), besides the unique
+    # event id: a fresh entry is appended to the table and to that index only.
+    # No foreign key: a cascade would scan the queue per deleted event.
+    indexes = {r[1]: (r[2], r[4]) for r in conn.execute("PRAGMA index_list(telemetry_queue)")}
+    assert indexes == {
+        "idx_telemetry_queue_next_retry_at": (0, 1),
+        "idx_telemetry_queue_dead": (0, 1),
+        "idx_telemetry_queue_event_id": (1, 0),
+    }
     assert conn.execute("PRAGMA foreign_key_list(telemetry_queue)").fetchall() == []
-    # Events are keyed by their time-ordered id, without a rowid.
-    assert conn.execute("PRAGMA index_list(telemetry_events)").fetchall()[0][3] == "pk"
-    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'telemetry_events'")
+    # Events not queued are keyed by their time-ordered id, without a rowid.
+    assert conn.execute("PRAGMA index_list(telemetry_stored_events)").fetchall()[0][3] == "pk"
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'telemetry_stored_events'")
     assert "WITHOUT ROWID" in sql.fetchone()[0]
+    kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'telemetry_events'")
+    assert kind.fetchone()[0] == "view"
 
 
 def test_migrations_are_idempotent(tmp_db_path: Path) -> None:
@@ -325,11 +332,16 @@ def test_event_counts_by_type(store: LocalStore) -> None:
     with store.transaction() as conn:
         for i, kind in enumerate(["a", "b", "a", "a"]):
             conn.execute(
-                "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
-                " properties, payload, created_at) VALUES (?, ?, 0, 'x', 'i', 1, '{}', x'00', 0)",
+                "INSERT INTO telemetry_stored_events(id, type, created_at, payload)"
+                " VALUES (?, ?, 0, x'00')",
                 (f"id{i}", kind),
             )
-    assert store.event_counts() == {"a": 3, "b": 1}
+        # Queued events count too (the entry carries the event).
+        conn.execute(
+            "INSERT INTO telemetry_queue(event_id, type, created_at, payload)"
+            " VALUES ('q1', 'b', 0, x'00')"
+        )
+    assert store.event_counts() == {"a": 3, "b": 2}
 
 
 def test_submission_log_and_stats(store: LocalStore) -> None:
@@ -487,3 +499,46 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path)
     with pytest.raises(StorageError, match=r"not a (telemetry )?database"):
         LocalStore(path)
     assert path.read_bytes() == b"plain text, not a database\n" * 200
+
+
+def test_a_version_5_file_moves_queued_events_into_their_entries(tmp_db_path: Path) -> None:
+    # A file written before migration 6: every event in telemetry_events, the
+    # queue entries pointing at them (one entry whose event is gone).
+    tmp_db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(tmp_db_path, isolation_level=None)
+    for step in MIGRATIONS[:5]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 5")
+    for i, kind in enumerate(["sent", "queued", "queued", "local"]):
+        conn.execute(
+            "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
+            " properties, payload, created_at) VALUES (?, ?, 0, 'x', 'i', 1, '{}', ?, ?)",
+            (f"e{i}", kind, f'{{"n":{i}}}'.encode(), 100.0 + i),
+        )
+    conn.executemany(
+        "INSERT INTO telemetry_queue(event_id, created_at, retry_count, dead) VALUES (?, ?, ?, ?)",
+        [("e1", 200.0, 3, 0), ("gone", 201.0, 0, 0), ("e2", 202.0, 0, 1)],
+    )
+    conn.close()
+    store = LocalStore(tmp_db_path)
+    try:
+        db = store.connection()
+        assert store.schema_version() == SCHEMA_VERSION
+        rows = db.execute(
+            "SELECT id, event_id, type, retry_count, dead, recorded_at, payload"
+            " FROM telemetry_queue ORDER BY id"
+        ).fetchall()
+        assert rows == [
+            (1, "e1", "queued", 3, 0, 101.0, b'{"n":1}'),
+            (3, "e2", "queued", 0, 1, 102.0, b'{"n":2}'),
+        ]
+        stored = db.execute("SELECT id FROM telemetry_stored_events ORDER BY id").fetchall()
+        assert stored == [("e0",), ("e3",)]
+        # Size = max(id) - holes stays exact: row 2 is free.
+        assert store.counters()["queue.holes"] == 1
+        assert store.event_counts() == {"local": 1, "queued": 2, "sent": 1}
+        seen = db.execute("SELECT id, created_at FROM telemetry_events ORDER BY id").fetchall()
+        assert seen == [("e0", 100.0), ("e1", 101.0), ("e2", 102.0), ("e3", 103.0)]
+    finally:
+        store.close()

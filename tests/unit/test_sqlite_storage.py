@@ -385,11 +385,37 @@ def test_a_stale_claim_never_touches_a_reused_row_id(
     assert q1.stats().pending == 0
 
 
+def test_delivered_and_trimmed_events_stay_recorded_locally(
+    store: LocalStore, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    # A queued event lives in its entry; delivering (or trimming) the entry
+    # moves the event to the stored events, with the same columns and payload.
+    queue = SQLiteQueue(store, backoff, clock=clock, max_queue_size=3)
+    events = record_many(queue, make_event, 4, duration_ms=1.5, success=False)
+    conn = store.connection()
+    view = "SELECT * FROM telemetry_events ORDER BY id"
+    before = conn.execute(view).fetchall()
+    assert queue.stats().dropped == {"queue_full": 1}
+    queue.mark_submitted(ids(queue.dequeue(2)))
+    assert queue.stats().pending == 1
+    assert conn.execute(view).fetchall() == before
+    stored = conn.execute("SELECT id FROM telemetry_stored_events ORDER BY id").fetchall()
+    assert stored == [(e.id,) for e in events[:3]]
+    assert store.event_counts() == {"test_event": 4}
+    # Recording a delivered event again changes nothing.
+    queue.record(events[0], enqueue=True)
+    assert queue.stats().pending == 1
+    assert conn.execute(view).fetchall() == before
+
+
 def test_an_entry_whose_event_is_gone_is_removed_by_dequeue(
     queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
 ) -> None:
     events = record_many(queue, make_event, 3)
-    store.connection().execute("DELETE FROM telemetry_events WHERE id = ?", (events[1].id,))
+    # A damaged file: the entry lost the event it carries.
+    store.connection().execute(
+        "UPDATE telemetry_queue SET payload = NULL WHERE event_id = ?", (events[1].id,)
+    )
     assert ids(queue.dequeue(10)) == [events[0].id, events[2].id]
     assert queue.stats().pending == 2
     queue.mark_submitted([events[0].id, events[2].id])
@@ -500,7 +526,9 @@ def test_dead_letters_revive_when_the_delivery_context_changes(
     assert queue.revive_dead() == 0
 
 
-def test_manual_revive_revives_every_dead_letter(queue: SQLiteQueue, make_event: MakeEvent) -> None:
+def test_manual_revive_revives_every_dead_letter(
+    queue: SQLiteQueue, make_event: MakeEvent
+) -> None:
     [event] = record_many(queue, make_event, 1)
     queue.mark_dead(ids(queue.dequeue(1)), "HTTP 400", "context-a")
     assert queue.revive_dead() == 1
@@ -706,14 +734,9 @@ def test_stats_are_right_at_100k_entries(
     conn = store.connection()
     with store.transaction():
         conn.executemany(
-            "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
-            " properties, payload, created_at)"
-            " VALUES (?, 'bulk', 0, 'a', 'i', 1, '{}', x'7b7d', ?)",
+            "INSERT INTO telemetry_queue(event_id, type, created_at, payload)"
+            " VALUES (?, 'bulk', ?, x'7b7d')",
             [(f"e{i:06d}", now - n + i) for i in range(n)],
-        )
-        conn.execute(
-            "INSERT INTO telemetry_queue(event_id, created_at)"
-            " SELECT id, created_at FROM telemetry_events ORDER BY id"
         )
         # 100 dead, 50 waiting for a retry, 20 leased (10 of them expired).
         conn.execute("UPDATE telemetry_queue SET dead = 1 WHERE id <= 100")
@@ -767,7 +790,7 @@ def test_a_corrupt_payload_raises_storage_error(
     queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
 ) -> None:
     record_many(queue, make_event, 1)
-    store.connection().execute("UPDATE telemetry_events SET payload = x'7b'")
+    store.connection().execute("UPDATE telemetry_queue SET payload = x'7b'")
     with pytest.raises(StorageError, match="decode"):
         queue.dequeue(1)
 

@@ -757,3 +757,33 @@ def test_thread_survives_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture
         assert rig.worker.running
         assert rig.worker.stop(10)
     assert "PluginError" in caplog.text
+
+
+def test_a_long_wait_releases_the_transports_idle_connections(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, submission_interval=3600.0)
+    released = threading.Event()
+    rig.transport.release_idle = released.set  # type: ignore[attr-defined]
+    rig.storage.add(1)
+    rig.worker.start()
+    try:
+        assert released.wait(10)  # sent, then about to wait an hour
+    finally:
+        assert rig.worker.stop(10)
+    assert len(rig.storage.submitted) == 1
+    # The next call rebuilds the TLS context: a setup phase again.
+    assert rig.worker._transport_ready is False
+
+
+def test_a_short_wait_keeps_the_connections(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, submission_interval=5.0)
+    released: list[bool] = []
+    sent = threading.Event()
+    rig.transport.release_idle = lambda: released.append(True)  # type: ignore[attr-defined]
+    rig.transport.on_submit = lambda events: sent.set()
+    rig.storage.add(1)
+    rig.worker.start()
+    try:
+        assert sent.wait(10)
+    finally:
+        assert rig.worker.stop(10)
+    assert released == []
