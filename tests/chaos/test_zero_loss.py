@@ -270,7 +270,10 @@ def test_outage_storms(
     app = rig.start(
         "--count", str(EVENTS), "--type", "zl.storm", "--linger", "600", "--speed", str(SPEED)
     )  # fmt: skip
-    time.sleep(seconds / SPEED)
+    time.sleep(seconds / SPEED)  # the outage itself is the scenario
+    # On a loaded machine the app may not have tried yet: the outage lasts until
+    # it has met it at least once (bounded).
+    _wait(lambda: rig.queue_rows()[2] >= 1, 60)
     _, dead, retries = rig.queue_rows()
     rig.proxy.set_outage(None)
     out, _ = app.communicate(timeout=240)
