@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "limiter": "bench.limiter",
     "track": "bench.track",
     "track_latency": "bench.track_latency",
+    "track_locked": "bench.track_locked",
     "batch_cycle": "bench.batch_cycle",
     "mark_failed": "bench.mark_failed",
     "queue_depth": "bench.queue_depth",

@@ -106,7 +106,7 @@ logger = logging.getLogger("telemetry_core")
 
 #: How long the app's connection waits in SQLite for another process's write
 #: lock (milliseconds) before ``track()`` spills the event instead.
-APP_BUSY_TIMEOUT_MS: Final = 2
+APP_BUSY_TIMEOUT_MS: Final = 1
 #: How long the worker and submit_now() wait for it (milliseconds).
 WORKER_BUSY_TIMEOUT_MS: Final = 5000
 
