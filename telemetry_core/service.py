@@ -7,6 +7,13 @@ submission is on, queued, in one transaction), and starts the
 :class:`~telemetry_core.worker.SubmissionWorker` that sends the queue in the
 background.
 
+The service is a facade: it decides (consent, when to open, when to send) and
+its parts do the work: :mod:`~telemetry_core.recorder` builds events,
+:mod:`~telemetry_core._event_writer` stores them, :mod:`~telemetry_core._sending`
+sends them, :mod:`~telemetry_core._providers` opens the store and plugins,
+:mod:`~telemetry_core._process` handles exit and fork, and
+:mod:`~telemetry_core._counters` counts.
+
 Consent is checked at recording time: an event recorded while remote
 submission is off stays local and is never queued later, even if remote
 submission is enabled afterwards.
