@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 if TYPE_CHECKING:
     from telemetry_core.protocols import Transport
 
-__all__ = ["DEDUP_CHECKED_KEY", "DEDUP_WINDOW_KEY", "SERVER_INFO_EVERY", "learn"]
+__all__ = ["DEDUP_CHECKED_KEY", "DEDUP_WINDOW_KEY", "SERVER_INFO_EVERY", "learn", "stored"]
 
 logger = logging.getLogger("telemetry_core")
 
@@ -32,6 +32,12 @@ class _Config(Protocol):
     def set_config(self, key: str, value: str) -> None: ...
 
 
+def stored(store: _Config) -> int | None:
+    """The window (days) as last learned, None if unknown or unpublished."""
+    text = store.get_config(DEDUP_WINDOW_KEY)
+    return int(text) if text else None
+
+
 def learn(store: _Config, transport: Transport, now: float) -> int | None:
     """The collector's dedup window in days (None when it publishes none, or
     when it cannot be learned now), from the stored config when learned within
@@ -39,8 +45,7 @@ def learn(store: _Config, transport: Transport, now: float) -> int | None:
     try:
         checked = store.get_config(DEDUP_CHECKED_KEY)
         if checked is not None and 0 <= now - float(checked) < SERVER_INFO_EVERY:
-            text = store.get_config(DEDUP_WINDOW_KEY)
-            return int(text) if text else None
+            return stored(store)
         window = transport.server_info().dedup_window_days
         store.set_config(DEDUP_WINDOW_KEY, "" if window is None else str(window))
         store.set_config(DEDUP_CHECKED_KEY, repr(now))

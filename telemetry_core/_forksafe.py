@@ -16,13 +16,17 @@ one slice for a thread that waits on a lock, never the whole budget.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 import types
 from collections.abc import Iterator
 from typing import Any, Final, TypeVar, cast
 
+from telemetry_core.errors import StorageError
+
 __all__ = [
+    "BACKGROUND_LOCK_BUDGET",
     "DEFAULT_LOCK_BUDGET",
     "LOCK_SLICE_MS",
     "ForkGuard",
@@ -38,6 +42,8 @@ __all__ = [
 LOCK_SLICE_MS: Final = 50
 #: A thread's budget for waiting on another writer's lock (seconds) unless set.
 DEFAULT_LOCK_BUDGET: Final = 0.2
+#: The budget of background work (the worker, retention, an explicit submit_now()).
+BACKGROUND_LOCK_BUDGET: Final = 5.0
 # Pause between two attempts of a guarded call that found the database locked.
 _RETRY_PAUSE: Final = 0.01
 
@@ -66,10 +72,6 @@ def lock_budget(seconds: float) -> Iterator[None]:
 
 def is_locked(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is SQLite's "database is locked/busy"."""
-    import sqlite3
-
-    from telemetry_core.errors import StorageError
-
     for error in (exc, exc.__cause__, exc.__context__):
         if isinstance(error, (sqlite3.OperationalError, StorageError)):
             text = str(error)

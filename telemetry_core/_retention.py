@@ -15,7 +15,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, set_lock_budget
+from telemetry_core._forksafe import (
+    BACKGROUND_LOCK_BUDGET,
+    LOCK_SLICE_MS,
+    fork_guard,
+    set_lock_budget,
+)
 from telemetry_core.protocols import PagedCleanup
 from telemetry_core.worker import SHUTDOWN_GRACE
 
@@ -171,10 +176,6 @@ class Cleaner:
                     conn.close()
 
 
-#: A background cleanup may wait this long in all for another writer's lock.
-_CLEANUP_LOCK_BUDGET: Final = 5.0
-
-
 def schedule_cleanup(
     store: LocalStore,
     storage: Storage,
@@ -198,7 +199,7 @@ def schedule_cleanup(
         now=now,
         cutoff=now - retention_days * DAY,
         busy_timeout_ms=LOCK_SLICE_MS,
-        lock_budget=_CLEANUP_LOCK_BUDGET,
+        lock_budget=BACKGROUND_LOCK_BUDGET,
         warn=warn,
     )
     cleaner.start()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from telemetry_core._dedup_window import DEDUP_WINDOW_KEY
+from telemetry_core._dedup_window import stored as stored_dedup_window
 from telemetry_core._write_behind import count_spilled
 from telemetry_core.errors import TelemetryError
 from telemetry_core.models import QueueStats
@@ -72,7 +72,6 @@ def _dedup_window(opened: Opened | None) -> int | None:
     if opened is None:
         return None
     try:
-        text = opened.store.get_config(DEDUP_WINDOW_KEY)
-        return int(text) if text else None
+        return stored_dedup_window(opened.store)
     except (TelemetryError, ValueError, sqlite3.Error):
         return None

@@ -270,7 +270,6 @@ class WriteBehind:
         self._thread: threading.Thread | None = None
         self._hold_until = 0.0
         self._orphans = True  # files of earlier processes may exist
-        self.merged = 0
 
     def try_database(self) -> bool:
         """Whether ``track()`` should try the database (not within a hold)."""
@@ -308,9 +307,9 @@ class WriteBehind:
 
         A locked database leaves everything in place and returns False."""
         try:
-            self.merged += self.journal.merge(self._store_events)
+            self.journal.merge(self._store_events)
             if self._orphans:
-                self.merged += self.journal.merge_orphans(self._store_events)
+                self.journal.merge_orphans(self._store_events)
                 self._orphans = False
         except Exception as exc:
             self._orphans = True  # a failed merge leaves its file as an orphan

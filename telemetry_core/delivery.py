@@ -45,10 +45,10 @@ PERMANENT_STATUSES: Final = frozenset({400, 401, 403, 404, 405, 410, 415, 422})
 
 
 def is_transient_status(status: int) -> bool:
-    """True when a batch answered with ``status`` should be sent again later."""
-    if status == 413:
-        return False
-    return status >= 500 or status in TRANSIENT_STATUSES or status not in PERMANENT_STATUSES
+    """True when a batch answered with ``status`` should be sent again later: every
+    answer but a permanent refusal and 413 (so :data:`TRANSIENT_STATUSES` and every
+    5xx, and any status nobody planned for)."""
+    return status != 413 and status not in PERMANENT_STATUSES
 
 
 def status_error(message: str, status: int, retry_after: float | None = None) -> TransportError:

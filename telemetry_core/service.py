@@ -69,6 +69,7 @@ from telemetry_core import _process
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
 from telemetry_core._event_writer import EventWriter
+from telemetry_core._forksafe import BACKGROUND_LOCK_BUDGET
 from telemetry_core._providers import Opened as _Opened
 from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_or_report
 from telemetry_core._retention import (
@@ -115,7 +116,7 @@ logger = logging.getLogger("telemetry_core")
 #: lock (milliseconds) before ``track()`` spills the event instead.
 APP_BUSY_TIMEOUT_MS: Final = 1
 #: How long the worker and submit_now() wait for it (milliseconds).
-WORKER_BUSY_TIMEOUT_MS: Final = 5000
+WORKER_BUSY_TIMEOUT_MS: Final = int(BACKGROUND_LOCK_BUDGET * 1000)
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -722,8 +723,8 @@ class TelemetryService:
                 # queue, the log, the counters and the stored consent. A
                 # cleanup still running is interrupted first: its connection
                 # is closed with the others.
-                self._stop_cleaner(WORKER_BUSY_TIMEOUT_MS / 1000)
-                self._writer.discard(WORKER_BUSY_TIMEOUT_MS / 1000)
+                self._stop_cleaner(BACKGROUND_LOCK_BUDGET)
+                self._writer.discard(BACKGROUND_LOCK_BUDGET)
                 self._opened = None
                 for closeable in (opened.storage, opened.store):
                     closeable.close()

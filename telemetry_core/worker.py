@@ -43,7 +43,12 @@ import attrs
 
 from telemetry_core._attempts import attempt_fields, redacted
 from telemetry_core._dedup_window import learn as learn_dedup_window
-from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, set_lock_budget
+from telemetry_core._forksafe import (
+    BACKGROUND_LOCK_BUDGET,
+    LOCK_SLICE_MS,
+    fork_guard,
+    set_lock_budget,
+)
 from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
 
@@ -69,7 +74,7 @@ MAX_LOOP_WAIT = 3600.0
 #: (non-network) call or the first call of a new transport, which end quickly.
 SHUTDOWN_GRACE: Final = 1.0
 #: How long the worker's thread may wait in all for another writer's lock (seconds).
-WORKER_LOCK_BUDGET: Final = 5.0
+WORKER_LOCK_BUDGET: Final = BACKGROUND_LOCK_BUDGET
 #: What the thread may be inside (``SubmissionWorker._busy``) when stop() gives
 #: the grace: native work that must not be running when the process exits.
 _NATIVE_PHASES: Final = frozenset({"local", "setup"})
@@ -266,11 +271,6 @@ class SubmissionWorker:
         """Wall-clock time before which the loop will not send (0 when not paused)."""
         left = self._pause_deadline - self._monotonic()
         return self._clock() + left if self._pause_deadline and left > 0 else 0.0
-
-    @property
-    def server_paused(self) -> bool:
-        """True when the current pause is the server's ``Retry-After``."""
-        return self._server_pause and self.pause_until > 0
 
     @property
     def consecutive_failures(self) -> int:
