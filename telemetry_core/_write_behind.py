@@ -160,10 +160,14 @@ class SpillJournal:
             os.close(fd)
         return done
 
+    def own_files(self) -> set[Path | None]:
+        """The files this journal writes or has rotated and not merged yet."""
+        return {self._path, *(path for path, _, _ in self._rotated)}
+
     def merge_orphans(self, store_events: Callable[[list[tuple[bytes, bool]]], None]) -> int:
         """Merge the spill files of the database that no live writer holds
         (left by a process that exited or was killed); return events handed on."""
-        own = {self._path, *(path for path, _, _ in self._rotated)}
+        own = self.own_files()
         done = 0
         for path in spill_files(self.db_path):
             if path in own:
@@ -297,7 +301,7 @@ class WriteBehind:
     def adopt_orphans(self) -> None:
         """Look for spill files other processes left (a forked worker that exited,
         a killed process) and merge them in the background."""
-        own = {self.journal._path, *(path for path, _, _ in self.journal._rotated)}
+        own = self.journal.own_files()
         if any(path not in own for path in spill_files(self.journal.db_path)):
             self._orphans = True
             self.start()
