@@ -134,6 +134,14 @@ class _Cleanup:
     deleted: int = 0
 
 
+@attrs.define
+class _Flush:
+    """A reader waiting for the buffered outcome counters to be committed."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():  # the request was cancelled (client went away)
         return
@@ -230,9 +238,23 @@ class SQLiteStore(PendingWork):
         return await future
 
     async def stats(self, query: StatsQuery) -> dict[str, Any]:
-        """Return the stats document for ``query``, read on a separate connection."""
+        """Return the stats document for ``query``, read on a separate connection
+        after the buffered outcome counters are committed, so it counts every
+        refusal already answered."""
+        await self._flush_outcomes()
         data = await asyncio.to_thread(self.read_stats_data, query)
         return build_stats(query, data)
+
+    async def _flush_outcomes(self) -> None:
+        # Through the writer's queue even when nothing is buffered: the writer may
+        # hold counters it took and has not committed yet; it handles the queue in
+        # order, so the flush resolves after that commit.
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Flush(loop, future))
+        await asyncio.shield(future)
 
     async def close(self) -> None:
         """Commit every pending batch, stop the writer and close the file."""
@@ -270,6 +292,9 @@ class SQLiteStore(PendingWork):
             batches = [i for i in items if isinstance(i, _Batch)]
             cleanups = [i for i in items if isinstance(i, _Cleanup)]
             self._commit_group(batches)
+            for flush in (i for i in items if isinstance(i, _Flush)):
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    flush.loop.call_soon_threadsafe(_resolve, flush.future, None, None)
             for job in cleanups:
                 self._run_cleanup(job, finish=stopping)
 
