@@ -23,7 +23,7 @@ import operator
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -186,7 +186,7 @@ class PropertyPlans:
         if plan is not None:
             values = plan.pick(properties)
             if _SCALAR_TYPES.issuperset(map(type, values)):
-                flat: dict[str, PropertyValue] = dict(zip(plan.names, values))  # noqa: B905 (same lengths)
+                flat: dict[str, PropertyValue] = dict(zip(plan.names, values, strict=False))
                 for name in plan.remove:
                     del flat[name]
                 return flat
@@ -198,10 +198,13 @@ class PropertyPlans:
     def _plan(self, keys: tuple[str, ...]) -> _Plan | None:
         prefix = self._drop_prefix
         kept = [k for k in keys if prefix is None or not k.startswith(prefix)]
-        names = [normalise_key(k) for k in kept]
-        if any(name is None for name in names):
-            return None  # flatten_properties decides what such a key gives
-        return _Plan(kept, names, self._remove)  # type: ignore[arg-type]
+        names: list[str] = []
+        for key in kept:
+            name = normalise_key(key)
+            if name is None:
+                return None  # flatten_properties decides what such a key gives
+            names.append(name)
+        return _Plan(kept, names, self._remove)
 
 
 class _Plan:
@@ -213,14 +216,14 @@ class _Plan:
         self.names = names
         self.remove = tuple(remove.intersection(names))
         if len(kept) > 1:
-            self.pick: Callable[[Mapping[str, object]], tuple[object, ...]] = operator.itemgetter(
+            self.pick: Callable[[Mapping[str, object]], tuple[Any, ...]] = operator.itemgetter(
                 *kept
             )
         else:
             self.pick = functools.partial(_pick_few, kept)
 
 
-def _pick_few(keys: list[str], properties: Mapping[str, object]) -> tuple[object, ...]:
+def _pick_few(keys: list[str], properties: Mapping[str, object]) -> tuple[Any, ...]:
     return tuple(properties[k] for k in keys)
 
 
