@@ -138,10 +138,13 @@ def _add_record(
     properties: dict[str, Any],
     nanos: int,
     resource: _Resource,
-    content: Callable[[], bytes],
+    context: bytes,
+    record: Any,
+    encode: Callable[[Any], bytes],
     received_ms: int,
 ) -> None:
-    """Translate one record into an event or a rejection."""
+    """Translate one record into an event or a rejection. Without a UUID in
+    ``uid``, the id is derived from ``context`` and ``encode(record)``."""
     name = event_name or _text(mapped.named)
     event_type = normalise_type(name) if name else None
     if event_type is None:
@@ -151,7 +154,7 @@ def _add_record(
     out.add(
         index,
         Event(
-            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", content()),
+            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", context + encode(record)),
             type=event_type,
             timestamp=nanos // 1_000_000 if nanos else received_ms,
             install_id=resource.install,
@@ -263,9 +266,9 @@ class _AttributeMemo:
         return dict(pairs)
 
 
-def _pb_content(context: bytes, record: Any) -> bytes:
+def _pb_encode_record(record: Any) -> bytes:
     data: bytes = record.SerializeToString(deterministic=True)
-    return context + data
+    return data
 
 
 def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
@@ -297,7 +300,9 @@ def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
                     properties=dict(mapped.properties),  # mapped is shared by like records
                     nanos=record.time_unix_nano or record.observed_time_unix_nano,
                     resource=resource,
-                    content=functools.partial(_pb_content, context, record),
+                    context=context,
+                    record=record,
+                    encode=_pb_encode_record,
                     received_ms=received_ms,
                 )
                 index += 1
@@ -404,10 +409,6 @@ def _json_attributes(attributes: list[_JKeyValue]) -> _Attributes:
     return {kv.key: _json_scalar(kv.value) for kv in attributes}
 
 
-def _json_content(context: bytes, record: _JRecord) -> bytes:
-    return context + _json_encoder.encode(record)
-
-
 def _translate_json(body: bytes, received_ms: int) -> Translation:
     try:
         request = _json_decoder.decode(body)
@@ -437,7 +438,9 @@ def _translate_json(body: bytes, received_ms: int) -> Translation:
                     properties=mapped.properties,
                     nanos=nanos,
                     resource=resource,
-                    content=functools.partial(_json_content, context, record),
+                    context=context,
+                    record=record,
+                    encode=_json_encoder.encode,
                     received_ms=received_ms,
                 )
                 index += 1
