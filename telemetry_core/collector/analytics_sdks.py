@@ -47,9 +47,9 @@ import msgspec
 from telemetry_core.collector.identity import IdentityHasher
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
-    PropertyPlans,
     Translation,
     derived_id,
+    flatten_properties,
     normalise_type,
     uuid_or_none,
 )
@@ -200,25 +200,17 @@ def _user_id(value: object) -> str | None:
     return _text(value)
 
 
-_NUMBER_TYPES: Final = (int, float)
-
-
 def _lift(properties: dict[str, Any]) -> tuple[Any, Any]:
-    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields.
-
-    ``properties`` come from :class:`PropertyPlans` (plain JSON scalars), so
-    the exact type decides: a bool is not a number here."""
+    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields."""
     duration = properties.get("duration_ms")
     success = properties.get("success")
-    if duration is not None and type(duration) in _NUMBER_TYPES:
-        del properties["duration_ms"]
-    else:
-        duration = None
-    if success is not None and type(success) is bool:
-        del properties["success"]
-    else:
-        success = None
-    return duration, success
+    lifted_duration = None
+    lifted_success = None
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        lifted_duration = properties.pop("duration_ms")
+    if isinstance(success, bool):
+        lifted_success = properties.pop("success")
+    return lifted_duration, lifted_success
 
 
 def translate_posthog(
@@ -227,7 +219,6 @@ def translate_posthog(
     """Translate PostHog capture events into schema-1 events."""
     out = Translation(total=len(batch.messages))
     hash_id = hasher.memo()
-    plans = PropertyPlans(drop_prefix="$", remove=("distinct_id", "token"))
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "an event must be a JSON object")
@@ -254,7 +245,9 @@ def translate_posthog(
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
         install = hash_id(distinct)
-        properties = plans.flatten(props)
+        properties = flatten_properties(props, drop_prefix="$")
+        properties.pop("distinct_id", None)
+        properties.pop("token", None)
         duration, success = _lift(properties)
         event_id = uuid_or_none(message.get("uuid")) or derived_id(
             "posthog", [install, name, timestamp, properties, duration, success]
@@ -298,7 +291,6 @@ def translate_segment(
     """Translate Segment messages (track, page, screen) into schema-1 events."""
     out = Translation(total=len(batch.messages))
     hash_id = hasher.memo()
-    plans = PropertyPlans()
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "a message must be a JSON object")
@@ -319,7 +311,7 @@ def translate_segment(
             continue
         install = hash_id(user)
         raw_props = message.get("properties")
-        properties = plans.flatten(raw_props if isinstance(raw_props, dict) else {})
+        properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
         page_name = _text(message.get("name"))
         if page_name is not None and message.get("type") in ("page", "screen"):
             properties.setdefault("name", page_name)

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import operator
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 import attrs
 import msgspec
@@ -32,7 +31,6 @@ from telemetry_core.schema import MAX_PROPERTY_KEY_LENGTH, Event, EventError, Pr
 
 __all__ = [
     "ID_NAMESPACE",
-    "PropertyPlans",
     "Translation",
     "derived_id",
     "derived_id_of_bytes",
@@ -155,76 +153,6 @@ def flatten_properties(
                     if name is not None:
                         flat[name] = inner_value
     return flat
-
-
-class PropertyPlans:
-    """:func:`flatten_properties` for the messages of one request, remembering
-    what it decided for each order of property keys.
-
-    An SDK sends the same keys in the same order in message after message, so
-    which keys stay and what they are named is worked out once per key order
-    (a *plan*); a message whose kept values are all scalars is then flattened
-    by two C-level calls (``itemgetter`` and ``dict(zip(...))``). Any other
-    message (a nested map, a list, a key normalised to nothing) takes
-    :func:`flatten_properties` itself, so both give the same map. ``remove``
-    names the normalised keys taken out afterwards.
-    """
-
-    def __init__(self, *, drop_prefix: str | None = None, remove: Iterable[str] = ()) -> None:
-        self._drop_prefix = drop_prefix
-        self._remove = frozenset(remove)
-        self._plans: dict[tuple[str, ...], _Plan | None] = {}
-
-    def flatten(self, properties: dict[str, object]) -> dict[str, PropertyValue]:
-        """``properties`` flattened as :func:`flatten_properties` does, without
-        the ``remove`` keys."""
-        keys = tuple(properties)
-        try:
-            plan = self._plans[keys]
-        except KeyError:
-            plan = self._plans[keys] = self._plan(keys)
-        if plan is not None:
-            values = plan.pick(properties)
-            if _SCALAR_TYPES.issuperset(map(type, values)):
-                flat: dict[str, PropertyValue] = dict(zip(plan.names, values, strict=False))
-                for name in plan.remove:
-                    del flat[name]
-                return flat
-        flat = flatten_properties(properties, drop_prefix=self._drop_prefix)
-        for name in self._remove:
-            flat.pop(name, None)
-        return flat
-
-    def _plan(self, keys: tuple[str, ...]) -> _Plan | None:
-        prefix = self._drop_prefix
-        kept = [k for k in keys if prefix is None or not k.startswith(prefix)]
-        names: list[str] = []
-        for key in kept:
-            name = normalise_key(key)
-            if name is None:
-                return None  # flatten_properties decides what such a key gives
-            names.append(name)
-        return _Plan(kept, names, self._remove)
-
-
-class _Plan:
-    """What stays of a message with one order of property keys, and its names."""
-
-    __slots__ = ("names", "pick", "remove")
-
-    def __init__(self, kept: list[str], names: list[str], remove: frozenset[str]) -> None:
-        self.names = names
-        self.remove = tuple(remove.intersection(names))
-        if len(kept) > 1:
-            self.pick: Callable[[Mapping[str, object]], tuple[Any, ...]] = operator.itemgetter(
-                *kept
-            )
-        else:
-            self.pick = functools.partial(_pick_few, kept)
-
-
-def _pick_few(keys: list[str], properties: Mapping[str, object]) -> tuple[Any, ...]:
-    return tuple(properties[k] for k in keys)
 
 
 _event_encoder = msgspec.json.Encoder()

@@ -21,7 +21,6 @@ from telemetry_core.collector.analytics_sdks import (
 from telemetry_core.collector.identity import IdentityHasher, persisted_secret
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
-    PropertyPlans,
     Translation,
     flatten_properties,
     normalise_key,
@@ -98,32 +97,6 @@ def test_properties_are_flattened_one_level_and_sdk_properties_dropped() -> None
         {"$lib": "x", "a": 1, "b": {"c": "d", "$e": 2, "f": {"g": 1}}, "h": [1]}, drop_prefix="$"
     )
     assert flat == {"a": 1, "b.c": "d"}
-
-
-@pytest.mark.parametrize(
-    "messages",
-    [
-        # the same keys in the same order, the values' kinds changing between messages
-        [
-            {"a": 1, "$lib": "x", "b": "two"},
-            {"a": {"c": 1}, "$lib": "x", "b": "t"},
-            {"a": 2, "$lib": [], "b": None},
-        ],
-        # keys normalised alike (the last value wins), a key normalised to nothing, removed keys
-        [{"a b": 1, "a_b": 2, "token": "t"}, {"": 1, "x": 2}, {"distinct id": "d", "y": [1]}],
-        [{"one": True}, {}, {"$only": 1}, {"one": {"$nested": 1, "kept": 2}}],
-    ],
-)
-def test_property_plans_flatten_as_flatten_properties(messages: list[dict[str, Any]]) -> None:
-    plans = PropertyPlans(drop_prefix="$", remove=("distinct_id", "token"))
-    for _ in range(2):  # the second round reuses every plan
-        for message in messages:
-            expected = flatten_properties(message, drop_prefix="$")
-            expected.pop("distinct_id", None)
-            expected.pop("token", None)
-            flat = plans.flatten(message)
-            assert flat == expected
-            assert list(flat) == list(expected)
 
 
 def test_a_posthog_event_maps_as_documented() -> None:
