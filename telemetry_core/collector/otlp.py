@@ -6,7 +6,8 @@ Both encodings of the OpenTelemetry protocol are read: binary protobuf
 request), and JSON (``application/json``: lowerCamelCase names, hex trace and
 span ids, 64-bit integers as strings or numbers), decoded with msgspec. Each
 encoding is turned into the same plain values first, so a record gets the same
-event (and the same derived id) whichever way it was sent.
+event whichever way it was sent (an id derived from content is derived from the
+record as encoded: a retry resends the same bytes).
 
 The mapping of a log record (docs/protocol.md has the table):
 
