@@ -6,7 +6,8 @@ Both encodings of the OpenTelemetry protocol are read: binary protobuf
 request), and JSON (``application/json``: lowerCamelCase names, hex trace and
 span ids, 64-bit integers as strings or numbers), decoded with msgspec. Each
 encoding is turned into the same plain values first, so a record gets the same
-event (and the same derived id) whichever way it was sent.
+event whichever way it was sent (an id derived from content is derived from the
+record as encoded: a retry resends the same bytes).
 
 The mapping of a log record (docs/protocol.md has the table):
 
@@ -103,49 +104,66 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value is not NON_SCALAR and value else None
 
 
+_UID: Final = "log.record.uid"
+
+
+class _Mapped:
+    """What a record's attributes (without ``log.record.uid``) give its event:
+    the ``event.name`` attribute, duration, success, session and properties."""
+
+    __slots__ = ("duration", "named", "properties", "session", "success")
+
+    def __init__(self, attributes: _Attributes) -> None:
+        self.named = attributes.pop("event.name", None)
+        # Whatever their kind, the schema check of the event judges these
+        # (a string duration or an integer success is rejected there).
+        self.duration = attributes.pop("event.duration_ms", None)
+        self.success = attributes.pop("event.success", None)
+        self.session = attributes.pop("session.id", None)
+        properties: dict[str, Any] = {}
+        for key, value in attributes.items():
+            if value is not NON_SCALAR:
+                normalised = normalise_key(key)
+                if normalised is not None:
+                    properties[normalised] = value
+        self.properties = properties
+
+
 def _add_record(
     out: Translation,
     index: int,
     *,
     event_name: str,
-    attributes: _Attributes,
+    uid: Any,
+    mapped: _Mapped,
+    properties: dict[str, Any],
     nanos: int,
     resource: _Resource,
-    content: Callable[[], bytes],
+    context: bytes,
+    record: Any,
+    encode: Callable[[Any], bytes],
     received_ms: int,
 ) -> None:
-    """Translate one record (its ``attributes`` are consumed) into an event or a rejection."""
-    uid = attributes.pop("log.record.uid", None)
-    named = attributes.pop("event.name", None)
-    duration = attributes.pop("event.duration_ms", None)
-    success = attributes.pop("event.success", None)
-    session = attributes.pop("session.id", None)
-    name = event_name or _text(named)
+    """Translate one record into an event or a rejection. Without a UUID in
+    ``uid``, the id is derived from ``context`` and ``encode(record)``."""
+    name = event_name or _text(mapped.named)
     event_type = normalise_type(name) if name else None
     if event_type is None:
         reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
         out.reject(index, "missing_type", f"{reason}: a log record needs an event name")
         return
-    properties = {}
-    for key, value in attributes.items():
-        if value is not NON_SCALAR:
-            normalised = normalise_key(key)
-            if normalised is not None:
-                properties[normalised] = value
     out.add(
         index,
         Event(
-            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", content()),
+            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", context + encode(record)),
             type=event_type,
             timestamp=nanos // 1_000_000 if nanos else received_ms,
             install_id=resource.install,
             app=resource.app,
             app_version=resource.version,
-            session_id=session,
-            # Whatever their kind, the schema check of the event judges these
-            # (a string duration or an integer success is rejected there).
-            duration_ms=duration,
-            success=success,
+            session_id=mapped.session,
+            duration_ms=mapped.duration,
+            success=mapped.success,
             properties=properties,
         ),
     )
@@ -172,38 +190,86 @@ def _pb() -> Any:
 _PB_SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 
 
-#: Attributes up to this many bytes (as encoded) are remembered within a request.
-_MEMO_MAX_BYTES: Final = 256
+def _pb_pair(kv: Any) -> tuple[str, Any]:
+    """A protobuf ``KeyValue`` as a ``(key, value)`` pair."""
+    value = kv.value
+    kind = value.WhichOneof("value")
+    if kind in _PB_SCALARS:
+        return kv.key, getattr(value, kind)
+    return kv.key, None if kind is None else NON_SCALAR
 
 
-def _pb_attributes(attributes: Any, memo: dict[bytes, tuple[str, Any]]) -> _Attributes:
-    """The attributes as a dict of Python values.
+@functools.cache
+def _pb_encode_key_value() -> Callable[[Any], bytes]:
+    """``KeyValue.SerializeToString``, to be mapped over an attribute list in C."""
+    _pb()  # the otlp extra is there
+    from opentelemetry.proto.common.v1 import common_pb2
 
-    Reading a protobuf field from Python builds a wrapper object each time, and
-    most attributes repeat from record to record (the same command, the same
-    flag): ``memo`` maps each attribute's encoding (one C call) to its decoded
-    pair, so a repeated attribute costs one lookup (half the time, measured).
+    encode: Callable[[Any], bytes] = common_pb2.KeyValue.SerializeToString
+    return encode
+
+
+class _AttributeMemo:
+    """What the protobuf attribute lists of one request decode to, remembered.
+
+    Reading a protobuf field from Python builds a wrapper object each time,
+    and most attributes repeat from record to record (the same command, the
+    same flag), as do whole attribute lists (an SDK's records differ in their
+    times and ids). Each attribute is known by its encoding (one C call, no
+    wrapper kept): ``pairs`` maps an encoding to its ``(key, value)``, ``lists``
+    the encodings of a record's attributes to their :class:`_Mapped`.
+    ``log.record.uid`` differs in every record: it is never remembered, and a
+    list is remembered without it.
     """
-    out: _Attributes = {}
-    for kv in attributes:
-        raw = kv.SerializeToString()
-        known = memo.get(raw)
-        if known is None:
-            value = kv.value
-            kind = value.WhichOneof("value")
-            if kind in _PB_SCALARS:
-                known = (kv.key, getattr(value, kind))
+
+    def __init__(self) -> None:
+        self.pairs: dict[bytes, tuple[str, Any]] = {}
+        self.lists: dict[tuple[bytes, ...], _Mapped] = {}
+
+    def read(self, attributes: Any) -> tuple[Any, _Mapped]:
+        """The uid (or ``None``) of a record and what the rest of its
+        ``attributes`` give. An attribute set twice keeps its last value."""
+        tokens = tuple(map(_pb_encode_key_value(), attributes))
+        mapped = self.lists.get(tokens)
+        if mapped is not None:
+            return None, mapped
+        pairs = list(map(self.pairs.get, tokens))
+        uid, uids = None, []
+        while None in pairs:
+            i = pairs.index(None)
+            pair = pairs[i] = _pb_pair(attributes[i])
+            if pair[0] == _UID:
+                uid = pair[1]
+                uids.append(i)
             else:
-                known = (kv.key, None if kind is None else NON_SCALAR)
-            if len(raw) <= _MEMO_MAX_BYTES:
-                memo[raw] = known
-        out[known[0]] = known[1]
-    return out
+                self.pairs[tokens[i]] = pair
+        rest = tokens
+        for i in reversed(uids):
+            rest = rest[:i] + rest[i + 1 :]
+        mapped = self.lists.get(rest)
+        if mapped is None:
+            mapped = self.lists[rest] = _Mapped(
+                dict(pair for pair in pairs if pair is not None and pair[0] != _UID)
+            )
+        return uid, mapped
+
+    def attributes(self, attributes: Any) -> _Attributes:
+        """A resource's ``attributes`` as a dict."""
+        pairs = []
+        for kv in attributes:
+            token = kv.SerializeToString()
+            pair = self.pairs.get(token)
+            if pair is None:
+                pair = _pb_pair(kv)
+                if pair[0] != _UID:
+                    self.pairs[token] = pair
+            pairs.append(pair)
+        return dict(pairs)
 
 
-def _pb_content(context: bytes, record: Any) -> bytes:
+def _pb_encode_record(record: Any) -> bytes:
     data: bytes = record.SerializeToString(deterministic=True)
-    return context + data
+    return data
 
 
 def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
@@ -215,24 +281,29 @@ def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
         raise IngestError(400, "malformed", f"invalid OTLP protobuf: {exc}") from None
     out = Translation()
     index = 0
-    memo: dict[bytes, tuple[str, Any]] = {}
+    memo = _AttributeMemo()
     for resource_logs in request.resource_logs:
         resource_pb = resource_logs.resource
-        resource = _Resource(_pb_attributes(resource_pb.attributes, memo))
+        resource = _Resource(memo.attributes(resource_pb.attributes))
         for scope_logs in resource_logs.scope_logs:
             # A derived id covers the record, its scope and its resource, as sent.
             context = resource_pb.SerializeToString(deterministic=True) + (
                 scope_logs.scope.SerializeToString(deterministic=True)
             )
             for record in scope_logs.log_records:
+                uid, mapped = memo.read(record.attributes)
                 _add_record(
                     out,
                     index,
                     event_name=record.event_name,
-                    attributes=_pb_attributes(record.attributes, memo),
+                    uid=uid,
+                    mapped=mapped,
+                    properties=dict(mapped.properties),  # mapped is shared by like records
                     nanos=record.time_unix_nano or record.observed_time_unix_nano,
                     resource=resource,
-                    content=functools.partial(_pb_content, context, record),
+                    context=context,
+                    record=record,
+                    encode=_pb_encode_record,
                     received_ms=received_ms,
                 )
                 index += 1
@@ -339,10 +410,6 @@ def _json_attributes(attributes: list[_JKeyValue]) -> _Attributes:
     return {kv.key: _json_scalar(kv.value) for kv in attributes}
 
 
-def _json_content(context: bytes, record: _JRecord) -> bytes:
-    return context + _json_encoder.encode(record)
-
-
 def _translate_json(body: bytes, received_ms: int) -> Translation:
     try:
         request = _json_decoder.decode(body)
@@ -359,14 +426,22 @@ def _translate_json(body: bytes, received_ms: int) -> Translation:
                 nanos = _int64(record.time_unix_nano, "timeUnixNano") or _int64(
                     record.observed_time_unix_nano, "observedTimeUnixNano"
                 )
+                # A JSON attribute costs little to read, and hashing a decoded
+                # attribute costs more than reading it: no memo here.
+                attributes = _json_attributes(record.attributes)
+                uid = attributes.pop(_UID, None)
                 _add_record(
                     out,
                     index,
                     event_name=record.event_name,
-                    attributes=_json_attributes(record.attributes),
+                    uid=uid,
+                    mapped=(mapped := _Mapped(attributes)),
+                    properties=mapped.properties,
                     nanos=nanos,
                     resource=resource,
-                    content=functools.partial(_json_content, context, record),
+                    context=context,
+                    record=record,
+                    encode=_json_encoder.encode,
                     received_ms=received_ms,
                 )
                 index += 1

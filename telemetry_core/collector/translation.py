@@ -107,12 +107,19 @@ def derived_id(kind: str, content: object) -> str:
     return derived_id_of_bytes(kind, _canonical.encode(content))
 
 
+_UUID5_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID5_SET: Final = (0x5000 << 64) | (0x8000 << 48)
+
+
 def derived_id_of_bytes(kind: str, data: bytes) -> str:
     """The UUID (version 5, in :data:`ID_NAMESPACE`) of ``data``, for ``kind``."""
     digest = hashlib.sha1(
         ID_NAMESPACE.bytes + kind.encode() + b"\x00" + data, usedforsecurity=False
     ).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
+    # What str(uuid.UUID(bytes=digest[:16], version=5)) gives, without building the
+    # object: version 5 and the RFC variant set in the first 16 bytes of the digest.
+    h = f"{int.from_bytes(digest[:16], 'big') & _UUID5_KEEP | _UUID5_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None)})

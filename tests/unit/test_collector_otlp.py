@@ -19,7 +19,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from telemetry_core.collector import otlp
 from telemetry_core.collector.ingest import IngestError, check_events
-from telemetry_core.collector.translation import Translation
+from telemetry_core.collector.translation import ID_NAMESPACE, Translation, derived_id_of_bytes
 from telemetry_core.schema import Event
 
 NOW_MS = int(time.time() * 1000)
@@ -132,6 +132,39 @@ def test_a_resent_record_gets_the_same_derived_id_and_a_different_one_another() 
     )
     assert first.id == again.id
     assert other.id != first.id
+
+
+def test_records_sharing_attributes_each_get_their_own_uid_and_properties() -> None:
+    # Attribute lists that repeat are read once per request: the uid (wherever it
+    # sits), a repeated key (its last value wins) and each event's own properties
+    # must still come out per record.
+    uids = [str(uuid.uuid4()) for _ in range(4)]
+    common = [kv("plan", string_value="pro"), kv("seats", int_value=3)]
+    records = [
+        clicked(attributes=[kv("log.record.uid", string_value=uids[0]), *common]),
+        clicked(attributes=[*common, kv("log.record.uid", string_value=uids[1])]),
+        clicked(attributes=[common[0], kv("log.record.uid", string_value=uids[2]), common[1]]),
+        clicked(attributes=[*common, kv("plan", string_value="team")]),
+        clicked(attributes=list(common)),
+        clicked(attributes=[*common, kv("log.record.uid", string_value=uids[3])]),
+    ]
+    events, _ = events_of(request(*records).SerializeToString(), otlp.PROTOBUF)
+    assert [e.id for e in events[:3]] == uids[:3]
+    assert events[5].id == uids[3]
+    assert [e.properties for e in events] == [{"plan": "pro", "seats": 3}] * 3 + [
+        {"plan": "team", "seats": 3},
+        {"plan": "pro", "seats": 3},
+        {"plan": "pro", "seats": 3},
+    ]
+    assert uuid.UUID(events[4].id).version == 5
+    events[0].properties["plan"] = "changed"  # each event owns its properties
+    assert events[1].properties["plan"] == "pro"
+
+
+def test_derived_ids_are_uuid5_of_the_namespace_kind_and_content() -> None:
+    for text in ("", "x", "record bytes " * 50):
+        expected = uuid.uuid5(ID_NAMESPACE, "otlp\x00" + text)
+        assert derived_id_of_bytes("otlp", text.encode()) == str(expected)
 
 
 def test_json_and_protobuf_give_the_same_events() -> None:
