@@ -675,7 +675,7 @@ def test_stop_does_not_wait_for_a_hung_request(tmp_path: Path) -> None:
     ids = rig.storage.add(1)
     rig.worker.start()
     assert entered.wait(10)
-    assert rig.worker._busy == "network"  # no grace for a thread waiting on the network
+    assert rig.worker._runner.phase == "network"  # no grace for a thread waiting on the network
     assert rig.worker.stop(0.05) is False  # the request is still on the wire
     release.set()
     assert rig.worker.stop(10) is True
@@ -692,7 +692,7 @@ def test_stop_waits_for_the_first_call_of_a_new_transport(tmp_path: Path) -> Non
     phases: list[str | None] = []
 
     def setup(events: Sequence[Event]) -> None:
-        phases.append(rig.worker._busy)
+        phases.append(rig.worker._runner.phase)
         entered.set()
         release.wait(10)
 
@@ -716,7 +716,7 @@ def test_stop_waits_for_the_first_call_of_a_new_transport(tmp_path: Path) -> Non
 def test_a_new_transport_is_set_up_again_after_close(tmp_path: Path) -> None:
     rig = Rig(tmp_path, submission_interval=3600.0)
     phases: list[str | None] = []
-    rig.transport.on_submit = lambda events: phases.append(rig.worker._busy)
+    rig.transport.on_submit = lambda events: phases.append(rig.worker._runner.phase)
     rig.storage.add(1)
     rig.worker.run_once()
     rig.storage.add(1)
@@ -732,7 +732,7 @@ def test_stopping_thread_releases_unsent_split_halves(tmp_path: Path) -> None:
     done = threading.Event()
 
     def too_large_then_stop(events: Sequence[Event]) -> Any:
-        rig.worker._stopping.set()
+        rig.worker.stop(0.0, grace=0.0)  # in the thread: only signals it
         done.set()
         return TransportError("413", retryable=False, status=413, too_large=True)
 
@@ -771,7 +771,7 @@ def test_a_long_wait_releases_the_transports_idle_connections(tmp_path: Path) ->
         assert rig.worker.stop(10)
     assert len(rig.storage.submitted) == 1
     # The next call rebuilds the TLS context: a setup phase again.
-    assert rig.worker._transport_ready is False
+    assert rig.worker._sender.transport_ready is False
 
 
 def test_a_short_wait_keeps_the_connections(tmp_path: Path) -> None:
