@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Opened",
     "ProviderRequest",
-    "apply_stored_withdrawal",
     "open_or_report",
     "open_providers",
 ]
@@ -105,21 +104,6 @@ def open_providers(request: ProviderRequest, *, read_only: bool) -> Opened:
         install_id=install_id,
         scrubbed_clean=not read_only and host.scrub_verdicts_reusable(),
     )
-
-
-def apply_stored_withdrawal(config: TelemetryConfig, opened: Opened) -> TelemetryConfig:
-    """``config`` with a withdrawal the user stored (``telemetry disable``, or
-    ``disable --remote``) applied: it beats consent the app's code gives (DESIGN §5)."""
-    try:
-        enabled = opened.store.get_config("enabled")
-        remote = opened.store.get_config("remote-enabled")
-    except (TelemetryError, sqlite3.Error):
-        return config
-    if enabled == "false" and config.enabled:
-        return config.evolve(enabled=False, remote_enabled=False)
-    if remote == "false" and config.remote_enabled:
-        return config.evolve(remote_enabled=False)
-    return config
 
 
 def open_or_report(request: ProviderRequest, *, read_only: bool) -> Opened | str:

@@ -21,8 +21,8 @@ from telemetry_core._forksafe import (
     fork_guard,
     set_lock_budget,
 )
+from telemetry_core._worker_thread import SHUTDOWN_GRACE
 from telemetry_core.protocols import PagedCleanup
-from telemetry_core.worker import SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
     from telemetry_core.local_store import LocalStore

@@ -3,12 +3,14 @@
 :class:`Sending` owns the service's :class:`~telemetry_core.worker.SubmissionWorker`
 (made on first need, wired to the local store), a worker that could not be
 stopped in time (waited for again at exit), and the result of the last
-``submit_now()`` call. The service decides *whether* to send (consent, the
-background setting); this part does the sending.
+``submit_now()`` call, and the housekeeping after each worker cycle and each
+submission (:meth:`Sending.after_cycle`). The service decides *whether* to
+send (consent, the background setting); this part does the sending.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from telemetry_core._counters import Counters
     from telemetry_core._event_writer import EventWriter
     from telemetry_core._providers import Opened
+    from telemetry_core._store_access import StoreAccess
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.models import Clock
     from telemetry_core.plugin_host import PluginHost
@@ -40,8 +43,11 @@ class Sending:
     :param host: the plugin host (transport, batch hooks).
     :param counters: the service's counters and warnings.
     :param writer: stores spilled events before a submission sends.
+    :param access: the service's store (opened when a worker is needed).
     :param stats: returns the submission totals (before and after a call).
-    :param after_cycle: run after each worker cycle and each submission.
+    :param lock: returns the service's lock (a worker is made under it).
+    :param may_start: whether the service lets a background worker run now
+        (the service decides: not closed, background on, sending allowed).
     """
 
     def __init__(
@@ -51,8 +57,10 @@ class Sending:
         host: PluginHost,
         counters: Counters,
         writer: EventWriter,
+        access: StoreAccess,
         stats: Callable[[], SubmissionStats],
-        after_cycle: Callable[[], None],
+        lock: Callable[[], threading.RLock],
+        may_start: Callable[[], bool],
         clock: Clock,
         monotonic: Clock,
     ) -> None:
@@ -60,8 +68,10 @@ class Sending:
         self._host = host
         self._counters = counters
         self._writer = writer
+        self._access = access
         self._stats = stats
-        self._after_cycle = after_cycle
+        self._lock = lock
+        self._may_start = may_start
         self._clock = clock
         self._monotonic = monotonic
         self.worker: SubmissionWorker | None = None
@@ -80,9 +90,53 @@ class Sending:
                 opened=opened,
                 clock=self._clock,
                 monotonic=self._monotonic,
-                after_cycle=self._after_cycle,
+                after_cycle=self.after_cycle,
             )
         return self.worker
+
+    def ensure_started(self) -> None:
+        """Start the background worker unless it runs, when the service lets it."""
+        worker = self.worker
+        if worker is not None and worker.running:
+            return
+        with self._lock():
+            if not self._may_start():
+                return
+            opened = self._access.ensure()
+            if opened is not None:
+                self.get_worker(opened).start()
+
+    def spilled_events_queued(self) -> None:
+        """Spilled events were queued: wake the worker, or start it."""
+        worker = self.worker
+        if worker is not None and worker.running:
+            worker.wake()
+        else:
+            self.ensure_started()
+
+    def after_cycle(self) -> None:
+        """In the worker thread after each cycle (and after a submission): write
+        the counts kept in memory, take in events that other processes on this
+        database spilled and left (a forked worker that exited, a killed
+        process), and save the sender's state."""
+        self._counters.flush()
+        self._writer.take_in_left_behind(now=False)
+        opened = self._access.opened
+        if opened is None:
+            return
+        config = self._config()
+        try:
+            sender_state.save(opened, self.worker, self._clock())
+            warning = sender_state.queue_warning(
+                config, opened.storage.stats(), lambda: self._stats().last_error
+            )
+        except Exception as exc:
+            self._counters.warn_once(
+                "state", "telemetry-core: could not save the sender's state: %r", exc
+            )
+            return
+        if warning is not None:
+            self._counters.warn_once("queue_large", "telemetry-core: %s", warning)
 
     def stop(self, timeout: float) -> bool:
         """Stop and forget the worker within ``timeout``; True if it ended."""
@@ -130,7 +184,8 @@ class Sending:
         self, opened: Opened, progress: Callable[[int, int], None] | None, *, force: bool
     ) -> SubmissionStats:
         """Send every due event now, in this thread (see ``TelemetryService.submit_now``)."""
-        worker = self.get_worker(opened)
+        with self._lock():
+            worker = self.get_worker(opened)
         before = self._stats()
         pause = max(worker.server_pause_until, sender_state.stored_server_pause(opened))
         if force:
@@ -142,7 +197,7 @@ class Sending:
             opened.storage.retry_now()
         worker.last_cycle = None
         self._drain(opened, worker, progress)
-        self._after_cycle()
+        self.after_cycle()
         after = self._stats()
         self.last_call = sender_state.call_result(
             before, after, worker, self._clock(), self._config()

@@ -462,7 +462,7 @@ def test_cleanup_runs_at_open_at_most_once_a_day(tmp_path: Path) -> None:
     rig.service.close()
     rig.clock.now = start + 0.9 * 86400
     rig.service.track("new")  # reopened, but cleaned up less than a day ago
-    assert rig.service._cleaner is None
+    assert rig.service._access.cleaner is None
     assert rig.service.event_counts() == {"new": 1, "old": 1}
     rig.service.close()
     rig.clock.now = start + 86400 + 1
@@ -476,7 +476,7 @@ def test_cleanup_runs_at_open_at_most_once_a_day(tmp_path: Path) -> None:
 
 
 def _wait_cleanup(service: TelemetryService) -> None:
-    cleaner = service._cleaner
+    cleaner = service._access.cleaner
     assert cleaner is not None, "no cleanup was started"
     assert cleaner.join(10), "the cleanup did not end"
 
@@ -569,7 +569,7 @@ def test_close_interrupts_a_running_cleanup(
     rig = Rig(make_config(tmp_path))
     rig.service.track("t")
     assert entered.wait(10)
-    cleaner = rig.service._cleaner
+    cleaner = rig.service._access.cleaner
     assert cleaner is not None
     rig.service.close(timeout=5)
     assert not cleaner.running
@@ -1081,8 +1081,8 @@ def test_status_flags_a_retention_longer_than_the_collectors_dedup_window(
     with TelemetryService(config) as service:
         service.track("t")
         assert service.status()["retention_exceeds_dedup_window"] is False
-        assert service._opened is not None
-        service._opened.store.set_config("server-dedup-window-days", "7")
+        assert service._access.opened is not None
+        service._access.opened.store.set_config("server-dedup-window-days", "7")
         status = service.status()
     assert status["collector_dedup_window_days"] == 7
     assert status["retention_exceeds_dedup_window"] is True
