@@ -3,9 +3,12 @@
 :class:`Sending` owns the service's :class:`~telemetry_core.worker.SubmissionWorker`
 (made on first need, wired to the local store), a worker that could not be
 stopped in time (waited for again at exit), and the result of the last
-``submit_now()`` call, and the housekeeping after each worker cycle and each
-submission (:meth:`Sending.after_cycle`). The service decides *whether* to
-send (consent, the background setting); this part does the sending.
+``submit_now()`` call. It starts the worker when the service lets it
+(:meth:`Sending.ensure_started`), wakes it for spilled events, and does the
+housekeeping after each worker cycle and each submission
+(:meth:`Sending.after_cycle`). The service decides *whether* to send (consent,
+the background setting, closed or not: ``may_start``); this part does the
+sending.
 """
 
 from __future__ import annotations
