@@ -9,7 +9,6 @@ everything off, whatever else says.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from telemetry_core._log import logger
 from telemetry_core.errors import ConfigError
 from telemetry_core.schema import MAX_BATCH_EVENTS
 
@@ -572,7 +572,7 @@ _reported: set[str] = set()
 def _report(problem: str) -> None:
     if problem not in _reported:
         _reported.add(problem)
-        logging.getLogger("telemetry_core").warning("telemetry-core: %s", problem)
+        logger.warning("telemetry-core: %s", problem)
 
 
 def read_stored_config(db_path: Path) -> dict[str, str]:

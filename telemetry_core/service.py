@@ -55,7 +55,6 @@ not open it at all.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -70,6 +69,7 @@ from telemetry_core import _sender_state as sender_state
 from telemetry_core._counters import Counters
 from telemetry_core._event_writer import EventWriter
 from telemetry_core._forksafe import BACKGROUND_LOCK_BUDGET
+from telemetry_core._log import logger
 from telemetry_core._providers import Opened as _Opened
 from telemetry_core._providers import ProviderRequest, apply_stored_withdrawal, open_or_report
 from telemetry_core._retention import (
@@ -109,8 +109,6 @@ __all__ = [
     "WORKER_BUSY_TIMEOUT_MS",
     "TelemetryService",
 ]
-
-logger = logging.getLogger("telemetry_core")
 
 #: How long the app's connection waits in SQLite for another process's write
 #: lock (milliseconds) before ``track()`` spills the event instead.

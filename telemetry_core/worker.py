@@ -32,7 +32,6 @@ when the transport has one); the call after that is a first call again.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -49,6 +48,7 @@ from telemetry_core._forksafe import (
     fork_guard,
     set_lock_budget,
 )
+from telemetry_core._log import logger
 from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
 
@@ -64,8 +64,6 @@ __all__ = [
     "SubmissionLog",
     "SubmissionWorker",
 ]
-
-logger = logging.getLogger("telemetry_core")
 
 #: Ceiling on one wait of the background loop, so that a clock jump or a huge
 #: ``Retry-After`` never parks the thread for longer than this between checks.

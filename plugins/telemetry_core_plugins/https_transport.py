@@ -9,7 +9,6 @@ imports urllib3. See that module for how each answer maps to
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from telemetry_core._log import logger
 from telemetry_core.config import complete_endpoint, validate_endpoint
 from telemetry_core.errors import ConfigError
 from telemetry_core.hookspecs import hookimpl
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from telemetry_core_plugins._https_client import HttpsClient
 
 __all__ = ["NAME", "HttpsTransport"]
-
-logger = logging.getLogger("telemetry_core")
 
 #: The name configuration selects this provider by (``transport = "https"``).
 NAME: Final = "https"
