@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from telemetry_core._log import logger
+from telemetry_core._memory import trim_free_heap
 from telemetry_core.config import complete_endpoint, validate_endpoint
 from telemetry_core.errors import ConfigError
 from telemetry_core.hookspecs import hookimpl
@@ -111,8 +112,13 @@ class HttpsTransport:
 
     def release_idle(self) -> None:
         """Drop the connection pool and its TLS context while the worker waits
-        (it calls this before a long pause); the next request builds them again."""
+        (it calls this before a long pause); the next request builds them again.
+        The heap they leave free is given back to the OS where glibc allows it
+        (``malloc_trim``)."""
+        had_client = self._client is not None
         self.close()
+        if had_client:
+            trim_free_heap()
 
     def close(self) -> None:
         """Close pooled connections; the transport reconnects on next use."""
