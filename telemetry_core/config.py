@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from telemetry_core._log import logger
 from telemetry_core.errors import ConfigError
 from telemetry_core.schema import MAX_BATCH_EVENTS
 
@@ -572,7 +571,9 @@ _reported: set[str] = set()
 def _report(problem: str) -> None:
     if problem not in _reported:
         _reported.add(problem)
-        logger.warning("telemetry-core: %s", problem)
+        import logging  # here: a process whose configuration is fine never logs
+
+        logging.getLogger("telemetry_core").warning("telemetry-core: %s", problem)
 
 
 def read_stored_config(db_path: Path) -> dict[str, str]:

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from telemetry_core._log import logger
-from telemetry_core._memory import trim_free_heap
 from telemetry_core.config import complete_endpoint, validate_endpoint
 from telemetry_core.errors import ConfigError
 from telemetry_core.hookspecs import hookimpl
@@ -99,8 +97,12 @@ class HttpsTransport:
         try:
             return self._get_client().ping()
         except Exception as exc:
+            import logging  # here: a process that records and exits never logs
+
             # The type only: a message could quote the request (and its key).
-            logger.debug("telemetry-core: https ping failed: %s", type(exc).__name__)
+            logging.getLogger("telemetry_core").debug(
+                "telemetry-core: https ping failed: %s", type(exc).__name__
+            )
             return False
 
     def server_info(self) -> ServerInfo:
@@ -112,13 +114,8 @@ class HttpsTransport:
 
     def release_idle(self) -> None:
         """Drop the connection pool and its TLS context while the worker waits
-        (it calls this before a long pause); the next request builds them again.
-        The heap they leave free is given back to the OS where glibc allows it
-        (``malloc_trim``)."""
-        had_client = self._client is not None
+        (it calls this before a long pause); the next request builds them again."""
         self.close()
-        if had_client:
-            trim_free_heap()
 
     def close(self) -> None:
         """Close pooled connections; the transport reconnects on next use."""

@@ -787,3 +787,45 @@ def test_a_short_wait_keeps_the_connections(tmp_path: Path) -> None:
     finally:
         assert rig.worker.stop(10)
     assert released == []
+
+
+def test_after_releasing_idle_connections_the_freed_heap_is_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import telemetry_core.worker as worker_module
+
+    trimmed = threading.Event()
+    monkeypatch.setattr(worker_module, "trim_free_heap", lambda: trimmed.set() or True)
+    rig = Rig(tmp_path, submission_interval=3600.0)
+    released: list[bool] = []
+    rig.transport.release_idle = lambda: released.append(True)  # type: ignore[attr-defined]
+    rig.storage.add(1)
+    rig.worker.start()
+    try:
+        assert trimmed.wait(10)  # sent, released, then about to wait an hour
+    finally:
+        assert rig.worker.stop(10)
+    assert released == [True]
+
+
+def test_a_failed_release_trims_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import telemetry_core.worker as worker_module
+
+    trims: list[bool] = []
+    monkeypatch.setattr(worker_module, "trim_free_heap", lambda: trims.append(True) or True)
+    rig = Rig(tmp_path, submission_interval=3600.0)
+    attempted = threading.Event()
+
+    def broken() -> None:
+        attempted.set()
+        raise OSError("cannot close the pool")
+
+    rig.transport.release_idle = broken  # type: ignore[attr-defined]
+    rig.storage.add(1)
+    rig.worker.start()
+    try:
+        assert attempted.wait(10)
+    finally:
+        assert rig.worker.stop(10)
+    assert trims == []
+    assert len(rig.storage.submitted) == 1
