@@ -49,7 +49,6 @@ from telemetry_core._forksafe import (
     set_lock_budget,
 )
 from telemetry_core._log import logger
-from telemetry_core._memory import trim_free_heap
 from telemetry_core.delivery import delivery_context
 from telemetry_core.errors import TransportError
 
@@ -419,10 +418,6 @@ class SubmissionWorker:
             release()
         except Exception as exc:
             logger.debug("telemetry-core: releasing idle connections failed: %r", exc)
-        else:
-            # What the transport freed (its pool, its TLS context) is free heap
-            # the process keeps unless it is given back (glibc's malloc_trim).
-            trim_free_heap()
         # The next call builds a TLS context again (native work without the
         # GIL): it is a setup phase that stop() waits for, as the first one was.
         self._transport_ready = False
