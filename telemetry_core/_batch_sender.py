@@ -12,12 +12,12 @@ submission log; the ``batch_submitted`` / ``batch_failed`` hooks are told.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from telemetry_core._attempts import attempt_fields, redacted
 from telemetry_core._dedup_window import learn as learn_dedup_window
+from telemetry_core._log import logger
 from telemetry_core.errors import TransportError
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from telemetry_core.worker import SubmissionLog
 
 __all__ = ["BatchSender"]
-
-logger = logging.getLogger("telemetry_core")
 
 
 class BatchSender:

@@ -8,17 +8,16 @@ just failed. What cannot be written stays in memory for the next flush.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from telemetry_core._log import logger
 
 if TYPE_CHECKING:
     from telemetry_core.local_store import LocalStore
 
 __all__ = ["Counters"]
-
-logger = logging.getLogger("telemetry_core")
 
 
 class Counters:

@@ -9,15 +9,14 @@ counted again; ``status()`` shows the same.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Final, Protocol
+
+from telemetry_core._log import logger
 
 if TYPE_CHECKING:
     from telemetry_core.protocols import Transport
 
 __all__ = ["DEDUP_CHECKED_KEY", "DEDUP_WINDOW_KEY", "SERVER_INFO_EVERY", "learn", "stored"]
-
-logger = logging.getLogger("telemetry_core")
 
 #: Stored-config key of the collector's dedup window as last learned (days), and
 #: of when it was learned; it is asked again at most every SERVER_INFO_EVERY.

@@ -12,13 +12,13 @@ after each cycle and by the next opener.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, is_locked
+from telemetry_core._log import logger
 from telemetry_core._write_behind import SpillJournal, WriteBehind, spill_files
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from telemetry_core.models import Clock
 
 __all__ = ["DROPPED_SPILL_FULL", "SPILLED", "EventWriter"]
-
-logger = logging.getLogger("telemetry_core")
 
 #: Counter of events the write-behind journal could not keep (it was full).
 DROPPED_SPILL_FULL: Final = "dropped:spill_full"

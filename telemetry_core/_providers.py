@@ -11,7 +11,6 @@ for the recording path, which must not wait for a lock (it spills instead).
 
 from __future__ import annotations
 
-import logging
 import random
 import sqlite3
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from telemetry_core._forksafe import fork_guard, guarded
+from telemetry_core._log import logger
 from telemetry_core.errors import ConfigError, PluginError, TelemetryError
 
 if TYPE_CHECKING:
@@ -34,9 +34,6 @@ __all__ = [
     "open_or_report",
     "open_providers",
 ]
-
-
-logger = logging.getLogger("telemetry_core")
 
 
 @attrs.frozen(kw_only=True)

@@ -9,11 +9,11 @@ explains a queue past :data:`QUEUE_WARN_SHARE` of ``max_queue_size``.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from telemetry_core._log import logger
 from telemetry_core.errors import TelemetryError
 from telemetry_core.models import SubmitCall
 from telemetry_core.protocols import PersistentLimiter
@@ -32,8 +32,6 @@ __all__ = [
     "save",
     "stored_server_pause",
 ]
-
-logger = logging.getLogger("telemetry_core")
 
 #: The share of ``max_queue_size`` past which the queue is reported as large.
 QUEUE_WARN_SHARE: Final = 0.8

@@ -23,7 +23,6 @@ consent beyond applying a stored withdrawal:
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from telemetry_core._consent import apply_stored_withdrawal
 from telemetry_core._forksafe import BACKGROUND_LOCK_BUDGET
+from telemetry_core._log import logger
 from telemetry_core._providers import Opened, ProviderRequest, open_or_report
 from telemetry_core._retention import Cleaner, schedule_cleanup
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from telemetry_core.plugin_host import PluginHost
 
 __all__ = ["StoreAccess", "close_views"]
-
-logger = logging.getLogger("telemetry_core")
 
 
 class StoreAccess:

@@ -11,17 +11,17 @@ be running when the process exits (see :mod:`telemetry_core.worker`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
+
+from telemetry_core._log import logger
 
 if TYPE_CHECKING:
     from telemetry_core.worker import CycleResult
 
 __all__ = ["MAX_LOOP_WAIT", "RELEASE_IDLE_AFTER", "SHUTDOWN_GRACE", "WorkerThread"]
 
-logger = logging.getLogger("telemetry_core")
 
 #: Ceiling on one wait of the background loop, so that a clock jump or a huge
 #: ``Retry-After`` never parks the thread for longer than this between checks.

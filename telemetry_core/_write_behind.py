@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
+
+from telemetry_core._log import logger
 
 __all__ = [
     "SPILL_GLOB",
@@ -39,8 +40,6 @@ __all__ = [
     "remove_spill_files",
     "spill_files",
 ]
-
-logger = logging.getLogger("telemetry_core")
 
 #: Spill files of a database ``X`` are ``X`` + this pattern.
 SPILL_GLOB: Final = ".spill-*"

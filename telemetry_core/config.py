@@ -9,7 +9,6 @@ everything off, whatever else says.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -572,6 +571,8 @@ _reported: set[str] = set()
 def _report(problem: str) -> None:
     if problem not in _reported:
         _reported.add(problem)
+        import logging  # here: a process whose configuration is fine never logs
+
         logging.getLogger("telemetry_core").warning("telemetry-core: %s", problem)
 
 

@@ -8,9 +8,7 @@ of taking the host application down. Nothing here runs at import time.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import logging
 import os
 import re
 import sys
@@ -23,6 +21,7 @@ import attrs
 import pluggy
 
 from telemetry_core import hookspecs
+from telemetry_core._log import logger
 from telemetry_core._version import __version__
 from telemetry_core.errors import PluginError
 from telemetry_core.hookspecs import PROJECT_NAME
@@ -66,12 +65,12 @@ DISABLE_ENV: Final = "TELEMETRY_CORE_DISABLE_PLUGINS"
 REPORTED_FILE: Final = "plugin-load-warnings"
 _REPORTED_LIMIT: Final = 200
 
-logger = logging.getLogger("telemetry_core")
-
 
 def _first_report(message: str) -> bool:
     """True the first time ``message`` is seen on this machine (for this user);
     remembered in the user state directory. Any file error counts as a first time."""
+    import hashlib  # here: only a plugin load problem needs it (libcrypto costs ms to load)
+
     import platformdirs
 
     digest = hashlib.sha256(message.encode("utf-8", "replace")).hexdigest()[:32]

@@ -41,7 +41,6 @@ is a first call again.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -57,6 +56,7 @@ from telemetry_core._forksafe import (
     fork_guard,
     set_lock_budget,
 )
+from telemetry_core._log import logger
 from telemetry_core._retry_state import RetryState
 from telemetry_core._worker_thread import SHUTDOWN_GRACE, WorkerThread
 from telemetry_core.delivery import delivery_context
@@ -75,8 +75,6 @@ __all__ = [
     "SubmissionLog",
     "SubmissionWorker",
 ]
-
-logger = logging.getLogger("telemetry_core")
 
 #: How long the worker's thread may wait in all for another writer's lock (seconds).
 WORKER_LOCK_BUDGET: Final = BACKGROUND_LOCK_BUDGET

@@ -9,7 +9,6 @@ imports urllib3. See that module for how each answer maps to
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from telemetry_core_plugins._https_client import HttpsClient
 
 __all__ = ["NAME", "HttpsTransport"]
-
-logger = logging.getLogger("telemetry_core")
 
 #: The name configuration selects this provider by (``transport = "https"``).
 NAME: Final = "https"
@@ -100,8 +97,12 @@ class HttpsTransport:
         try:
             return self._get_client().ping()
         except Exception as exc:
+            import logging  # here: a process that records and exits never logs
+
             # The type only: a message could quote the request (and its key).
-            logger.debug("telemetry-core: https ping failed: %s", type(exc).__name__)
+            logging.getLogger("telemetry_core").debug(
+                "telemetry-core: https ping failed: %s", type(exc).__name__
+            )
             return False
 
     def server_info(self) -> ServerInfo:

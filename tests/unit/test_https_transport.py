@@ -221,3 +221,14 @@ def test_without_a_ca_bundle_the_system_ca_directory_is_read_lazily(
     monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths(hashed))
     monkeypatch.setenv("SSL_CERT_FILE", str(plain / "bundle.pem"))
     assert _https_client._hashed_ca_dir() is None
+
+
+def test_release_idle_after_use_drops_the_pool(tmp_path: Path) -> None:
+    transport = HttpsTransport(config(tmp_path, endpoint="https://127.0.0.1:9/v1/submit"))
+    transport.release_idle()  # never used: nothing to release
+    assert transport._client is None
+    assert transport.ping() is False  # refused; the client and its pool now exist
+    client = transport._client
+    assert client is not None and client._pool is not None
+    transport.release_idle()
+    assert client._pool is None

@@ -120,3 +120,20 @@ def test_public_names_still_resolve() -> None:
     assert set(telemetry_core.__all__) <= set(dir(telemetry_core))
     with pytest.raises(AttributeError):
         telemetry_core.no_such_name  # noqa: B018
+
+
+def test_recording_one_event_loads_no_logging_hashing_or_network(tmp_path: Path) -> None:
+    # What a CLI process that records one event and exits (remote off) pays for:
+    # it logs nothing and sends nothing, so logging, hashlib (libcrypto), the
+    # network stack and the CLI stay unloaded.
+    code = (
+        "from telemetry_core import TelemetryConfig, TelemetryService\n"
+        f"config = TelemetryConfig(app='cli', db_path={str(tmp_path / 't.db')!r}, enabled=True,"
+        " do_not_track=False)\n"
+        "with TelemetryService(config) as telemetry:\n"
+        "    assert telemetry.track('command_executed', {'command': 'run'}) is not None"
+    )
+    modules = imported_after(code)
+    assert "telemetry_core.service" in modules
+    assert heavy_in(modules) == []
+    assert sorted({"logging", "hashlib", "ssl", "_hashlib"} & modules) == []
