@@ -80,14 +80,16 @@ def open_providers(request: ProviderRequest, *, read_only: bool) -> Opened:
         )
     else:
         store = LocalStore(config.db_path, clock=request.clock)
-        # Opening (a migration) may wait the default busy timeout once; after
-        # that, the app-facing connection waits only briefly for a lock.
-        store.busy_timeout_ms = request.busy_timeout_ms
-        store.connection().execute(f"PRAGMA busy_timeout = {request.busy_timeout_ms}")
     try:
         backoff = host.make_backoff(config, request.rng, request.clock)
         limiter = host.make_limiter(config, request.monotonic)
         storage = host.make_storage(config, store, backoff, request.clock)
+        if not read_only:
+            # Opening (the core's and the storage's migrations) may wait the
+            # default busy timeout once; after that, the app-facing connection
+            # waits only briefly for a lock.
+            store.busy_timeout_ms = request.busy_timeout_ms
+            store.connection().execute(f"PRAGMA busy_timeout = {request.busy_timeout_ms}")
         install_id = (store.get_config("install-id") or "") if read_only else store.install_id()
     except BaseException:
         store.close()

@@ -19,6 +19,7 @@ import attrs
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._status import describe
 from telemetry_core.models import QueueStats, SubmissionStats
+from telemetry_core.protocols import EventCounts
 
 if TYPE_CHECKING:
     from telemetry_core._counters import Counters
@@ -72,7 +73,8 @@ class Queries:
         opened = self._access.existing()
         if opened is None:
             return {}
-        return dict(opened.store.event_counts())
+        storage = opened.storage
+        return dict(storage.event_counts()) if isinstance(storage, EventCounts) else {}
 
     def counters(self) -> dict[str, int]:
         """The stored counters plus those not written yet."""

@@ -20,9 +20,8 @@ if TYPE_CHECKING:
 
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.errors import TransportError
-    from telemetry_core.local_store import LocalStore
     from telemetry_core.models import Clock, ProviderInfo, SubmissionResult
-    from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
+    from telemetry_core.protocols import Backoff, Limiter, SQLiteDatabase, Storage, Transport
     from telemetry_core.schema import Event, PropertyValue
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
@@ -69,7 +68,7 @@ def telemetry_make_transport(name: str, config: TelemetryConfig) -> Transport | 
 def telemetry_make_storage(
     name: str,
     config: TelemetryConfig,
-    store: LocalStore,
+    store: SQLiteDatabase,
     backoff: Backoff,
     clock: Clock,
 ) -> Storage | None:
@@ -79,7 +78,11 @@ def telemetry_make_storage(
 
     :param name: the storage name from configuration, e.g. ``"sqlite"``.
     :param config: the effective configuration (queue size, retention, lease).
-    :param store: the opened local SQLite database (schema migrated).
+    :param store: the local SQLite file, as a
+        :class:`~telemetry_core.protocols.SQLiteDatabase` handle (the core's
+        tables migrated; read-only when the service only views an existing
+        file). A storage may keep its tables there, versioned with
+        ``store.migrate_part``; one that keeps its data elsewhere may ignore it.
     :param backoff: the backoff provider, which schedules failed entries.
     :param clock: wall clock in seconds.
     :return: a :class:`~telemetry_core.protocols.Storage`, or ``None`` if this

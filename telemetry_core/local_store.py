@@ -1,13 +1,17 @@
-"""The local SQLite database: schema, migrations, connections, config and logs.
+"""The local SQLite database: connections, the core's tables and their migrations.
 
 :class:`LocalStore` owns one SQLite file in WAL mode. It hands out one
 connection per thread, drops inherited connections in a forked child, migrates
-the schema forward (one transaction per step, safe when several processes open
-a new file at once), and offers the small tables the rest of the client needs:
-stored configuration, the anonymous install id, the submission log and named
-counters. The event table and the queue are read and written by the storage
-plugin (``telemetry_core_plugins.sqlite_storage``), which receives the store
-through the ``telemetry_make_storage`` hook.
+the core's schema forward (one transaction per step, safe when several
+processes open a new file at once), and offers the small tables the rest of the
+client needs: stored configuration, the anonymous install id, the submission log
+and named counters.
+
+A storage plugin gets the store as its
+:class:`~telemetry_core.protocols.SQLiteDatabase` handle through the
+``telemetry_make_storage`` hook and may keep tables of its own in the file,
+versioned with :meth:`LocalStore.migrate_part`: the event table and the queue
+are the ``sqlite`` storage plugin's (``telemetry_core_plugins.sqlite_storage``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -50,31 +54,19 @@ CACHE_SIZE_KIB: Final = 256
 SUBMISSION_LOG_LIMIT: Final = 10_000
 #: Config key of the anonymous install id.
 _INSTALL_ID_KEY: Final = "install-id"
+#: The tables that tell a telemetry database (at ``user_version`` 1 or more):
+#: the configuration (migration 2), or the event table of a version-1 file.
+_OUR_TABLES: Final = frozenset({"telemetry_config", "telemetry_events"})
 
-#: Forward-only schema migrations; migration ``n`` (1-based) brings the file to
-#: ``PRAGMA user_version = n``. Never edit a released step, append a new one.
+#: Forward-only schema migrations of the core's own tables; migration ``n``
+#: (1-based) brings the file to ``PRAGMA user_version = n``. Never edit a
+#: released step, append a new one. Up to version 6 the same numbering also made
+#: the event and queue tables; they now belong to the ``sqlite`` storage plugin,
+#: which keeps its own version (:meth:`LocalStore.migrate_part`), so steps 1, 5
+#: and 6 are empty here and step 3 makes only the counters.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # 1: events, recorded locally whether or not they are sent. Keyed by the
-    # time-ordered UUIDv7 id without a rowid, so a record appends to one b-tree
-    # and writes one page. No secondary index: per-type counts and the
-    # retention cleanup are rare calls that may scan.
-    (
-        """CREATE TABLE telemetry_events (
-            id TEXT PRIMARY KEY,
-            type TEXT NOT NULL,
-            timestamp INTEGER NOT NULL,
-            session_id TEXT,
-            duration_ms REAL,
-            success INTEGER,
-            app TEXT NOT NULL,
-            app_version TEXT,
-            install_id TEXT NOT NULL,
-            schema INTEGER NOT NULL,
-            properties TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            created_at REAL NOT NULL
-        ) WITHOUT ROWID""",
-    ),
+    # 1: (the event table: now the sqlite storage plugin's step 1).
+    (),
     # 2: stored configuration (read by config.read_stored_config).
     (
         """CREATE TABLE telemetry_config (
@@ -83,36 +75,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at INTEGER NOT NULL
         )""",
     ),
-    # 3: counters, and the queue (the seed's migration 006 plus leases and dead
-    # letters). The rowid is the FIFO order: a plain INTEGER PRIMARY KEY always
-    # appends (max + 1), and a fresh entry (next_retry_at = 0, live) is in no
-    # secondary index, so enqueueing writes one page. Only the rarer states are
-    # indexed: partial indexes hold the entries leased or waiting for a retry,
-    # and the dead ones. The queue size is max(id) - queue.holes, where the
-    # storage plugin keeps queue.holes (ids below the max that are free) up to
-    # date on every delete, so no counter is written when recording.
+    # 3: named counters (the queue made by the same step before is now the
+    # sqlite storage plugin's step 2; that plugin keeps ``queue.holes`` here).
     (
         """CREATE TABLE telemetry_counters (
             name TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
-        "INSERT INTO telemetry_counters(name, value) VALUES ('queue.holes', 0)",
-        """CREATE TABLE telemetry_queue (
-            id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            retry_count INTEGER NOT NULL DEFAULT 0,
-            next_retry_at REAL NOT NULL DEFAULT 0,
-            last_error TEXT,
-            lease_owner TEXT,
-            lease_expires_at REAL,
-            dead INTEGER NOT NULL DEFAULT 0
-        )""",
-        # Live entries not due at once (leased, or waiting for a retry).
-        """CREATE INDEX idx_telemetry_queue_next_retry_at
-            ON telemetry_queue(next_retry_at, lease_expires_at)
-            WHERE dead = 0 AND next_retry_at > 0""",
-        "CREATE INDEX idx_telemetry_queue_dead ON telemetry_queue(id) WHERE dead = 1",
     ),
     # 4: the submission log.
     (
@@ -130,64 +99,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             network_error INTEGER NOT NULL DEFAULT 0
         )""",
     ),
-    # 5: the revised delivery policy (DESIGN §7). ``backoff_step`` is the
-    # exponent of the next computed delay: it grows with failures the backoff
-    # timed, not with those a server's Retry-After timed (``retry_count`` counts
-    # both, for parking). ``dead_context`` is the delivery fingerprint in force
-    # when an entry died; a service with another one revives it.
+    # 5, 6: (the queue's delivery-policy columns and one write per event: now
+    # the sqlite storage plugin's steps 3 and 4).
+    (),
+    (),
+    # 7: the schema version of each part (a storage plugin) that keeps tables
+    # in this file. A file made before this step holds the sqlite storage's
+    # tables with no version recorded; that plugin tells it from the tables.
     (
-        "ALTER TABLE telemetry_queue ADD COLUMN backoff_step INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE telemetry_queue ADD COLUMN dead_context TEXT",
-    ),
-    # 6: one durable write per event. A queued event lives in its queue entry
-    # (``payload``, ``type``, ``recorded_at``), not in a second table, so that
-    # recording appends one row to the queue's rowid b-tree (plus one leaf of the
-    # ``event_id`` index, which keeps recording an id twice a no-op), as many
-    # pages as a raw one-row insert into a table with a text primary key. The
-    # events that are not queued (recorded locally only, delivered, or dropped
-    # from a full queue) move to ``telemetry_stored_events``, which keeps only
-    # what is queried (id, type, recording time) besides the payload; delivering
-    # an entry moves its event there. The view ``telemetry_events`` keeps the old
-    # name and columns (read from the payload) for every recorded event.
-    # Existing entries take their event's payload along; entries whose event
-    # was gone are dropped (they could never be sent) and the size is redone.
-    (
-        "ALTER TABLE telemetry_queue ADD COLUMN type TEXT",
-        "ALTER TABLE telemetry_queue ADD COLUMN recorded_at REAL",
-        "ALTER TABLE telemetry_queue ADD COLUMN payload BLOB",
-        """DELETE FROM telemetry_queue WHERE NOT EXISTS
-            (SELECT 1 FROM telemetry_events AS e WHERE e.id = telemetry_queue.event_id)""",
-        """UPDATE telemetry_queue SET (type, recorded_at, payload) =
-            (SELECT e.type, e.created_at, e.payload FROM telemetry_events AS e
-             WHERE e.id = telemetry_queue.event_id)""",
-        """UPDATE telemetry_counters
-            SET value = (SELECT coalesce(max(id), 0) - count(*) FROM telemetry_queue)
-            WHERE name = 'queue.holes'""",
-        "CREATE UNIQUE INDEX idx_telemetry_queue_event_id ON telemetry_queue(event_id)",
-        """CREATE TABLE telemetry_stored_events (
-            id TEXT PRIMARY KEY,
-            type TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            payload BLOB NOT NULL
+        """CREATE TABLE telemetry_part_versions (
+            part TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
         ) WITHOUT ROWID""",
-        """INSERT INTO telemetry_stored_events(id, type, created_at, payload)
-            SELECT id, type, created_at, payload FROM telemetry_events AS e WHERE NOT EXISTS
-            (SELECT 1 FROM telemetry_queue AS q WHERE q.event_id = e.id) ORDER BY id""",
-        "DROP TABLE telemetry_events",
-        """CREATE VIEW telemetry_events AS
-            SELECT id, type, json_extract(p, '$.timestamp') AS timestamp,
-                   json_extract(p, '$.session_id') AS session_id,
-                   json_extract(p, '$.duration_ms') AS duration_ms,
-                   json_extract(p, '$.success') AS success, json_extract(p, '$.app') AS app,
-                   json_extract(p, '$.app_version') AS app_version,
-                   json_extract(p, '$.install_id') AS install_id,
-                   json_extract(p, '$.schema') AS schema,
-                   json_extract(p, '$.properties') AS properties, payload, created_at
-            FROM (SELECT id, type, payload, created_at, CAST(payload AS TEXT) AS p
-                  FROM telemetry_stored_events
-                  UNION ALL
-                  SELECT event_id, type, payload, coalesce(recorded_at, created_at),
-                         CAST(payload AS TEXT) FROM telemetry_queue)""",
     ),
 )
 
@@ -198,7 +121,11 @@ _INCREMENT_SQL: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 )
-_LAYOUT_SQL: Final = "SELECT 1 FROM telemetry_counters WHERE name = 'queue.holes'"
+_PART_VERSION_SQL: Final = "SELECT version FROM telemetry_part_versions WHERE part = ?"
+_SET_PART_VERSION_SQL: Final = (
+    "INSERT INTO telemetry_part_versions(part, version) VALUES (?, ?)"
+    " ON CONFLICT(part) DO UPDATE SET version = excluded.version"
+)
 _LOG_SQL: Final = (
     "INSERT INTO telemetry_submissions(started_at, latency_ms, batch_size, accepted, rejected,"
     " duplicates, status, error, retry, network_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -439,38 +366,43 @@ class LocalStore:
             # not ours is refused, never migrated, purged or changed.
             self._check_ours(conn)
             self._enable_wal(conn)
-            # The common case, a file already at this version, needs no write
-            # lock: one read of the header, and the layout check.
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
-                self._check_layout(conn)
-                return
-            while True:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                    if version > SCHEMA_VERSION:
-                        raise StorageError(
-                            f"telemetry database {self.path} has schema version {version}, "
-                            f"newer than this telemetry-core ({SCHEMA_VERSION}); "
-                            "upgrade telemetry-core or use another file"
-                        )
-                    if version == SCHEMA_VERSION:
-                        self._check_layout(conn)
-                        conn.commit()
-                        return
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {version + 1}")
-                    conn.commit()
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.rollback()
-                    raise
+            what = f"telemetry database {self.path}"
+            _step_forward(conn, MIGRATIONS, _user_version, _set_user_version, what=what)
         except sqlite3.Error as exc:
             raise StorageError(
                 f"cannot use telemetry database {self.path} ({exc}); "
                 "if the file is corrupt, delete it or run `telemetry disable --purge`"
             ) from exc
+
+    def migrate_part(
+        self,
+        part: str,
+        steps: Sequence[Sequence[str]],
+        adopt: Callable[[sqlite3.Connection], int] | None = None,
+    ) -> int:
+        """Bring the tables a plugin keeps in this file to version ``len(steps)``
+        (see :meth:`telemetry_core.protocols.SQLiteDatabase.migrate_part`): the
+        same machinery as the core's own migrations, with the version recorded
+        under ``part`` in ``telemetry_part_versions``. A read-only store returns
+        the version it finds and changes nothing."""
+
+        def recorded(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(_PART_VERSION_SQL, (part,)).fetchone()
+            return None if row is None else int(row[0])
+
+        def record(conn: sqlite3.Connection, version: int) -> None:
+            conn.execute(_SET_PART_VERSION_SQL, (part, version))
+
+        what = f"the {part} tables of telemetry database {self.path}"
+        try:
+            conn = self.connection()
+            if self.read_only:
+                found = recorded(conn)
+                return found if found is not None else adopt(conn) if adopt else 0
+            _step_forward(conn, steps, recorded, record, what=what, adopt=adopt)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {what}: {exc}") from exc
+        return len(steps)
 
     def _check_ours(self, conn: sqlite3.Connection) -> None:
         """Refuse a file another program made (see :func:`foreign_reason`)."""
@@ -478,24 +410,11 @@ class LocalStore:
         if reason is not None:
             raise StorageError(reason)
 
-    def _check_layout(self, conn: sqlite3.Connection) -> None:
-        # Migrations 1 and 3 were rewritten before the first release; a file
-        # made by an earlier development build has the same version number but
-        # the old queue layout, which this code would silently miscount.
-        if conn.execute(_LAYOUT_SQL).fetchone() is None:
-            raise StorageError(
-                f"telemetry database {self.path} was made by a pre-release build of "
-                "telemetry-core with an older queue layout; delete it or run "
-                "`telemetry disable --purge`"
-            )
-
     def _check_version(self) -> None:
         """For a read-only store: refuse a file this code would have to migrate."""
         try:
             conn = self.connection()
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version == SCHEMA_VERSION:
-                self._check_layout(conn)
+            version = _user_version(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read telemetry database {self.path}: {exc}") from exc
         if version == 0:
@@ -586,15 +505,6 @@ class LocalStore:
     def counters(self) -> dict[str, int]:
         """Every counter by name (``queue.holes``, ``dropped.queue_full``, ...)."""
         rows = self._read("SELECT name, value FROM telemetry_counters ORDER BY name")
-        return {str(k): int(v) for k, v in rows}
-
-    def event_counts(self) -> dict[str, int]:
-        """Locally stored events by type."""
-        rows = self._read(
-            "SELECT type, sum(n) FROM (SELECT type, count(*) AS n FROM telemetry_stored_events"
-            " GROUP BY type UNION ALL SELECT type, count(*) FROM telemetry_queue GROUP BY type)"
-            " GROUP BY type ORDER BY type"
-        )
         return {str(k): int(v) for k, v in rows}
 
     # -- submission log ----------------------------------------------------
@@ -692,6 +602,56 @@ class LocalStore:
         )
 
 
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _set_user_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def _step_forward(
+    conn: sqlite3.Connection,
+    steps: Sequence[Sequence[str]],
+    read: Callable[[sqlite3.Connection], int | None],
+    write: Callable[[sqlite3.Connection, int], None],
+    *,
+    what: str,
+    adopt: Callable[[sqlite3.Connection], int] | None = None,
+) -> None:
+    """Apply the ``steps`` past the version ``read`` finds (None: none recorded,
+    ``adopt`` tells it, else 0), one transaction per step that ``write``s the
+    new version; safe when several processes open a new file at once."""
+    target = len(steps)
+    # The common case, a file already at this version, needs no write lock:
+    # one read of the version.
+    if read(conn) == target:
+        return
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = read(conn)
+            version = found if found is not None else adopt(conn) if adopt else 0
+            if version > target:
+                raise StorageError(
+                    f"{what} has schema version {version}, newer than this "
+                    f"telemetry-core ({target}); upgrade telemetry-core or use another file"
+                )
+            if version < target:
+                for statement in steps[version]:
+                    conn.execute(statement)
+                version += 1
+            if version != found:
+                write(conn, version)
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise
+        if version == target:
+            return
+
+
 def _foreign_reason(path: Path, conn: sqlite3.Connection) -> str | None:
     try:
         names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
@@ -701,7 +661,7 @@ def _foreign_reason(path: Path, conn: sqlite3.Connection) -> str | None:
             f"{path} is not a telemetry database ({exc}); it was left unchanged. "
             "Choose another file with --db, or delete this one if it is yours"
         )
-    if names and not ("telemetry_events" in names and version >= 1):
+    if names and not (version >= 1 and names & _OUR_TABLES):
         return (
             f"{path} is not a telemetry database (it holds other tables: "
             f"{', '.join(sorted(names)[:3])}); it was left unchanged"
@@ -713,9 +673,10 @@ def foreign_reason(path: Path) -> str | None:
     """Why ``path`` is not a telemetry database, or None when it is one, is empty
     or does not exist. Reads only (SQLite ``mode=ro``): the file is never changed.
 
-    A telemetry database holds our first migration's table (``telemetry_events``)
-    at ``user_version`` 1 or more; anything else (another program's tables, a
-    file that is not SQLite) is refused by every command.
+    A telemetry database holds the core's configuration table (migration 2) or,
+    made by a version-1 release, the event table (``telemetry_events``), at
+    ``user_version`` 1 or more; anything else (another program's tables, a file
+    that is not SQLite) is refused by every command.
     """
     if not path.is_file() or path.stat().st_size == 0:
         return None

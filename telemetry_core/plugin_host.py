@@ -34,9 +34,8 @@ if TYPE_CHECKING:
 
     from telemetry_core.config import TelemetryConfig
     from telemetry_core.errors import TransportError
-    from telemetry_core.local_store import LocalStore
     from telemetry_core.models import Clock, ProviderInfo, SubmissionResult
-    from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
+    from telemetry_core.protocols import Backoff, Limiter, SQLiteDatabase, Storage, Transport
     from telemetry_core.schema import Event, PropertyValue
 
 __all__ = [
@@ -335,7 +334,7 @@ class PluginHost:
         return result
 
     def make_storage(
-        self, config: TelemetryConfig, store: LocalStore, backoff: Backoff, clock: Clock
+        self, config: TelemetryConfig, store: SQLiteDatabase, backoff: Backoff, clock: Clock
     ) -> Storage:
         """The storage named by ``config.storage``; :class:`PluginError` if none."""
         result: Storage | None = self.pm.hook.telemetry_make_storage(

@@ -1,4 +1,5 @@
-"""The four provider interfaces a plugin can implement.
+"""The four provider interfaces a plugin can implement, and the handle a
+storage plugin gets to the local SQLite file.
 
 Providers are created by the ``telemetry_make_*`` hooks and used by the worker
 and the service. They are structural (``typing.Protocol``): a plugin need not
@@ -7,18 +8,25 @@ import or subclass anything to satisfy them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from telemetry_core.models import QueuedEvent, QueueStats, SubmissionResult
 from telemetry_core.schema import Event, ServerInfo
 
+if TYPE_CHECKING:
+    import sqlite3
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
 __all__ = [
     "Backoff",
+    "EventCounts",
     "Limiter",
     "PagedCleanup",
     "PersistentLimiter",
     "RetryNow",
+    "SQLiteDatabase",
     "Storage",
     "Transport",
 ]
@@ -128,6 +136,78 @@ class PagedCleanup(Protocol):
         """Look at the next ``page`` events after the id ``after`` (``""`` to
         start), delete those recorded before ``older_than``; return the id to
         continue after (None when done) and how many events went."""
+        ...
+
+
+@runtime_checkable
+class EventCounts(Protocol):
+    """Optional for a :class:`Storage`: the locally recorded events by type
+    (``telemetry events``, ``TelemetryService.event_counts``). A storage without
+    it shows no events there."""
+
+    def event_counts(self) -> dict[str, int]:
+        """Every recorded event type and how many events of it are kept."""
+        ...
+
+
+class SQLiteDatabase(Protocol):
+    """The client's local SQLite file as a storage plugin sees it (the ``store``
+    of ``telemetry_make_storage``): the core keeps its own tables there
+    (configuration, counters, submission log) and a plugin may keep its tables
+    next to them. A storage that keeps its data elsewhere may ignore it.
+
+    Connections are per thread and in autocommit mode; SQLite errors raised by
+    :meth:`transaction` and :meth:`snapshot` surface as
+    :class:`~telemetry_core.errors.StorageError`.
+    """
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        ...
+
+    @property
+    def read_only(self) -> bool:
+        """True for a view of an existing file (``mode=ro``): nothing may be written."""
+        ...
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (reopened after a fork or :meth:`close`)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed on success,
+        rolled back on an exception; nested use joins the outer one."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One read transaction: several queries see the same state."""
+        ...
+
+    def migrate_part(
+        self,
+        part: str,
+        steps: Sequence[Sequence[str]],
+        adopt: Callable[[sqlite3.Connection], int] | None = None,
+    ) -> int:
+        """Bring the tables of ``part`` (a plugin's name) to version ``len(steps)``.
+
+        Step ``n`` (1-based) holds the SQL statements that bring the part from
+        version ``n - 1`` to ``n``; each step runs in one transaction that also
+        records the new version in the file, so several processes may open a
+        file at once. Never edit a released step, append a new one. A file
+        without a recorded version for ``part`` starts at ``adopt(conn)`` (which
+        may read the tables an earlier release made), else at 0. A version
+        newer than ``len(steps)`` raises
+        :class:`~telemetry_core.errors.StorageError`.
+
+        Returns the part's version: ``len(steps)``, or, on a read-only store
+        (which is never changed), the version found.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close every connection this process opened on the file."""
         ...
 
 

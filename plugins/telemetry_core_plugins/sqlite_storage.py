@@ -6,8 +6,10 @@ decodes once and never re-encodes. A queued event lives in its queue entry in
 ``telemetry_stored_events``; the view ``telemetry_events`` shows both. Every call
 is one transaction of constant SQL.
 
-How the queue stays cheap at any depth (see migrations 3 and 6 of
-:mod:`telemetry_core.local_store`):
+The tables and their migrations are in
+:mod:`telemetry_core_plugins._sqlite_schema`; they are brought forward when a
+:class:`SQLiteQueue` opens. How the queue stays cheap at any depth (see steps 2
+and 4 there):
 
 * Recording a queued event is one row: the entry, appended at ``max(id) + 1``
   to the queue's rowid b-tree, and its key in the ``event_id`` index (which
@@ -43,14 +45,14 @@ from telemetry_core.errors import ConfigError, StorageError
 from telemetry_core.hookspecs import hookimpl
 from telemetry_core.models import ProviderInfo, QueuedEvent, QueueStats
 from telemetry_core.schema import Event
+from telemetry_core_plugins._sqlite_schema import open_tables
 
 if TYPE_CHECKING:
     import sqlite3
 
     from telemetry_core.config import TelemetryConfig
-    from telemetry_core.local_store import LocalStore
     from telemetry_core.models import Clock
-    from telemetry_core.protocols import Backoff
+    from telemetry_core.protocols import Backoff, SQLiteDatabase
 
 __all__ = ["NAME", "SQLiteQueue"]
 
@@ -196,6 +198,11 @@ _RETENTION_ENTRIES: Final = (
     "DELETE FROM telemetry_queue WHERE coalesce(recorded_at, created_at) < ?"
 )
 _RETENTION_EVENTS: Final = "DELETE FROM telemetry_stored_events WHERE created_at < ?"
+_EVENT_COUNTS: Final = (
+    "SELECT type, sum(n) FROM (SELECT type, count(*) AS n FROM telemetry_stored_events"
+    " GROUP BY type UNION ALL SELECT type, count(*) FROM telemetry_queue GROUP BY type)"
+    " GROUP BY type ORDER BY type"
+)
 _ORPHAN: Final = "DELETE FROM telemetry_queue WHERE id = ?"
 # One page of the retention scan of stored events, in id order: the last id
 # seen, the ids of the page recorded before the cutoff (a JSON array) and the
@@ -237,7 +244,10 @@ def _deleted(conn: sqlite3.Connection, count: int, max_before: int) -> None:
 class SQLiteQueue:
     """The :class:`~telemetry_core.protocols.Storage` of the bundled ``sqlite`` plugin.
 
-    :param store: the opened :class:`~telemetry_core.local_store.LocalStore`.
+    :param store: the local SQLite file (the core's
+        :class:`~telemetry_core.protocols.SQLiteDatabase` handle); the queue's
+        tables are made or migrated there at once. On a read-only store that
+        holds none yet, the queue reads as empty.
     :param backoff: schedules failed entries and decides when they are dead.
     :param clock: wall clock in seconds (the same one the backoff uses).
     :param lease: seconds a :meth:`dequeue` claim lasts before the entries are
@@ -264,7 +274,7 @@ class SQLiteQueue:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: SQLiteDatabase,
         backoff: Backoff,
         *,
         clock: Clock = time.time,
@@ -277,6 +287,8 @@ class SQLiteQueue:
         if max_queue_size <= 0:
             raise ConfigError("max_queue_size", f"must be > 0, got {max_queue_size!r}")
         self.store = store
+        # False: a read-only view of a file in which no table of ours exists.
+        self._tables = open_tables(store)
         self.backoff = backoff
         self.clock = clock
         self.lease = lease
@@ -501,6 +513,8 @@ class SQLiteQueue:
         """A consistent snapshot from the newest id, the counters and
         index-only counts of the dead entries and of those not due yet (leased
         or waiting); never a full-table count."""
+        if not self._tables:
+            return QueueStats(pending=0)
         now = self.clock()
         with self.store.snapshot() as conn:
             size = int(conn.execute(_MAX_ID).fetchone()[0])
@@ -522,6 +536,14 @@ class SQLiteQueue:
             dropped={k.removeprefix("dropped."): int(v) for k, v in counters.items()},
             oldest_enqueued_at=None if oldest is None else float(oldest[0]),
         )
+
+    def event_counts(self) -> dict[str, int]:
+        """Locally stored events by type (queued ones included)."""
+        if not self._tables:
+            return {}
+        with self.store.snapshot() as conn:
+            rows = conn.execute(_EVENT_COUNTS).fetchall()
+        return {str(k): int(v) for k, v in rows}
 
     def cleanup(self, older_than: float) -> int:
         """Delete events recorded before ``older_than``, queued ones included
@@ -596,7 +618,7 @@ def telemetry_list_providers() -> list[ProviderInfo]:
 def telemetry_make_storage(
     name: str,
     config: TelemetryConfig,
-    store: LocalStore,
+    store: SQLiteDatabase,
     backoff: Backoff,
     clock: Clock,
 ) -> SQLiteQueue | None:

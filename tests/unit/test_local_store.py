@@ -22,8 +22,10 @@ from telemetry_core.local_store import (
     SCHEMA_VERSION,
     SUBMISSION_LOG_LIMIT,
     LocalStore,
+    foreign_reason,
 )
 from telemetry_core.models import QueueStats
+from tests.legacy_layout import make_legacy_file
 from tests.processes import in_forked_child, run_released_together
 
 
@@ -52,13 +54,15 @@ def test_creates_file_dirs_wal_and_schema(store: LocalStore, tmp_db_path: Path) 
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
-    assert {
-        "telemetry_stored_events",
+    # The core's tables only: the event table and the queue are made by the
+    # sqlite storage plugin when it opens (tests/unit/test_sqlite_storage_schema.py).
+    assert _tables(tmp_db_path) == {
         "telemetry_config",
-        "telemetry_queue",
         "telemetry_submissions",
         "telemetry_counters",
-    } <= _tables(tmp_db_path)
+        "telemetry_part_versions",
+        "sqlite_sequence",
+    }
 
 
 def test_config_table_has_the_shape_config_reads(store: LocalStore) -> None:
@@ -73,31 +77,6 @@ def test_config_table_has_the_shape_config_reads(store: LocalStore) -> None:
     ]
 
 
-def test_queue_table_keeps_the_seed_columns_and_indexes(store: LocalStore) -> None:
-    conn = store.connection()
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(telemetry_queue)")}
-    assert {"id", "event_id", "created_at", "retry_count", "next_retry_at", "last_error"} <= cols
-    assert {"lease_owner", "lease_expires_at", "dead"} <= cols
-    # An entry carries its event (migration 6).
-    assert {"type", "recorded_at", "payload"} <= cols
-    # Only the rare states are indexed (partial indexes), besides the unique
-    # event id: a fresh entry is appended to the table and to that index only.
-    # No foreign key: a cascade would scan the queue per deleted event.
-    indexes = {r[1]: (r[2], r[4]) for r in conn.execute("PRAGMA index_list(telemetry_queue)")}
-    assert indexes == {
-        "idx_telemetry_queue_next_retry_at": (0, 1),
-        "idx_telemetry_queue_dead": (0, 1),
-        "idx_telemetry_queue_event_id": (1, 0),
-    }
-    assert conn.execute("PRAGMA foreign_key_list(telemetry_queue)").fetchall() == []
-    # Events not queued are keyed by their time-ordered id, without a rowid.
-    assert conn.execute("PRAGMA index_list(telemetry_stored_events)").fetchall()[0][3] == "pk"
-    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'telemetry_stored_events'")
-    assert "WITHOUT ROWID" in sql.fetchone()[0]
-    kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'telemetry_events'")
-    assert kind.fetchone()[0] == "view"
-
-
 def test_migrations_are_idempotent(tmp_db_path: Path) -> None:
     for _ in range(3):
         s = LocalStore(tmp_db_path)
@@ -109,30 +88,56 @@ def test_migrations_are_idempotent(tmp_db_path: Path) -> None:
     s.close()
 
 
-def test_migrates_an_older_file_forward(tmp_db_path: Path) -> None:
-    tmp_db_path.parent.mkdir(parents=True)
-    conn = sqlite3.connect(tmp_db_path)
-    for statement in MIGRATIONS[0] + MIGRATIONS[1]:
-        conn.execute(statement)
-    conn.execute("INSERT INTO telemetry_config VALUES ('remote-endpoint', 'https://x', 1)")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+def test_migrates_an_older_file_forward(tmp_db_path: Path, version: int) -> None:
+    # Files made by the previous layout (whose migrations 1 to 6 also made the
+    # queue's tables, now the storage plugin's: see test_sqlite_storage_schema).
+    conn = make_legacy_file(tmp_db_path, version)
+    if version >= 2:
+        conn.execute("INSERT INTO telemetry_config VALUES ('remote-endpoint', 'https://x', 1)")
+    if version >= 3:
+        conn.execute("INSERT INTO telemetry_counters VALUES ('rejected:pii', 2)")
     conn.close()
     s = LocalStore(tmp_db_path)
     assert s.schema_version() == SCHEMA_VERSION
-    assert s.get_config("remote-endpoint") == "https://x"
-    assert s.counters() == {"queue.holes": 0}
+    if version >= 2:
+        assert s.get_config("remote-endpoint") == "https://x"
+    assert s.counters() == ({"queue.holes": 0, "rejected:pii": 2} if version >= 3 else {})
+    s.log_submission(started_at=1.0, latency_ms=2.0, batch_size=1, status=200)
+    assert s.submission_stats(QueueStats(pending=0)).submissions == 1
     s.close()
+    # A file the previous layout made is ours: never refused as foreign.
+    assert foreign_reason(tmp_db_path) is None
 
 
-def test_a_file_with_the_pre_release_queue_layout_is_refused(tmp_db_path: Path) -> None:
-    LocalStore(tmp_db_path).close()
-    conn = sqlite3.connect(tmp_db_path)
-    conn.execute("DELETE FROM telemetry_counters WHERE name = 'queue.holes'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StorageError, match="pre-release"):
-        LocalStore(tmp_db_path)
+def test_a_part_keeps_its_own_schema_version(tmp_db_path: Path) -> None:
+    steps = [["CREATE TABLE demo_a (x INTEGER)"], ["CREATE TABLE demo_b (y INTEGER)"]]
+    s = LocalStore(tmp_db_path)
+    try:
+        assert s.migrate_part("demo", steps[:1]) == 1
+        assert s.migrate_part("demo", steps[:1]) == 1  # idempotent
+        assert s.migrate_part("demo", steps) == 2
+        assert {"demo_a", "demo_b"} <= _tables(tmp_db_path)
+        # Another part's version is its own; ``adopt`` starts a part with no record.
+        assert s.migrate_part("other", [["SELECT 1"], ["SELECT 2"]], lambda conn: 1) == 2
+        rows = s.connection().execute("SELECT part, version FROM telemetry_part_versions")
+        assert sorted(rows.fetchall()) == [("demo", 2), ("other", 2)]
+        with pytest.raises(StorageError, match="newer"):
+            s.migrate_part("demo", steps[:1])
+        with pytest.raises(StorageError, match=r"broken tables.*demo_a already exists"):
+            s.migrate_part("broken", [["CREATE TABLE demo_a (x INTEGER)"]])
+        assert s.migrate_part("broken", [["CREATE TABLE demo_c (x INTEGER)"]]) == 1
+    finally:
+        s.close()
+    view = LocalStore(tmp_db_path, read_only=True)
+    try:
+        # A read-only store reports the version it finds and never migrates.
+        assert view.migrate_part("demo", [*steps, ["CREATE TABLE demo_d (z INTEGER)"]]) == 2
+        assert view.migrate_part("unknown", steps) == 0
+        assert view.migrate_part("unknown", steps, lambda conn: 2) == 2
+    finally:
+        view.close()
+    assert "demo_d" not in _tables(tmp_db_path)
 
 
 def test_newer_schema_is_refused(tmp_db_path: Path) -> None:
@@ -327,23 +332,6 @@ def test_counters(store: LocalStore) -> None:
     assert "zero" not in counts
 
 
-def test_event_counts_by_type(store: LocalStore) -> None:
-    assert store.event_counts() == {}
-    with store.transaction() as conn:
-        for i, kind in enumerate(["a", "b", "a", "a"]):
-            conn.execute(
-                "INSERT INTO telemetry_stored_events(id, type, created_at, payload)"
-                " VALUES (?, ?, 0, x'00')",
-                (f"id{i}", kind),
-            )
-        # Queued events count too (the entry carries the event).
-        conn.execute(
-            "INSERT INTO telemetry_queue(event_id, type, created_at, payload)"
-            " VALUES ('q1', 'b', 0, x'00')"
-        )
-    assert store.event_counts() == {"a": 3, "b": 2}
-
-
 def test_submission_log_and_stats(store: LocalStore) -> None:
     empty = store.submission_stats(QueueStats(pending=0))
     assert empty.submissions == 0
@@ -499,46 +487,3 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path)
     with pytest.raises(StorageError, match=r"not a (telemetry )?database"):
         LocalStore(path)
     assert path.read_bytes() == b"plain text, not a database\n" * 200
-
-
-def test_a_version_5_file_moves_queued_events_into_their_entries(tmp_db_path: Path) -> None:
-    # A file written before migration 6: every event in telemetry_events, the
-    # queue entries pointing at them (one entry whose event is gone).
-    tmp_db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(tmp_db_path, isolation_level=None)
-    for step in MIGRATIONS[:5]:
-        for statement in step:
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
-    for i, kind in enumerate(["sent", "queued", "queued", "local"]):
-        conn.execute(
-            "INSERT INTO telemetry_events(id, type, timestamp, app, install_id, schema,"
-            " properties, payload, created_at) VALUES (?, ?, 0, 'x', 'i', 1, '{}', ?, ?)",
-            (f"e{i}", kind, f'{{"n":{i}}}'.encode(), 100.0 + i),
-        )
-    conn.executemany(
-        "INSERT INTO telemetry_queue(event_id, created_at, retry_count, dead) VALUES (?, ?, ?, ?)",
-        [("e1", 200.0, 3, 0), ("gone", 201.0, 0, 0), ("e2", 202.0, 0, 1)],
-    )
-    conn.close()
-    store = LocalStore(tmp_db_path)
-    try:
-        db = store.connection()
-        assert store.schema_version() == SCHEMA_VERSION
-        rows = db.execute(
-            "SELECT id, event_id, type, retry_count, dead, recorded_at, payload"
-            " FROM telemetry_queue ORDER BY id"
-        ).fetchall()
-        assert rows == [
-            (1, "e1", "queued", 3, 0, 101.0, b'{"n":1}'),
-            (3, "e2", "queued", 0, 1, 102.0, b'{"n":2}'),
-        ]
-        stored = db.execute("SELECT id FROM telemetry_stored_events ORDER BY id").fetchall()
-        assert stored == [("e0",), ("e3",)]
-        # Size = max(id) - holes stays exact: row 2 is free.
-        assert store.counters()["queue.holes"] == 1
-        assert store.event_counts() == {"local": 1, "queued": 2, "sent": 1}
-        seen = db.execute("SELECT id, created_at FROM telemetry_events ORDER BY id").fetchall()
-        assert seen == [("e0", 100.0), ("e1", 101.0), ("e2", 102.0), ("e3", 103.0)]
-    finally:
-        store.close()

@@ -22,6 +22,7 @@ from telemetry_core.plugin_host import PluginHost
 from telemetry_core.protocols import Storage
 from telemetry_core.schema import Event, validate_event
 from telemetry_core_plugins import sqlite_storage
+from telemetry_core_plugins._sqlite_schema import open_tables
 from telemetry_core_plugins.sqlite_storage import SQLiteQueue
 from tests.processes import in_forked_child, run_released_together
 from tests.property import strategies
@@ -74,7 +75,9 @@ def backoff(clock: FakeClock) -> FakeBackoff:
 
 @pytest.fixture
 def store(tmp_db_path: Path, clock: FakeClock) -> Iterator[LocalStore]:
+    """The local store with the plugin's tables made (as a queue opening does)."""
     s = LocalStore(tmp_db_path, clock=clock)
+    open_tables(s)
     yield s
     s.close()
 
@@ -183,7 +186,7 @@ def test_record_without_enqueue_stores_locally_only(
     queue: SQLiteQueue, store: LocalStore, make_event: MakeEvent
 ) -> None:
     queue.record(make_event("local_only"), enqueue=False)
-    assert store.event_counts() == {"local_only": 1}
+    assert queue.event_counts() == {"local_only": 1}
     assert queue.stats().pending == 0
     assert queue.dequeue(10) == []
 
@@ -195,7 +198,7 @@ def test_recording_the_same_id_twice_changes_nothing(
     queue.record(event, enqueue=True)
     queue.mark_submitted(ids(queue.dequeue(10)))
     queue.record(event, enqueue=True)
-    assert store.event_counts() == {"command_executed": 1}
+    assert queue.event_counts() == {"command_executed": 1}
     assert queue.stats().pending == 0
 
 
@@ -401,7 +404,7 @@ def test_delivered_and_trimmed_events_stay_recorded_locally(
     assert conn.execute(view).fetchall() == before
     stored = conn.execute("SELECT id FROM telemetry_stored_events ORDER BY id").fetchall()
     assert stored == [(e.id,) for e in events[:3]]
-    assert store.event_counts() == {"test_event": 4}
+    assert queue.event_counts() == {"test_event": 4}
     # Recording a delivered event again changes nothing.
     queue.record(events[0], enqueue=True)
     assert queue.stats().pending == 1
@@ -526,9 +529,7 @@ def test_dead_letters_revive_when_the_delivery_context_changes(
     assert queue.revive_dead() == 0
 
 
-def test_manual_revive_revives_every_dead_letter(
-    queue: SQLiteQueue, make_event: MakeEvent
-) -> None:
+def test_manual_revive_revives_every_dead_letter(queue: SQLiteQueue, make_event: MakeEvent) -> None:
     [event] = record_many(queue, make_event, 1)
     queue.mark_dead(ids(queue.dequeue(1)), "HTTP 400", "context-a")
     assert queue.revive_dead() == 1
@@ -619,7 +620,7 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(
     assert stats.pending == 5
     assert stats.dropped == {"queue_full": 3}
     assert ids(queue.dequeue(10)) == [e.id for e in events[3:]]
-    assert store.event_counts() == {"test_event": 8}  # events stay recorded locally
+    assert queue.event_counts() == {"test_event": 8}  # events stay recorded locally
     late = [make_event("late") for _ in range(3)]
     for e in late:
         queue.record(e, enqueue=False)
@@ -642,7 +643,7 @@ def test_cleanup_removes_old_events_and_entries(
     assert stats.pending == 2
     assert stats.dropped == {"expired": 4}
     assert ids(queue.dequeue(10)) == [e.id for e in new]
-    assert store.event_counts() == {"test_event": 2}
+    assert queue.event_counts() == {"test_event": 2}
     assert old[0].id not in ids(queue.dequeue(10))
 
 
@@ -782,7 +783,7 @@ def test_a_forked_child_can_record(
 
     child_owner = in_forked_child(child).decode()
     assert child_owner and child_owner != parent_owner
-    assert store.event_counts() == {"from_child": 1, "test_event": 1}
+    assert queue.event_counts() == {"from_child": 1, "test_event": 1}
     assert queue.stats().pending == 2
 
 
