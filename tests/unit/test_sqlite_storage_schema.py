@@ -68,6 +68,16 @@ def _part_version(conn: sqlite3.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _assert_refused(path: Path, match: str, *, read_only: bool) -> None:
+    """Opening the queue on ``path`` raises a StorageError that says ``match``."""
+    s = LocalStore(path, read_only=read_only)
+    try:
+        with pytest.raises(StorageError, match=match):
+            open_queue(s)
+    finally:
+        s.close()
+
+
 # -- a new file ---------------------------------------------------------------
 
 
@@ -198,13 +208,8 @@ def test_a_file_with_the_pre_release_queue_layout_is_refused(tmp_db_path: Path) 
     conn.execute("DELETE FROM telemetry_counters WHERE name = 'queue.holes'")
     conn.commit()
     conn.close()
-    for read_only in (False, True):
-        s = LocalStore(tmp_db_path, read_only=read_only)
-        try:
-            with pytest.raises(StorageError, match="pre-release"):
-                open_queue(s)
-        finally:
-            s.close()
+    _assert_refused(tmp_db_path, "pre-release", read_only=False)
+    _assert_refused(tmp_db_path, "pre-release", read_only=True)
 
 
 def test_a_read_only_view_of_a_file_without_the_tables_is_empty(tmp_db_path: Path) -> None:
@@ -229,12 +234,7 @@ def test_a_read_only_view_refuses_tables_it_would_have_to_migrate(tmp_db_path: P
     with s.transaction() as conn:
         conn.execute("UPDATE telemetry_part_versions SET version = 3 WHERE part = ?", (PART,))
     s.close()
-    view = LocalStore(tmp_db_path, read_only=True)
-    try:
-        with pytest.raises(StorageError, match="left unchanged"):
-            open_queue(view)
-    finally:
-        view.close()
+    _assert_refused(tmp_db_path, "left unchanged", read_only=True)
     again = LocalStore(tmp_db_path)
     try:
         assert _part_version(again.connection()) == 3
