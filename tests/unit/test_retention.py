@@ -134,7 +134,7 @@ def test_the_cleaner_deletes_old_events_counts_them_and_remembers_when(
     cleaner.start()
     assert cleaner.join(30)
     assert warnings == []
-    assert store.event_counts() == {"t": 3}
+    assert queue.event_counts() == {"t": 3}
     assert queue.stats().dropped == {"expired": 3}
     assert store.get_config(LAST_CLEANUP_KEY) == repr(clock.now)
     store.close()
