@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -15,8 +15,10 @@ import pytest
 
 from telemetry_core.config import TelemetryConfig
 from telemetry_core.errors import StorageError
+from telemetry_core.hookspecs import hookimpl
 from telemetry_core.local_store import SCHEMA_VERSION as CORE_VERSION
 from telemetry_core.local_store import LocalStore
+from telemetry_core.models import QueuedEvent, QueueStats
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.schema import Event
 from telemetry_core.service import TelemetryService
@@ -415,3 +417,80 @@ def test_adopt_tells_the_version_from_the_previous_layouts_tables(
         assert adopt(conn) == expected
     finally:
         conn.close()
+
+
+# -- another storage plugin ---------------------------------------------------
+
+
+class MemoryStorage:
+    """A storage that keeps its events in memory and ignores the store handle."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[Event, bool]] = []
+
+    def record(self, event: Event, *, enqueue: bool) -> None:
+        self.recorded.append((event, enqueue))
+
+    def enqueue(self, event_ids: Sequence[str]) -> int:
+        return 0
+
+    def dequeue(self, batch_size: int) -> list[QueuedEvent]:
+        return []
+
+    def mark_submitted(self, event_ids: Sequence[str]) -> None:
+        pass
+
+    def mark_failed(
+        self, event_ids: Sequence[str], error: str, retry_after: float | None = None
+    ) -> None:
+        pass
+
+    def mark_dead(self, event_ids: Sequence[str], error: str, context: str | None = None) -> None:
+        pass
+
+    def release(self, event_ids: Sequence[str]) -> None:
+        pass
+
+    def stats(self) -> QueueStats:
+        return QueueStats(pending=sum(1 for _, queued in self.recorded if queued))
+
+    def cleanup(self, older_than: float) -> int:
+        return 0
+
+    def revive_dead(self, except_context: str | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStoragePlugin:
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+
+    @hookimpl
+    def telemetry_make_storage(self, name: str) -> MemoryStorage | None:
+        return self.storage if name == "memory" else None
+
+
+def test_a_storage_plugin_that_ignores_the_handle_works(tmp_db_path: Path) -> None:
+    plugin = MemoryStoragePlugin()
+    config = TelemetryConfig(
+        app="demo",
+        db_path=tmp_db_path,
+        enabled=True,
+        remote_enabled=False,
+        do_not_track=False,
+        storage="memory",
+    )
+    host = PluginHost(load_entrypoints=False, disabled=(), plugins=[plugin])
+    with TelemetryService(config, host=host) as svc:
+        assert svc.track("command_executed", {"n": 1}) is not None
+        assert [event.type for event, _ in plugin.storage.recorded] == ["command_executed"]
+        assert svc.queue_stats().pending == 0
+        # Without the optional EventCounts the service shows no events.
+        assert svc.event_counts() == {}
+    # The file holds the core's tables only.
+    names = {name for _, name, _ in _schema(tmp_db_path)}
+    assert not names & {"telemetry_queue", "telemetry_stored_events", "telemetry_events"}
+    assert "telemetry_config" in names
