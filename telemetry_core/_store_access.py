@@ -12,8 +12,10 @@ consent beyond applying a stored withdrawal:
   existing file is opened read-only (no cleanup, no migration; a file that is
   not a telemetry database is refused), never created, and under
   ``DO_NOT_TRACK`` nothing is opened;
-* a store that cannot be opened is reported once and its reason kept
-  (:attr:`~StoreAccess.broken`): telemetry is then a no-op for the run;
+* a store that cannot be opened for recording is reported once and its reason
+  kept (:attr:`~StoreAccess.broken`): telemetry is then a no-op for the run; a
+  read-only open that failed is tried again by the next read call (the file
+  may have been locked by a migration in another process);
 * :meth:`~StoreAccess.detach` and :func:`close_views` close what is open (or
   leave it to a worker still inside a call), :meth:`~StoreAccess.purge`
   deletes the files, and

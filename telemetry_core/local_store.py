@@ -103,15 +103,6 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # the sqlite storage plugin's steps 3 and 4).
     (),
     (),
-    # 7: the schema version of each part (a storage plugin) that keeps tables
-    # in this file. A file made before this step holds the sqlite storage's
-    # tables with no version recorded; that plugin tells it from the tables.
-    (
-        """CREATE TABLE telemetry_part_versions (
-            part TEXT PRIMARY KEY,
-            version INTEGER NOT NULL
-        ) WITHOUT ROWID""",
-    ),
 )
 
 #: The schema version this code writes.
@@ -120,6 +111,19 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 _INCREMENT_SQL: Final = (
     "INSERT INTO telemetry_counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
+)
+#: The schema version of each part (a storage plugin) that keeps tables in
+#: this file. It is made by the first part that records a version, not by a
+#: core migration, so the core stays at version 6 and a file this code opened
+#: still opens with the release before it (which ignores this table). A file
+#: made before it holds the sqlite storage's tables with no version recorded;
+#: that plugin tells its version from the tables (``adopt``).
+_PART_VERSIONS_TABLE: Final = """CREATE TABLE IF NOT EXISTS telemetry_part_versions (
+    part TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID"""
+_HAS_PART_VERSIONS_SQL: Final = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_part_versions'"
 )
 _PART_VERSION_SQL: Final = "SELECT version FROM telemetry_part_versions WHERE part = ?"
 _SET_PART_VERSION_SQL: Final = (
@@ -387,10 +391,13 @@ class LocalStore:
         the version it finds and changes nothing."""
 
         def recorded(conn: sqlite3.Connection) -> int | None:
+            if conn.execute(_HAS_PART_VERSIONS_SQL).fetchone() is None:
+                return None
             row = conn.execute(_PART_VERSION_SQL, (part,)).fetchone()
             return None if row is None else int(row[0])
 
         def record(conn: sqlite3.Connection, version: int) -> None:
+            conn.execute(_PART_VERSIONS_TABLE)
             conn.execute(_SET_PART_VERSION_SQL, (part, version))
 
         what = f"the {part} tables of telemetry database {self.path}"

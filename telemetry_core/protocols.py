@@ -197,12 +197,13 @@ class SQLiteDatabase(Protocol):
         records the new version in the file, so several processes may open a
         file at once. Never edit a released step, append a new one. A file
         without a recorded version for ``part`` starts at ``adopt(conn)`` (which
-        may read the tables an earlier release made), else at 0. A version
-        newer than ``len(steps)`` raises
+        may read the tables an earlier release made), else at 0. On a writable
+        store a version newer than ``len(steps)`` raises
         :class:`~telemetry_core.errors.StorageError`.
 
         Returns the part's version: ``len(steps)``, or, on a read-only store
-        (which is never changed), the version found.
+        (which is never changed and never raises for the version), the version
+        found; the caller decides whether it can read that version.
         """
         ...
 

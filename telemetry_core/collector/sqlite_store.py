@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -115,6 +115,8 @@ ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
 """
 
 _STOP = object()
+#: How long a stats read waits for the buffered outcome counters (seconds).
+_FLUSH_WAIT: Final = 2.0
 
 
 @attrs.define
@@ -254,7 +256,10 @@ class SQLiteStore(PendingWork):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Flush(loop, future))
-        await asyncio.shield(future)
+        # Bounded: behind a slow commit or a cleanup chunk the read goes ahead
+        # without the latest counters rather than keep the admin waiting.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), _FLUSH_WAIT)
 
     async def close(self) -> None:
         """Commit every pending batch, stop the writer and close the file."""

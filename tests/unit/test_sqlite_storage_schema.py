@@ -494,3 +494,44 @@ def test_a_storage_plugin_that_ignores_the_handle_works(tmp_db_path: Path) -> No
     names = {name for _, name, _ in _schema(tmp_db_path)}
     assert not names & {"telemetry_queue", "telemetry_stored_events", "telemetry_events"}
     assert "telemetry_config" in names
+
+
+def test_a_version_6_file_reads_with_consent_off_and_stays_unchanged(
+    tmp_path: Path, make_event: MakeEvent
+) -> None:
+    # A user who disabled telemetry runs `status`: the file the previous release
+    # made is read as it is (read-only: nothing would ever migrate it).
+    path = tmp_path / "data" / "telemetry.db"
+    events = [make_event(kind) for kind in ["kept", "live", "dead"]]
+    _make_previous_layout_file(path, 6, events, time.time())
+    before = _schema(path)
+    config = TelemetryConfig(
+        app="demo", db_path=path, enabled=False, remote_enabled=False, do_not_track=False
+    )
+    with TelemetryService(config, host=PluginHost(load_entrypoints=False, disabled=())) as svc:
+        assert svc.event_counts() == {"dead": 1, "kept": 1, "live": 1}
+        stats = svc.queue_stats()
+        assert (stats.pending, stats.dead) == (1, 1)
+        assert svc.status()["degraded"] is None
+    assert _schema(path) == before
+
+
+def test_a_file_this_code_made_has_the_previous_releases_layout(tmp_path: Path) -> None:
+    # The previous release (core schema 6, the same tables made by its own
+    # migrations) keeps opening a file this code made or opened: same version,
+    # and every table, index and view it knows, with the same definition.
+    legacy = tmp_path / "legacy.db"
+    conn = make_legacy_file(legacy, 6)
+    conn.close()
+    ours = tmp_path / "ours.db"
+    s = LocalStore(ours)
+    open_queue(s)
+    s.close()
+    made = sqlite3.connect(ours)
+    try:
+        assert made.execute("PRAGMA user_version").fetchone()[0] == 6 == CORE_VERSION
+    finally:
+        made.close()
+    extra = {("table", "telemetry_part_versions")}
+    assert set(_schema(legacy)) <= set(_schema(ours))
+    assert {(t, n) for t, n, _ in _schema(ours)} - {(t, n) for t, n, _ in _schema(legacy)} == extra
