@@ -49,7 +49,15 @@ from telemetry_core.collector.store import (
     StatsQuery,
     StoreUnavailable,
 )
-from telemetry_core.collector.store_sql import POSTGRES, Dedupe, plan_increments, read_stats_data
+from telemetry_core.collector.store_sql import (
+    BACKFILL_DAY_TABLES,
+    POSTGRES,
+    Dedupe,
+    Increments,
+    day_rollup_rows,
+    plan_increments,
+    read_stats_data,
+)
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
@@ -124,6 +132,35 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+#: The day tables: the hourly rollups, buckets and install sets summed per UTC
+#: day, written in the same transactions. Filled from the hourly tables when
+#: they are new (a database of an earlier collector), under the schema lock.
+_DAY_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS day_rollups (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms BIGINT NOT NULL,
+    count BIGINT NOT NULL, success BIGINT NOT NULL, failure BIGINT NOT NULL,
+    installs BIGINT NOT NULL,
+    PRIMARY KEY (app, type, day_ms)
+);
+CREATE INDEX IF NOT EXISTS day_rollups_day ON day_rollups (day_ms);
+CREATE TABLE IF NOT EXISTS day_rollup_buckets (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms BIGINT NOT NULL,
+    bucket INTEGER NOT NULL, count BIGINT NOT NULL,
+    PRIMARY KEY (app, type, day_ms, bucket)
+);
+CREATE INDEX IF NOT EXISTS day_rollup_buckets_day ON day_rollup_buckets (day_ms);
+CREATE TABLE IF NOT EXISTS day_installs (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms BIGINT NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, type, day_ms, install_id)
+);
+CREATE INDEX IF NOT EXISTS day_installs_day ON day_installs (day_ms);
+CREATE TABLE IF NOT EXISTS day_app_installs (
+    app TEXT NOT NULL, day_ms BIGINT NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, day_ms, install_id)
+);
+CREATE INDEX IF NOT EXISTS day_app_installs_day ON day_app_installs (day_ms);
+"""
+
 # One statement per table per batch: arrays in, unnest, sorted, upsert.
 #: One statement, one parameter: the batch travels as one JSON document (encoded
 #: by msgspec, parsed by the server; binding ten arrays of 100 values cost the
@@ -170,6 +207,42 @@ INSERT INTO installs (app, type, hour_ms, install_id)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
      AS u(app, type, hour_ms, install_id)
 ORDER BY app, type, hour_ms, install_id
+ON CONFLICT DO NOTHING
+"""
+#: The day install rows the transaction inserted come back: each counts once
+#: in the ``installs`` column of its day rollup (a row another transaction
+#: holds, committed or not, waits for it and then is not returned).
+_INSERT_DAY_INSTALLS: Final = """
+INSERT INTO day_installs (app, type, day_ms, install_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
+     AS u(app, type, day_ms, install_id)
+ORDER BY app, type, day_ms, install_id
+ON CONFLICT DO NOTHING
+RETURNING app, type, day_ms
+"""
+_UPSERT_DAY_ROLLUPS: Final = """
+INSERT INTO day_rollups (app, type, day_ms, count, success, failure, installs)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                     %s::bigint[], %s::bigint[])
+     AS u(app, type, day_ms, count, success, failure, installs)
+ORDER BY app, type, day_ms
+ON CONFLICT (app, type, day_ms) DO UPDATE SET count = day_rollups.count + EXCLUDED.count,
+    success = day_rollups.success + EXCLUDED.success,
+    failure = day_rollups.failure + EXCLUDED.failure,
+    installs = day_rollups.installs + EXCLUDED.installs
+"""
+_UPSERT_DAY_BUCKETS: Final = """
+INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::integer[], %s::bigint[])
+     AS u(app, type, day_ms, bucket, count)
+ORDER BY app, type, day_ms, bucket
+ON CONFLICT (app, type, day_ms, bucket) DO UPDATE
+    SET count = day_rollup_buckets.count + EXCLUDED.count
+"""
+_INSERT_DAY_APP_INSTALLS: Final = """
+INSERT INTO day_app_installs (app, day_ms, install_id)
+SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(app, day_ms, install_id)
+ORDER BY app, day_ms, install_id
 ON CONFLICT DO NOTHING
 """
 _UPSERT_COUNTERS: Final = """
@@ -262,7 +335,11 @@ def _read_database(database_url: str, query: StatsQuery, connect_timeout: float)
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             with conn.transaction(), conn.cursor() as cur:
-                return read_stats_data(_fetcher(cur), query, POSTGRES)
+                # A database of an earlier collector not opened by one since has none.
+                cur.execute("SELECT to_regclass('day_app_installs') IS NOT NULL")
+                row = cur.fetchone()
+                days = bool(row and row[0])
+                return read_stats_data(_fetcher(cur), query, POSTGRES, day_tables=days)
     except psycopg.errors.UndefinedTable:
         raise StorageError(
             f"no collector tables in {redact_url(database_url)} (has a collector run on it?)"
@@ -577,6 +654,7 @@ class PostgresStore(PendingWork):
                 cur.execute(_SCHEMA)
                 if legacy:
                     _migrate_unpartitioned(cur)
+                _create_day_tables(cur)
                 self._days.update(_create_partitions(cur, today, today + _AHEAD_MS))
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(f"cannot create the collector schema: {_describe(exc)}") from exc
@@ -683,6 +761,7 @@ class PostgresStore(PendingWork):
         if increments.buckets:
             cur.execute(_UPSERT_BUCKETS, _columns(increments.buckets, 5))
         cur.execute(_INSERT_INSTALLS, _columns(increments.installs, 4))
+        _write_days(cur, increments)
         return IngestOutcome(inserted=inserted)
 
 
@@ -758,6 +837,30 @@ def _migrate_unpartitioned(cur: psycopg.Cursor[Any]) -> None:
     moved = cur.rowcount
     cur.execute("DROP TABLE events_unpartitioned")
     log.info("migrated the events table to daily partitions rows=%d", moved)
+
+
+def _create_day_tables(cur: psycopg.Cursor[Any]) -> None:
+    """Create the day tables; when they are new, fill them from the hourly
+    ones (in the schema transaction, under the schema lock)."""
+    cur.execute("SELECT to_regclass('day_app_installs') IS NULL")
+    row = cur.fetchone()
+    fresh = bool(row and row[0])
+    cur.execute(_DAY_SCHEMA)
+    if fresh:
+        for statement in BACKFILL_DAY_TABLES:
+            cur.execute(statement)
+        log.info("created the day tables from the hourly ones")
+
+
+def _write_days(cur: psycopg.Cursor[Any], increments: Increments) -> None:
+    """Add the batch's day rows: the install sets first, whose newly inserted
+    rows count into the ``installs`` column of the day rollups."""
+    cur.execute(_INSERT_DAY_INSTALLS, _columns(increments.day_installs, 4))
+    added = cur.fetchall()
+    cur.execute(_UPSERT_DAY_ROLLUPS, _columns(day_rollup_rows(increments.day_rollups, added), 7))
+    if increments.day_buckets:
+        cur.execute(_UPSERT_DAY_BUCKETS, _columns(increments.day_buckets, 5))
+    cur.execute(_INSERT_DAY_APP_INSTALLS, _columns(increments.day_app_installs, 3))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -33,7 +33,15 @@ from telemetry_core.collector.store import (
     StatsQuery,
     StoreUnavailable,
 )
-from telemetry_core.collector.store_sql import SQLITE, Dedupe, plan_increments, read_stats_data
+from telemetry_core.collector.store_sql import (
+    BACKFILL_DAY_TABLES,
+    SQLITE,
+    Dedupe,
+    Increments,
+    day_rollup_rows,
+    plan_increments,
+    read_stats_data,
+)
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
@@ -70,15 +78,49 @@ CREATE TABLE IF NOT EXISTS rollup_buckets (
     bucket INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (app, type, hour_ms, bucket)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_buckets_hour ON rollup_buckets (hour_ms);
 CREATE TABLE IF NOT EXISTS installs (
     app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
     PRIMARY KEY (app, type, hour_ms, install_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS installs_hour ON installs (hour_ms);
 CREATE TABLE IF NOT EXISTS counters (
     hour_ms INTEGER NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (hour_ms, name)
 ) WITHOUT ROWID;
 """
+
+#: The day tables: the hourly rollups, buckets and install sets summed per UTC
+#: day, written in the same transactions. Created after the tables above, and
+#: filled from them when they are new (a database of an earlier collector).
+_DAY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS day_rollups (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL, success INTEGER NOT NULL, failure INTEGER NOT NULL,
+    installs INTEGER NOT NULL,
+    PRIMARY KEY (app, type, day_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS day_rollups_day ON day_rollups (day_ms);
+CREATE TABLE IF NOT EXISTS day_rollup_buckets (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL,
+    bucket INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (app, type, day_ms, bucket)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS day_rollup_buckets_day ON day_rollup_buckets (day_ms);
+CREATE TABLE IF NOT EXISTS day_installs (
+    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, type, day_ms, install_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS day_installs_day ON day_installs (day_ms);
+CREATE TABLE IF NOT EXISTS day_app_installs (
+    app TEXT NOT NULL, day_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
+    PRIMARY KEY (app, day_ms, install_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS day_app_installs_day ON day_app_installs (day_ms);
+"""
+
+#: The table created last by :data:`_DAY_SCHEMA`: present once the day tables are.
+_LAST_DAY_TABLE = "day_app_installs"
 
 _INSERT_EVENT = """
 INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, session_id,
@@ -109,6 +151,34 @@ _INSERT_INSTALL = """
 INSERT INTO installs (app, type, hour_ms, install_id) VALUES (?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 """
+_UPSERT_DAY_ROLLUP = """
+INSERT INTO day_rollups (app, type, day_ms, count, success, failure, installs)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (app, type, day_ms) DO UPDATE SET count = count + excluded.count,
+    success = success + excluded.success, failure = failure + excluded.failure,
+    installs = installs + excluded.installs
+"""
+_UPSERT_DAY_BUCKET = """
+INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (app, type, day_ms, bucket) DO UPDATE SET count = count + excluded.count
+"""
+_INSERT_DAY_APP_INSTALL = """
+INSERT INTO day_app_installs (app, day_ms, install_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING
+"""
+#: Day install rows per multi-row INSERT (4 parameters each).
+_DAY_INSTALLS_PER_INSERT = 200
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_day_installs_sql(rows: int) -> str:
+    # RETURNING gives back only the rows inserted, not those DO NOTHING skipped.
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO day_installs (app, type, day_ms, install_id) VALUES {values} "
+        "ON CONFLICT DO NOTHING RETURNING app, type, day_ms"
+    )
+
+
 _UPSERT_COUNTER = """
 INSERT INTO counters (hour_ms, name, count) VALUES (?, ?, ?)
 ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
@@ -188,6 +258,7 @@ class SQLiteStore(PendingWork):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
             self._conn.executescript(_SCHEMA)
+            _create_day_tables(self._conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open collector database {self.path}: {exc}") from exc
         self._writer = threading.Thread(target=self._run, name="collector-sqlite-writer")
@@ -405,6 +476,7 @@ class SQLiteStore(PendingWork):
         conn.executemany(_UPSERT_ROLLUP, increments.rollups)
         conn.executemany(_UPSERT_BUCKET, increments.buckets)
         conn.executemany(_INSERT_INSTALL, increments.installs)
+        _write_days(conn, increments)
         return outcomes
 
     def _run_cleanup(self, job: _Cleanup, *, finish: bool) -> None:
@@ -444,6 +516,48 @@ def read_stats_file(path: str | Path, query: StatsQuery) -> dict[str, Any]:
     return build_stats(query, _read_stats_data(Path(path), query))
 
 
+def _create_day_tables(conn: sqlite3.Connection) -> None:
+    """Create the day tables; when they are new, fill them from the hourly
+    ones in the same transaction (a crash leaves neither)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        fresh = not _has_day_tables(conn)
+        for statement in _DAY_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if fresh:
+            for statement in BACKFILL_DAY_TABLES:
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _has_day_tables(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_LAST_DAY_TABLE,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _write_days(conn: sqlite3.Connection, increments: Increments) -> None:
+    """Add the group's day rows: the install sets first, whose newly inserted
+    rows count into the ``installs`` column of the day rollups."""
+    added: list[tuple[Any, ...]] = []
+    rows = increments.day_installs
+    for start in range(0, len(rows), _DAY_INSTALLS_PER_INSERT):
+        chunk = rows[start : start + _DAY_INSTALLS_PER_INSERT]
+        sql = _insert_day_installs_sql(len(chunk))
+        added += conn.execute(sql, [v for row in chunk for v in row]).fetchall()
+    conn.executemany(_UPSERT_DAY_ROLLUP, day_rollup_rows(increments.day_rollups, added))
+    conn.executemany(_UPSERT_DAY_BUCKET, increments.day_buckets)
+    conn.executemany(_INSERT_DAY_APP_INSTALL, increments.day_app_installs)
+
+
 def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
     # as_uri() percent-encodes '?', '#' and '%' so they stay part of the path.
     uri = f"{path.absolute().as_uri()}?mode=ro"
@@ -452,7 +566,13 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot read stats: {exc}") from exc
     try:
-        return read_stats_data(lambda sql, args: conn.execute(sql, args).fetchall(), query, SQLITE)
+        # A file of an earlier collector not opened by this one since has no day tables.
+        return read_stats_data(
+            lambda sql, args: conn.execute(sql, args).fetchall(),
+            query,
+            SQLITE,
+            day_tables=_has_day_tables(conn),
+        )
     except sqlite3.OperationalError as exc:  # locked, unreadable
         raise StoreUnavailable(f"cannot read stats: {exc}") from exc
     except sqlite3.Error as exc:
