@@ -10,7 +10,8 @@ Three databases:
   between runs (a marker table records its size);
 - ``telemetry_bench_stats``: a year of hourly rollups (2 apps x 6 types x 8,760
   hours, 10 histogram buckets and 5 installs per rollup hour), also generated
-  server-side.
+  server-side, and the day tables filled from them by the collector's own
+  migration statements.
 
 Ingest: :class:`PostgresStore` in this process, two threads each committing
 batches of 100 fresh events (the work of two requests in flight), measured on
@@ -40,6 +41,7 @@ FILL_DAYS = 30
 FILL_CHUNK = 1_000_000
 EMPTY = "ingest, empty database"
 APPS, TYPES, BUCKETS, INSTALLS = 2, 6, 10, 5
+_DAY_TABLES = ("day_rollups", "day_rollup_buckets", "day_installs", "day_app_installs")
 
 
 def _url(name: str) -> str:
@@ -120,10 +122,12 @@ def _fill(url: str, rows: int) -> float:
 
 
 def _fill_rollups(url: str) -> float:
-    """A year of hourly rollups ending now; return the seconds it took."""
+    """A year of hourly rollups ending now, and the day tables filled from them
+    with the statements of the collector's migration; return the seconds it took."""
     import psycopg
 
     from telemetry_core.collector.postgres_store import PostgresStore
+    from telemetry_core.collector.store_sql import BACKFILL_DAY_TABLES
 
     PostgresStore(url, pool_max=1).close_blocking()
     end = int(time.time() * 1000) // HOUR_MS * HOUR_MS
@@ -147,7 +151,9 @@ def _fill_rollups(url: str) -> float:
             f"md5((i + hour_ms / {HOUR_MS} % 40)::text) "
             f"FROM ({keys}) k, generate_series(1, {INSTALLS}) i"
         )
-        for table in ("rollups", "rollup_buckets", "installs"):
+        for statement in BACKFILL_DAY_TABLES:
+            conn.execute(statement)
+        for table in ("rollups", "rollup_buckets", "installs", *_DAY_TABLES):
             conn.execute(f"VACUUM ANALYZE {table}")
     return time.perf_counter() - t0
 

@@ -16,9 +16,10 @@ significant digits (never to a fixed number of decimals, which would turn
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ __all__ = [
     "format_significant",
     "hour_increments",
     "hour_of",
+    "percentile_buckets",
     "percentiles",
     "quantile",
     "quantile_rank",
@@ -126,14 +128,43 @@ def format_significant(value: float, digits: int = 4) -> str:
     return format(Decimal(f"{value:.{digits}g}"), "f")
 
 
+def percentile_buckets(counts: Mapping[int, int]) -> tuple[int | None, ...]:
+    """The bucket holding each of :data:`PERCENTILES` in a histogram (``None``
+    when it is empty): the bucket :func:`quantile` takes the value of, for the
+    three quantiles in one pass over the sorted buckets."""
+    n = sum(counts.values())
+    if n == 0:
+        return (None,) * len(PERCENTILES)
+    ranks = [quantile_rank(q, n) for _, q in PERCENTILES]
+    found: list[int | None] = []
+    seen = 0
+    for index, count in sorted(counts.items()):
+        seen += count
+        while len(found) < len(ranks) and seen >= ranks[len(found)]:
+            found.append(index)
+        if len(found) == len(ranks):
+            break
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=4096)
+def _emitted_value(index: int) -> float:
+    # Series share their buckets: a year of days asks for the same few again and again.
+    return round_significant(bucket_value(index))
+
+
+def _emitted(buckets: Sequence[int | None]) -> dict[str, float | None]:
+    """The percentile fields of a document from the buckets holding them."""
+    return {
+        name: None if index is None else _emitted_value(index)
+        for (name, _), index in zip(PERCENTILES, buckets, strict=True)
+    }
+
+
 def percentiles(counts: Mapping[int, int]) -> dict[str, float | None]:
     """``p50_ms``, ``p95_ms`` and ``p99_ms`` of a histogram (merged or not),
     rounded to :data:`PERCENTILE_DIGITS`; ``None`` where it is empty."""
-    out: dict[str, float | None] = {}
-    for name, q in PERCENTILES:
-        value = quantile(counts, q)
-        out[name] = None if value is None else round_significant(value)
-    return out
+    return _emitted(percentile_buckets(counts))
 
 
 _Key = tuple[str, str, int]  # (app, type, bucket start)
@@ -144,17 +175,28 @@ def _series(
 ) -> tuple[list[dict[str, Any]], dict[_Key, list[int]], dict[str, dict[int, int]]]:
     """The series rows, the ``[count, success, failure]`` per key they came
     from, and each type's histogram merged over the range."""
-    counts: dict[_Key, list[int]] = defaultdict(lambda: [0, 0, 0])
+    step = DAY_MS if grain == "day" else HOUR_MS  # bucket_start, inlined
+    counts: dict[_Key, list[int]] = {}
     for app, etype, hour, count, success, failure in data.rollups:
-        row = counts[(app, etype, bucket_start(hour, grain))]
-        row[0] += count
-        row[1] += success
-        row[2] += failure
-    hists: dict[_Key, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    by_type: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        key = (app, etype, hour - hour % step)
+        row = counts.get(key)
+        if row is None:
+            counts[key] = [count, success, failure]
+        else:
+            row[0] += count
+            row[1] += success
+            row[2] += failure
+    hists: dict[_Key, dict[int, int]] = {}
+    by_type: dict[str, dict[int, int]] = {}
     for app, etype, hour, index, count in data.buckets:
-        hists[(app, etype, bucket_start(hour, grain))][index] += count
-        by_type[etype][index] += count
+        hist = hists.setdefault((app, etype, hour - hour % step), {})
+        hist[index] = hist.get(index, 0) + count
+        merged = by_type.setdefault(etype, {})
+        merged[index] = merged.get(index, 0) + count
+    for etype, index, count in data.type_buckets:
+        merged = by_type.setdefault(etype, {})
+        merged[index] = merged.get(index, 0) + count
+    known = data.series_percentiles
     installs = {(a, t, b): n for a, t, b, n in data.series_installs}
     series = [
         {
@@ -164,7 +206,7 @@ def _series(
             "count": counts[key][0],
             "success": counts[key][1],
             "failure": counts[key][2],
-            **percentiles(hists.get(key, {})),
+            **(_emitted(known[key]) if key in known else percentiles(hists.get(key, {}))),
             "installs": installs.get(key, 0),
         }
         for key in sorted(counts, key=lambda k: (k[2], k[0], k[1]))

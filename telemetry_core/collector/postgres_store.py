@@ -54,6 +54,7 @@ from telemetry_core.collector.store_sql import (
     POSTGRES,
     Dedupe,
     Increments,
+    day_percentile_rows,
     day_rollup_rows,
     plan_increments,
     read_stats_data,
@@ -140,6 +141,7 @@ CREATE TABLE IF NOT EXISTS day_rollups (
     app TEXT NOT NULL, type TEXT NOT NULL, day_ms BIGINT NOT NULL,
     count BIGINT NOT NULL, success BIGINT NOT NULL, failure BIGINT NOT NULL,
     installs BIGINT NOT NULL,
+    p50_bucket INTEGER, p95_bucket INTEGER, p99_bucket INTEGER,
     PRIMARY KEY (app, type, day_ms)
 );
 CREATE INDEX IF NOT EXISTS day_rollups_day ON day_rollups (day_ms);
@@ -238,6 +240,17 @@ SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::integer[], %s::bi
 ORDER BY app, type, day_ms, bucket
 ON CONFLICT (app, type, day_ms, bucket) DO UPDATE
     SET count = day_rollup_buckets.count + EXCLUDED.count
+"""
+_DAY_HISTOGRAMS: Final = """
+SELECT b.app, b.type, b.day_ms, b.bucket, b.count
+FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(app, type, day_ms)
+JOIN day_rollup_buckets b ON b.app = k.app AND b.type = k.type AND b.day_ms = k.day_ms
+"""
+_UPDATE_DAY_PERCENTILES: Final = """
+UPDATE day_rollups d SET p50_bucket = u.p50, p95_bucket = u.p95, p99_bucket = u.p99
+FROM unnest(%s::integer[], %s::integer[], %s::integer[], %s::text[], %s::text[], %s::bigint[])
+     AS u(p50, p95, p99, app, type, day_ms)
+WHERE d.app = u.app AND d.type = u.type AND d.day_ms = u.day_ms
 """
 _INSERT_DAY_APP_INSTALLS: Final = """
 INSERT INTO day_app_installs (app, day_ms, install_id)
@@ -858,9 +871,16 @@ def _write_days(cur: psycopg.Cursor[Any], increments: Increments) -> None:
     cur.execute(_INSERT_DAY_INSTALLS, _columns(increments.day_installs, 4))
     added = cur.fetchall()
     cur.execute(_UPSERT_DAY_ROLLUPS, _columns(day_rollup_rows(increments.day_rollups, added), 7))
+    cur.execute(_INSERT_DAY_APP_INSTALLS, _columns(increments.day_app_installs, 3))
     if increments.day_buckets:
         cur.execute(_UPSERT_DAY_BUCKETS, _columns(increments.day_buckets, 5))
-    cur.execute(_INSERT_DAY_APP_INSTALLS, _columns(increments.day_app_installs, 3))
+        # The percentiles of every day whose histogram grew, from its whole
+        # histogram: the day rollup rows are locked by now, so a concurrent
+        # batch of the same days recomputes them after this one commits.
+        keys = sorted({row[:3] for row in increments.day_buckets})
+        cur.execute(_DAY_HISTOGRAMS, _columns(keys, 3))
+        percentiles = day_percentile_rows(cur.fetchall())
+        cur.execute(_UPDATE_DAY_PERCENTILES, _columns(percentiles, 6))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -38,6 +38,7 @@ from telemetry_core.collector.store_sql import (
     SQLITE,
     Dedupe,
     Increments,
+    day_percentile_rows,
     day_rollup_rows,
     plan_increments,
     read_stats_data,
@@ -98,6 +99,7 @@ CREATE TABLE IF NOT EXISTS day_rollups (
     app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL,
     count INTEGER NOT NULL, success INTEGER NOT NULL, failure INTEGER NOT NULL,
     installs INTEGER NOT NULL,
+    p50_bucket INTEGER, p95_bucket INTEGER, p99_bucket INTEGER,
     PRIMARY KEY (app, type, day_ms)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS day_rollups_day ON day_rollups (day_ms);
@@ -179,6 +181,26 @@ def _insert_day_installs_sql(rows: int) -> str:
     )
 
 
+#: Day rollup keys per histogram read (3 parameters each).
+_DAY_KEYS_PER_SELECT = 300
+
+
+@functools.lru_cache(maxsize=8)
+def _day_histograms_sql(keys: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * keys)
+    # A join, not "(app, type, day_ms) IN (VALUES ...)", which SQLite answers
+    # with a scan of the whole table.
+    return (
+        f"SELECT b.app, b.type, b.day_ms, b.bucket, b.count FROM (VALUES {values}) AS k "
+        "JOIN day_rollup_buckets AS b ON b.app = k.column1 AND b.type = k.column2 "
+        "AND b.day_ms = k.column3"
+    )
+
+
+_UPDATE_DAY_PERCENTILES = """
+UPDATE day_rollups SET p50_bucket = ?, p95_bucket = ?, p99_bucket = ?
+WHERE app = ? AND type = ? AND day_ms = ?
+"""
 _UPSERT_COUNTER = """
 INSERT INTO counters (hour_ms, name, count) VALUES (?, ?, ?)
 ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
@@ -556,6 +578,14 @@ def _write_days(conn: sqlite3.Connection, increments: Increments) -> None:
     conn.executemany(_UPSERT_DAY_ROLLUP, day_rollup_rows(increments.day_rollups, added))
     conn.executemany(_UPSERT_DAY_BUCKET, increments.day_buckets)
     conn.executemany(_INSERT_DAY_APP_INSTALL, increments.day_app_installs)
+    # The percentiles of every day whose histogram grew, from its whole histogram.
+    keys = sorted({row[:3] for row in increments.day_buckets})
+    hist_rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), _DAY_KEYS_PER_SELECT):
+        some = keys[start : start + _DAY_KEYS_PER_SELECT]
+        sql = _day_histograms_sql(len(some))
+        hist_rows += conn.execute(sql, [v for key in some for v in key]).fetchall()
+    conn.executemany(_UPDATE_DAY_PERCENTILES, day_percentile_rows(hist_rows))
 
 
 def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:

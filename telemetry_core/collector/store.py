@@ -155,6 +155,13 @@ class StatsData:
     ``series_installs``: ``(app, type, bucket_start_ms, distinct installs)`` for the
     query's grain. ``total_installs``: distinct install ids over the whole range.
     ``counters``: counter name -> sum over the range.
+
+    Series read from the day tables come with their percentiles found already:
+    ``series_percentiles`` maps ``(app, type, bucket_start_ms)`` to the buckets
+    holding p50, p95 and p99 (``None`` without durations), and their histograms
+    come only merged per type, as ``type_buckets``: ``(type, bucket, count)``.
+    The other series' percentiles come from their ``buckets`` rows; each
+    type's percentiles over the range from its ``buckets`` and ``type_buckets``.
     """
 
     rollups: Sequence[tuple[str, str, int, int, int, int]]
@@ -162,6 +169,10 @@ class StatsData:
     series_installs: Sequence[tuple[str, str, int, int]]
     total_installs: int
     counters: Mapping[str, int]
+    series_percentiles: Mapping[tuple[str, str, int], Sequence[int | None]] = attrs.field(
+        factory=dict
+    )
+    type_buckets: Sequence[tuple[str, int, int]] = ()
 
 
 @runtime_checkable

@@ -29,7 +29,13 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from telemetry_core.collector.aggregation import DAY_MS, hour_increments, hour_of
+from telemetry_core.collector.aggregation import (
+    DAY_MS,
+    PERCENTILES,
+    hour_increments,
+    hour_of,
+    percentile_buckets,
+)
 from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
 from telemetry_core.schema import Event
 
@@ -42,6 +48,7 @@ __all__ = [
     "Fetch",
     "Increments",
     "Span",
+    "day_percentile_rows",
     "day_rollup_rows",
     "plan_increments",
     "read_stats_data",
@@ -162,6 +169,40 @@ def day_rollup_rows(
     return [(*row, added.get(row[:3], 0)) for row in day_rollups]
 
 
+def day_percentile_rows(
+    bucket_rows: Iterable[Sequence[Any]],
+) -> list[tuple[int | None, int | None, int | None, str, str, int]]:
+    """The ``(p50_bucket, p95_bucket, p99_bucket, app, type, day_ms)`` of each
+    day rollup from its whole histogram, ``bucket_rows``
+    (``(app, type, day_ms, bucket, count)``, every row of the keys given)."""
+    hists: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
+    for app, etype, day, bucket, count in bucket_rows:
+        hists[(str(app), str(etype), int(day))][int(bucket)] = int(count)
+    rows = []
+    for key in sorted(hists):
+        p50, p95, p99 = percentile_buckets(hists[key])
+        rows.append((p50, p95, p99, *key))
+    return rows
+
+
+def _percentile_bucket_sql() -> str:
+    """For the backfill: the bucket of each percentile of each day rollup, by
+    the rule of :func:`percentile_buckets` (the first bucket whose running
+    count reaches ``q * n`` as a double, as ``ceil(q * n)`` is reached)."""
+    columns = ", ".join(
+        f"MIN(CASE WHEN upto >= CAST({q!r} AS DOUBLE PRECISION) * n THEN bucket END) "
+        f"AS {name.removesuffix('_ms')}"
+        for name, q in PERCENTILES
+    )
+    return (
+        f"SELECT app, type, day_ms, {columns} FROM (SELECT app, type, day_ms, bucket, "
+        "CAST(SUM(count) OVER (PARTITION BY app, type, day_ms ORDER BY bucket) "
+        "AS DOUBLE PRECISION) AS upto, "
+        "CAST(SUM(count) OVER (PARTITION BY app, type, day_ms) AS DOUBLE PRECISION) AS n "
+        "FROM day_rollup_buckets) AS w GROUP BY app, type, day_ms"
+    )
+
+
 #: Fills the day tables from the hourly ones, in this order: what a database
 #: written before the day tables existed runs once, in the transaction that
 #: creates them (both dialects; no parameters).
@@ -179,6 +220,9 @@ BACKFILL_DAY_TABLES: Final = (
     "INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count) "
     f"SELECT app, type, hour_ms - hour_ms % {DAY_MS} AS d, bucket, SUM(count) "
     "FROM rollup_buckets GROUP BY app, type, d, bucket",
+    "UPDATE day_rollups SET p50_bucket = p.p50, p95_bucket = p.p95, p99_bucket = p.p99 "
+    f"FROM ({_percentile_bucket_sql()}) AS p WHERE day_rollups.app = p.app "
+    "AND day_rollups.type = p.type AND day_rollups.day_ms = p.day_ms",
 )
 
 
@@ -236,79 +280,107 @@ def _fetch_all(fetch: Fetch, statements: Iterable[tuple[str, list[Any]]]) -> lis
     return [tuple(row) for sql, args in statements for row in fetch(sql, args)]
 
 
-def _series_by_hour(
-    fetch: Fetch, where: _Where, query: StatsQuery
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+@attrs.define
+class _Series:
+    """The rows of a stats request's series, as :class:`StatsData` takes them."""
+
+    rollups: list[tuple[Any, ...]] = attrs.Factory(list)
+    buckets: list[tuple[Any, ...]] = attrs.Factory(list)
+    installs: list[tuple[Any, ...]] = attrs.Factory(list)
+    percentiles: dict[tuple[str, str, int], tuple[Any, ...]] = attrs.Factory(dict)
+    type_buckets: list[tuple[Any, ...]] = attrs.Factory(list)
+
+
+def _series_by_hour(fetch: Fetch, where: _Where, query: StatsQuery) -> _Series:
     """Rollups, buckets and distinct installs per hour: the hourly tables over the range."""
     cond, args = where("hour_ms", [(query.from_hour_ms, query.to_ms)])
-    rollups = fetch(
-        f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}", args
-    )
-    buckets = fetch(
-        f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args
-    )
     # One row per install and hour: counting rows counts distinct installs.
-    installs = fetch(
-        f"SELECT app, type, hour_ms, COUNT(*) FROM installs WHERE {cond} "
-        "GROUP BY app, type, hour_ms",
-        args,
-    )
-    return [tuple(r) for r in rollups], [tuple(r) for r in buckets], [tuple(r) for r in installs]
-
-
-def _series_by_day(
-    fetch: Fetch, where: _Where, span: Span, dialect: Dialect
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rollups, buckets and distinct installs per day: the day tables for the
-    whole days, the hourly tables summed to days for the edges."""
-    whole: list[tuple[Any, ...]] = []
-    rollups: list[tuple[str, list[Any]]] = []
-    buckets: list[tuple[str, list[Any]]] = []
-    installs: list[tuple[str, list[Any]]] = []
-    if span.days:
-        cond, args = where("day_ms", span.days)
-        whole = _fetch_all(
+    return _Series(
+        rollups=_fetch_all(
             fetch,
             [
                 (
-                    "SELECT app, type, day_ms, count, success, failure, installs "
-                    f"FROM day_rollups WHERE {cond}",
+                    f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
                     args,
                 )
             ],
-        )
-        buckets.append(
-            (f"SELECT app, type, day_ms, bucket, count FROM day_rollup_buckets WHERE {cond}", args)
-        )
-    if span.hours:
-        cond, args = where("hour_ms", span.hours)
-        day = f"hour_ms - hour_ms {dialect.modulo} {DAY_MS}"
-        rollups.append(
+        ),
+        buckets=_fetch_all(
+            fetch,
+            [(f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args)],
+        ),
+        installs=_fetch_all(
+            fetch,
+            [
+                (
+                    f"SELECT app, type, hour_ms, COUNT(*) FROM installs WHERE {cond} "
+                    "GROUP BY app, type, hour_ms",
+                    args,
+                )
+            ],
+        ),
+    )
+
+
+def _whole_days(fetch: Fetch, where: _Where, span: Span, series: _Series) -> None:
+    """Add the whole days of ``span`` from the day tables to ``series``."""
+    cond, args = where("day_ms", span.days)
+    for row in fetch(
+        "SELECT app, type, day_ms, count, success, failure, installs, "
+        f"p50_bucket, p95_bucket, p99_bucket FROM day_rollups WHERE {cond}",
+        args,
+    ):
+        key = (str(row[0]), str(row[1]), int(row[2]))
+        series.rollups.append(tuple(row[:6]))
+        series.installs.append((*key, row[6]))
+        series.percentiles[key] = tuple(row[7:])
+    # Their percentiles are found; the histograms serve only each type's.
+    series.type_buckets += _fetch_all(
+        fetch,
+        [
+            (
+                "SELECT type, bucket, CAST(SUM(count) AS BIGINT) "
+                f"FROM day_rollup_buckets WHERE {cond} GROUP BY type, bucket",
+                args,
+            )
+        ],
+    )
+
+
+def _edge_days(fetch: Fetch, where: _Where, span: Span, dialect: Dialect, series: _Series) -> None:
+    """Add the hours at the edges of ``span`` from the hourly tables, summed per day."""
+    cond, args = where("hour_ms", span.hours)
+    day = f"hour_ms - hour_ms {dialect.modulo} {DAY_MS}"
+    series.rollups += _fetch_all(
+        fetch,
+        [
             (
                 f"SELECT app, type, {day} AS d, CAST(SUM(count) AS BIGINT), "
                 "CAST(SUM(success) AS BIGINT), CAST(SUM(failure) AS BIGINT) "
                 f"FROM rollups WHERE {cond} GROUP BY app, type, d",
                 args,
             )
-        )
-        buckets.append(
+        ],
+    )
+    series.buckets += _fetch_all(
+        fetch,
+        [
             (
                 f"SELECT app, type, {day} AS d, bucket, CAST(SUM(count) AS BIGINT) "
                 f"FROM rollup_buckets WHERE {cond} GROUP BY app, type, d, bucket",
                 args,
             )
-        )
-        installs.append(
+        ],
+    )
+    series.installs += _fetch_all(
+        fetch,
+        [
             (
                 f"SELECT app, type, {day} AS d, COUNT(DISTINCT install_id) "
                 f"FROM installs WHERE {cond} GROUP BY app, type, d",
                 args,
             )
-        )
-    return (
-        [row[:6] for row in whole] + _fetch_all(fetch, rollups),
-        _fetch_all(fetch, buckets),
-        [(*row[:3], row[6]) for row in whole] + _fetch_all(fetch, installs),
+        ],
     )
 
 
@@ -350,9 +422,13 @@ def read_stats_data(
     span = Span.of(query, day_tables=day_tables)
     where = _Where(query, dialect)
     if query.bucket == "hour":
-        rollups, buckets, series_installs = _series_by_hour(fetch, where, query)
+        series = _series_by_hour(fetch, where, query)
     else:
-        rollups, buckets, series_installs = _series_by_day(fetch, where, span, dialect)
+        series = _Series()
+        if span.days:
+            _whole_days(fetch, where, span, series)
+        if span.hours:
+            _edge_days(fetch, where, span, dialect, series)
     p = dialect.placeholder
     counters = fetch(
         f"SELECT name, SUM(count) FROM counters WHERE hour_ms >= {p} AND hour_ms < {p} "
@@ -360,9 +436,11 @@ def read_stats_data(
         [query.from_hour_ms, query.to_ms],
     )
     return StatsData(
-        rollups=rollups,
-        buckets=buckets,
-        series_installs=series_installs,
+        rollups=series.rollups,
+        buckets=series.buckets,
+        series_installs=series.installs,
         total_installs=_total_installs(fetch, where, span),
         counters={str(name): int(n) for name, n in counters},
+        series_percentiles=series.percentiles,
+        type_buckets=series.type_buckets,
     )
