@@ -4,7 +4,7 @@ A store keeps the received events and the aggregates derived from them. Both
 implementations (:mod:`telemetry_core.collector.sqlite_store`,
 :mod:`telemetry_core.collector.postgres_store`) keep the same tables and the
 same semantics. What they decide alike is written once so the two cannot
-drift apart: the SQL planning (dedupe, the rows an event adds, the five stats
+drift apart: the SQL planning (dedupe, the rows an event adds, the stats
 statements) in :mod:`telemetry_core.collector.store_sql`, and everything that is
 not SQL (histogram math, bucketing, the shape of the stats document) in
 :mod:`telemetry_core.collector.aggregation`. Each store keeps only its dialect
@@ -30,8 +30,22 @@ on PostgreSQL, see below)::
     rollup_buckets(app, type, hour_ms, bucket, count, PRIMARY KEY (app, type, hour_ms, bucket))
 
     -- Distinct installs as a unique set per (app, type, hour); day and range counts
-    -- are COUNT(DISTINCT install_id) over the hours they cover.
+    -- are exact: distinct install ids over the day sets of the whole days and the
+    -- hour sets of the hours at the edges.
     installs(app, type, hour_ms, install_id, PRIMARY KEY (app, type, hour_ms, install_id))
+
+    -- The same per UTC day (day_ms = hour_ms - hour_ms % 86400000), written in the
+    -- same transactions, so a stats request reads whole days from them and only the
+    -- hours at the edges of its range from the hourly tables. day_rollups also keeps
+    -- the day's distinct installs and the buckets holding its p50, p95 and p99
+    -- (NULL without durations), recomputed from the day's whole histogram whenever
+    -- it grows; day_app_installs is the install set per app and day, for the
+    -- distinct installs of a range over every type.
+    day_rollups(app, type, day_ms, count, success, failure, installs,
+                p50_bucket, p95_bucket, p99_bucket, PRIMARY KEY (app, type, day_ms))
+    day_rollup_buckets(app, type, day_ms, bucket, count, PRIMARY KEY (app, type, day_ms, bucket))
+    day_installs(app, type, day_ms, install_id, PRIMARY KEY (app, type, day_ms, install_id))
+    day_app_installs(app, day_ms, install_id, PRIMARY KEY (app, day_ms, install_id))
 
     -- Outcome counters per hour of reception: "duplicate", "throttled",
     -- "rejected:<code>". Not per app: a rejected event may have no readable app.
@@ -48,7 +62,7 @@ Semantics every implementation keeps:
 * **Exactly once.** Inserting the raw event's key (``INSERT ... ON CONFLICT DO
   NOTHING``: the id on SQLite, ``(app, id)`` in ``event_ids`` on PostgreSQL)
   decides whether it is new. Only new events increment ``rollups``,
-  ``rollup_buckets`` and ``installs``; a conflicting one increments the
+  ``rollup_buckets``, ``installs`` and their day tables; a conflicting one increments the
   ``duplicate`` counter instead. All of it happens in ONE transaction per batch
   (or per group of batches), so a crash never leaves an event stored but not
   counted, or counted twice. Within one batch a repeated id counts once.
@@ -57,7 +71,12 @@ Semantics every implementation keeps:
 * **Bounded.** :attr:`CollectorStore.queue_depth` is the number of events
   accepted by ``ingest`` calls that have not committed yet; a store raises
   :class:`StoreOverloaded` rather than queueing without bound.
-* Retention deletes raw events only; rollups, buckets, installs and counters stay.
+* Retention deletes raw events only; rollups, buckets, installs, their day
+  tables and counters stay.
+* A database written before the day tables existed gets them, filled from the
+  hourly tables (``store_sql.BACKFILL_DAY_TABLES``), in the transaction that
+  creates them when a collector first opens it; a read-only reader of such a
+  database reads the hourly tables alone.
 """
 
 from __future__ import annotations
