@@ -54,10 +54,9 @@ from telemetry_core.collector.store_sql import (
     POSTGRES,
     Dedupe,
     Increments,
-    day_percentile_rows,
-    day_rollup_rows,
     plan_increments,
     read_stats_data,
+    update_day_percentiles,
 )
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -211,53 +210,59 @@ SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
 ORDER BY app, type, hour_ms, install_id
 ON CONFLICT DO NOTHING
 """
-#: The day install rows the transaction inserted come back: each counts once
-#: in the ``installs`` column of its day rollup (a row another transaction
-#: holds, committed or not, waits for it and then is not returned).
-_INSERT_DAY_INSTALLS: Final = """
-INSERT INTO day_installs (app, type, day_ms, install_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[])
-     AS u(app, type, day_ms, install_id)
-ORDER BY app, type, day_ms, install_id
-ON CONFLICT DO NOTHING
-RETURNING app, type, day_ms
-"""
-_UPSERT_DAY_ROLLUPS: Final = """
+#: A batch's day rows in one statement. The day install rows inserted now come
+#: back from ``added`` and count into the ``installs`` column of their day
+#: rollup (a row another transaction holds, committed or not, waits for it and
+#: then does not come back). The two inserts no statement reads run after the
+#: main one, in their order, so every batch takes its locks table by table in
+#: the same order.
+_WRITE_DAYS: Final = """
+WITH added AS (
+    INSERT INTO day_installs (app, type, day_ms, install_id)
+    SELECT * FROM unnest(%(i_app)s::text[], %(i_type)s::text[], %(i_day)s::bigint[],
+                         %(i_install)s::text[]) AS u(app, type, day_ms, install_id)
+    ORDER BY app, type, day_ms, install_id
+    ON CONFLICT DO NOTHING
+    RETURNING app, type, day_ms
+), fresh AS (
+    SELECT app, type, day_ms, count(*) AS n FROM added GROUP BY app, type, day_ms
+), app_installs AS (
+    INSERT INTO day_app_installs (app, day_ms, install_id)
+    SELECT * FROM unnest(%(a_app)s::text[], %(a_day)s::bigint[], %(a_install)s::text[])
+         AS u(app, day_ms, install_id)
+    ORDER BY app, day_ms, install_id
+    ON CONFLICT DO NOTHING
+), buckets AS (
+    INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count)
+    SELECT * FROM unnest(%(b_app)s::text[], %(b_type)s::text[], %(b_day)s::bigint[],
+                         %(b_bucket)s::integer[], %(b_count)s::bigint[])
+         AS u(app, type, day_ms, bucket, count)
+    ORDER BY app, type, day_ms, bucket
+    ON CONFLICT (app, type, day_ms, bucket) DO UPDATE
+        SET count = day_rollup_buckets.count + EXCLUDED.count
+)
 INSERT INTO day_rollups (app, type, day_ms, count, success, failure, installs)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
-                     %s::bigint[], %s::bigint[])
-     AS u(app, type, day_ms, count, success, failure, installs)
-ORDER BY app, type, day_ms
+SELECT u.app, u.type, u.day_ms, u.count, u.success, u.failure, COALESCE(f.n, 0)
+FROM unnest(%(r_app)s::text[], %(r_type)s::text[], %(r_day)s::bigint[], %(r_count)s::bigint[],
+            %(r_success)s::bigint[], %(r_failure)s::bigint[])
+     AS u(app, type, day_ms, count, success, failure)
+LEFT JOIN fresh f ON f.app = u.app AND f.type = u.type AND f.day_ms = u.day_ms
+ORDER BY u.app, u.type, u.day_ms
 ON CONFLICT (app, type, day_ms) DO UPDATE SET count = day_rollups.count + EXCLUDED.count,
     success = day_rollups.success + EXCLUDED.success,
     failure = day_rollups.failure + EXCLUDED.failure,
     installs = day_rollups.installs + EXCLUDED.installs
 """
-_UPSERT_DAY_BUCKETS: Final = """
-INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::integer[], %s::bigint[])
-     AS u(app, type, day_ms, bucket, count)
-ORDER BY app, type, day_ms, bucket
-ON CONFLICT (app, type, day_ms, bucket) DO UPDATE
-    SET count = day_rollup_buckets.count + EXCLUDED.count
-"""
-_DAY_HISTOGRAMS: Final = """
-SELECT b.app, b.type, b.day_ms, b.bucket, b.count
-FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(app, type, day_ms)
-JOIN day_rollup_buckets b ON b.app = k.app AND b.type = k.type AND b.day_ms = k.day_ms
-"""
-_UPDATE_DAY_PERCENTILES: Final = """
-UPDATE day_rollups d SET p50_bucket = u.p50, p95_bucket = u.p95, p99_bucket = u.p99
-FROM unnest(%s::integer[], %s::integer[], %s::integer[], %s::text[], %s::text[], %s::bigint[])
-     AS u(p50, p95, p99, app, type, day_ms)
-WHERE d.app = u.app AND d.type = u.type AND d.day_ms = u.day_ms
-"""
-_INSERT_DAY_APP_INSTALLS: Final = """
-INSERT INTO day_app_installs (app, day_ms, install_id)
-SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(app, day_ms, install_id)
-ORDER BY app, day_ms, install_id
-ON CONFLICT DO NOTHING
-"""
+#: The percentiles of the days whose histogram grew, from their whole
+#: histograms, in a statement of its own: it sees what the batch and every
+#: transaction committed before it wrote, and the batch holds its day rollup
+#: rows by now, so a concurrent batch of the same days recomputes after it.
+_UPDATE_DAY_PERCENTILES: Final = update_day_percentiles(
+    "(SELECT b.app, b.type, b.day_ms, b.bucket, b.count "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(app, type, day_ms) "
+    "JOIN day_rollup_buckets b ON b.app = k.app AND b.type = k.type "
+    "AND b.day_ms = k.day_ms) AS h"
+)
 _UPSERT_COUNTERS: Final = """
 INSERT INTO counters (hour_ms, name, count)
 SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS u(hour_ms, name, count)
@@ -866,21 +871,27 @@ def _create_day_tables(cur: psycopg.Cursor[Any]) -> None:
 
 
 def _write_days(cur: psycopg.Cursor[Any], increments: Increments) -> None:
-    """Add the batch's day rows: the install sets first, whose newly inserted
-    rows count into the ``installs`` column of the day rollups."""
-    cur.execute(_INSERT_DAY_INSTALLS, _columns(increments.day_installs, 4))
-    added = cur.fetchall()
-    cur.execute(_UPSERT_DAY_ROLLUPS, _columns(day_rollup_rows(increments.day_rollups, added), 7))
-    cur.execute(_INSERT_DAY_APP_INSTALLS, _columns(increments.day_app_installs, 3))
+    """Add the batch's day rows (two statements; see :data:`_WRITE_DAYS`)."""
+    columns = {
+        "i": (_columns(increments.day_installs, 4), ("app", "type", "day", "install")),
+        "a": (_columns(increments.day_app_installs, 3), ("app", "day", "install")),
+        "b": (_columns(increments.day_buckets, 5), ("app", "type", "day", "bucket", "count")),
+        "r": (
+            _columns(increments.day_rollups, 6),
+            ("app", "type", "day", "count", "success", "failure"),
+        ),
+    }
+    cur.execute(
+        _WRITE_DAYS,
+        {
+            f"{prefix}_{name}": column
+            for prefix, (values, names) in columns.items()
+            for name, column in zip(names, values, strict=True)
+        },
+    )
     if increments.day_buckets:
-        cur.execute(_UPSERT_DAY_BUCKETS, _columns(increments.day_buckets, 5))
-        # The percentiles of every day whose histogram grew, from its whole
-        # histogram: the day rollup rows are locked by now, so a concurrent
-        # batch of the same days recomputes them after this one commits.
         keys = sorted({row[:3] for row in increments.day_buckets})
-        cur.execute(_DAY_HISTOGRAMS, _columns(keys, 3))
-        percentiles = day_percentile_rows(cur.fetchall())
-        cur.execute(_UPDATE_DAY_PERCENTILES, _columns(percentiles, 6))
+        cur.execute(_UPDATE_DAY_PERCENTILES, _columns(keys, 3))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -38,10 +38,10 @@ from telemetry_core.collector.store_sql import (
     SQLITE,
     Dedupe,
     Increments,
-    day_percentile_rows,
     day_rollup_rows,
     plan_increments,
     read_stats_data,
+    update_day_percentiles,
 )
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
@@ -181,26 +181,22 @@ def _insert_day_installs_sql(rows: int) -> str:
     )
 
 
-#: Day rollup keys per histogram read (3 parameters each).
-_DAY_KEYS_PER_SELECT = 300
+#: Day rollup keys per percentile update (3 parameters each).
+_DAY_KEYS_PER_UPDATE = 300
 
 
 @functools.lru_cache(maxsize=8)
-def _day_histograms_sql(keys: int) -> str:
-    values = ", ".join(["(?, ?, ?)"] * keys)
+def _update_day_percentiles_sql(keys: int) -> str:
     # A join, not "(app, type, day_ms) IN (VALUES ...)", which SQLite answers
     # with a scan of the whole table.
-    return (
-        f"SELECT b.app, b.type, b.day_ms, b.bucket, b.count FROM (VALUES {values}) AS k "
-        "JOIN day_rollup_buckets AS b ON b.app = k.column1 AND b.type = k.column2 "
-        "AND b.day_ms = k.column3"
+    values = ", ".join(["(?, ?, ?)"] * keys)
+    return update_day_percentiles(
+        "(SELECT b.app AS app, b.type AS type, b.day_ms AS day_ms, b.bucket AS bucket, "
+        f"b.count AS count FROM (VALUES {values}) AS k JOIN day_rollup_buckets AS b "
+        "ON b.app = k.column1 AND b.type = k.column2 AND b.day_ms = k.column3) AS h"
     )
 
 
-_UPDATE_DAY_PERCENTILES = """
-UPDATE day_rollups SET p50_bucket = ?, p95_bucket = ?, p99_bucket = ?
-WHERE app = ? AND type = ? AND day_ms = ?
-"""
 _UPSERT_COUNTER = """
 INSERT INTO counters (hour_ms, name, count) VALUES (?, ?, ?)
 ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
@@ -580,12 +576,9 @@ def _write_days(conn: sqlite3.Connection, increments: Increments) -> None:
     conn.executemany(_INSERT_DAY_APP_INSTALL, increments.day_app_installs)
     # The percentiles of every day whose histogram grew, from its whole histogram.
     keys = sorted({row[:3] for row in increments.day_buckets})
-    hist_rows: list[tuple[Any, ...]] = []
-    for start in range(0, len(keys), _DAY_KEYS_PER_SELECT):
-        some = keys[start : start + _DAY_KEYS_PER_SELECT]
-        sql = _day_histograms_sql(len(some))
-        hist_rows += conn.execute(sql, [v for key in some for v in key]).fetchall()
-    conn.executemany(_UPDATE_DAY_PERCENTILES, day_percentile_rows(hist_rows))
+    for start in range(0, len(keys), _DAY_KEYS_PER_UPDATE):
+        some = keys[start : start + _DAY_KEYS_PER_UPDATE]
+        conn.execute(_update_day_percentiles_sql(len(some)), [v for key in some for v in key])
 
 
 def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:

@@ -11,6 +11,8 @@ here, written once:
   take row locks);
 - :func:`day_rollup_rows`: the ``installs`` column of the day rollups, from
   the day install rows a transaction inserted;
+- :func:`update_day_percentiles`: the buckets of each day's p50, p95 and
+  p99, found by the database from the day's histogram rows;
 - :data:`BACKFILL_DAY_TABLES`: the day tables filled from the hourly ones
   (the migration of a database written before they existed);
 - :func:`read_stats_data`: the statements a stats request runs: whole UTC
@@ -34,7 +36,6 @@ from telemetry_core.collector.aggregation import (
     PERCENTILES,
     hour_increments,
     hour_of,
-    percentile_buckets,
 )
 from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
 from telemetry_core.schema import Event
@@ -48,10 +49,10 @@ __all__ = [
     "Fetch",
     "Increments",
     "Span",
-    "day_percentile_rows",
     "day_rollup_rows",
     "plan_increments",
     "read_stats_data",
+    "update_day_percentiles",
 ]
 
 
@@ -169,37 +170,30 @@ def day_rollup_rows(
     return [(*row, added.get(row[:3], 0)) for row in day_rollups]
 
 
-def day_percentile_rows(
-    bucket_rows: Iterable[Sequence[Any]],
-) -> list[tuple[int | None, int | None, int | None, str, str, int]]:
-    """The ``(p50_bucket, p95_bucket, p99_bucket, app, type, day_ms)`` of each
-    day rollup from its whole histogram, ``bucket_rows``
-    (``(app, type, day_ms, bucket, count)``, every row of the keys given)."""
-    hists: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
-    for app, etype, day, bucket, count in bucket_rows:
-        hists[(str(app), str(etype), int(day))][int(bucket)] = int(count)
-    rows = []
-    for key in sorted(hists):
-        p50, p95, p99 = percentile_buckets(hists[key])
-        rows.append((p50, p95, p99, *key))
-    return rows
-
-
-def _percentile_bucket_sql() -> str:
-    """For the backfill: the bucket of each percentile of each day rollup, by
-    the rule of :func:`percentile_buckets` (the first bucket whose running
-    count reaches ``q * n`` as a double, as ``ceil(q * n)`` is reached)."""
+def update_day_percentiles(histograms: str) -> str:
+    """The statement that sets the ``p50_bucket``, ``p95_bucket`` and
+    ``p99_bucket`` of the day rollups whose histograms ``histograms`` holds
+    (a table or a subquery with its alias, of ``app, type, day_ms, bucket,
+    count``: every row of each day given), by the rule of
+    :func:`~telemetry_core.collector.aggregation.percentile_buckets`: the first
+    bucket whose running count reaches ``q * n`` computed as a double, which is
+    where ``ceil(q * n)`` is reached. Both dialects; no parameters of its own."""
     columns = ", ".join(
         f"MIN(CASE WHEN upto >= CAST({q!r} AS DOUBLE PRECISION) * n THEN bucket END) "
         f"AS {name.removesuffix('_ms')}"
         for name, q in PERCENTILES
     )
-    return (
+    found = (
         f"SELECT app, type, day_ms, {columns} FROM (SELECT app, type, day_ms, bucket, "
         "CAST(SUM(count) OVER (PARTITION BY app, type, day_ms ORDER BY bucket) "
         "AS DOUBLE PRECISION) AS upto, "
         "CAST(SUM(count) OVER (PARTITION BY app, type, day_ms) AS DOUBLE PRECISION) AS n "
-        "FROM day_rollup_buckets) AS w GROUP BY app, type, day_ms"
+        f"FROM {histograms}) AS w GROUP BY app, type, day_ms"
+    )
+    return (
+        "UPDATE day_rollups SET p50_bucket = p.p50, p95_bucket = p.p95, p99_bucket = p.p99 "
+        f"FROM ({found}) AS p WHERE day_rollups.app = p.app "
+        "AND day_rollups.type = p.type AND day_rollups.day_ms = p.day_ms"
     )
 
 
@@ -220,9 +214,7 @@ BACKFILL_DAY_TABLES: Final = (
     "INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count) "
     f"SELECT app, type, hour_ms - hour_ms % {DAY_MS} AS d, bucket, SUM(count) "
     "FROM rollup_buckets GROUP BY app, type, d, bucket",
-    "UPDATE day_rollups SET p50_bucket = p.p50, p95_bucket = p.p95, p99_bucket = p.p99 "
-    f"FROM ({_percentile_bucket_sql()}) AS p WHERE day_rollups.app = p.app "
-    "AND day_rollups.type = p.type AND day_rollups.day_ms = p.day_ms",
+    update_day_percentiles("day_rollup_buckets"),
 )
 
 
