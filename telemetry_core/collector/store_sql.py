@@ -268,8 +268,8 @@ class _Where:
         return " AND ".join(where), args
 
 
-def _fetch_all(fetch: Fetch, statements: Iterable[tuple[str, list[Any]]]) -> list[tuple[Any, ...]]:
-    return [tuple(row) for sql, args in statements for row in fetch(sql, args)]
+def _rows(fetch: Fetch, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in fetch(sql, args)]
 
 
 @attrs.define
@@ -286,30 +286,23 @@ class _Series:
 def _series_by_hour(fetch: Fetch, where: _Where, query: StatsQuery) -> _Series:
     """Rollups, buckets and distinct installs per hour: the hourly tables over the range."""
     cond, args = where("hour_ms", [(query.from_hour_ms, query.to_ms)])
-    # One row per install and hour: counting rows counts distinct installs.
     return _Series(
-        rollups=_fetch_all(
+        rollups=_rows(
             fetch,
-            [
-                (
-                    f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
-                    args,
-                )
-            ],
+            f"SELECT app, type, hour_ms, count, success, failure FROM rollups WHERE {cond}",
+            args,
         ),
-        buckets=_fetch_all(
+        buckets=_rows(
             fetch,
-            [(f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}", args)],
+            f"SELECT app, type, hour_ms, bucket, count FROM rollup_buckets WHERE {cond}",
+            args,
         ),
-        installs=_fetch_all(
+        # One row per install and hour: counting rows counts distinct installs.
+        installs=_rows(
             fetch,
-            [
-                (
-                    f"SELECT app, type, hour_ms, COUNT(*) FROM installs WHERE {cond} "
-                    "GROUP BY app, type, hour_ms",
-                    args,
-                )
-            ],
+            f"SELECT app, type, hour_ms, COUNT(*) FROM installs WHERE {cond} "
+            "GROUP BY app, type, hour_ms",
+            args,
         ),
     )
 
@@ -327,15 +320,11 @@ def _whole_days(fetch: Fetch, where: _Where, span: Span, series: _Series) -> Non
         series.installs.append((*key, row[6]))
         series.percentiles[key] = tuple(row[7:])
     # Their percentiles are found; the histograms serve only each type's.
-    series.type_buckets += _fetch_all(
+    series.type_buckets += _rows(
         fetch,
-        [
-            (
-                "SELECT type, bucket, CAST(SUM(count) AS BIGINT) "
-                f"FROM day_rollup_buckets WHERE {cond} GROUP BY type, bucket",
-                args,
-            )
-        ],
+        "SELECT type, bucket, CAST(SUM(count) AS BIGINT) "
+        f"FROM day_rollup_buckets WHERE {cond} GROUP BY type, bucket",
+        args,
     )
 
 
@@ -343,36 +332,24 @@ def _edge_days(fetch: Fetch, where: _Where, span: Span, dialect: Dialect, series
     """Add the hours at the edges of ``span`` from the hourly tables, summed per day."""
     cond, args = where("hour_ms", span.hours)
     day = f"hour_ms - hour_ms {dialect.modulo} {DAY_MS}"
-    series.rollups += _fetch_all(
+    series.rollups += _rows(
         fetch,
-        [
-            (
-                f"SELECT app, type, {day} AS d, CAST(SUM(count) AS BIGINT), "
-                "CAST(SUM(success) AS BIGINT), CAST(SUM(failure) AS BIGINT) "
-                f"FROM rollups WHERE {cond} GROUP BY app, type, d",
-                args,
-            )
-        ],
+        f"SELECT app, type, {day} AS d, CAST(SUM(count) AS BIGINT), "
+        "CAST(SUM(success) AS BIGINT), CAST(SUM(failure) AS BIGINT) "
+        f"FROM rollups WHERE {cond} GROUP BY app, type, d",
+        args,
     )
-    series.buckets += _fetch_all(
+    series.buckets += _rows(
         fetch,
-        [
-            (
-                f"SELECT app, type, {day} AS d, bucket, CAST(SUM(count) AS BIGINT) "
-                f"FROM rollup_buckets WHERE {cond} GROUP BY app, type, d, bucket",
-                args,
-            )
-        ],
+        f"SELECT app, type, {day} AS d, bucket, CAST(SUM(count) AS BIGINT) "
+        f"FROM rollup_buckets WHERE {cond} GROUP BY app, type, d, bucket",
+        args,
     )
-    series.installs += _fetch_all(
+    series.installs += _rows(
         fetch,
-        [
-            (
-                f"SELECT app, type, {day} AS d, COUNT(DISTINCT install_id) "
-                f"FROM installs WHERE {cond} GROUP BY app, type, d",
-                args,
-            )
-        ],
+        f"SELECT app, type, {day} AS d, COUNT(DISTINCT install_id) "
+        f"FROM installs WHERE {cond} GROUP BY app, type, d",
+        args,
     )
 
 
