@@ -270,6 +270,14 @@ ORDER BY hour_ms, name
 ON CONFLICT (hour_ms, name) DO UPDATE SET count = counters.count + EXCLUDED.count
 """
 
+#: Whether this connection can read every day table: a database of an earlier
+#: collector not opened by one since has none, and a reader role set up before
+#: them may not be granted them; either reads the hourly tables alone.
+_DAY_TABLES_READABLE: Final = """
+SELECT bool_and(COALESCE(has_table_privilege(to_regclass(t), 'SELECT'), false))
+FROM unnest(ARRAY['day_rollups', 'day_rollup_buckets', 'day_installs', 'day_app_installs']) AS t
+"""
+
 _RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -353,8 +361,7 @@ def _read_database(database_url: str, query: StatsQuery, connect_timeout: float)
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             with conn.transaction(), conn.cursor() as cur:
-                # A database of an earlier collector not opened by one since has none.
-                cur.execute("SELECT to_regclass('day_app_installs') IS NOT NULL")
+                cur.execute(_DAY_TABLES_READABLE)
                 row = cur.fetchone()
                 days = bool(row and row[0])
                 return read_stats_data(_fetcher(cur), query, POSTGRES, day_tables=days)

@@ -44,9 +44,19 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+#: The tables docs/operations.md gives a reader SELECT on.
+READER_TABLES = (
+    "rollups, rollup_buckets, installs, counters, "
+    "day_rollups, day_rollup_buckets, day_installs, day_app_installs"
+)
+#: What it gave before the day tables: such a reader still reads, from the hourly tables.
+EARLIER_READER_TABLES = "rollups, rollup_buckets, installs, counters"
+
+
 @contextmanager
-def _read_only_role(pg_url: str) -> Iterator[str]:
-    """A LOGIN role with CONNECT and SELECT only, dropped afterwards; yields its URL."""
+def _read_only_role(pg_url: str, tables: str = READER_TABLES) -> Iterator[str]:
+    """A LOGIN role with CONNECT and SELECT on ``tables`` only, dropped afterwards;
+    yields its URL."""
     role = f"tc_ro_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
@@ -60,11 +70,8 @@ def _read_only_role(pg_url: str) -> Iterator[str]:
             )
             conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-            # The grants docs/operations.md gives a reader.
             conn.execute(
-                sql.SQL("GRANT SELECT ON rollups, rollup_buckets, installs, counters TO {}").format(
-                    sql.Identifier(role)
-                )
+                sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(tables), sql.Identifier(role))
             )
         yield make_conninfo(pg_url, user=role)
     finally:
@@ -79,12 +86,13 @@ def _read_only_role(pg_url: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def test_stats_command_reads_with_a_read_only_role(pg_url: str) -> None:
+@pytest.mark.parametrize("tables", [READER_TABLES, EARLIER_READER_TABLES])
+def test_stats_command_reads_with_a_read_only_role(pg_url: str, tables: str) -> None:
     store = PostgresStore(pg_url)
     events = _events(random.Random(3), 40)
     asyncio.run(store.ingest(events, RECEIVED))
     asyncio.run(store.close())
-    with _read_only_role(pg_url) as ro_url:
+    with _read_only_role(pg_url, tables) as ro_url:
         # The role cannot run a collector (that creates the schema) ...
         with pytest.raises(StorageError, match="cannot create the collector schema"):
             PostgresStore(ro_url)
