@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from decimal import Decimal
@@ -168,6 +169,8 @@ def percentiles(counts: Mapping[int, int]) -> dict[str, float | None]:
 
 
 _Key = tuple[str, str, int]  # (app, type, bucket start)
+#: Series order: by bucket, then app, then type.
+_by_bucket_app_type: Final = operator.itemgetter(2, 0, 1)
 
 
 def _series(
@@ -198,19 +201,29 @@ def _series(
         merged[index] = merged.get(index, 0) + count
     known = data.series_percentiles
     installs = {(a, t, b): n for a, t, b, n in data.series_installs}
-    series = [
-        {
-            "app": key[0],
-            "type": key[1],
-            "bucket_start": key[2],
-            "count": counts[key][0],
-            "success": counts[key][1],
-            "failure": counts[key][2],
-            **(_emitted(known[key]) if key in known else percentiles(hists.get(key, {}))),
-            "installs": installs.get(key, 0),
-        }
-        for key in sorted(counts, key=lambda k: (k[2], k[0], k[1]))
-    ]
+    # Days share their percentile buckets: each distinct triple is shaped once.
+    shaped: dict[tuple[int | None, ...], dict[str, float | None]] = {}
+    series: list[dict[str, Any]] = []
+    for key in sorted(counts, key=_by_bucket_app_type):
+        found = known.get(key)
+        if found is None:
+            fields = percentiles(hists.get(key, {}))
+        else:
+            triple = tuple(found)
+            fields = shaped.get(triple) or shaped.setdefault(triple, _emitted(triple))
+        count, success, failure = counts[key]
+        series.append(
+            {
+                "app": key[0],
+                "type": key[1],
+                "bucket_start": key[2],
+                "count": count,
+                "success": success,
+                "failure": failure,
+                **fields,
+                "installs": installs.get(key, 0),
+            }
+        )
     return series, counts, by_type
 
 
