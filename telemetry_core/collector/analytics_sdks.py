@@ -179,10 +179,8 @@ def _bounded(batch: AnalyticsBatch, max_events: int) -> AnalyticsBatch:
 def _timestamp_ms(value: object, received_ms: int) -> int | None:
     """Milliseconds of an ISO-8601 timestamp (naive means UTC); ``received_ms``
     when absent; ``None`` when unreadable."""
-    if value is None:
-        return received_ms
-    if not isinstance(value, str):
-        return None
+    if type(value) is not str:
+        return received_ms if value is None else None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -193,6 +191,8 @@ def _timestamp_ms(value: object, received_ms: int) -> int | None:
 
 
 def _user_id(value: object) -> str | None:
+    if type(value) is str:  # the common case first
+        return value or None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -201,16 +201,25 @@ def _user_id(value: object) -> str | None:
 
 
 def _lift(properties: dict[str, Any]) -> tuple[Any, Any]:
-    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields."""
+    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields.
+
+    ``properties`` come from :func:`flatten_properties`, which keeps values of
+    the exact scalar types only, so a number is a value of type ``int`` or ``float``.
+    """
     duration = properties.get("duration_ms")
     success = properties.get("success")
-    lifted_duration = None
-    lifted_success = None
-    if isinstance(duration, int | float) and not isinstance(duration, bool):
-        lifted_duration = properties.pop("duration_ms")
-    if isinstance(success, bool):
-        lifted_success = properties.pop("success")
-    return lifted_duration, lifted_success
+    if type(duration) in _NUMBERS:
+        del properties["duration_ms"]
+    else:
+        duration = None
+    if success is True or success is False:
+        del properties["success"]
+    else:
+        success = None
+    return duration, success
+
+
+_NUMBERS: Final = frozenset({int, float})
 
 
 def translate_posthog(

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telemetry_core.collector.analytics_sdks import (
     AnalyticsBatch,
+    _lift,
+    _timestamp_ms,
+    _user_id,
     decode_posthog,
     decode_segment,
     translate_posthog,
@@ -256,3 +262,87 @@ def test_the_persisted_secret_is_created_once_and_read_back(tmp_path: Path) -> N
         [(stored,)] = conn.execute("SELECT value FROM collector_secrets").fetchall()
     conn.close()
     assert stored == first and len(first) == 64
+
+
+# -- the fast field readers agree with their first, plain definitions ----------------------
+
+
+def _reference_timestamp_ms(value: object, received_ms: int) -> int | None:
+    if value is None:
+        return received_ms
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _reference_user_id(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def _reference_lift(properties: dict[str, Any]) -> tuple[Any, Any]:
+    duration = properties.get("duration_ms")
+    success = properties.get("success")
+    lifted_duration = None
+    lifted_success = None
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        lifted_duration = properties.pop("duration_ms")
+    if isinstance(success, bool):
+        lifted_success = properties.pop("success")
+    return lifted_duration, lifted_success
+
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["", "0", "ann", "2025-12-06T05:46:40Z"]),
+)
+_timestamps = st.one_of(
+    _json_scalars,
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds") + "Z"),
+    st.sampled_from([
+        "2025-12-06T05:46:40.250000+00:00", "2025-12-06T05:46:40.2505", "2025-12-06",
+        "2025-12-06 05:46:40", "2025-12-06T05:46:40.999999-01:30", "1969-12-31T23:59:59.9995Z",
+        "2025-12-06T05:46:40ZZ", "20251206T054640Z", "yesterday", "2025-13-01T00:00:00",
+    ]),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(_timestamps)
+def test_timestamps_read_as_before(value: object) -> None:
+    """The millisecond rule (naive means UTC, ``Z`` is UTC, absent means received)."""
+    assert _timestamp_ms(value, NOW_MS) == _reference_timestamp_ms(value, NOW_MS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_json_scalars, st.lists(st.integers(), max_size=2)))
+def test_user_ids_read_as_before(value: object) -> None:
+    assert _user_id(value) == _reference_user_id(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["duration_ms", "success", "k"]), _json_scalars, max_size=3
+    ).map(flatten_properties)
+)
+def test_lifted_fields_as_before(properties: dict[str, Any]) -> None:
+    """duration_ms (a number, never a bool) and success (a bool) leave the properties."""
+    ours, reference = dict(properties), dict(properties)
+    lifted, expected = _lift(ours), _reference_lift(reference)
+    assert repr(lifted) == repr(expected)  # repr: NaN equals itself, 1 and True differ
+    assert repr(ours) == repr(reference)
