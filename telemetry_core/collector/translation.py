@@ -30,6 +30,7 @@ import msgspec
 from telemetry_core.schema import MAX_PROPERTY_KEY_LENGTH, Event, EventError, PropertyValue
 
 __all__ = [
+    "CANONICAL_UUID",
     "ID_NAMESPACE",
     "Translation",
     "derived_id",
@@ -84,7 +85,7 @@ def uuid_or_none(value: object) -> str | None:
     """``value`` in canonical form when it is a UUID string, else ``None``."""
     if not isinstance(value, str) or len(value) > 45:
         return None
-    if _CANONICAL_UUID.fullmatch(value):
+    if CANONICAL_UUID.fullmatch(value):
         return value  # the common case, without building a UUID
     try:
         return str(uuid.UUID(value))
@@ -93,7 +94,9 @@ def uuid_or_none(value: object) -> str | None:
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A UUID in canonical form (lower-case hex with hyphens): :func:`uuid_or_none`
+#: gives back such a string unchanged.
+CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def derived_id(kind: str, content: object) -> str:
