@@ -340,13 +340,9 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     types = {name: _posthog_type(name) for name in set(names)}
     if None in types.values() or "" in users or None in map(CANONICAL_UUID.fullmatch, ids):
         return None
-    try:
-        utc = map(str.replace, stamps, repeat("Z"), repeat("+00:00"))
-        parsed = list(map(datetime.fromisoformat, utc))
-    except ValueError:
+    timestamps = _aware_ms(stamps)
+    if timestamps is None:
         return None
-    if None in map(datetime.utcoffset, parsed):
-        return None  # naive timestamps: read one by one (they mean UTC)
     known = cast(dict[str, str], types)
     installs = {user: hash_id(user) for user in set(users)}
     out = Translation(total=len(messages))
@@ -356,15 +352,28 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
             known[name],
             p,
             install=installs[user],
-            timestamp=int(seconds * 1000),
+            timestamp=timestamp,
             event_id=event_id,
         )
-        for name, p, user, seconds, event_id in zip(
-            names, props, users, map(datetime.timestamp, parsed), ids, strict=True
+        for name, p, user, timestamp, event_id in zip(
+            names, props, users, timestamps, ids, strict=True
         )
     ]
     out.origins = list(range(len(messages)))
     return out
+
+
+def _aware_ms(stamps: list[str]) -> list[int] | None:
+    """What :func:`_timestamp_ms` reads from each of ``stamps``, when every one is an
+    ISO-8601 time with its offset (or ``Z``); ``None`` otherwise."""
+    try:
+        utc = map(str.replace, stamps, repeat("Z"), repeat("+00:00"))
+        parsed = list(map(datetime.fromisoformat, utc))
+    except ValueError:
+        return None
+    if None in map(datetime.utcoffset, parsed):
+        return None  # naive timestamps: read one by one (they mean UTC)
+    return [int(seconds * 1000) for seconds in map(datetime.timestamp, parsed)]
 
 
 def _posthog_type(name: str) -> str | None:
@@ -392,9 +401,24 @@ def _segment_type(message: dict[str, Any]) -> tuple[str | None, str]:
 def translate_segment(
     batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
 ) -> Translation:
-    """Translate Segment messages (track, page, screen) into schema-1 events."""
-    out = Translation(total=len(batch.messages))
+    """Translate Segment messages (track, page, screen) into schema-1 events.
+
+    A batch of track calls as analytics-python sends it (an event name, an
+    ``anonymousId``, an ISO-8601 timestamp with its offset and properties in
+    every message) is read field by field across the batch
+    (:func:`_segment_ordinary`); any other batch message by message
+    (:func:`_segment_each`). Both give the same events.
+    """
     hash_id = hasher.memo()
+    ordinary = _segment_ordinary(batch.messages, hash_id)
+    return ordinary if ordinary is not None else _segment_each(batch, hash_id, received_ms)
+
+
+def _segment_each(
+    batch: AnalyticsBatch, hash_id: Callable[[str], str], received_ms: int
+) -> Translation:
+    """The reference translation: each message on its own, each rejection with its reason."""
+    out = Translation(total=len(batch.messages))
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "a message must be a JSON object")
@@ -413,34 +437,65 @@ def translate_segment(
         if timestamp is None:
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
-        install = hash_id(user)
-        raw_props = message.get("properties")
-        properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
-        page_name = _text(message.get("name"))
-        if page_name is not None and message.get("type") in ("page", "screen"):
-            properties.setdefault("name", page_name)
-        duration, success = _lift(properties)
-        message_id = message.get("messageId")
-        event_id = uuid_or_none(message_id) or (
-            derived_id("segment", message_id)
-            if isinstance(message_id, str) and message_id
-            else derived_id("segment", [install, event_type, timestamp, properties])
-        )
-        context = message.get("context")
-        app = context.get("app") if isinstance(context, dict) else None
-        app = app if isinstance(app, dict) else {}
-        out.add(
-            index,
-            Event(
-                id=event_id,
-                type=event_type,
-                timestamp=timestamp,
-                install_id=install,
-                app=_text(app.get("name")) or "segment",
-                app_version=_text(app.get("version")),
-                duration_ms=duration,
-                success=success,
-                properties=properties,
-            ),
-        )
+        out.add(index, _segment_event(message, event_type, hash_id(user), timestamp))
+    return out
+
+
+def _segment_event(message: dict[str, Any], event_type: str, install: str, timestamp: int) -> Event:
+    """The event of a Segment message whose type, user and timestamp were read."""
+    raw_props = message.get("properties")
+    properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
+    page_name = _text(message.get("name"))
+    if page_name is not None and message.get("type") in ("page", "screen"):
+        properties.setdefault("name", page_name)
+    duration, success = _lift(properties)
+    message_id = message.get("messageId")
+    event_id = uuid_or_none(message_id) or (
+        derived_id("segment", message_id)
+        if isinstance(message_id, str) and message_id
+        else derived_id("segment", [install, event_type, timestamp, properties])
+    )
+    context = message.get("context")
+    app = context.get("app") if isinstance(context, dict) else None
+    app = app if isinstance(app, dict) else {}
+    return Event(
+        id=event_id,
+        type=event_type,
+        timestamp=timestamp,
+        install_id=install,
+        app=_text(app.get("name")) or "segment",
+        app_version=_text(app.get("version")),
+        duration_ms=duration,
+        success=success,
+        properties=properties,
+    )
+
+
+def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Translation | None:
+    """The translation of a batch of track calls none of which :func:`_segment_each`
+    would reject or read differently, with the name, user and timestamp read across
+    the batch; ``None`` for any other batch (or an empty one)."""
+    if not messages or set(map(type, messages)) != {dict}:
+        return None
+    calls = list(map(dict.get, messages, repeat("type"), repeat("track")))
+    names = _column(messages, "event", str)
+    users = _column(messages, "anonymousId", str)
+    stamps = _column(messages, "timestamp", str)
+    tracks = calls.count("track") == len(calls)  # by equality: a call may be any JSON value
+    if not tracks or names is None or users is None or stamps is None:
+        return None
+    types = {name: normalise_type(name) for name in set(names)}  # None for ""
+    if None in types.values() or "" in users:
+        return None
+    timestamps = _aware_ms(stamps)
+    if timestamps is None:
+        return None
+    known = cast(dict[str, str], types)
+    installs = {user: hash_id(user) for user in set(users)}
+    out = Translation(total=len(messages))
+    out.events = [
+        _segment_event(message, known[name], installs[user], timestamp)
+        for message, name, user, timestamp in zip(messages, names, users, timestamps, strict=True)
+    ]
+    out.origins = list(range(len(messages)))
     return out

@@ -19,6 +19,8 @@ from telemetry_core.collector.analytics_sdks import (
     _lift,
     _posthog_each,
     _posthog_ordinary,
+    _segment_each,
+    _segment_ordinary,
     _timestamp_ms,
     _user_id,
     decode_posthog,
@@ -446,7 +448,7 @@ def _translated(translation: Translation) -> tuple[Any, ...]:
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_posthog_batches())
 def test_posthog_batches_read_across_give_the_events_read_one_by_one(
     messages: list[Any],
@@ -504,4 +506,110 @@ def test_a_batch_with_one_odd_event_is_read_event_by_event(odd: Any) -> None:
     )
     expected = _posthog_each(AnalyticsBatch("key", messages), HASHER.memo(), NOW_MS)
     assert _translated(translated) == _translated(expected)
+    assert translated.origins[0] == 0
+
+
+_SEGMENT_FIELDS = {
+    # Not a list or map: the message-by-message reading fails on those (TypeError).
+    "type": st.one_of(
+        st.sampled_from(["track", "page", "screen", "identify", "alias", ""]),
+        st.none(),
+        st.integers(),
+    ),
+    "event": _names,
+    "anonymousId": _users,
+    "userId": _users,
+    "timestamp": _stamps,
+    "messageId": _ids,
+    "properties": _props,
+    "name": st.one_of(st.sampled_from(["Home", ""]), st.none(), st.integers()),
+    "context": st.one_of(
+        st.just({"app": {"name": "shop", "version": "2.1"}}),
+        st.just({"app": "shop"}),
+        st.just([]),
+        st.none(),
+    ),
+}
+
+
+@st.composite
+def _segment_batches(draw: st.DrawFn) -> list[Any]:
+    """analytics-python-shaped batches of track calls, of which at most two messages
+    have one field changed, dropped or replaced."""
+    batch: list[Any] = [
+        segment_track(
+            event=draw(st.sampled_from(["Order Completed", "signUp", "ok"])),
+            anonymousId=draw(st.sampled_from(["device-42", "d2", "7"])),
+            userId=draw(st.sampled_from([None, "ann"])),
+            timestamp=draw(st.datetimes()).isoformat()
+            + draw(st.sampled_from(["+00:00", "Z", "-01:30"])),
+            messageId=draw(st.one_of(st.uuids().map(str), st.just("ajs-1"))),
+            properties=draw(_props.filter(lambda p: isinstance(p, dict))),
+        )
+        for _ in range(draw(st.integers(min_value=0, max_value=3)))
+    ]
+    for _ in range(draw(st.integers(min_value=0, max_value=2)) if batch else 0):
+        index = draw(st.integers(min_value=0, max_value=len(batch) - 1))
+        field = draw(st.sampled_from([*_SEGMENT_FIELDS, "whole"]))
+        if field == "whole":
+            batch[index] = draw(st.one_of(st.none(), st.integers(), st.just([])))
+        elif isinstance(batch[index], dict) and draw(st.booleans()):
+            batch[index].pop(field, None)
+        elif isinstance(batch[index], dict):
+            batch[index][field] = draw(_SEGMENT_FIELDS[field])
+    return batch
+
+
+@settings(max_examples=300, deadline=None)
+@given(_segment_batches())
+def test_segment_batches_read_across_give_the_events_read_one_by_one(
+    messages: list[Any],
+) -> None:
+    """Whatever the batch, translate_segment gives what the message-by-message
+    reading gives: events, ids, origins and rejections."""
+    messages = msgspec.json.decode(json.dumps(messages).encode())  # as the route sees them
+    batch = AnalyticsBatch("key", messages)
+    expected = _segment_each(batch, HASHER.memo(), NOW_MS)
+    assert _translated(translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)) == (
+        _translated(expected)
+    )
+
+
+def test_an_sdk_segment_batch_is_read_across_the_batch() -> None:
+    messages = [
+        segment_track(),
+        segment_track(messageId="ajs-next-1", timestamp="2025-12-06T05:46:41.5Z"),
+        segment_track(event="Signed Up", anonymousId="d2", userId=None),
+    ]
+    ordinary = _segment_ordinary(messages, HASHER.memo())
+    assert ordinary is not None
+    each = _segment_each(AnalyticsBatch("key", messages), HASHER.memo(), NOW_MS)
+    assert _translated(ordinary) == _translated(each)
+    assert [e.type for e in ordinary.events] == ["order_completed", "order_completed", "signed_up"]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        segment_track(timestamp="2025-12-06T05:46:41"),  # naive, means UTC
+        segment_track(timestamp="yesterday"),
+        segment_track(timestamp=None),
+        segment_track(anonymousId=""),
+        segment_track(anonymousId=None),
+        segment_track(anonymousId=7),
+        segment_track(type="page", name="Home"),
+        segment_track(type="identify"),
+        segment_track(type=7),
+        segment_track(event="$$$"),
+        segment_track(event=""),
+        segment_track(event=None),
+        ["not", "a", "message"],
+    ],
+)
+def test_a_segment_batch_with_one_odd_message_is_read_message_by_message(odd: Any) -> None:
+    messages = [segment_track(), odd]
+    assert _segment_ordinary(messages, HASHER.memo()) is None
+    batch = AnalyticsBatch("key", messages)
+    translated = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert _translated(translated) == _translated(_segment_each(batch, HASHER.memo(), NOW_MS))
     assert translated.origins[0] == 0
