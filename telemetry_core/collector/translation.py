@@ -3,7 +3,9 @@
 The OTLP receiver (:mod:`~telemetry_core.collector.otlp`) and the analytics-SDK
 routes (:mod:`~telemetry_core.collector.analytics_sdks`) translate each record
 they receive into a schema-1 event and hand the batch to the same
-:func:`~telemetry_core.collector.ingest.check_events` as ``/v1/submit``: the
+:func:`~telemetry_core.collector.ingest.check_events` checks as ``/v1/submit``
+(through :func:`~telemetry_core.collector.ingest.check_built`, which gives its
+verdicts without encoding the events): the
 translation decides only names, ids and which fields carry over; validation, the
 PII re-check, dedup and rollups stay where they are. A record that cannot be
 translated at all (no event name, no user id) is rejected here, with its index
@@ -166,8 +168,9 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 class Translation:
     """A request's records translated into ``/v1/submit`` events.
 
-    ``events`` are the translated events and :attr:`raws` the same as wire
-    JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
+    ``events`` are the translated events (what the routes hand to
+    :func:`~telemetry_core.collector.ingest.check_built`) and :attr:`raws` the
+    same as wire JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
     give the index in the request of each; ``errors`` are the records that
     could not be translated, by their index in the request; ``total`` counts
     every record.
