@@ -37,9 +37,10 @@ Person, group and alias calls (PostHog ``$identify``, ``$set``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from itertools import repeat
+from typing import Any, Final, cast
 
 import attrs
 import msgspec
@@ -47,6 +48,7 @@ import msgspec
 from telemetry_core.collector.identity import IdentityHasher
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
+    CANONICAL_UUID,
     Translation,
     derived_id,
     flatten_properties,
@@ -179,10 +181,8 @@ def _bounded(batch: AnalyticsBatch, max_events: int) -> AnalyticsBatch:
 def _timestamp_ms(value: object, received_ms: int) -> int | None:
     """Milliseconds of an ISO-8601 timestamp (naive means UTC); ``received_ms``
     when absent; ``None`` when unreadable."""
-    if value is None:
-        return received_ms
-    if not isinstance(value, str):
-        return None
+    if type(value) is not str:
+        return received_ms if value is None else None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -193,6 +193,8 @@ def _timestamp_ms(value: object, received_ms: int) -> int | None:
 
 
 def _user_id(value: object) -> str | None:
+    if type(value) is str:  # the common case first
+        return value or None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -201,24 +203,48 @@ def _user_id(value: object) -> str | None:
 
 
 def _lift(properties: dict[str, Any]) -> tuple[Any, Any]:
-    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields."""
+    """Pop ``duration_ms`` (a number) and ``success`` (a bool) for the event's fields.
+
+    ``properties`` come from :func:`flatten_properties`, which keeps values of
+    the exact scalar types only, so a number is a value of type ``int`` or ``float``.
+    """
     duration = properties.get("duration_ms")
     success = properties.get("success")
-    lifted_duration = None
-    lifted_success = None
-    if isinstance(duration, int | float) and not isinstance(duration, bool):
-        lifted_duration = properties.pop("duration_ms")
-    if isinstance(success, bool):
-        lifted_success = properties.pop("success")
-    return lifted_duration, lifted_success
+    if type(duration) in _NUMBERS:
+        del properties["duration_ms"]
+    else:
+        duration = None
+    if success is True or success is False:
+        del properties["success"]
+    else:
+        success = None
+    return duration, success
+
+
+_NUMBERS: Final = frozenset({int, float})
 
 
 def translate_posthog(
     batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
 ) -> Translation:
-    """Translate PostHog capture events into schema-1 events."""
-    out = Translation(total=len(batch.messages))
+    """Translate PostHog capture events into schema-1 events.
+
+    A batch as the SDKs send it (every event an object with a name, properties,
+    a ``distinct_id``, an ISO-8601 timestamp with its offset and a canonical
+    ``uuid``) is read field by field across the whole batch
+    (:func:`_posthog_ordinary`); any other batch event by event
+    (:func:`_posthog_each`). Both give the same events.
+    """
     hash_id = hasher.memo()
+    ordinary = _posthog_ordinary(batch.messages, hash_id)
+    return ordinary if ordinary is not None else _posthog_each(batch, hash_id, received_ms)
+
+
+def _posthog_each(
+    batch: AnalyticsBatch, hash_id: Callable[[str], str], received_ms: int
+) -> Translation:
+    """The reference translation: each event on its own, each rejection with its reason."""
+    out = Translation(total=len(batch.messages))
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "an event must be a JSON object")
@@ -244,30 +270,117 @@ def translate_posthog(
         if timestamp is None:
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
-        install = hash_id(distinct)
-        properties = flatten_properties(props, drop_prefix="$")
-        properties.pop("distinct_id", None)
-        properties.pop("token", None)
-        duration, success = _lift(properties)
-        event_id = uuid_or_none(message.get("uuid")) or derived_id(
-            "posthog", [install, name, timestamp, properties, duration, success]
-        )
         out.add(
             index,
-            Event(
-                id=event_id,
-                type=event_type,
+            _posthog_event(
+                name,
+                event_type,
+                props,
+                install=hash_id(distinct),
                 timestamp=timestamp,
-                install_id=install,
-                app=_text(props.get("$app_name")) or "posthog",
-                app_version=_text(props.get("$app_version")),
-                session_id=_text(props.get("$session_id")),
-                duration_ms=duration,
-                success=success,
-                properties=properties,
+                event_id=uuid_or_none(message.get("uuid")),
             ),
         )
     return out
+
+
+def _posthog_event(
+    name: str,
+    event_type: str,
+    props: dict[str, Any],
+    *,
+    install: str,
+    timestamp: int,
+    event_id: str | None,
+) -> Event:
+    """The event of a PostHog capture whose name, user and timestamp were read."""
+    properties = flatten_properties(props, drop_prefix="$")
+    properties.pop("distinct_id", None)
+    properties.pop("token", None)
+    duration, success = _lift(properties)
+    if event_id is None:
+        event_id = derived_id("posthog", [install, name, timestamp, properties, duration, success])
+    # What _text gives, without three calls per event.
+    app = props.get("$app_name")
+    version = props.get("$app_version")
+    session = props.get("$session_id")
+    return Event(
+        id=event_id,
+        type=event_type,
+        timestamp=timestamp,
+        install_id=install,
+        app=app if isinstance(app, str) and app else "posthog",
+        app_version=version if isinstance(version, str) and version else None,
+        session_id=session if isinstance(session, str) and session else None,
+        duration_ms=duration,
+        success=success,
+        properties=properties,
+    )
+
+
+def _column(messages: list[Any], key: str, kind: type) -> list[Any] | None:
+    """``message[key]`` of every message, when each is of type ``kind``; else ``None``."""
+    values = list(map(dict.get, messages, repeat(key)))
+    return values if set(map(type, values)) == {kind} else None
+
+
+def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Translation | None:
+    """The translation of a batch none of whose events :func:`_posthog_each` would
+    reject or read differently, with each field read across the batch in one call
+    where it can; ``None`` for any other batch (or an empty one)."""
+    if not messages or set(map(type, messages)) != {dict}:
+        return None
+    names = _column(messages, "event", str)
+    props = _column(messages, "properties", dict)
+    users = _column(messages, "distinct_id", str)
+    stamps = _column(messages, "timestamp", str)
+    ids = _column(messages, "uuid", str)
+    if names is None or props is None or users is None or stamps is None or ids is None:
+        return None
+    types = {name: _posthog_type(name) for name in set(names)}
+    if None in types.values() or "" in users or None in map(CANONICAL_UUID.fullmatch, ids):
+        return None
+    timestamps = _aware_ms(stamps)
+    if timestamps is None:
+        return None
+    known = cast(dict[str, str], types)
+    installs = {user: hash_id(user) for user in set(users)}
+    out = Translation(total=len(messages))
+    out.events = [
+        _posthog_event(
+            name,
+            known[name],
+            p,
+            install=installs[user],
+            timestamp=timestamp,
+            event_id=event_id,
+        )
+        for name, p, user, timestamp, event_id in zip(
+            names, props, users, timestamps, ids, strict=True
+        )
+    ]
+    out.origins = list(range(len(messages)))
+    return out
+
+
+def _aware_ms(stamps: list[str]) -> list[int] | None:
+    """What :func:`_timestamp_ms` reads from each of ``stamps``, when every one is an
+    ISO-8601 time with its offset (or ``Z``); ``None`` otherwise."""
+    try:
+        utc = map(str.replace, stamps, repeat("Z"), repeat("+00:00"))
+        parsed = list(map(datetime.fromisoformat, utc))
+    except ValueError:
+        return None
+    if None in map(datetime.utcoffset, parsed):
+        return None  # naive timestamps: read one by one (they mean UTC)
+    return [int(seconds * 1000) for seconds in map(datetime.timestamp, parsed)]
+
+
+def _posthog_type(name: str) -> str | None:
+    """The event type of a PostHog event name, or ``None`` when it is not stored."""
+    if not name or name in POSTHOG_PROFILE_EVENTS:
+        return None
+    return POSTHOG_EVENT_TYPES.get(name) or normalise_type(name)
 
 
 def _segment_type(message: dict[str, Any]) -> tuple[str | None, str]:
@@ -288,9 +401,24 @@ def _segment_type(message: dict[str, Any]) -> tuple[str | None, str]:
 def translate_segment(
     batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
 ) -> Translation:
-    """Translate Segment messages (track, page, screen) into schema-1 events."""
-    out = Translation(total=len(batch.messages))
+    """Translate Segment messages (track, page, screen) into schema-1 events.
+
+    A batch of track calls as analytics-python sends it (an event name, an
+    ``anonymousId``, an ISO-8601 timestamp with its offset and properties in
+    every message) is read field by field across the batch
+    (:func:`_segment_ordinary`); any other batch message by message
+    (:func:`_segment_each`). Both give the same events.
+    """
     hash_id = hasher.memo()
+    ordinary = _segment_ordinary(batch.messages, hash_id)
+    return ordinary if ordinary is not None else _segment_each(batch, hash_id, received_ms)
+
+
+def _segment_each(
+    batch: AnalyticsBatch, hash_id: Callable[[str], str], received_ms: int
+) -> Translation:
+    """The reference translation: each message on its own, each rejection with its reason."""
+    out = Translation(total=len(batch.messages))
     for index, message in enumerate(batch.messages):
         if not isinstance(message, dict):
             out.reject(index, "invalid_event", "a message must be a JSON object")
@@ -309,34 +437,65 @@ def translate_segment(
         if timestamp is None:
             out.reject(index, "invalid_field", "timestamp is not ISO-8601")
             continue
-        install = hash_id(user)
-        raw_props = message.get("properties")
-        properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
-        page_name = _text(message.get("name"))
-        if page_name is not None and message.get("type") in ("page", "screen"):
-            properties.setdefault("name", page_name)
-        duration, success = _lift(properties)
-        message_id = message.get("messageId")
-        event_id = uuid_or_none(message_id) or (
-            derived_id("segment", message_id)
-            if isinstance(message_id, str) and message_id
-            else derived_id("segment", [install, event_type, timestamp, properties])
-        )
-        context = message.get("context")
-        app = context.get("app") if isinstance(context, dict) else None
-        app = app if isinstance(app, dict) else {}
-        out.add(
-            index,
-            Event(
-                id=event_id,
-                type=event_type,
-                timestamp=timestamp,
-                install_id=install,
-                app=_text(app.get("name")) or "segment",
-                app_version=_text(app.get("version")),
-                duration_ms=duration,
-                success=success,
-                properties=properties,
-            ),
-        )
+        out.add(index, _segment_event(message, event_type, hash_id(user), timestamp))
+    return out
+
+
+def _segment_event(message: dict[str, Any], event_type: str, install: str, timestamp: int) -> Event:
+    """The event of a Segment message whose type, user and timestamp were read."""
+    raw_props = message.get("properties")
+    properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
+    page_name = _text(message.get("name"))
+    if page_name is not None and message.get("type") in ("page", "screen"):
+        properties.setdefault("name", page_name)
+    duration, success = _lift(properties)
+    message_id = message.get("messageId")
+    event_id = uuid_or_none(message_id) or (
+        derived_id("segment", message_id)
+        if isinstance(message_id, str) and message_id
+        else derived_id("segment", [install, event_type, timestamp, properties])
+    )
+    context = message.get("context")
+    app = context.get("app") if isinstance(context, dict) else None
+    app = app if isinstance(app, dict) else {}
+    return Event(
+        id=event_id,
+        type=event_type,
+        timestamp=timestamp,
+        install_id=install,
+        app=_text(app.get("name")) or "segment",
+        app_version=_text(app.get("version")),
+        duration_ms=duration,
+        success=success,
+        properties=properties,
+    )
+
+
+def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Translation | None:
+    """The translation of a batch of track calls none of which :func:`_segment_each`
+    would reject or read differently, with the name, user and timestamp read across
+    the batch; ``None`` for any other batch (or an empty one)."""
+    if not messages or set(map(type, messages)) != {dict}:
+        return None
+    calls = list(map(dict.get, messages, repeat("type"), repeat("track")))
+    names = _column(messages, "event", str)
+    users = _column(messages, "anonymousId", str)
+    stamps = _column(messages, "timestamp", str)
+    tracks = calls.count("track") == len(calls)  # by equality: a call may be any JSON value
+    if not tracks or names is None or users is None or stamps is None:
+        return None
+    types = {name: normalise_type(name) for name in set(names)}  # None for ""
+    if None in types.values() or "" in users:
+        return None
+    timestamps = _aware_ms(stamps)
+    if timestamps is None:
+        return None
+    known = cast(dict[str, str], types)
+    installs = {user: hash_id(user) for user in set(users)}
+    out = Translation(total=len(messages))
+    out.events = [
+        _segment_event(message, known[name], installs[user], timestamp)
+        for message, name, user, timestamp in zip(messages, names, users, timestamps, strict=True)
+    ]
+    out.origins = list(range(len(messages)))
     return out

@@ -24,7 +24,7 @@ import re
 import sys
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Final
 
 import attrs
@@ -53,6 +53,7 @@ __all__ = [
     "CheckedBatch",
     "InFlightBudget",
     "IngestError",
+    "check_built",
     "check_events",
     "decode_envelope",
     "read_body",
@@ -417,15 +418,79 @@ def check_events(
     key or a property value looks like an e-mail address, IP address, home path
     or secret).
     """
-    decoded = _decode_all(raws, max_event_bytes)
-    strings = _BatchStrings.of(decoded) if decoded is not None else None
-    if decoded is None or strings is None or not strings.valid(decoded):
-        return _check_each(
+    return _sorted(
+        _decode_all(raws, max_event_bytes),
+        lambda: _check_each(
             raws,
             now_ms=now_ms,
             max_event_bytes=max_event_bytes,
             max_future_skew_ms=max_future_skew_ms,
+        ),
+        now_ms=now_ms,
+        max_future_skew_ms=max_future_skew_ms,
+    )
+
+
+_wire_encoder = msgspec.json.Encoder()
+
+
+def check_built(
+    events: Sequence[Event],
+    *,
+    now_ms: int,
+    max_event_bytes: int,
+    max_future_skew_ms: int,
+) -> CheckedBatch:
+    """:func:`check_events` of ``events`` as wire JSON, without decoding them again.
+
+    For events a translation built (plain :class:`Event` values, not yet checked):
+    the verdict is the one :func:`check_events` gives for each event encoded as
+    ``/v1/submit`` JSON. Each event is encoded once for its size (the ``too_large``
+    rule); when every one fits, the events are converted into the constrained
+    type in one call (the same ``msgspec.Meta`` rules as the decode of
+    :func:`check_events`) and the same batch-wide string and PII checks follow.
+    Anything that call refuses, or a value JSON would change (a NaN or infinity
+    encodes as ``null``, so the constraints refuse it here), is checked as
+    :func:`check_events` checks the encoded events, so codes, indexes and messages
+    are the same.
+    """
+    encoded = list(map(_wire_encoder.encode, events))
+    converted = None
+    if max(map(len, encoded), default=0) <= max_event_bytes and set(map(type, events)) <= {Event}:
+        # Only exact Events: msgspec passes an instance of the target type through unchecked.
+        try:
+            converted = msgspec.convert(events, _CHECKED_LIST, from_attributes=True)
+        except msgspec.ValidationError:
+            converted = None
+
+    def reference() -> CheckedBatch:
+        return check_events(
+            list(map(msgspec.Raw, encoded)),
+            now_ms=now_ms,
+            max_event_bytes=max_event_bytes,
+            max_future_skew_ms=max_future_skew_ms,
         )
+
+    if converted is None:
+        return reference()
+    return _sorted(converted, reference, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+
+
+_CHECKED_LIST: Final = list[_CheckedEvent]
+
+
+def _sorted(
+    decoded: list[_CheckedEvent] | None,
+    reference: Callable[[], CheckedBatch],
+    *,
+    now_ms: int,
+    max_future_skew_ms: int,
+) -> CheckedBatch:
+    """The verdict on events already held to the msgspec constraints (``reference()``
+    when ``decoded`` is ``None`` or a string breaks a character rule)."""
+    strings = _BatchStrings.of(decoded) if decoded is not None else None
+    if decoded is None or strings is None or not strings.valid(decoded):
+        return reference()
     latest = now_ms + max_future_skew_ms
     if max((e.timestamp for e in decoded), default=0) <= latest and strings.clean():
         return CheckedBatch(events=tuple(decoded), indexes=tuple(range(len(decoded))), errors=())

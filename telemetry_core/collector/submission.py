@@ -13,6 +13,9 @@ that gets a :class:`Submission` and calls, in this order::
     result = await submission.accept(kid, raws)        # 429, schema + PII re-check,
                                                        # dedup, rollups, metrics, logs
 
+A foreign format that translates its records into :class:`~telemetry_core.schema.Event`
+values hands them to :meth:`Submission.accept_built` instead (the same checks and verdicts).
+
 :func:`handle_submission` holds the in-flight budget lease, turns an
 :class:`~telemetry_core.collector.ingest.IngestError` into its JSON answer
 (draining a refused body first, so a client still sending can read a 413),
@@ -22,6 +25,7 @@ answers a client that went away, and times the request for the metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -33,7 +37,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from telemetry_core.collector.collector import Collector
-from telemetry_core.collector.ingest import BudgetLease, IngestError, check_events, read_body
+from telemetry_core.collector.ingest import (
+    BudgetLease,
+    CheckedBatch,
+    IngestError,
+    check_built,
+    check_events,
+    read_body,
+)
 from telemetry_core.collector.middleware import BodyStream
 from telemetry_core.collector.responses import (
     client_host,
@@ -43,7 +54,7 @@ from telemetry_core.collector.responses import (
 )
 from telemetry_core.collector.store import StoreOverloaded
 from telemetry_core.errors import StorageError
-from telemetry_core.schema import EventError, SubmitResponse
+from telemetry_core.schema import Event, EventError, SubmitResponse
 
 __all__ = ["Submission", "SubmissionHandler", "fingerprint", "handle_submission", "read_capped"]
 
@@ -134,18 +145,39 @@ class Submission:
         limit and as rejected in the stats, metrics and log like the events
         rejected here, but the verdict returned covers ``raws`` only (its indexes
         are theirs)."""
+        return await self._accept(
+            kid, len(raws), functools.partial(check_events, raws), untranslated
+        )
+
+    async def accept_built(
+        self, kid: str, events: Sequence[Event], *, untranslated: Sequence[EventError] = ()
+    ) -> SubmitResponse:
+        """:meth:`accept` for the events a foreign format was translated into:
+        checked by :func:`~telemetry_core.collector.ingest.check_built`, which
+        gives the verdict :meth:`accept` gives for them as JSON without encoding
+        and decoding them again."""
+        return await self._accept(
+            kid, len(events), functools.partial(check_built, events), untranslated
+        )
+
+    async def _accept(
+        self,
+        kid: str,
+        count: int,
+        check: Callable[..., CheckedBatch],
+        untranslated: Sequence[EventError],
+    ) -> SubmitResponse:
         collector = self.collector
         settings, store, metrics = collector.settings, collector.store, collector.metrics
         received = collector.now_ms()
-        records = len(raws) + len(untranslated)
+        records = count + len(untranslated)
         wait = collector.limiter.acquire(kid, records)
         if wait:
             metrics.events.labels("throttled").inc(records)
             await store.record_outcomes(rejected={}, throttled=records, received_ms=received)
             log.info("submit throttled key=%s events=%d retry_after=%d", kid, records, wait)
             raise IngestError(429, "rate_limited", "rate limit exceeded", retry_after=wait)
-        checked = check_events(
-            raws,
+        checked = check(
             now_ms=received,
             max_event_bytes=settings.max_event_bytes,
             max_future_skew_ms=settings.max_future_skew_ms,

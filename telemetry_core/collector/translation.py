@@ -3,7 +3,9 @@
 The OTLP receiver (:mod:`~telemetry_core.collector.otlp`) and the analytics-SDK
 routes (:mod:`~telemetry_core.collector.analytics_sdks`) translate each record
 they receive into a schema-1 event and hand the batch to the same
-:func:`~telemetry_core.collector.ingest.check_events` as ``/v1/submit``: the
+:func:`~telemetry_core.collector.ingest.check_events` checks as ``/v1/submit``
+(through :func:`~telemetry_core.collector.ingest.check_built`, which gives its
+verdicts without encoding the events): the
 translation decides only names, ids and which fields carry over; validation, the
 PII re-check, dedup and rollups stay where they are. A record that cannot be
 translated at all (no event name, no user id) is rejected here, with its index
@@ -30,6 +32,7 @@ import msgspec
 from telemetry_core.schema import MAX_PROPERTY_KEY_LENGTH, Event, EventError, PropertyValue
 
 __all__ = [
+    "CANONICAL_UUID",
     "ID_NAMESPACE",
     "Translation",
     "derived_id",
@@ -84,7 +87,7 @@ def uuid_or_none(value: object) -> str | None:
     """``value`` in canonical form when it is a UUID string, else ``None``."""
     if not isinstance(value, str) or len(value) > 45:
         return None
-    if _CANONICAL_UUID.fullmatch(value):
+    if CANONICAL_UUID.fullmatch(value):
         return value  # the common case, without building a UUID
     try:
         return str(uuid.UUID(value))
@@ -93,7 +96,9 @@ def uuid_or_none(value: object) -> str | None:
 
 
 _canonical = msgspec.json.Encoder(order="sorted")
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A UUID in canonical form (lower-case hex with hyphens): :func:`uuid_or_none`
+#: gives back such a string unchanged.
+CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def derived_id(kind: str, content: object) -> str:
@@ -163,8 +168,9 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 class Translation:
     """A request's records translated into ``/v1/submit`` events.
 
-    ``events`` are the translated events and :attr:`raws` the same as wire
-    JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
+    ``events`` are the translated events (what the routes hand to
+    :func:`~telemetry_core.collector.ingest.check_built`) and :attr:`raws` the
+    same as wire JSON, for :func:`~telemetry_core.collector.ingest.check_events`; ``origins``
     give the index in the request of each; ``errors`` are the records that
     could not be translated, by their index in the request; ``total`` counts
     every record.

@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telemetry_core.collector.analytics_sdks import (
     AnalyticsBatch,
+    _lift,
+    _posthog_each,
+    _posthog_ordinary,
+    _segment_each,
+    _segment_ordinary,
+    _timestamp_ms,
+    _user_id,
     decode_posthog,
     decode_segment,
     translate_posthog,
@@ -256,3 +266,350 @@ def test_the_persisted_secret_is_created_once_and_read_back(tmp_path: Path) -> N
         [(stored,)] = conn.execute("SELECT value FROM collector_secrets").fetchall()
     conn.close()
     assert stored == first and len(first) == 64
+
+
+# -- the fast field readers agree with their first, plain definitions ----------------------
+
+
+def _reference_timestamp_ms(value: object, received_ms: int) -> int | None:
+    if value is None:
+        return received_ms
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _reference_user_id(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def _reference_lift(properties: dict[str, Any]) -> tuple[Any, Any]:
+    duration = properties.get("duration_ms")
+    success = properties.get("success")
+    lifted_duration = None
+    lifted_success = None
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        lifted_duration = properties.pop("duration_ms")
+    if isinstance(success, bool):
+        lifted_success = properties.pop("success")
+    return lifted_duration, lifted_success
+
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["", "0", "ann", "2025-12-06T05:46:40Z"]),
+)
+_timestamps = st.one_of(
+    _json_scalars,
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds") + "Z"),
+    st.sampled_from([
+        "2025-12-06T05:46:40.250000+00:00", "2025-12-06T05:46:40.2505", "2025-12-06",
+        "2025-12-06 05:46:40", "2025-12-06T05:46:40.999999-01:30", "1969-12-31T23:59:59.9995Z",
+        "2025-12-06T05:46:40ZZ", "20251206T054640Z", "yesterday", "2025-13-01T00:00:00",
+    ]),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(_timestamps)
+def test_timestamps_read_as_before(value: object) -> None:
+    """The millisecond rule (naive means UTC, ``Z`` is UTC, absent means received)."""
+    assert _timestamp_ms(value, NOW_MS) == _reference_timestamp_ms(value, NOW_MS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_json_scalars, st.lists(st.integers(), max_size=2)))
+def test_user_ids_read_as_before(value: object) -> None:
+    assert _user_id(value) == _reference_user_id(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["duration_ms", "success", "k"]), _json_scalars, max_size=3
+    ).map(flatten_properties)
+)
+def test_lifted_fields_as_before(properties: dict[str, Any]) -> None:
+    """duration_ms (a number, never a bool) and success (a bool) leave the properties."""
+    ours, reference = dict(properties), dict(properties)
+    lifted, expected = _lift(ours), _reference_lift(reference)
+    assert repr(lifted) == repr(expected)  # repr: NaN equals itself, 1 and True differ
+    assert repr(ours) == repr(reference)
+
+
+# -- a batch read across all its events gives what reading each event gives ---------------
+
+_names = st.one_of(
+    st.sampled_from(["Button Clicked", "$pageview", "$identify", "$set", "", "  ", "9", "ok"]),
+    st.text(max_size=10),
+    st.none(),
+    st.integers(),
+)
+_stamps = st.one_of(
+    st.sampled_from([
+        "2025-12-06T05:46:40.250000+00:00", "2025-12-06T05:46:40Z", "2025-12-06T05:46:40.2505",
+        "2025-12-06T05:46:40.999999-01:30", "1969-12-31T23:59:59.9995Z", "2025-12-06",
+        "yesterday", "",
+    ]),
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
+    st.none(),
+    st.integers(),
+)  # fmt: skip
+_ids = st.one_of(
+    st.just(UUID_1),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.sampled_from(["", "not-a-uuid", "{" + UUID_1 + "}"]),
+    st.none(),
+)
+_users = st.one_of(st.sampled_from(["", "ann", "bob"]), st.integers(), st.none(), st.booleans())
+_finite = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12), st.sampled_from(["", "0", "ann"]),
+)  # fmt: skip
+_props = st.one_of(
+    st.dictionaries(
+        st.one_of(
+            st.sampled_from([
+                "plan", "$lib", "$app_name", "$app_version", "$session_id", "duration_ms",
+                "success", "distinct_id", "token", "Sp ace", "billing",
+            ]),
+            st.text(max_size=6),
+        ),
+        st.one_of(
+            _finite,
+            st.dictionaries(st.text(max_size=4), _finite, max_size=2),
+            st.lists(st.integers(), max_size=2),
+        ),
+        max_size=6,
+    ),
+    st.none(),
+    st.just([]),
+)  # fmt: skip
+
+
+_FIELDS = {
+    "event": _names,
+    "distinct_id": _users,
+    "timestamp": _stamps,
+    "uuid": _ids,
+    "properties": _props,
+}
+
+
+@st.composite
+def _posthog_batches(draw: st.DrawFn) -> list[Any]:
+    """SDK-shaped batches (varied names, users, aware timestamps, ids, properties)
+    of which at most two events have one field changed, dropped or replaced."""
+    batch: list[Any] = [
+        posthog_event(
+            event=draw(st.sampled_from(["Button Clicked", "$pageview", "signUp", "ok"])),
+            distinct_id=draw(st.sampled_from(["ann", "bob", "7"])),
+            timestamp=draw(st.datetimes()).isoformat()
+            + draw(st.sampled_from(["+00:00", "Z", "-01:30", "+05:45"])),
+            uuid=str(draw(st.uuids())),
+            properties=draw(_props.filter(lambda p: isinstance(p, dict))),
+        )
+        for _ in range(draw(st.integers(min_value=0, max_value=3)))
+    ]
+    for _ in range(draw(st.integers(min_value=0, max_value=2)) if batch else 0):
+        index = draw(st.integers(min_value=0, max_value=len(batch) - 1))
+        field = draw(st.sampled_from([*_FIELDS, "whole"]))
+        if field == "whole":
+            batch[index] = draw(st.one_of(st.none(), st.integers(), st.just([])))
+        elif isinstance(batch[index], dict) and draw(st.booleans()):
+            batch[index].pop(field, None)
+        elif isinstance(batch[index], dict):
+            batch[index][field] = draw(_FIELDS[field])
+    return batch
+
+
+def _translated(translation: Translation) -> tuple[Any, ...]:
+    return (
+        translation.total,
+        list(translation.origins),
+        [msgspec.json.encode(e) for e in translation.events],
+        [(e.index, e.code, e.message) for e in translation.errors],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_posthog_batches())
+def test_posthog_batches_read_across_give_the_events_read_one_by_one(
+    messages: list[Any],
+) -> None:
+    """Whatever the batch (odd names, users, timestamps, ids, properties; any one
+    event off), translate_posthog gives what the event-by-event reading gives."""
+    messages = msgspec.json.decode(json.dumps(messages).encode())  # as the route sees them
+    batch = AnalyticsBatch("key", messages)
+    expected = _posthog_each(batch, HASHER.memo(), NOW_MS)
+    assert _translated(translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)) == (
+        _translated(expected)
+    )
+
+
+def test_an_sdk_batch_is_read_across_the_batch() -> None:
+    """posthog-python's batches take the batch-wide reading (the equivalence test
+    above would prove nothing if they never did), with the same events."""
+    messages = [
+        posthog_event(),
+        posthog_event(uuid=str(uuid.uuid4()), timestamp="2025-12-06T05:46:41.5Z"),
+        posthog_event(event="$pageview", distinct_id="bob"),
+    ]
+    ordinary = _posthog_ordinary(messages, HASHER.memo())
+    assert ordinary is not None
+    each = _posthog_each(AnalyticsBatch("key", messages), HASHER.memo(), NOW_MS)
+    assert _translated(ordinary) == _translated(each)
+    assert [e.type for e in ordinary.events] == ["button_clicked", "button_clicked", "page_view"]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        posthog_event(timestamp="2025-12-06T05:46:41"),  # naive, means UTC
+        posthog_event(timestamp="yesterday"),
+        posthog_event(timestamp=None),
+        posthog_event(distinct_id=""),
+        posthog_event(distinct_id=7),
+        posthog_event(event="$identify"),
+        posthog_event(event="$$$"),
+        posthog_event(event=""),
+        posthog_event(event=3),
+        posthog_event(uuid=UUID_1.upper()),
+        posthog_event(uuid=None),
+        posthog_event(properties=[]),
+        ["not", "an", "event"],
+    ],
+)
+def test_a_batch_with_one_odd_event_is_read_event_by_event(odd: Any) -> None:
+    """One event the batch-wide reading does not cover sends the whole batch to the
+    event-by-event reading, which gives its rejection or its own reading."""
+    messages = [posthog_event(), odd]
+    assert _posthog_ordinary(messages, HASHER.memo()) is None
+    translated = translate_posthog(
+        AnalyticsBatch("key", messages), hasher=HASHER, received_ms=NOW_MS
+    )
+    expected = _posthog_each(AnalyticsBatch("key", messages), HASHER.memo(), NOW_MS)
+    assert _translated(translated) == _translated(expected)
+    assert translated.origins[0] == 0
+
+
+_SEGMENT_FIELDS = {
+    # Not a list or map: the message-by-message reading fails on those (TypeError).
+    "type": st.one_of(
+        st.sampled_from(["track", "page", "screen", "identify", "alias", ""]),
+        st.none(),
+        st.integers(),
+    ),
+    "event": _names,
+    "anonymousId": _users,
+    "userId": _users,
+    "timestamp": _stamps,
+    "messageId": _ids,
+    "properties": _props,
+    "name": st.one_of(st.sampled_from(["Home", ""]), st.none(), st.integers()),
+    "context": st.one_of(
+        st.just({"app": {"name": "shop", "version": "2.1"}}),
+        st.just({"app": "shop"}),
+        st.just([]),
+        st.none(),
+    ),
+}
+
+
+@st.composite
+def _segment_batches(draw: st.DrawFn) -> list[Any]:
+    """analytics-python-shaped batches of track calls, of which at most two messages
+    have one field changed, dropped or replaced."""
+    batch: list[Any] = [
+        segment_track(
+            event=draw(st.sampled_from(["Order Completed", "signUp", "ok"])),
+            anonymousId=draw(st.sampled_from(["device-42", "d2", "7"])),
+            userId=draw(st.sampled_from([None, "ann"])),
+            timestamp=draw(st.datetimes()).isoformat()
+            + draw(st.sampled_from(["+00:00", "Z", "-01:30"])),
+            messageId=draw(st.one_of(st.uuids().map(str), st.just("ajs-1"))),
+            properties=draw(_props.filter(lambda p: isinstance(p, dict))),
+        )
+        for _ in range(draw(st.integers(min_value=0, max_value=3)))
+    ]
+    for _ in range(draw(st.integers(min_value=0, max_value=2)) if batch else 0):
+        index = draw(st.integers(min_value=0, max_value=len(batch) - 1))
+        field = draw(st.sampled_from([*_SEGMENT_FIELDS, "whole"]))
+        if field == "whole":
+            batch[index] = draw(st.one_of(st.none(), st.integers(), st.just([])))
+        elif isinstance(batch[index], dict) and draw(st.booleans()):
+            batch[index].pop(field, None)
+        elif isinstance(batch[index], dict):
+            batch[index][field] = draw(_SEGMENT_FIELDS[field])
+    return batch
+
+
+@settings(max_examples=300, deadline=None)
+@given(_segment_batches())
+def test_segment_batches_read_across_give_the_events_read_one_by_one(
+    messages: list[Any],
+) -> None:
+    """Whatever the batch, translate_segment gives what the message-by-message
+    reading gives: events, ids, origins and rejections."""
+    messages = msgspec.json.decode(json.dumps(messages).encode())  # as the route sees them
+    batch = AnalyticsBatch("key", messages)
+    expected = _segment_each(batch, HASHER.memo(), NOW_MS)
+    assert _translated(translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)) == (
+        _translated(expected)
+    )
+
+
+def test_an_sdk_segment_batch_is_read_across_the_batch() -> None:
+    messages = [
+        segment_track(),
+        segment_track(messageId="ajs-next-1", timestamp="2025-12-06T05:46:41.5Z"),
+        segment_track(event="Signed Up", anonymousId="d2", userId=None),
+    ]
+    ordinary = _segment_ordinary(messages, HASHER.memo())
+    assert ordinary is not None
+    each = _segment_each(AnalyticsBatch("key", messages), HASHER.memo(), NOW_MS)
+    assert _translated(ordinary) == _translated(each)
+    assert [e.type for e in ordinary.events] == ["order_completed", "order_completed", "signed_up"]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        segment_track(timestamp="2025-12-06T05:46:41"),  # naive, means UTC
+        segment_track(timestamp="yesterday"),
+        segment_track(timestamp=None),
+        segment_track(anonymousId=""),
+        segment_track(anonymousId=None),
+        segment_track(anonymousId=7),
+        segment_track(type="page", name="Home"),
+        segment_track(type="identify"),
+        segment_track(type=7),
+        segment_track(event="$$$"),
+        segment_track(event=""),
+        segment_track(event=None),
+        ["not", "a", "message"],
+    ],
+)
+def test_a_segment_batch_with_one_odd_message_is_read_message_by_message(odd: Any) -> None:
+    messages = [segment_track(), odd]
+    assert _segment_ordinary(messages, HASHER.memo()) is None
+    batch = AnalyticsBatch("key", messages)
+    translated = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert _translated(translated) == _translated(_segment_each(batch, HASHER.memo(), NOW_MS))
+    assert translated.origins[0] == 0

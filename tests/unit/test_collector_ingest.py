@@ -17,6 +17,7 @@ from telemetry_core.collector.ingest import (
     InFlightBudget,
     IngestError,
     _check_each,
+    check_built,
     check_events,
     read_body,
 )
@@ -213,3 +214,112 @@ def test_pii_found_in_a_remembered_string_is_still_found() -> None:
     assert _codes(properties={"who": "bob@example.com"}) == ["pii"]
     assert _codes(properties={"who": "bob"}) == []
     assert _codes(properties={"who": "bob"}) == []
+
+
+# -- check_built (events a translation built) agrees with check_events of their JSON --------
+
+_built_values = st.one_of(
+    _field_values,
+    st.floats(),  # NaN and infinities: JSON turns them into null
+    st.sampled_from([-0.0, 1e15, 2**63, [1], {"k": 1}, b"x"]),
+)
+_built_properties = st.dictionaries(
+    st.one_of(
+        st.sampled_from(["k", "a.b:c-d", "1bad", "x" * 65, "sp ace", "who", "duration_ms"]),
+        st.text(max_size=8),
+        st.integers(min_value=0, max_value=3),  # a key JSON turns into a string
+    ),
+    st.one_of(_built_values, st.sampled_from(["bob@example.com", "10.0.0.1", "y" * 300])),
+    max_size=5,
+)
+
+
+def _built_event(changes: dict[str, Any], properties: dict[Any, Any], future: bool) -> Any:
+    from telemetry_core.schema import Event
+
+    fields = wire_event(**{"properties": properties, **changes})
+    if future:
+        fields["timestamp"] = NOW_MS + 2 * 86_400_000
+    return Event(**fields)  # Event() checks no types: whatever a translation could build
+
+
+def _as_raws(events: list[Any]) -> list[msgspec.Raw]:
+    return [msgspec.Raw(msgspec.json.encode(e)) for e in events]
+
+
+def _same_verdict(events: list[Any], **limits: Any) -> None:
+    built = check_built(events, **limits)
+    reference = check_events(_as_raws(events), **limits)
+    assert _verdicts(built) == _verdicts(reference)
+    # The same path as well: checked events of the constrained type both ways, or neither.
+    assert [type(e).__name__ for e in built.events] == [type(e).__name__ for e in reference.events]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.just({}), st.dictionaries(st.sampled_from(
+                ["id", "type", "timestamp", "install_id", "app", "app_version", "session_id",
+                 "duration_ms", "success", "schema"]), _built_values, max_size=1)),
+            st.one_of(st.just({"k": "v"}), _built_properties),
+            st.booleans(),
+        ),
+        min_size=0,
+        max_size=4,
+    ),
+    st.integers(min_value=0, max_value=1),
+    st.integers(min_value=150, max_value=700),
+)  # fmt: skip
+def test_check_built_gives_the_verdicts_of_check_events(
+    specs: list[tuple[dict[str, Any], dict[Any, Any], bool]], skew_days: int, max_bytes: int
+) -> None:
+    """Built events, valid or not (wrong types, NaN, integer keys, PII, future
+    timestamps, sizes around a small ``max_event_bytes``), get exactly the verdict
+    their JSON gets from check_events: events, indexes, codes and messages."""
+    events = [_built_event(*spec) for spec in specs]
+    _same_verdict(
+        events,
+        now_ms=NOW_MS,
+        max_event_bytes=max_bytes,
+        max_future_skew_ms=skew_days * 3 * 86_400_000,
+    )
+
+
+@pytest.mark.parametrize(("field", "value"), _EDGES)
+def test_check_built_schema_edges_give_the_verdicts_of_check_events(field: str, value: Any) -> None:
+    """Each limit of schema 1, just inside and just outside, as built events."""
+    events = [_built_event({}, {"k": "v"}, False), _built_event({field: value}, {}, False)]
+    _same_verdict(events, now_ms=NOW_MS, max_event_bytes=16384, max_future_skew_ms=86_400_000)
+
+
+def test_check_built_too_large_is_the_encoded_size_of_each_event() -> None:
+    """The too_large verdict is by each event's encoded size: an event exactly at the
+    limit is kept, one byte over is rejected, as check_events rejects its JSON."""
+    small = _built_event({}, {"k": "v"}, False)
+    size = len(msgspec.json.encode(_built_event({}, {"k": "x" * 500}, False)))
+    big = _built_event({}, {"k": "x" * 500}, False)
+    for limit in (size - 1, size, size + 1):
+        limits = {"now_ms": NOW_MS, "max_event_bytes": limit, "max_future_skew_ms": 86_400_000}
+        _same_verdict([small, big, small], **limits)
+        verdict = check_built([small, big, small], **limits)
+        assert [e.code for e in verdict.errors] == (["too_large"] if limit < size else [])
+        assert verdict.indexes == ((0, 2) if limit < size else (0, 1, 2))
+
+
+def test_check_built_takes_the_one_call_path_and_never_trusts_checked_events() -> None:
+    """Ordinary built events are converted in one call into the constrained type; an
+    event already of that type (which the conversion would pass through unchecked)
+    is checked through its JSON instead."""
+    from telemetry_core.collector.ingest import _CheckedEvent
+
+    limits = {"now_ms": NOW_MS, "max_event_bytes": 16384, "max_future_skew_ms": 1}
+    events = [_built_event({}, {"n": 1, "s": "x"}, False) for _ in range(3)]
+    checked = check_built(events, **limits)
+    assert checked.indexes == (0, 1, 2)
+    assert all(type(e).__name__ == "_CheckedEvent" for e in checked.events)
+    assert _verdicts(checked) == _verdicts(check_events(_as_raws(events), **limits))
+    sneaky = _CheckedEvent(**{**msgspec.structs.asdict(events[0]), "install_id": "x" * 129})
+    verdict = check_built([events[0], sneaky], **limits)
+    assert [(e.index, e.code) for e in verdict.errors] == [(1, "invalid_field")]
+    _same_verdict([events[0], sneaky], **limits)

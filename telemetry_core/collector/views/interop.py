@@ -64,7 +64,7 @@ async def _accept(submission: Submission, kid: str, translation: Translation) ->
             "too_many_events",
             f"{translation.total} records; at most {settings.max_events_per_batch}",
         )
-    return await submission.accept(kid, translation.raws, untranslated=translation.errors)
+    return await submission.accept_built(kid, translation.events, untranslated=translation.errors)
 
 
 # -- OTLP/HTTP logs -------------------------------------------------------------------
