@@ -386,7 +386,7 @@ def _posthog_type(name: str) -> str | None:
 def _segment_type(message: dict[str, Any]) -> tuple[str | None, str]:
     """The event type of a Segment message, or ``None`` and why not."""
     call = message.get("type", "track")
-    if call not in SEGMENT_CALL_TYPES:
+    if not isinstance(call, str) or call not in SEGMENT_CALL_TYPES:  # a list is unhashable
         return None, f"{str(call)[:32]!r} calls carry profile data or are unknown; not stored"
     fixed = SEGMENT_CALL_TYPES[call]
     if fixed is not None:

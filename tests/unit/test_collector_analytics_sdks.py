@@ -600,6 +600,8 @@ def test_an_sdk_segment_batch_is_read_across_the_batch() -> None:
         segment_track(type="page", name="Home"),
         segment_track(type="identify"),
         segment_track(type=7),
+        segment_track(type=["track"]),
+        segment_track(type={"call": "track"}),
         segment_track(event="$$$"),
         segment_track(event=""),
         segment_track(event=None),
@@ -613,3 +615,10 @@ def test_a_segment_batch_with_one_odd_message_is_read_message_by_message(odd: An
     translated = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
     assert _translated(translated) == _translated(_segment_each(batch, HASHER.memo(), NOW_MS))
     assert translated.origins[0] == 0
+
+
+@pytest.mark.parametrize("call", [["track"], {"call": "track"}, None, 1.5])
+def test_a_segment_call_type_that_is_not_a_string_is_rejected_alone(call: Any) -> None:
+    translation = segment(segment_track(), segment_track(type=call))
+    assert len(events(translation)) == 1
+    assert [(e.index, e.code) for e in translation.errors] == [(1, "unsupported_event")]
