@@ -18,6 +18,7 @@ import attrs
 
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._status import describe
+from telemetry_core._submission_history import submission_history
 from telemetry_core.models import QueueStats, SubmissionStats
 from telemetry_core.protocols import EventCounts
 
@@ -58,7 +59,7 @@ class Queries:
         opened = access.ensure() if self._config().recording else access.existing()
         if opened is None:
             return SubmissionStats(last_call=self._sending.last_call)
-        stats = opened.store.submission_stats(opened.storage.stats())
+        stats = submission_history(opened.store, opened.storage.stats())
         return attrs.evolve(stats, last_call=self._sending.last_call)
 
     def queue_stats(self) -> QueueStats:

@@ -17,7 +17,6 @@ are the ``sqlite`` storage plugin's (``telemetry_core_plugins.sqlite_storage``).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 import threading
@@ -31,7 +30,7 @@ from typing import Any, Final
 
 from telemetry_core._write_behind import remove_spill_files
 from telemetry_core.errors import StorageError
-from telemetry_core.models import Clock, QueueStats, SubmissionStats
+from telemetry_core.models import Clock
 
 __all__ = [
     "CACHE_SIZE_KIB",
@@ -331,7 +330,9 @@ class LocalStore:
         except sqlite3.Error as exc:
             raise StorageError(f"telemetry database {self.path}: {exc}") from exc
 
-    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+    def read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        """The rows of one statement on this thread's connection (SQLite errors
+        raised as :class:`StorageError`)."""
         try:
             return self.connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -453,13 +454,13 @@ class LocalStore:
 
     def schema_version(self) -> int:
         """The file's ``PRAGMA user_version``."""
-        return int(self._read("PRAGMA user_version")[0][0])
+        return int(self.read("PRAGMA user_version")[0][0])
 
     # -- configuration -----------------------------------------------------
 
     def get_config(self, key: str) -> str | None:
         """The stored value of ``key``, or ``None``."""
-        rows = self._read("SELECT value FROM telemetry_config WHERE key = ?", (key,))
+        rows = self.read("SELECT value FROM telemetry_config WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
     def set_config(self, key: str, value: str) -> None:
@@ -479,7 +480,7 @@ class LocalStore:
 
     def list_config(self) -> dict[str, str]:
         """Every stored key and value."""
-        rows = self._read("SELECT key, value FROM telemetry_config ORDER BY key")
+        rows = self.read("SELECT key, value FROM telemetry_config ORDER BY key")
         return {str(k): str(v) for k, v in rows}
 
     def install_id(self) -> str:
@@ -511,7 +512,7 @@ class LocalStore:
 
     def counters(self) -> dict[str, int]:
         """Every counter by name (``queue.holes``, ``dropped.queue_full``, ...)."""
-        rows = self._read("SELECT name, value FROM telemetry_counters ORDER BY name")
+        rows = self.read("SELECT name, value FROM telemetry_counters ORDER BY name")
         return {str(k): int(v) for k, v in rows}
 
     # -- submission log ----------------------------------------------------
@@ -569,44 +570,6 @@ class LocalStore:
                 "DELETE FROM telemetry_submissions WHERE id <= ?", (last - SUBMISSION_LOG_LIMIT,)
             )
             conn.executemany(_INCREMENT_SQL, [t for t in totals if t[1]])
-
-    def submission_stats(self, queue: QueueStats) -> SubmissionStats:
-        """Submission history: lifetime totals, latency percentiles over the
-        logged requests, the last error, and the queue figures from ``queue``."""
-        counts = self.counters()
-        total = counts.get("submissions.total", 0)
-        successful = counts.get("submissions.successful", 0)
-        latencies = [
-            float(r[0])
-            for r in self._read("SELECT latency_ms FROM telemetry_submissions ORDER BY latency_ms")
-        ]
-        last = self._read("SELECT max(started_at) FROM telemetry_submissions")
-        # The newest error, unless a later request succeeded (then it is old news).
-        last_error = self._read(
-            "SELECT error, started_at FROM telemetry_submissions WHERE error IS NOT NULL"
-            " AND id > coalesce((SELECT max(id) FROM telemetry_submissions"
-            " WHERE error IS NULL), 0) ORDER BY id DESC LIMIT 1"
-        )
-        return SubmissionStats(
-            submissions=total,
-            successful=successful,
-            failed=counts.get("submissions.failed", 0),
-            events_sent=counts.get("events.sent", 0),
-            events_accepted=counts.get("events.accepted", 0),
-            events_rejected=counts.get("events.rejected", 0),
-            events_duplicate=counts.get("events.duplicate", 0),
-            retries=counts.get("submissions.retries", 0),
-            network_errors=counts.get("submissions.network_errors", 0),
-            success_rate=successful / total if total else 0.0,
-            latency_p50_ms=_percentile(latencies, 50),
-            latency_p95_ms=_percentile(latencies, 95),
-            latency_p99_ms=_percentile(latencies, 99),
-            last_submission_at=None if last[0][0] is None else float(last[0][0]),
-            last_error=str(last_error[0][0]) if last_error else None,
-            last_error_at=float(last_error[0][1]) if last_error else None,
-            queue_size=queue.pending,
-            dead=queue.dead,
-        )
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -706,11 +669,3 @@ def purge_files(path: Path) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete {path}{suffix}: {exc}") from exc
-
-
-def _percentile(ordered: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an ascending list, or ``None`` when empty."""
-    if not ordered:
-        return None
-    rank = max(math.ceil(p / 100 * len(ordered)), 1)
-    return ordered[rank - 1]

@@ -219,7 +219,9 @@ class _AttributeMemo:
     wrapper kept): ``pairs`` maps an encoding to its ``(key, value)``, ``lists``
     the encodings of a record's attributes to their :class:`_Mapped`.
     ``log.record.uid`` differs in every record: it is never remembered, and a
-    list is remembered without it.
+    list is remembered without it. A memo lives for one request: the encodings
+    it keeps are copies of parts of the body, so it holds at most about twice
+    the (size-limited) decoded body, whatever the records repeat or not.
     """
 
     def __init__(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from telemetry_core._submission_history import submission_history
 from telemetry_core.config import read_stored_config
 from telemetry_core.errors import StorageError
 from telemetry_core.local_store import (
@@ -104,7 +105,7 @@ def test_migrates_an_older_file_forward(tmp_db_path: Path, version: int) -> None
         assert s.get_config("remote-endpoint") == "https://x"
     assert s.counters() == ({"queue.holes": 0, "rejected:pii": 2} if version >= 3 else {})
     s.log_submission(started_at=1.0, latency_ms=2.0, batch_size=1, status=200)
-    assert s.submission_stats(QueueStats(pending=0)).submissions == 1
+    assert submission_history(s, QueueStats(pending=0)).submissions == 1
     s.close()
     # A file the previous layout made is ours: never refused as foreign.
     assert foreign_reason(tmp_db_path) is None
@@ -338,7 +339,7 @@ def test_counters(store: LocalStore) -> None:
 
 
 def test_submission_log_and_stats(store: LocalStore) -> None:
-    empty = store.submission_stats(QueueStats(pending=0))
+    empty = submission_history(store, QueueStats(pending=0))
     assert empty.submissions == 0
     assert empty.success_rate == 0.0
     assert empty.latency_p50_ms is None
@@ -367,7 +368,7 @@ def test_submission_log_and_stats(store: LocalStore) -> None:
     store.log_submission(
         started_at=201.0, latency_ms=3.0, batch_size=10, status=503, error="overloaded"
     )
-    stats = store.submission_stats(QueueStats(pending=7, dead=2))
+    stats = submission_history(store, QueueStats(pending=7, dead=2))
     assert stats.submissions == 102
     assert stats.successful == 100
     assert stats.failed == 2

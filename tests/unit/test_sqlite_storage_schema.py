@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from telemetry_core._submission_history import submission_history
 from telemetry_core.config import TelemetryConfig
 from telemetry_core.errors import StorageError
 from telemetry_core.hookspecs import hookimpl
@@ -339,7 +340,7 @@ def test_a_file_made_by_the_previous_layout_opens_with_events_and_queue_intact(
             assert queue.stats().pending == 0
             assert store.counters() == {"queue.holes": 0}
         if version >= 4:
-            log = store.submission_stats(queue.stats())
+            log = submission_history(store, queue.stats())
             assert (log.last_error, log.latency_p50_ms) == ("overloaded", 12.5)
         if version >= 5:
             steps = conn.execute(
