@@ -31,6 +31,7 @@ from telemetry_core.schema import (
     EVENT_TYPE_PATTERN,
     INT64_MAX,
     INT64_MIN,
+    MAX_DURATION_MS,
     MAX_EVENT_BYTES,
     MAX_PROPERTIES,
     MAX_PROPERTY_KEY_LENGTH,
@@ -56,8 +57,6 @@ _VERDICT_VALUE_LENGTH: Final = 256
 # more than MAX_EVENT_BYTES (6 bytes per escaped character, plus every other
 # field at its maximum length), so its encoded size need not be measured.
 _SMALL_EVENT_CHARS: Final = (MAX_EVENT_BYTES - 4096) // 6
-#: validate_event's bound on duration_ms.
-_MAX_DURATION_MS: Final = 1e15
 #: Scrub verdict: the property stays as it is.
 _KEEP: Final = object()
 _MISSING: Final = object()
@@ -294,7 +293,7 @@ def _check_duration_and_success(duration_ms: float | None, success: bool | None)
     if duration_ms is not None:
         if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)):
             raise EventRejected("invalid_duration", "duration_ms must be a number")
-        if not math.isfinite(duration_ms) or not 0 <= duration_ms < _MAX_DURATION_MS:
+        if not math.isfinite(duration_ms) or not 0 <= duration_ms < MAX_DURATION_MS:
             raise EventRejected("invalid_duration", "duration_ms must be a finite number >= 0")
     if success is not None and not isinstance(success, bool):
         raise EventRejected("invalid_field", "success must be True, False or None")

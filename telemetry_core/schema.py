@@ -28,6 +28,7 @@ __all__ = [
     "MAX_BATCH_EVENTS",
     "MAX_BODY_BYTES",
     "MAX_COMPRESSED_BODY_BYTES",
+    "MAX_DURATION_MS",
     "MAX_EVENT_BYTES",
     "MAX_FUTURE_SKEW_MS",
     "MAX_PROPERTIES",
@@ -63,6 +64,8 @@ MAX_PROPERTY_KEY_LENGTH: Final = 64
 MAX_PROPERTY_VALUE_LENGTH: Final = 1024
 #: ``install_id``, ``session_id``, ``app`` and ``app_version`` are at most this long.
 MAX_SHORT_STRING_LENGTH: Final = 128
+#: ``duration_ms`` is below this (and at least 0).
+MAX_DURATION_MS: Final = 1e15
 #: One encoded event may not exceed this many bytes.
 MAX_EVENT_BYTES: Final = 16 * 1024
 #: The collector's default cap on events in one request.
@@ -354,7 +357,7 @@ def _header_problem(
     if duration is not None and (
         isinstance(duration, bool)
         or not isinstance(duration, (int, float))
-        or not 0 <= duration < 1e15
+        or not 0 <= duration < MAX_DURATION_MS
     ):
         return ("invalid_duration", "duration_ms must be a finite number >= 0")
     return None
