@@ -80,7 +80,9 @@ def save(opened: Opened, worker: SubmissionWorker | None, now: float) -> None:
         opened.store.set_config(_LIMITER_KEY, f"{limiter.state()!r} {now!r}")
     if worker is not None:
         pause = worker.server_pause_until
-        if pause or opened.store.get_config(_SERVER_PAUSE_KEY) is not None:
+        stored = opened.store.get_config(_SERVER_PAUSE_KEY)
+        # Written when it changed: once a pause has ended, its "0.0" stays.
+        if (pause or stored is not None) and stored != repr(pause):
             opened.store.set_config(_SERVER_PAUSE_KEY, repr(pause))
 
 
