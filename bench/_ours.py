@@ -188,6 +188,38 @@ def raw_event_json() -> tuple[str, str]:
     return event_id, payload
 
 
+#: The benchmarks' PostgreSQL server (trust authentication, as in CI).
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def pg_url(database: str) -> str:
+    """The URL of ``database`` on the benchmarks' PostgreSQL server."""
+    return f"{PG_SERVER}/{database}"
+
+
+def create_pg_database(name: str, *, keep: bool = False) -> bool:
+    """Create database ``name`` on the benchmarks' server, dropping an earlier one
+    first unless ``keep``; True when ``keep`` found one (and left it as it was)."""
+    import psycopg
+
+    with psycopg.connect(pg_url("postgres"), autocommit=True, connect_timeout=2) as conn:
+        query = "SELECT 1 FROM pg_database WHERE datname = %s"
+        if keep and conn.execute(query, (name,)).fetchone():
+            return True
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return False
+
+
+def fresh_pg_database(name: str) -> str | None:
+    """The URL of a new, empty database ``name``; None when no server answers."""
+    try:
+        create_pg_database(name)
+    except Exception:
+        return None
+    return pg_url(name)
+
+
 def closed_port() -> int:
     """A loopback port with nothing listening (bound then released)."""
     with socket.socket() as s:

@@ -45,19 +45,6 @@ STACKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _pg_url() -> str | None:
-    try:
-        import psycopg
-
-        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-        return f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
-    except Exception:
-        return None
-
-
 def _backend_pids(url: str) -> list[int]:
     import psycopg
 
@@ -79,7 +66,7 @@ def run(ctx: Context) -> Report:
     report.params = {"clients": CLIENTS, "batches_per_client": batches, "batch": BATCH}
     report.params["rounds"] = rounds
     certs = Certs(ctx.workdir / "tls")
-    pg = _pg_url()
+    pg = _ours.fresh_pg_database(DATABASE)
     if pg is None:
         report.notes.append("PostgreSQL not measured (no server at 127.0.0.1:5432)")
     configs: dict[str, dict[str, Any]] = {}

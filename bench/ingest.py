@@ -31,21 +31,10 @@ RAW = "raw sqlite3 executemany (1 writer)"
 RAW_FULL = "raw sqlite3 executemany, synchronous=FULL"
 
 
-def _pg_url(ctx: Context) -> str | None:
-    url = os.environ.get("TELEMETRY_BENCH_DATABASE_URL")
-    if url:
-        return url
-    try:
-        import psycopg
-
-        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-        name = "telemetry_bench"
-        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name}")
-            conn.execute(f"CREATE DATABASE {name}")
-        return f"postgresql://postgres@127.0.0.1:5432/{name}"
-    except Exception:
-        return None
+def _pg_url() -> str | None:
+    return os.environ.get("TELEMETRY_BENCH_DATABASE_URL") or _ours.fresh_pg_database(
+        "telemetry_bench"
+    )
 
 
 def _bodies(count: int) -> list[bytes]:
@@ -68,7 +57,7 @@ def run(ctx: Context) -> Report:
     }
     certs = Certs(ctx.workdir / "tls")
     stores: dict[str, str | None] = {"sqlite": None}
-    pg = None if ctx.quick else _pg_url(ctx)
+    pg = None if ctx.quick else _pg_url()
     if pg:
         stores["postgres"] = pg
     else:

@@ -32,7 +32,6 @@ from bench._harness import Context, Report, Round, Unavailable, interleave, time
 from bench._tls import Certs
 
 NAME = "pg_scale"
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BATCH = 100
 THREADS = 2
 DAY_MS = 86_400_000
@@ -42,23 +41,6 @@ FILL_CHUNK = 1_000_000
 EMPTY = "ingest, empty database"
 APPS, TYPES, BUCKETS, INSTALLS = 2, 6, 10, 5
 _DAY_TABLES = ("day_rollups", "day_rollup_buckets", "day_installs", "day_app_installs")
-
-
-def _url(name: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def _create(name: str, *, keep: bool = False) -> bool:
-    """Create database ``name`` (dropped first unless ``keep``); True when it existed."""
-    import psycopg
-
-    with psycopg.connect(ADMIN, autocommit=True, connect_timeout=2) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists and keep:
-            return True
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return False
 
 
 def _filled(url: str) -> int:
@@ -198,15 +180,15 @@ def run(ctx: Context) -> Report:
     report.params["rounds"] = rounds
     full = f"ingest, {rows / 1e6:g} million events stored"
     try:
-        _create("telemetry_bench_empty")
+        _ours.create_pg_database("telemetry_bench_empty")
         name = f"telemetry_bench_{rows // 1_000_000}m"
-        _create(name, keep=True)
+        _ours.create_pg_database(name, keep=True)
     except Exception as exc:
         report.notes.append(f"PostgreSQL not measured: {exc}")
         return report
-    if _filled(_url(name)) != rows:
-        _create(name)
-        seconds = _fill(_url(name), rows)
+    if _filled(_ours.pg_url(name)) != rows:
+        _ours.create_pg_database(name)
+        seconds = _fill(_ours.pg_url(name), rows)
         report.notes.append(f"filled {rows:,} events server-side in {seconds:.0f} s")
     else:
         report.notes.append(f"reused the {rows:,} events of an earlier run")
@@ -214,8 +196,8 @@ def run(ctx: Context) -> Report:
     try:
         report.rows = interleave(
             {
-                EMPTY: _ingest(_url("telemetry_bench_empty"), batches, stores),
-                full: _ingest(_url(name), batches, stores),
+                EMPTY: _ingest(_ours.pg_url("telemetry_bench_empty"), batches, stores),
+                full: _ingest(_ours.pg_url(name), batches, stores),
             },
             rounds=rounds,
             unit="event",
@@ -232,8 +214,8 @@ def run(ctx: Context) -> Report:
 def _stats(ctx: Context, report: Report) -> None:
     import urllib3
 
-    _create("telemetry_bench_stats")
-    seconds = _fill_rollups(_url("telemetry_bench_stats"))
+    _ours.create_pg_database("telemetry_bench_stats")
+    seconds = _fill_rollups(_ours.pg_url("telemetry_bench_stats"))
     hours = 365 * 24
     report.notes.append(
         f"stats: {APPS * TYPES * hours:,} rollups, {APPS * TYPES * hours * BUCKETS:,} histogram"
@@ -251,7 +233,7 @@ def _stats(ctx: Context, report: Report) -> None:
             cert=certs.cert,
             key=certs.key,
             api_key="bench-submission-key",
-            database_url=_url("telemetry_bench_stats"),
+            database_url=_ours.pg_url("telemetry_bench_stats"),
         ) as base:
             port = int(base.rsplit(":", 1)[1])
             pool = urllib3.HTTPSConnectionPool(

@@ -10,13 +10,11 @@ from __future__ import annotations
 import resource
 import time
 
-import psycopg
 from pyinstrument import Profiler
 
 from bench import _ours
 from telemetry_core.collector.postgres_store import PostgresStore
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE = "telemetry_bench_profile"
 BATCHES = 280
 
@@ -28,10 +26,8 @@ def _cpu() -> float:
 
 def main() -> None:
     """Run the profile and print it."""
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    store = PostgresStore(f"postgresql://postgres@127.0.0.1:5432/{DATABASE}", pool_max=2)
+    _ours.create_pg_database(DATABASE)
+    store = PostgresStore(_ours.pg_url(DATABASE), pool_max=2)
     batches = [[_ours.make_event() for _ in range(100)] for _ in range(BATCHES + 20)]
     now = int(time.time() * 1000)
     try:
