@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from telemetry_core.collector.aggregation import DAY_MS, build_stats, percentile_buckets
-from telemetry_core.collector.store import HOUR_MS, StatsData, StatsQuery
-from telemetry_core.collector.store_sql import Fetch
+from telemetry_core.collector.store import HOUR_MS, StatsQuery
+from telemetry_core.collector.store_sql import Dialect, Fetch, read_stats_data
 from telemetry_core.schema import Event, new_event_id
 
 Rows = Callable[[str], Sequence[Sequence[Any]]]
@@ -112,9 +112,9 @@ def random_queries(rng: random.Random, n: int) -> list[StatsQuery]:
 
 
 def stats_with_and_without_days(
-    read: Callable[[Fetch, StatsQuery, bool], StatsData], fetch: Fetch, query: StatsQuery
+    fetch: Fetch, query: StatsQuery, dialect: Dialect
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stats document of ``query`` read with the day tables and from the hourly tables alone."""
-    with_days = build_stats(query, read(fetch, query, True))
-    hourly = build_stats(query, read(fetch, query, False))
+    with_days = build_stats(query, read_stats_data(fetch, query, dialect, day_tables=True))
+    hourly = build_stats(query, read_stats_data(fetch, query, dialect, day_tables=False))
     return with_days, hourly

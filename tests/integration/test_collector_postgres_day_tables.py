@@ -19,7 +19,7 @@ import pytest
 from telemetry_core.collector.aggregation import DAY_MS
 from telemetry_core.collector.postgres_store import PostgresStore, read_stats_database
 from telemetry_core.collector.store import HOUR_MS, StatsQuery
-from telemetry_core.collector.store_sql import POSTGRES, Fetch, read_stats_data
+from telemetry_core.collector.store_sql import POSTGRES
 from telemetry_core.schema import Event
 from tests.day_tables import (
     DAY_TABLES,
@@ -83,10 +83,6 @@ def filled(pg_url: str) -> tuple[str, list[Event]]:
     return pg_url, events
 
 
-def _read(fetch: Fetch, query: StatsQuery, days: bool) -> Any:
-    return read_stats_data(fetch, query, POSTGRES, day_tables=days)
-
-
 def test_day_tables_agree_with_the_hourly_tables_after_concurrent_ingest(
     filled: tuple[str, list[Event]],
 ) -> None:
@@ -106,7 +102,7 @@ def test_ranges_with_partial_edge_days_read_as_from_the_hourly_tables(
             return conn.execute(sql, args).fetchall()
 
         for query in random_queries(random.Random(6), 80):
-            with_days, hourly = stats_with_and_without_days(_read, fetch, query)
+            with_days, hourly = stats_with_and_without_days(fetch, query, POSTGRES)
             assert with_days == hourly, query
 
 

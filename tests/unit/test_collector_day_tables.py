@@ -64,10 +64,6 @@ def _rows(path: Path) -> Any:
     return rows
 
 
-def _read(fetch: Fetch, query: StatsQuery, days: bool) -> Any:
-    return read_stats_data(fetch, query, SQLITE, day_tables=days)
-
-
 def test_day_tables_agree_with_the_hourly_tables_after_ingest(
     filled: tuple[Path, list[Event]],
 ) -> None:
@@ -86,7 +82,7 @@ def test_ranges_with_partial_edge_days_read_as_from_the_hourly_tables(
     try:
         fetch: Fetch = lambda sql, args: conn.execute(sql, args).fetchall()  # noqa: E731
         for query in random_queries(random.Random(5), 120):
-            with_days, hourly = stats_with_and_without_days(_read, fetch, query)
+            with_days, hourly = stats_with_and_without_days(fetch, query, SQLITE)
             assert with_days == hourly, query
     finally:
         conn.close()
