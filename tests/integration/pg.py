@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-__all__ = ["ADMIN_URL", "admin_url", "fresh_database", "require_postgres"]
+__all__ = ["ADMIN_URL", "admin_url", "fresh_database", "require_postgres", "unreachable"]
 
 #: Where tests connect to create and drop their databases.
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -33,16 +33,24 @@ def _url_for(database: str) -> str:
     return f"{base}/{database}"
 
 
-def require_postgres() -> None:
-    """Skip the calling test when PostgreSQL is unreachable (fail under CI=true)."""
+def unreachable() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it answers."""
     try:
         with psycopg.connect(admin_url(), connect_timeout=3, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        reason = f"PostgreSQL is unreachable: {str(exc).splitlines()[0]}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
-        pytest.skip(reason)
+        return f"PostgreSQL is unreachable: {str(exc).splitlines()[0]}"
+    return None
+
+
+def require_postgres() -> None:
+    """Skip the calling test when PostgreSQL is unreachable (fail under CI=true)."""
+    reason = unreachable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
+    pytest.skip(reason)
 
 
 @contextmanager
