@@ -1,4 +1,5 @@
-"""Fixtures for integration tests: a throwaway CA and a real HTTPS fake collector."""
+"""Fixtures for integration tests: a throwaway CA, a real HTTPS fake collector, and a
+fresh PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ def fake_collector(fake_collector_factory: Callable[..., FakeCollector]) -> Fake
     set ``api_keys`` / ``max_events`` on it, or ``script(...)`` canned answers.
     """
     return fake_collector_factory()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test (see
+    :mod:`tests.integration.pg`: skipped without a server, failed under ``CI=true``)."""
+    from tests.integration.pg import fresh_database
+
+    with fresh_database() as url:
+        yield url

@@ -47,13 +47,6 @@ RECEIVED = T0 + 3 * DAY
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """The URL of a fresh, empty database, dropped after the test."""
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
 def store(pg_url: str) -> Iterator[PostgresStore]:
     """A PostgresStore on the fresh database, closed after the test."""
     opened = PostgresStore(pg_url, pool_min=1, pool_max=4)

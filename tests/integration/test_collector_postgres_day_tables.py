@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -31,15 +30,8 @@ from tests.day_tables import (
     spread_events,
     stats_with_and_without_days,
 )
-from tests.integration.pg import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def _ingest_concurrently(url: str, batches: list[list[Event]]) -> None:

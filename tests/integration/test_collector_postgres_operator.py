@@ -38,12 +38,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 ADMIN = "admin-token-123"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 #: The tables docs/operations.md gives a reader SELECT on.
 READER_TABLES = (
     "rollups, rollup_buckets, installs, counters, "

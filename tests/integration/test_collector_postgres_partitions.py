@@ -18,20 +18,12 @@ import pytest
 from telemetry_core.collector.postgres_store import PARTITIONS_AHEAD_DAYS, PostgresStore
 from telemetry_core.collector.store import StatsQuery
 from telemetry_core.schema import Event, new_event_id
-from tests.integration.pg import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """The URL of a fresh, empty database, dropped after the test."""
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture
