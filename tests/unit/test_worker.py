@@ -258,16 +258,7 @@ class Rig:
         }
         options.update(config)
         self.config = TelemetryConfig(**options)
-        self.worker = SubmissionWorker(
-            self.config,
-            host=self.host,
-            storage=self.storage,
-            log=self.log,
-            backoff=FakeBackoff(),
-            limiter=self.limiter,
-            clock=self.clock,
-            monotonic=self.mono,
-        )
+        self.worker = self.new_worker()
 
     def new_worker(self, config: TelemetryConfig | None = None) -> SubmissionWorker:
         """Another worker on the same fakes (a new process, or new settings)."""
