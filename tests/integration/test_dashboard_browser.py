@@ -123,6 +123,35 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def _in_browser(sync_api: Any, drive: Callable[[Any, Any], None], *, timeout: float) -> None:
+    """Run ``drive(page, context)`` in Chromium, then check that the console logged no
+    Content Security Policy violation.
+
+    playwright's sync API refuses to run where an asyncio loop is running; a fresh
+    thread guarantees there is none, whatever other plugins did."""
+
+    def run() -> None:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                # The test CA is not in Chromium's store; TLS itself is tested elsewhere.
+                context = browser.new_context(
+                    ignore_https_errors=True, viewport={"width": 1280, "height": 900}
+                )
+                page = context.new_page()
+                console: list[str] = []
+                page.on("console", lambda message: console.append(message.text))
+                drive(page, context)
+                blocked = [m for m in console if "Content Security Policy" in m]
+                assert blocked == [], blocked
+                context.close()
+            finally:
+                browser.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(run).result(timeout=timeout)
+
+
 def test_dashboard_renders_the_collectors_numbers(
     sync_api: Any, collector: CollectorProcess, tmp_path: Path
 ) -> None:
@@ -140,74 +169,52 @@ def test_dashboard_renders_the_collectors_numbers(
 
     screenshot = tmp_path / "dashboard.png"
 
-    def drive_browser() -> None:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                # The test CA is not in Chromium's store; TLS itself is tested elsewhere.
-                context = browser.new_context(
-                    ignore_https_errors=True, viewport={"width": 1280, "height": 900}
-                )
-                page = context.new_page()
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                response = page.goto(f"{collector.base_url}/")
-                assert response is not None and response.status == 401
-                # Review finding 14: the page renders under its own strict CSP.
-                csp = response.headers["content-security-policy"]
-                assert "default-src 'none'" in csp and "unsafe-inline" not in csp
-                page.get_by_test_id("login-token").fill("not-the-token")
-                page.get_by_test_id("login-submit").click()
-                page.get_by_test_id("login-error").wait_for()
-                page.get_by_test_id("login-token").fill(collector.admin_token)
-                page.get_by_test_id("login-submit").click()
-                page.get_by_test_id("tiles").wait_for()
+    def drive(page: Any, context: Any) -> None:
+        response = page.goto(f"{collector.base_url}/")
+        assert response is not None and response.status == 401
+        # Review finding 14: the page renders under its own strict CSP.
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+        page.get_by_test_id("login-token").fill("not-the-token")
+        page.get_by_test_id("login-submit").click()
+        page.get_by_test_id("login-error").wait_for()
+        page.get_by_test_id("login-token").fill(collector.admin_token)
+        page.get_by_test_id("login-submit").click()
+        page.get_by_test_id("tiles").wait_for()
 
-                def text(test_id: str) -> str:
-                    value: str = page.get_by_test_id(test_id).inner_text()
-                    return value.strip()
+        assert _text(page, "total-count") == "10"
+        assert _text(page, "total-installs") == "4"
+        assert _text(page, "total-duplicates") == "3"
+        assert _text(page, "total-rejected") == "1"
+        assert _text(page, "total-throttled") == "0"
+        # 4 successes out of 7 events with an outcome.
+        assert _text(page, "success-rate") == "57.1%"
+        counts = {
+            row.get_attribute("data-type"): row.get_by_test_id("type-count").inner_text()
+            for row in page.get_by_test_id("type-row").all()
+        }
+        assert counts == {"cmd.run": "5", "error": "2", "startup": "3"}
+        codes = page.locator('[data-testid="rejected-row"][data-code="invalid_type"]')
+        assert codes.get_by_test_id("rejected-count").inner_text() == "1"
+        for chart in ("chart-events", "chart-success", "chart-p95", "chart-installs"):
+            assert page.get_by_test_id(chart).is_visible()
+        page.screenshot(path=str(screenshot), full_page=True)
 
-                assert text("total-count") == "10"
-                assert text("total-installs") == "4"
-                assert text("total-duplicates") == "3"
-                assert text("total-rejected") == "1"
-                assert text("total-throttled") == "0"
-                # 4 successes out of 7 events with an outcome.
-                assert text("success-rate") == "57.1%"
-                counts = {
-                    row.get_attribute("data-type"): row.get_by_test_id("type-count").inner_text()
-                    for row in page.get_by_test_id("type-row").all()
-                }
-                assert counts == {"cmd.run": "5", "error": "2", "startup": "3"}
-                codes = page.locator('[data-testid="rejected-row"][data-code="invalid_type"]')
-                assert codes.get_by_test_id("rejected-count").inner_text() == "1"
-                for chart in ("chart-events", "chart-success", "chart-p95", "chart-installs"):
-                    assert page.get_by_test_id(chart).is_visible()
-                page.screenshot(path=str(screenshot), full_page=True)
+        # The filter form submits GET parameters and the page follows them.
+        page.get_by_test_id("filter-type").fill("error")
+        page.get_by_test_id("filter-bucket").select_option("day")
+        page.get_by_test_id("filter-submit").click()
+        page.wait_for_url("**/?*type=error*")
+        assert _text(page, "total-count") == "2"
+        assert _text(page, "success-rate") == "0.0%"
+        assert page.get_by_test_id("type-row").count() == 1
+        # The inline stylesheet applied: tiles are laid out, not unstyled text.
+        display = page.evaluate(
+            "getComputedStyle(document.querySelector('[data-testid=tiles]')).display"
+        )
+        assert display in ("grid", "flex"), display
 
-                # The filter form submits GET parameters and the page follows them.
-                page.get_by_test_id("filter-type").fill("error")
-                page.get_by_test_id("filter-bucket").select_option("day")
-                page.get_by_test_id("filter-submit").click()
-                page.wait_for_url("**/?*type=error*")
-                assert text("total-count") == "2"
-                assert text("success-rate") == "0.0%"
-                assert page.get_by_test_id("type-row").count() == 1
-                # The inline stylesheet applied: tiles are laid out, not unstyled text.
-                display = page.evaluate(
-                    "getComputedStyle(document.querySelector('[data-testid=tiles]')).display"
-                )
-                assert display in ("grid", "flex"), display
-                blocked = [m for m in console if "Content Security Policy" in m]
-                assert blocked == [], blocked
-                context.close()
-            finally:
-                browser.close()
-
-    # playwright's sync API refuses to run where an asyncio loop is running; a
-    # fresh thread guarantees there is none, whatever other plugins did.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(drive_browser).result(timeout=100)
+    _in_browser(sync_api, drive, timeout=100)
 
     assert screenshot.exists()
     width, height = _png_size(screenshot)
@@ -300,31 +307,16 @@ def test_three_days_of_events_read_well_and_add_up(
         assert answer["accepted"] == len(batch), answer
     screenshot = tmp_path / "dashboard-3-days.png"
 
-    def drive_browser() -> None:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                context = browser.new_context(
-                    ignore_https_errors=True, viewport={"width": 1280, "height": 900}
-                )
-                page = context.new_page()
-                console: list[str] = []
-                page.on("console", lambda message: console.append(message.text))
-                _sign_in(page, collector)
-                _check_all_time(page, collector, events)
-                _check_presets_and_comparison(page, collector, events, tmp_path)
-                _check_date_picker_and_old_params(page, collector, events)
-                page.goto(f"{collector.base_url}/?range=7d")
-                page.screenshot(path=str(screenshot), full_page=True)
-                _check_sign_out(page, context, collector)
-                blocked = [m for m in console if "Content Security Policy" in m]
-                assert blocked == [], blocked
-                context.close()
-            finally:
-                browser.close()
+    def drive(page: Any, context: Any) -> None:
+        _sign_in(page, collector)
+        _check_all_time(page, collector, events)
+        _check_presets_and_comparison(page, collector, events, tmp_path)
+        _check_date_picker_and_old_params(page, collector, events)
+        page.goto(f"{collector.base_url}/?range=7d")
+        page.screenshot(path=str(screenshot), full_page=True)
+        _check_sign_out(page, context, collector)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(drive_browser).result(timeout=280)
+    _in_browser(sync_api, drive, timeout=280)
     width, height = _png_size(screenshot)
     assert width >= 1000 and height >= 900
     assert screenshot.stat().st_size > 50_000
