@@ -7,21 +7,15 @@ output before and after the batch became one JSON parameter.
 
 from __future__ import annotations
 
-import resource
 import time
 
 from pyinstrument import Profiler
 
-from bench import _ours
+from bench import _cpu, _ours
 from telemetry_core.collector.postgres_store import PostgresStore
 
 DATABASE = "telemetry_bench_profile"
 BATCHES = 280
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -34,7 +28,7 @@ def main() -> None:
         for batch in batches[:20]:  # warm-up
             store._admit(len(batch), "busy")
             store.ingest_blocking(batch, now)
-        t0, c0 = time.perf_counter(), _cpu()
+        t0, c0 = time.perf_counter(), _cpu.self_seconds()
         profiler = Profiler(interval=0.0005)
         profiler.start()
         for batch in batches[20:]:
@@ -42,7 +36,7 @@ def main() -> None:
             store.ingest_blocking(batch, now)
         profiler.stop()
         n = BATCHES * 100
-        wall, cpu = (time.perf_counter() - t0) / n * 1e6, (_cpu() - c0) / n * 1e6
+        wall, cpu = (time.perf_counter() - t0) / n * 1e6, (_cpu.self_seconds() - c0) / n * 1e6
         print(f"wall {wall:.1f} us/event, cpu {cpu:.1f} us/event")
         print(profiler.output_text(unicode=False, color=False))
     finally:
