@@ -22,6 +22,17 @@ with TelemetryService(config) as telemetry:
     telemetry.track("command_executed", {"command": "run"}, duration_ms=12.5, success=True)
 """
 
+#: ``python -c IDLE_SCRIPT SECONDS``: an idle interpreter, printing ``ready`` first.
+IDLE_SCRIPT = "import sys, time; print('ready', flush=True); time.sleep(float(sys.argv[1]))"
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of ``pid`` in MB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 def clean_env() -> dict[str, str]:
     """The environment for child processes, without telemetry switches of the caller."""

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import _ours, _proc
+from bench import _cpu, _ours, _proc
 from bench._harness import Context, Report, Row, Unavailable
 
 NAME = "idle"
@@ -30,7 +30,6 @@ IDLE = "idle interpreter"
 OURS = "telemetry-core service, worker idle"
 OURS_CADIR = "the same, system CA directory (no SSL_CERT_FILE/DIR)"
 
-_IDLE_SCRIPT = "import sys, time; print('ready', flush=True); time.sleep(float(sys.argv[1]))"
 _OURS_SCRIPT = """
 import sys, time
 from telemetry_core import TelemetryConfig, TelemetryService
@@ -46,19 +45,6 @@ with TelemetryService(config) as telemetry:
 """
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run(ctx: Context) -> Report:
     """Measure and compare; see the module docstring."""
     window: float = ctx.pick(3.0, 60.0)
@@ -72,7 +58,7 @@ def run(ctx: Context) -> Report:
     env = _proc.clean_env()
     procs = {
         IDLE: subprocess.Popen(
-            [sys.executable, "-c", _IDLE_SCRIPT, sleep_for], stdout=subprocess.PIPE, env=env
+            [sys.executable, "-c", _proc.IDLE_SCRIPT, sleep_for], stdout=subprocess.PIPE, env=env
         ),
         OURS: subprocess.Popen(
             [sys.executable, "-c", _OURS_SCRIPT, sleep_for, str(ctx.workdir / "idle.db"), endpoint],
@@ -98,12 +84,12 @@ def run(ctx: Context) -> Report:
             if proc.stdout.readline().strip() != b"ready":
                 raise RuntimeError(f"child {proc.args!r} did not start")
         time.sleep(warmup)
-        start = {name: _cpu_seconds(p.pid) for name, p in procs.items()}
+        start = {name: _cpu.cpu_seconds(p.pid) for name, p in procs.items()}
         t0 = time.monotonic()
         time.sleep(window)
         elapsed = time.monotonic() - t0
-        cpu = {name: _cpu_seconds(p.pid) - start[name] for name, p in procs.items()}
-        rss = {name: _rss_mb(p.pid) for name, p in procs.items()}
+        cpu = {name: _cpu.cpu_seconds(p.pid) - start[name] for name, p in procs.items()}
+        rss = {name: _proc.rss_mb(p.pid) for name, p in procs.items()}
     finally:
         for proc in procs.values():
             proc.kill()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from bench import _ours, _proc
 from bench._harness import Context, Report, Row, Unavailable
-from bench.idle import _IDLE_SCRIPT, _rss_mb
 
 NAME = "rss_depth"
 
@@ -55,7 +54,7 @@ def _measure(db: Path, settle: float) -> tuple[float, float]:
             env=env,
         ),
         subprocess.Popen(
-            [sys.executable, "-c", _IDLE_SCRIPT, sleep_for], stdout=subprocess.PIPE, env=env
+            [sys.executable, "-c", _proc.IDLE_SCRIPT, sleep_for], stdout=subprocess.PIPE, env=env
         ),
     ]
     try:
@@ -64,7 +63,7 @@ def _measure(db: Path, settle: float) -> tuple[float, float]:
             if proc.stdout.readline().strip() != b"ready":
                 raise RuntimeError(f"child {proc.args!r} did not start")
         time.sleep(settle)
-        ours, idle = (_rss_mb(p.pid) for p in procs)
+        ours, idle = (_proc.rss_mb(p.pid) for p in procs)
     finally:
         for proc in procs:
             proc.kill()
