@@ -22,6 +22,7 @@ from telemetry_core.config import (
     read_stored_config,
 )
 from telemetry_core.errors import ConfigError
+from telemetry_core.local_store import LocalStore
 from telemetry_core.schema import MAX_BATCH_EVENTS
 
 APP = "automatosx"
@@ -483,9 +484,8 @@ def test_explicit_none_overrides_lower_layers(tmp_path: Path) -> None:
 
 
 def test_stored_values_via_the_local_store(tmp_path: Path) -> None:
-    local_store = pytest.importorskip("telemetry_core.local_store")
     db = tmp_path / "t.db"
-    opened = local_store.LocalStore(db)
+    opened = LocalStore(db)
     try:
         opened.set_config("submission-batch-size", "33")
     finally:
