@@ -256,7 +256,7 @@ def _posthog_each(
         if name in POSTHOG_PROFILE_EVENTS:
             out.reject(index, "unsupported_event", f"{name} carries profile data; not stored")
             continue
-        event_type = POSTHOG_EVENT_TYPES.get(name) or normalise_type(name)
+        event_type = _posthog_type(name)
         if event_type is None:
             out.reject(index, "missing_type", f"event name {name[:64]!r} has no letter")
             continue
