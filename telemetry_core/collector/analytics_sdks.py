@@ -338,29 +338,47 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     if names is None or props is None or users is None or stamps is None or ids is None:
         return None
     types = {name: _posthog_type(name) for name in set(names)}
-    if None in types.values() or "" in users or None in map(CANONICAL_UUID.fullmatch, ids):
+    if None in types.values() or None in map(CANONICAL_UUID.fullmatch, ids):
+        return None
+    read = _installs_and_times(users, stamps, hash_id)
+    if read is None:
+        return None
+    installs, timestamps = read
+    known = cast(dict[str, str], types)
+    return _all_kept(
+        [
+            _posthog_event(
+                name,
+                known[name],
+                p,
+                install=installs[user],
+                timestamp=timestamp,
+                event_id=event_id,
+            )
+            for name, p, user, timestamp, event_id in zip(
+                names, props, users, timestamps, ids, strict=True
+            )
+        ]
+    )
+
+
+def _installs_and_times(
+    users: list[str], stamps: list[str], hash_id: Callable[[str], str]
+) -> tuple[dict[str, str], list[int]] | None:
+    """What the batch-wide readers share: each user's install id (every user
+    hashed once) and each message's timestamp, when no user is empty and every
+    timestamp reads with :func:`_aware_ms`; ``None`` otherwise."""
+    if "" in users:
         return None
     timestamps = _aware_ms(stamps)
     if timestamps is None:
         return None
-    known = cast(dict[str, str], types)
-    installs = {user: hash_id(user) for user in set(users)}
-    out = Translation(total=len(messages))
-    out.events = [
-        _posthog_event(
-            name,
-            known[name],
-            p,
-            install=installs[user],
-            timestamp=timestamp,
-            event_id=event_id,
-        )
-        for name, p, user, timestamp, event_id in zip(
-            names, props, users, timestamps, ids, strict=True
-        )
-    ]
-    out.origins = list(range(len(messages)))
-    return out
+    return {user: hash_id(user) for user in set(users)}, timestamps
+
+
+def _all_kept(events: list[Event]) -> Translation:
+    """The translation of a batch whose every message became the event at its index."""
+    return Translation(events=events, origins=list(range(len(events))), total=len(events))
 
 
 def _aware_ms(stamps: list[str]) -> list[int] | None:
@@ -485,17 +503,18 @@ def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     if not tracks or names is None or users is None or stamps is None:
         return None
     types = {name: normalise_type(name) for name in set(names)}  # None for ""
-    if None in types.values() or "" in users:
+    if None in types.values():
         return None
-    timestamps = _aware_ms(stamps)
-    if timestamps is None:
+    read = _installs_and_times(users, stamps, hash_id)
+    if read is None:
         return None
+    installs, timestamps = read
     known = cast(dict[str, str], types)
-    installs = {user: hash_id(user) for user in set(users)}
-    out = Translation(total=len(messages))
-    out.events = [
-        _segment_event(message, known[name], installs[user], timestamp)
-        for message, name, user, timestamp in zip(messages, names, users, timestamps, strict=True)
-    ]
-    out.origins = list(range(len(messages)))
-    return out
+    return _all_kept(
+        [
+            _segment_event(message, known[name], installs[user], timestamp)
+            for message, name, user, timestamp in zip(
+                messages, names, users, timestamps, strict=True
+            )
+        ]
+    )
