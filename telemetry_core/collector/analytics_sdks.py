@@ -224,6 +224,27 @@ def _lift(properties: dict[str, Any]) -> tuple[Any, Any]:
 _NUMBERS: Final = frozenset({int, float})
 
 
+#: Why a message was not translated: its error code and message.
+_Rejection = tuple[str, str]
+_BAD_TIMESTAMP: Final = ("invalid_field", "timestamp is not ISO-8601")
+
+
+def _each(
+    messages: list[Any], read: Callable[[dict[str, Any]], Event | _Rejection], not_object: str
+) -> Translation:
+    """What the per-message readers share: each message that is a JSON object
+    translated by ``read`` into its event or its rejection, any other rejected
+    as ``invalid_event`` with ``not_object``."""
+    out = Translation(total=len(messages))
+    for index, message in enumerate(messages):
+        result = read(message) if isinstance(message, dict) else ("invalid_event", not_object)
+        if isinstance(result, Event):
+            out.add(index, result)
+        else:
+            out.reject(index, *result)
+    return out
+
+
 def translate_posthog(
     batch: AnalyticsBatch, *, hasher: IdentityHasher, received_ms: int
 ) -> Translation:
@@ -244,44 +265,34 @@ def _posthog_each(
     batch: AnalyticsBatch, hash_id: Callable[[str], str], received_ms: int
 ) -> Translation:
     """The reference translation: each event on its own, each rejection with its reason."""
-    out = Translation(total=len(batch.messages))
-    for index, message in enumerate(batch.messages):
-        if not isinstance(message, dict):
-            out.reject(index, "invalid_event", "an event must be a JSON object")
-            continue
+
+    def read(message: dict[str, Any]) -> Event | _Rejection:
         name = message.get("event")
         if not isinstance(name, str) or not name:
-            out.reject(index, "missing_type", "the event has no name")
-            continue
+            return "missing_type", "the event has no name"
         if name in POSTHOG_PROFILE_EVENTS:
-            out.reject(index, "unsupported_event", f"{name} carries profile data; not stored")
-            continue
-        event_type = POSTHOG_EVENT_TYPES.get(name) or normalise_type(name)
+            return "unsupported_event", f"{name} carries profile data; not stored"
+        event_type = _posthog_type(name)
         if event_type is None:
-            out.reject(index, "missing_type", f"event name {name[:64]!r} has no letter")
-            continue
+            return "missing_type", f"event name {name[:64]!r} has no letter"
         raw_props = message.get("properties")
         props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
         distinct = _user_id(message.get("distinct_id")) or _user_id(props.get("distinct_id"))
         if distinct is None:
-            out.reject(index, "missing_install", "the event has no distinct_id")
-            continue
+            return "missing_install", "the event has no distinct_id"
         timestamp = _timestamp_ms(message.get("timestamp"), received_ms)
         if timestamp is None:
-            out.reject(index, "invalid_field", "timestamp is not ISO-8601")
-            continue
-        out.add(
-            index,
-            _posthog_event(
-                name,
-                event_type,
-                props,
-                install=hash_id(distinct),
-                timestamp=timestamp,
-                event_id=uuid_or_none(message.get("uuid")),
-            ),
+            return _BAD_TIMESTAMP
+        return _posthog_event(
+            name,
+            event_type,
+            props,
+            install=hash_id(distinct),
+            timestamp=timestamp,
+            event_id=uuid_or_none(message.get("uuid")),
         )
-    return out
+
+    return _each(batch.messages, read, "an event must be a JSON object")
 
 
 def _posthog_event(
@@ -338,29 +349,47 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     if names is None or props is None or users is None or stamps is None or ids is None:
         return None
     types = {name: _posthog_type(name) for name in set(names)}
-    if None in types.values() or "" in users or None in map(CANONICAL_UUID.fullmatch, ids):
+    if None in types.values() or None in map(CANONICAL_UUID.fullmatch, ids):
+        return None
+    read = _installs_and_times(users, stamps, hash_id)
+    if read is None:
+        return None
+    installs, timestamps = read
+    known = cast(dict[str, str], types)
+    return _all_kept(
+        [
+            _posthog_event(
+                name,
+                known[name],
+                p,
+                install=installs[user],
+                timestamp=timestamp,
+                event_id=event_id,
+            )
+            for name, p, user, timestamp, event_id in zip(
+                names, props, users, timestamps, ids, strict=True
+            )
+        ]
+    )
+
+
+def _installs_and_times(
+    users: list[str], stamps: list[str], hash_id: Callable[[str], str]
+) -> tuple[dict[str, str], list[int]] | None:
+    """What the batch-wide readers share: each user's install id (every user
+    hashed once) and each message's timestamp, when no user is empty and every
+    timestamp reads with :func:`_aware_ms`; ``None`` otherwise."""
+    if "" in users:
         return None
     timestamps = _aware_ms(stamps)
     if timestamps is None:
         return None
-    known = cast(dict[str, str], types)
-    installs = {user: hash_id(user) for user in set(users)}
-    out = Translation(total=len(messages))
-    out.events = [
-        _posthog_event(
-            name,
-            known[name],
-            p,
-            install=installs[user],
-            timestamp=timestamp,
-            event_id=event_id,
-        )
-        for name, p, user, timestamp, event_id in zip(
-            names, props, users, timestamps, ids, strict=True
-        )
-    ]
-    out.origins = list(range(len(messages)))
-    return out
+    return {user: hash_id(user) for user in set(users)}, timestamps
+
+
+def _all_kept(events: list[Event]) -> Translation:
+    """The translation of a batch whose every message became the event at its index."""
+    return Translation(events=events, origins=list(range(len(events))), total=len(events))
 
 
 def _aware_ms(stamps: list[str]) -> list[int] | None:
@@ -418,27 +447,21 @@ def _segment_each(
     batch: AnalyticsBatch, hash_id: Callable[[str], str], received_ms: int
 ) -> Translation:
     """The reference translation: each message on its own, each rejection with its reason."""
-    out = Translation(total=len(batch.messages))
-    for index, message in enumerate(batch.messages):
-        if not isinstance(message, dict):
-            out.reject(index, "invalid_event", "a message must be a JSON object")
-            continue
+
+    def read(message: dict[str, Any]) -> Event | _Rejection:
         event_type, why = _segment_type(message)
         if event_type is None:
             tracked = message.get("type", "track") == "track"
-            code = "missing_type" if tracked else "unsupported_event"
-            out.reject(index, code, why)
-            continue
+            return ("missing_type" if tracked else "unsupported_event"), why
         user = _user_id(message.get("anonymousId")) or _user_id(message.get("userId"))
         if user is None:
-            out.reject(index, "missing_install", "the message has no anonymousId or userId")
-            continue
+            return "missing_install", "the message has no anonymousId or userId"
         timestamp = _timestamp_ms(message.get("timestamp"), received_ms)
         if timestamp is None:
-            out.reject(index, "invalid_field", "timestamp is not ISO-8601")
-            continue
-        out.add(index, _segment_event(message, event_type, hash_id(user), timestamp))
-    return out
+            return _BAD_TIMESTAMP
+        return _segment_event(message, event_type, hash_id(user), timestamp)
+
+    return _each(batch.messages, read, "a message must be a JSON object")
 
 
 def _segment_event(message: dict[str, Any], event_type: str, install: str, timestamp: int) -> Event:
@@ -485,17 +508,18 @@ def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     if not tracks or names is None or users is None or stamps is None:
         return None
     types = {name: normalise_type(name) for name in set(names)}  # None for ""
-    if None in types.values() or "" in users:
+    if None in types.values():
         return None
-    timestamps = _aware_ms(stamps)
-    if timestamps is None:
+    read = _installs_and_times(users, stamps, hash_id)
+    if read is None:
         return None
+    installs, timestamps = read
     known = cast(dict[str, str], types)
-    installs = {user: hash_id(user) for user in set(users)}
-    out = Translation(total=len(messages))
-    out.events = [
-        _segment_event(message, known[name], installs[user], timestamp)
-        for message, name, user, timestamp in zip(messages, names, users, timestamps, strict=True)
-    ]
-    out.origins = list(range(len(messages)))
-    return out
+    return _all_kept(
+        [
+            _segment_event(message, known[name], installs[user], timestamp)
+            for message, name, user, timestamp in zip(
+                messages, names, users, timestamps, strict=True
+            )
+        ]
+    )

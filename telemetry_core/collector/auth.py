@@ -13,12 +13,27 @@ from typing import Final
 
 from telemetry_core.models import Clock
 
-__all__ = ["AdminAuth", "KeyRing", "Session", "is_ascii_digits", "key_id", "same_origin"]
+__all__ = [
+    "AdminAuth",
+    "KeyRing",
+    "Session",
+    "bearer_token",
+    "is_ascii_digits",
+    "key_id",
+    "same_origin",
+]
 
 #: The longest issue time a session may carry (12 digits is past the year 33000).
 _MAX_ISSUED_DIGITS: Final = 12
 #: Lower-case hexadecimal, the only alphabet of a session's nonce and MAC.
 _HEX: Final = frozenset("0123456789abcdef")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value, stripped (it may be
+    empty); ``None`` when the header is absent or names another scheme."""
+    scheme, _, value = (authorization or "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
 
 
 def is_ascii_digits(text: str) -> bool:
@@ -145,10 +160,7 @@ class AdminAuth:
 
     def check_header(self, authorization: str | None) -> bool:
         """True when an ``Authorization`` header carries the admin token as a Bearer token."""
-        if not authorization:
-            return False
-        scheme, _, value = authorization.partition(" ")
-        return scheme.lower() == "bearer" and self.check_token(value.strip())
+        return self.check_token(bearer_token(authorization))
 
     def _mac(self, issued_at: int, nonce: str) -> str:
         return hmac.new(self._key, f"{issued_at}.{nonce}".encode(), "sha256").hexdigest()

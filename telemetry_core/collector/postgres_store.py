@@ -897,8 +897,7 @@ def _write_days(cur: psycopg.Cursor[Any], increments: Increments) -> None:
         },
     )
     if increments.day_buckets:
-        keys = sorted({row[:3] for row in increments.day_buckets})
-        cur.execute(_UPDATE_DAY_PERCENTILES, _columns(keys, 3))
+        cur.execute(_UPDATE_DAY_PERCENTILES, _columns(increments.grown_days, 3))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -575,7 +575,7 @@ def _write_days(conn: sqlite3.Connection, increments: Increments) -> None:
     conn.executemany(_UPSERT_DAY_BUCKET, increments.day_buckets)
     conn.executemany(_INSERT_DAY_APP_INSTALL, increments.day_app_installs)
     # The percentiles of every day whose histogram grew, from its whole histogram.
-    keys = sorted({row[:3] for row in increments.day_buckets})
+    keys = increments.grown_days
     for start in range(0, len(keys), _DAY_KEYS_PER_UPDATE):
         some = keys[start : start + _DAY_KEYS_PER_UPDATE]
         conn.execute(_update_day_percentiles_sql(len(some)), [v for key in some for v in key])

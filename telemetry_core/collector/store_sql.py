@@ -122,6 +122,12 @@ class Increments:
     day_installs: list[tuple[str, str, int, str]]
     day_app_installs: list[tuple[str, int, str]]
 
+    @property
+    def grown_days(self) -> list[tuple[str, str, int]]:
+        """The ``(app, type, day_ms)`` keys, sorted, whose day histogram grew:
+        the day rollups whose percentiles are recomputed."""
+        return sorted({(app, type_, day) for app, type_, day, _, _ in self.day_buckets})
+
 
 def _by_day(rows: Iterable[tuple[Any, ...]], values: int) -> dict[tuple[Any, ...], list[int]]:
     """Sum hourly rows (key columns with the hour third, then ``values`` counts) per day."""

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from telemetry_core.collector.auth import AdminAuth, Session, same_origin
+from telemetry_core.collector.auth import AdminAuth, Session, bearer_token, same_origin
 from telemetry_core.collector.collector import Collector
 from telemetry_core.collector.dashboard import LOGIN_TOKEN_FIELD, render_dashboard, render_login
 from telemetry_core.collector.dashboard_model import previous_query, resolve_range
@@ -258,10 +258,10 @@ async def logout(request: Request) -> Response:
 def _scrape_credential(collector: Collector, request: Request) -> bool:
     """True when the request carries the metrics token (``Authorization: Bearer``)."""
     token = collector.settings.metrics_token
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if not token or scheme.lower() != "bearer":
+    presented = bearer_token(request.headers.get("authorization"))
+    if not token or presented is None:
         return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+    return hmac.compare_digest(presented.encode(), token.encode())
 
 
 async def prometheus(request: Request) -> Response:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from telemetry_core.collector import analytics_sdks, otlp
+from telemetry_core.collector.auth import bearer_token
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.responses import json_response, refusal_headers
 from telemetry_core.collector.submission import Submission, handle_submission
@@ -36,10 +37,7 @@ SEGMENT_PATHS = ("/v1/batch", "/v1/track")
 
 
 def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
+    return bearer_token(request.headers.get("authorization")) or None
 
 
 def _basic_user(request: Request) -> str | None:
