@@ -210,7 +210,9 @@ def _series(
             fields = percentiles(hists.get(key, {}))
         else:
             triple = tuple(found)
-            fields = shaped.get(triple) or shaped.setdefault(triple, _emitted(triple))
+            fields = shaped.get(triple)
+            if fields is None:
+                fields = shaped[triple] = _emitted(triple)
         count, success, failure = counts[key]
         series.append(
             {

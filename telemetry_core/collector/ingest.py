@@ -36,6 +36,7 @@ from telemetry_core.schema import (
     IDENTIFIER_FORBIDDEN,
     INT64_MAX,
     INT64_MIN,
+    MAX_DURATION_MS,
     MAX_PROPERTIES,
     MAX_PROPERTY_KEY_LENGTH,
     MAX_PROPERTY_VALUE_LENGTH,
@@ -266,7 +267,7 @@ class _CheckedEvent(Event, frozen=True, kw_only=True):
     app: _Short
     app_version: _Short | None = None
     session_id: _Short | None = None
-    duration_ms: Annotated[float, msgspec.Meta(ge=0, lt=1e15)] | None = None
+    duration_ms: Annotated[float, msgspec.Meta(ge=0, lt=MAX_DURATION_MS)] | None = None
     properties: Annotated[
         dict[Annotated[str, msgspec.Meta(max_length=MAX_PROPERTY_KEY_LENGTH)], _Value],
         msgspec.Meta(max_length=MAX_PROPERTIES),
