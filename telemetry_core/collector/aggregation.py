@@ -206,6 +206,7 @@ def _series(
     series: list[dict[str, Any]] = []
     for key in sorted(counts, key=_by_bucket_app_type):
         found = known.get(key)
+        fields: dict[str, float | None] | None
         if found is None:
             fields = percentiles(hists.get(key, {}))
         else:
