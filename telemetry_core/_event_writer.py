@@ -1,26 +1,36 @@
-"""Writing checked events: straight to the storage, or, while another process
-holds the database's lock, to the write-behind journal (:mod:`telemetry_core._write_behind`).
+"""Writing checked events: to the write-behind journal first
+(:mod:`telemetry_core._write_behind`), or straight to the storage.
 
-``track()`` never waits on another process's lock (DESIGN §4): the storage is
-tried with the app connection's short busy timeout, outside the fork guard's
-lock retries; when the file is locked the event is spilled and a background
-thread stores it once the lock is released. Spilled events are also stored
-before reads (one try), before ``submit_now()`` sends, at ``close()`` (within the
-exit budget), and those other processes left behind are adopted by the worker
-after each cycle and by the next opener.
+With ``write_behind`` (the default) an event is appended to the journal and a
+background thread stores it; a full or unwritable journal falls back to the
+storage. Otherwise (and in strict mode) the storage is tried first, with the app
+connection's short busy timeout, outside the fork guard's lock retries, and the
+event is journaled only when another process holds the lock: ``track()`` never
+waits on another process's lock (DESIGN §4). Journaled events are also stored
+before reads (one try), before ``submit_now()`` and the exit flush send, at
+``close()`` (within the exit budget), and those other processes left behind are
+adopted by the worker after each cycle and by the next opener.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from telemetry_core._forksafe import LOCK_SLICE_MS, fork_guard, is_locked
+from telemetry_core._forksafe import (
+    LOCK_RETRY_PAUSE,
+    LOCK_SLICE_MS,
+    fork_guard,
+    is_locked,
+    thread_lock_budget,
+)
 from telemetry_core._log import logger
 from telemetry_core._write_behind import SpillJournal, WriteBehind, spill_files
 from telemetry_core.errors import StorageError
+from telemetry_core.recorder import counter_name
 from telemetry_core.schema import Event
 
 if TYPE_CHECKING:
@@ -66,10 +76,39 @@ class EventWriter:
         self._monotonic = monotonic
         self._on_queued = on_queued
         self._behind: WriteBehind | None = None
+        self._storage_failed = False
+
+    @property
+    def _journal_first(self) -> bool:
+        config = self._config()
+        return config.write_behind and not config.strict and not self._storage_failed
+
+    def _merge_failed(self, exc: BaseException) -> None:
+        """The storage refused journaled events (not a lock): count it, warn once,
+        and write directly from now on, so that ``track()`` reports the failure.
+        The journaled events stay on disk for a later run."""
+        if self._storage_failed:
+            return
+        self._storage_failed = True
+        name = counter_name("failed", type(exc).__name__)
+        self._counters.count(name, defer=True)
+        self._counters.warn_once(
+            name,
+            "telemetry-core: could not store journaled events: %r; they stay in %s.spill-* "
+            "for a later run (further failures of this kind are only counted)",
+            exc,
+            self._config().db_path,
+        )
 
     def write(self, opened: Opened, event: Event, *, enqueue: bool) -> bool:
         """Store ``event`` (queued when ``enqueue``), or spill it when the file is
-        locked; False only when the journal is full (the event is dropped, counted)."""
+        locked; False only when the journal is full (the event is dropped, counted).
+
+        With ``write_behind`` (the default, off in strict mode so that a storage
+        failure raises) the event goes to the journal first and the merger stores
+        it; a full or unwritable journal falls back to the database."""
+        if self._journal_first and self.behind().append(_encoder.encode(event), enqueue=enqueue):
+            return True
         behind = self._behind
         if behind is None or behind.try_database():
             try:
@@ -110,6 +149,7 @@ class EventWriter:
                 is_locked=is_locked,
                 thread_setup=self._merger_setup,
                 monotonic=self._monotonic,
+                on_error=self._merge_failed,
             )
         return self._behind
 
@@ -150,11 +190,17 @@ class EventWriter:
         else:
             behind.adopt_orphans()
 
-    def settle_once(self) -> None:
-        """Before a read: one try at storing what this process spilled."""
+    def settle(self) -> None:
+        """Before a read or the exit flush: store what this process journaled,
+        retrying a lock (the worker's or another process's) within the thread's
+        lock budget (0.2 s for app calls); what a longer lock keeps out is
+        counted as ``spilled`` by the read."""
         behind = self._behind
-        if behind is not None and behind.journal.pending:
-            behind.merge_once()
+        if behind is None or not behind.journal.pending or self._storage_failed:
+            return
+        deadline = time.monotonic() + thread_lock_budget()
+        while not behind.merge_once() and not behind.failed and time.monotonic() < deadline:
+            time.sleep(LOCK_RETRY_PAUSE)
 
     def settle_until(self, deadline: float) -> None:
         """Before sending: store what this process spilled, retrying a lock until

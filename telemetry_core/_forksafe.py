@@ -44,8 +44,8 @@ LOCK_SLICE_MS: Final = 50
 DEFAULT_LOCK_BUDGET: Final = 0.2
 #: The budget of background work (the worker, retention, an explicit submit_now()).
 BACKGROUND_LOCK_BUDGET: Final = 5.0
-# Pause between two attempts of a guarded call that found the database locked.
-_RETRY_PAUSE: Final = 0.01
+#: Pause between two attempts of a call that found the database locked (seconds).
+LOCK_RETRY_PAUSE: Final = 0.01
 
 _budget = threading.local()
 
@@ -55,14 +55,15 @@ def set_lock_budget(seconds: float) -> None:
     _budget.seconds = seconds
 
 
-def _lock_budget() -> float:
+def thread_lock_budget() -> float:
+    """How long this thread's database calls may wait for another writer's lock (seconds)."""
     return float(getattr(_budget, "seconds", DEFAULT_LOCK_BUDGET))
 
 
 @contextlib.contextmanager
 def lock_budget(seconds: float) -> Iterator[None]:
     """Run the block with this thread's lock budget set to ``seconds``."""
-    before = _lock_budget()
+    before = thread_lock_budget()
     set_lock_budget(seconds)
     try:
         yield
@@ -206,12 +207,12 @@ class _Guarded:
                         raise
                     now = time.monotonic()
                     if deadline is None:
-                        deadline = now + _lock_budget()
+                        deadline = now + thread_lock_budget()
                     if now >= deadline:
                         raise
                 finally:
                     guard._exit()
-                time.sleep(min(_RETRY_PAUSE, max(deadline - time.monotonic(), 0.0)))
+                time.sleep(min(LOCK_RETRY_PAUSE, max(deadline - time.monotonic(), 0.0)))
 
         if isinstance(attr, types.MethodType):
             # A method stays what it is: the next lookup of the name finds

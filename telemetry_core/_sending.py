@@ -181,7 +181,9 @@ class Sending:
             return
         budget = min(config.exit_flush, deadline - time.monotonic())
         if budget > 0:
-            worker.flush(budget)
+            # What track() just put in the journal is sent too.
+            self._writer.settle()
+            worker.flush(max(min(config.exit_flush, deadline - time.monotonic()), 0.0))
 
     def submit_now(
         self, opened: Opened, progress: Callable[[int, int], None] | None, *, force: bool

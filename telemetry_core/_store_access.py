@@ -123,10 +123,11 @@ class StoreAccess:
         """The open store; with consent off an existing file opened read-only
         (or, with ``write``, read-write), never created; None under DO_NOT_TRACK.
 
-        Events this process spilled are merged first when the lock allows (one
-        try), so a read sees what ``track()`` returned an id for."""
+        Events this process journaled are stored first (a lock is waited for
+        within the thread's lock budget), so a read sees what ``track()``
+        returned an id for."""
         if self.opened is not None:
-            self._writer.settle_once()
+            self._writer.settle()
             return self.opened
         config = self._config()
         if config.do_not_track:

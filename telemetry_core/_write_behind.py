@@ -1,14 +1,16 @@
-"""Write-behind: where ``track()`` puts an event it cannot store now, and how it gets in.
+"""Write-behind: the journal ``track()`` appends events to, and how they get in.
 
-``track()`` must never wait on another process's lock (DESIGN §4). When the
-database is locked, the checked event is appended to a *spill file* next to the
-database, one line per event, in one ``write()`` of an ``O_APPEND`` file: no
-lock to wait for, a few microseconds, and the event survives the process
-(even ``os._exit`` or SIGKILL, as the bytes are in the kernel's page cache).
-A merger thread moves spilled events into the database once the lock is
-released; :meth:`SpillJournal.close` tries once more within the exit budget,
-and whatever is still spilled then is merged by the next process that opens
-the database.
+By default (``write_behind``) ``track()`` appends each checked event to this
+process's *spill file* next to the database, one line per event, in one
+``write()`` of an ``O_APPEND`` file: a few microseconds, no lock to wait for, and
+the event survives the process (even ``os._exit`` or SIGKILL, as the bytes are
+in the kernel's page cache: the durability of a WAL commit with
+``synchronous=NORMAL``). With ``write_behind`` off only the events a locked
+database turns away are appended (DESIGN §4: ``track()`` never waits on another
+process's lock). A merger thread moves journaled events into the database in
+batches; reads, sends and :meth:`SpillJournal.close` store them first, and
+whatever is still journaled when the process ends is merged by the next
+process that opens the database.
 
 Layout: ``<db name>.spill-<pid>-<random>``; each line is ``1`` or ``0`` (queue
 the event or only keep it locally, decided at ``track()`` time) followed by the
@@ -252,6 +254,9 @@ class WriteBehind:
     :param thread_setup: run once in the merger thread before its first merge
         (the service gives that thread's connection a longer busy timeout).
     :param monotonic: the clock of :data:`SPILL_HOLD`.
+    :param on_error: told of a merge that failed for another reason than a
+        lock (the storage refuses writes); the merger thread then waits for the
+        next append instead of retrying.
     """
 
     def __init__(
@@ -262,14 +267,23 @@ class WriteBehind:
         is_locked: Callable[[BaseException], bool],
         thread_setup: Callable[[], None] | None = None,
         monotonic: Callable[[], float],
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.journal = journal
+        self._on_error = on_error
+        self._failed = False  # the last merge failed for another reason than a lock
         self._store_events = store_events
         self._is_locked = is_locked
         self._thread_setup = thread_setup
         self._monotonic = monotonic
         self._lock = threading.Lock()
+        # One merge at a time: the merger thread and a reader settling its
+        # own writes must not both hand the same rotated file on.
+        self._merging = threading.Lock()
         self._stop = threading.Event()
+        # Set by each append (and by stop): the idle merger sleeps on it with
+        # no timeout, so a quiet process has no wake-ups at all.
+        self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._hold_until = 0.0
         self._orphans = True  # files of earlier processes may exist
@@ -279,23 +293,33 @@ class WriteBehind:
         return not self.journal.pending or self._monotonic() >= self._hold_until
 
     def spill(self, payload: bytes, *, enqueue: bool) -> bool:
-        """Append one event and make sure the merger runs; False when full."""
+        """Append one event the database refused (locked) and make sure the
+        merger runs; False when full. ``track()`` then spills without trying
+        the database for :data:`SPILL_HOLD`."""
         self._hold_until = self._monotonic() + SPILL_HOLD
+        return self.append(payload, enqueue=enqueue)
+
+    def append(self, payload: bytes, *, enqueue: bool) -> bool:
+        """Append one event and make sure the merger runs; False when full."""
         if not self.journal.append(payload, enqueue=enqueue):
             return False
-        self.start()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self.start()
+        elif not self._kick.is_set():
+            self._kick.set()
         return True
 
     def start(self) -> None:
-        """Start the merger thread unless it runs (idempotent)."""
+        """Start the merger thread unless it runs, and wake it (idempotent)."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="telemetry-core-write-behind", daemon=True
-            )
-            self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="telemetry-core-write-behind", daemon=True
+                )
+                self._thread.start()
+        self._kick.set()
 
     def adopt_orphans(self) -> None:
         """Look for spill files other processes left (a forked worker that exited,
@@ -308,26 +332,41 @@ class WriteBehind:
     def merge_once(self) -> bool:
         """Merge what waits (own journal, then orphans); True when nothing is left.
 
-        A locked database leaves everything in place and returns False."""
-        try:
-            self.journal.merge(self._store_events)
-            if self._orphans:
-                self.journal.merge_orphans(self._store_events)
-                self._orphans = False
-        except Exception as exc:
-            self._orphans = True  # a failed merge leaves its file as an orphan
-            if not self._is_locked(exc):
-                logger.debug("telemetry-core: merging spilled events failed: %r", exc)
-            return False
-        return not self.journal.pending
+        A locked database leaves everything in place and returns False. A
+        merge running in another thread is waited for (so that a read after
+        it sees what was merged)."""
+        with self._merging:
+            self._failed = False
+            try:
+                self.journal.merge(self._store_events)
+                if self._orphans:
+                    self.journal.merge_orphans(self._store_events)
+                    self._orphans = False
+            except Exception as exc:
+                self._orphans = True  # a failed merge leaves its file as an orphan
+                if not self._is_locked(exc):
+                    self._failed = True
+                    logger.debug("telemetry-core: merging spilled events failed: %r", exc)
+                    if self._on_error is not None:
+                        self._on_error(exc)
+                return False
+            return not self.journal.pending
+
+    @property
+    def failed(self) -> bool:
+        """The last merge failed for another reason than a lock."""
+        return self._failed
 
     def merge_until(self, deadline: float) -> bool:
         """Merge in the caller's thread, retrying a locked database until the
-        monotonic ``deadline``; True when nothing is left."""
+        monotonic ``deadline``; True when nothing is left. Another failure
+        returns False at once."""
         wait = MERGE_FIRST_WAIT
         while True:
             if self.merge_once():
                 return True
+            if self._failed:
+                return False  # the storage refuses writes: waiting will not help
             left = deadline - self._monotonic()
             if left <= 0:
                 return False
@@ -343,6 +382,7 @@ class WriteBehind:
     def stop(self, timeout: float) -> bool:
         """Stop the merger thread, waiting at most ``timeout``; True if it ended."""
         self._stop.set()
+        self._kick.set()
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True
@@ -357,11 +397,12 @@ class WriteBehind:
                 logger.debug("telemetry-core: write-behind thread setup failed: %r", exc)
         wait = MERGE_FIRST_WAIT
         while not self._stop.wait(wait):
-            if self.merge_once():
-                with self._lock:
-                    if not self.journal.pending and not self._orphans:
-                        self._thread = None
-                        return
-                wait = MERGE_FIRST_WAIT
-            else:
-                wait = min(wait * 2, MERGE_MAX_WAIT)
+            merged = self.merge_once()
+            if not merged and not self._failed:
+                wait = min(wait * 2, MERGE_MAX_WAIT)  # locked: try again soon
+                continue
+            wait = MERGE_FIRST_WAIT
+            # Cleared before looking, so an append after the look sets it again.
+            self._kick.clear()
+            if self._failed or (not self.journal.pending and not self._orphans):
+                self._kick.wait()

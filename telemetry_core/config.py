@@ -210,6 +210,7 @@ class TelemetryConfig:
     backoff: str = "exponential-jitter"
     limiter: str = "token-bucket"
     strict: bool = False
+    write_behind: bool = True
     options: Mapping[str, str] = attrs.field(factory=dict)
     do_not_track: bool = attrs.field(factory=do_not_track)
     #: Environment or stored values that were ignored (reported once), for ``status``.

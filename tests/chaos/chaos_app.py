@@ -86,8 +86,10 @@ def drain(args: argparse.Namespace, service: TelemetryService) -> int:
     rounds = 0
     while time.monotonic() < deadline:
         rounds += 1
-        queue = service.queue_stats()
-        if queue.pending == 0 and queue.dead == 0 and service.status()["spilled"] == 0:
+        # One read: the queue and what still waits in journals, seen together.
+        status = service.status()
+        queue = status["queue"]
+        if queue["pending"] == queue["dead"] == 0 and status["spilled"] == 0:
             stats = service.get_submission_stats()
             print(
                 json.dumps(

@@ -76,8 +76,10 @@ def _track(service: TelemetryService, event_type: str, count: int) -> list[str |
 def _linger(service: TelemetryService, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        queue = service.queue_stats()
-        if queue.pending == queue.dead == 0 and service.status()["spilled"] == 0:
+        # One read: the queue and what still waits in journals, seen together.
+        status = service.status()
+        queue = status["queue"]
+        if queue["pending"] == queue["dead"] == 0 and status["spilled"] == 0:
             return
         time.sleep(0.05)
 

@@ -75,6 +75,11 @@ class Rig:
         )
 
     def rows(self, sql: str) -> list[Any]:
+        # A read through the open service first, as an app would make: it
+        # stores what track() put in the write-behind journal (a closed
+        # service has stored it already, and a read would open it again).
+        if not self.service._closed:
+            self.service.counters()
         conn = sqlite3.connect(self.service.config.db_path)
         try:
             return conn.execute(sql).fetchall()
@@ -799,7 +804,9 @@ def _run_exit_app(tmp_path: Path, port: int) -> None:
 
 
 def test_track_on_a_locked_database_spills_and_stores_once_released(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
+    # Each event goes to the database first here (write_behind off), so the
+    # journal only takes the ones a lock turned away.
+    config = make_config(tmp_path, write_behind=False)
     service = TelemetryService(config)
     try:
         assert service.track("before") is not None
@@ -831,7 +838,7 @@ def test_track_on_a_locked_database_spills_and_stores_once_released(tmp_path: Pa
 
 
 def test_a_full_spill_journal_counts_what_it_cannot_keep(tmp_path: Path) -> None:
-    config = make_config(tmp_path, max_queue_size=2)
+    config = make_config(tmp_path, max_queue_size=2, write_behind=False)
     service = TelemetryService(config)
     try:
         assert service.track("before") is not None
@@ -1117,3 +1124,84 @@ def test_whatever_a_transport_raises_reaches_last_error_without_the_api_key(
     text = json.dumps(msgspec.to_builtins(stats))
     for form in (key, repr(key)[1:-1], repr(key.encode("latin-1"))[2:-1]):
         assert form not in text
+
+
+# -- journal first (write_behind) ---------------------------------------------------
+
+
+def _stored_ids(db_path: Path) -> set[str]:
+    """The event ids in the database, read by another connection (as another
+    process would see them), queued or stored."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return {row[0] for row in conn.execute("SELECT id FROM telemetry_events")}
+    finally:
+        conn.close()
+
+
+def test_track_journals_and_the_merger_stores_without_any_read(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with TelemetryService(config) as service:
+        ids = {service.track("journaled", {"i": i}) for i in range(50)}
+        assert None not in ids
+        # Nobody reads: the background merger alone brings them into the file.
+        deadline = time.monotonic() + 10
+        while _stored_ids(config.db_path) != ids and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _stored_ids(config.db_path) == ids
+        assert not list(config.db_path.parent.glob("*.spill-*"))
+        assert service.counters().get("spilled") is None  # not a lock's spill
+
+
+def test_a_read_right_after_track_sees_the_event(tmp_path: Path) -> None:
+    with TelemetryService(make_config(tmp_path)) as service:
+        for i in range(3):
+            assert service.track("seen", {"i": i}) is not None
+            assert service.event_counts() == {"seen": i + 1}
+
+
+def test_journal_first_on_a_locked_database_keeps_every_event(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    service = TelemetryService(config)
+    try:
+        assert service.track("before") is not None
+        assert service.event_counts() == {"before": 1}
+        locker = sqlite3.connect(config.db_path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            ids = [service.track("locked", {"i": i}) for i in range(20)]
+            assert None not in ids
+            assert service.status()["spilled"] == 20  # the read could not store them
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        assert service.event_counts() == {"before": 1, "locked": 20}
+    finally:
+        service.close()
+    assert not list(config.db_path.parent.glob("*.spill-*"))
+
+
+def test_a_full_journal_falls_back_to_the_database(tmp_path: Path) -> None:
+    config = make_config(tmp_path, max_queue_size=2)
+    with TelemetryService(config) as service:
+        ids = [service.track("many", {"i": i}) for i in range(6)]
+        assert None not in ids  # the journal held two, the database took the rest
+        assert service.event_counts() == {"many": 6}
+        assert "dropped:spill_full" not in service.counters()
+
+
+def test_strict_mode_writes_to_the_database_before_returning(tmp_path: Path) -> None:
+    config = make_config(tmp_path, strict=True)
+    with TelemetryService(config) as service:
+        event_id = service.track("strict")
+        assert event_id is not None
+        assert _stored_ids(config.db_path) == {event_id}  # no read needed
+        assert not list(config.db_path.parent.glob("*.spill-*"))
+
+
+def test_an_event_recorded_just_before_exit_is_sent_by_the_exit_flush(tmp_path: Path) -> None:
+    rig = Rig(remote(tmp_path))
+    with rig.service as service:
+        event_id = service.track("last")
+    assert event_id is not None
+    assert [i for batch in rig.transport.batches for i in batch] == [event_id]
