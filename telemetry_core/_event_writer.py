@@ -7,7 +7,8 @@ storage. Otherwise (and in strict mode) the storage is tried first, with the app
 connection's short busy timeout, outside the fork guard's lock retries, and the
 event is journaled only when another process holds the lock: ``track()`` never
 waits on another process's lock (DESIGN §4). Journaled events are also stored
-before reads (one try), before ``submit_now()`` and the exit flush send, at
+before reads (waiting for a lock within the caller's lock budget), before
+``submit_now()`` and the exit flush send, at
 ``close()`` (within the exit budget), and those other processes left behind are
 adopted by the worker after each cycle and by the next opener.
 """
