@@ -57,6 +57,7 @@ def run(ctx: Context) -> Report:
         def one_round() -> Round:
             svc = _ours.service(db)
             _ours.track(svc)  # a running app: it has recorded before the lock is taken
+            svc.event_counts()  # and that event is stored (a read stores the journal)
             before = _stored(db)
             locker = subprocess.Popen(
                 [sys.executable, "-c", _LOCKER, str(db)],
