@@ -273,3 +273,76 @@ def test_a_fork_does_not_wait_for_a_thread_waiting_on_a_lock(
     locker.execute("ROLLBACK")
     thread.join(60)
     assert done.is_set()
+
+
+def test_appends_and_merges_from_many_threads_store_each_event_exactly_once(
+    tmp_path: Path,
+) -> None:
+    # The merger thread and readers settling their own writes merge at the same
+    # time as appends go on: nothing may be lost or handed on twice.
+    sink = Sink()
+    behind = WriteBehind(
+        SpillJournal(tmp_path / "t.db", max_entries=10_000),
+        sink,
+        is_locked=is_locked,
+        monotonic=time.monotonic,
+    )
+    writers, per_writer = 4, 300
+    done = threading.Event()
+
+    def write(w: int) -> None:
+        for i in range(per_writer):
+            assert behind.append(payload(w * per_writer + i), enqueue=i % 2 == 0)
+
+    def settle() -> None:
+        while not done.is_set():
+            behind.merge_once()
+
+    settlers = [threading.Thread(target=settle) for _ in range(2)]
+    appenders = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for thread in settlers + appenders:
+        thread.start()
+    for thread in appenders:
+        thread.join(30)
+    done.set()
+    for thread in settlers:
+        thread.join(30)
+    assert behind.merge_until(time.monotonic() + 30)
+    assert behind.stop(30)
+    stored = [p for p, _ in sink.events]
+    assert sorted(stored) == sorted(payload(n) for n in range(writers * per_writer))
+    assert not spill_files(tmp_path / "t.db")
+
+
+def test_an_idle_merger_sleeps_until_the_next_append(tmp_path: Path) -> None:
+    sink = Sink()
+    behind = WriteBehind(
+        SpillJournal(tmp_path / "t.db", max_entries=10),
+        sink,
+        is_locked=is_locked,
+        monotonic=time.monotonic,
+    )
+    merges: list[float] = []
+    real_merge = behind.merge_once
+
+    def counted() -> bool:
+        merges.append(time.monotonic())
+        return real_merge()
+
+    behind.merge_once = counted  # type: ignore[method-assign]
+    assert behind.append(payload(1), enqueue=True)
+    for _ in range(500):  # bounded: until the thread has merged
+        if sink.events:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    tries = len(merges)
+    time.sleep(0.3)  # several merge periods: an idle merger does not even try
+    assert len(merges) == tries
+    assert behind.append(payload(2), enqueue=False)  # wakes it
+    for _ in range(500):
+        if len(sink.events) == 2:
+            break
+        time.sleep(0.01)
+    assert sink.events == [(payload(1), True), (payload(2), False)]
+    assert behind.stop(30)
