@@ -31,6 +31,7 @@ from telemetry_core._forksafe import (
 from telemetry_core._log import logger
 from telemetry_core._write_behind import SpillJournal, WriteBehind, spill_files
 from telemetry_core.errors import StorageError
+from telemetry_core.protocols import RecordMany
 from telemetry_core.recorder import counter_name
 from telemetry_core.schema import Event
 
@@ -171,9 +172,13 @@ class EventWriter:
                 events.append((_event_decoder.decode(payload), enqueue))
             except msgspec.DecodeError:
                 self._counters.count("failed:spill_decode", defer=True)
+        storage = opened.raw_storage
         with fork_guard.section(), opened.store.transaction():
-            for event, enqueue in events:
-                opened.raw_storage.record(event, enqueue=enqueue)
+            if isinstance(storage, RecordMany):
+                storage.record_many(events)
+            else:
+                for event, enqueue in events:
+                    storage.record(event, enqueue=enqueue)
         if any(enqueue for _, enqueue in events):
             self._on_queued()
 

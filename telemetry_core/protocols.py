@@ -25,6 +25,7 @@ __all__ = [
     "Limiter",
     "PagedCleanup",
     "PersistentLimiter",
+    "RecordMany",
     "RetryNow",
     "SQLiteDatabase",
     "Storage",
@@ -136,6 +137,19 @@ class PagedCleanup(Protocol):
         """Look at the next ``page`` events after the id ``after`` (``""`` to
         start), delete those recorded before ``older_than``; return the id to
         continue after (None when done) and how many events went."""
+        ...
+
+
+@runtime_checkable
+class RecordMany(Protocol):
+    """Optional for a :class:`Storage`: many events recorded in one go (the
+    write-behind merger hands each journal file over at once). A storage
+    without it gets one ``record`` call per event, inside one transaction of
+    the local database."""
+
+    def record_many(self, events: Sequence[tuple[Event, bool]]) -> None:
+        """Store each event (and queue it when its flag is True) in one
+        transaction; ids already stored are skipped, as by ``record``."""
         ...
 
 

@@ -330,6 +330,25 @@ class SQLiteQueue:
         with self.store.transaction() as conn:
             conn.execute(_INSERT_EVENT, (event.id, event.type, now, payload, event.id))
 
+    def record_many(self, events: Sequence[tuple[Event, bool]]) -> None:
+        """Store many events (each queued when its flag is True) in one
+        transaction, each table in one ``executemany``; already stored ids are
+        skipped and the queue bound holds, as with :meth:`record`."""
+        now = self.clock()
+        queued: list[tuple[str, str, float, bytes, str]] = []
+        local: list[tuple[str, str, float, bytes, str]] = []
+        for event, enqueue in events:
+            row = (event.id, event.type, now, _encoder.encode(event), event.id)
+            (queued if enqueue else local).append(row)
+        with self.store.transaction() as conn:
+            if queued:
+                conn.executemany(_INSERT_ENTRY, queued)
+                last = int(conn.execute(_MAX_ID).fetchone()[0])
+                if last > self.max_queue_size:
+                    self._trim(conn, last)
+            if local:
+                conn.executemany(_INSERT_EVENT, local)
+
     def enqueue(self, event_ids: Sequence[str]) -> int:
         """Queue stored events (unknown or already queued ids are skipped), in
         the given order; return how many were newly queued."""

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from telemetry_core.config import TelemetryConfig
 from telemetry_core.errors import ConfigError, StorageError
 from telemetry_core.local_store import LocalStore
-from telemetry_core.models import QueuedEvent
+from telemetry_core.models import QueuedEvent, QueueStats
 from telemetry_core.plugin_host import PluginHost
 from telemetry_core.protocols import Storage
 from telemetry_core.schema import Event, validate_event
@@ -823,3 +824,37 @@ def test_any_valid_event_round_trips_exactly(
         ]
     finally:
         s.close()
+
+
+def test_record_many_leaves_the_file_as_record_one_by_one_does(
+    tmp_path: Path, backoff: FakeBackoff, clock: FakeClock, make_event: MakeEvent
+) -> None:
+    events = [make_event("mixed", {"i": i}) for i in range(10)]
+    # Queued and local-only events, one delivered earlier, one given twice,
+    # and more queued events (five new) than the queue's bound (3) keeps.
+    batch = [(e, i % 3 != 0) for i, e in enumerate(events)] + [(events[1], True)]
+
+    def fill(name: str, many: bool) -> tuple[list[Any], QueueStats, dict[str, int]]:
+        store = LocalStore(tmp_path / name, clock=clock)
+        open_tables(store)
+        queue = SQLiteQueue(store, backoff, clock=clock, max_queue_size=3)
+        try:
+            queue.record(events[4], enqueue=True)
+            queue.mark_submitted(ids(queue.dequeue(1)))
+            if many:
+                queue.record_many(batch)
+            else:
+                for event, enqueue in batch:
+                    queue.record(event, enqueue=enqueue)
+            rows = store.connection().execute(
+                "SELECT id, type, payload, created_at FROM telemetry_events ORDER BY id"
+            )
+            return rows.fetchall(), queue.stats(), queue.event_counts()
+        finally:
+            store.close()
+
+    one_by_one, many = fill("one.db", many=False), fill("many.db", many=True)
+    assert many == one_by_one
+    rows, stats, counts = many
+    assert counts == {"mixed": 10} and len(rows) == 10
+    assert stats.pending == 3 and stats.dropped == {"queue_full": 2}
