@@ -312,15 +312,40 @@ class _BatchStrings:
         texts = [v for e in events for v in e.properties.values() if isinstance(v, str)]
         return cls(identifiers, versions, keys, texts)
 
-    def valid(self, events: list[_CheckedEvent]) -> bool:
-        """True when every string follows schema 1's character rules."""
+    def valid(self, events: list[_CheckedEvent], *, normalised: bool = False) -> bool:
+        """True when every string follows schema 1's character rules.
+
+        ``normalised`` events (see :func:`check_built`) have their ids, types and
+        property keys in the patterns by construction: only the strings that come
+        from the sender (identifiers, versions, text values) are scanned."""
         return (
-            _all_match(_IDS, [e.id for e in events])
-            and _all_match(_TYPES, [e.type for e in events])
-            and _all_match(_KEYS, self.keys)
+            (
+                normalised
+                or (
+                    _all_match(_IDS, [e.id for e in events])
+                    and _all_match(_TYPES, [e.type for e in events])
+                    and _all_match(_KEYS, self.keys)
+                )
+            )
             and not IDENTIFIER_FORBIDDEN.search(" ".join(self.identifiers + self.versions))
             and not TEXT_FORBIDDEN.search(" ".join(self.texts))
         )
+
+    def encoded_size_bound(self, events: list[_CheckedEvent]) -> int:
+        """A size no event of ``events`` exceeds as ``/v1/submit`` JSON.
+
+        For events that passed the constraints of :class:`_CheckedEvent` (int64
+        integers, finite floats, string keys, ``schema`` 1): every character of a
+        string encodes to at most 6 bytes (``\\u001f``), a number to at most 24,
+        and the batch's longest strings and largest property map bound each event.
+        """
+        identifier = max(map(len, self.identifiers), default=0)
+        version = max(map(len, self.versions), default=0)
+        value = max(_NUMBER_BYTES, 6 * max(map(len, self.texts), default=0) + 2)
+        per_property = 6 * max(map(len, self.keys), default=0) + 4 + value
+        count = max([len(e.properties) for e in events], default=0)
+        strings = 36 + 64 + 3 * identifier + version  # id, type, install/app/session, version
+        return _EVENT_FRAME_BYTES + 6 * strings + count * per_property
 
     def clean(self) -> bool:
         """True when no string holds personal data (the PII check of :func:`_pii_in`)."""
@@ -332,6 +357,11 @@ class _BatchStrings:
 
 
 _batch_decoder = msgspec.json.Decoder(list[_CheckedEvent])
+#: The JSON of an event without its strings and properties, with room for the
+#: longest timestamp, duration and success, and quotes instead of nulls.
+_EVENT_FRAME_BYTES: Final = 256
+#: The longest JSON of an int64 or a finite float (``-2.2250738585072014e-308``).
+_NUMBER_BYTES: Final = 24
 
 
 class _CleanStrings:
@@ -441,23 +471,31 @@ def check_built(
     now_ms: int,
     max_event_bytes: int,
     max_future_skew_ms: int,
+    normalised: bool = False,
 ) -> CheckedBatch:
     """:func:`check_events` of ``events`` as wire JSON, without decoding them again.
 
     For events a translation built (plain :class:`Event` values, not yet checked):
     the verdict is the one :func:`check_events` gives for each event encoded as
-    ``/v1/submit`` JSON. Each event is encoded once for its size (the ``too_large``
-    rule); when every one fits, the events are converted into the constrained
-    type in one call (the same ``msgspec.Meta`` rules as the decode of
-    :func:`check_events`) and the same batch-wide string and PII checks follow.
-    Anything that call refuses, or a value JSON would change (a NaN or infinity
-    encodes as ``null``, so the constraints refuse it here), is checked as
-    :func:`check_events` checks the encoded events, so codes, indexes and messages
-    are the same.
+    ``/v1/submit`` JSON. The events are converted into the constrained type in one
+    call (the same ``msgspec.Meta`` rules as the decode of :func:`check_events`);
+    the ``too_large`` rule is settled by a bound on the encoded size of every
+    event (:meth:`_BatchStrings.encoded_size_bound`), or, when the bound passes
+    ``max_event_bytes``, by encoding each event; the same batch-wide string and
+    PII checks follow. Anything the conversion refuses, an event over the limit,
+    or a value JSON would change (a NaN or infinity encodes as ``null``, so the
+    constraints refuse it here), is checked as :func:`check_events` checks the
+    encoded events, so codes, indexes and messages are the same.
+
+    ``normalised`` says that every event's ``id`` is a UUID in canonical form, its
+    ``type`` was made by :func:`~telemetry_core.collector.translation.normalise_type`
+    (or is one of the fixed types of a mapping) and every property key by
+    :func:`~telemetry_core.collector.translation.normalise_key`, as the
+    translations guarantee by construction: their character patterns are then
+    not scanned again (the lengths still are, by the conversion).
     """
-    encoded = list(map(_wire_encoder.encode, events))
     converted = None
-    if max(map(len, encoded), default=0) <= max_event_bytes and set(map(type, events)) <= {Event}:
+    if set(map(type, events)) <= {Event}:
         # Only exact Events: msgspec passes an instance of the target type through unchecked.
         try:
             converted = msgspec.convert(events, _CHECKED_LIST, from_attributes=True)
@@ -466,7 +504,7 @@ def check_built(
 
     def reference() -> CheckedBatch:
         return check_events(
-            list(map(msgspec.Raw, encoded)),
+            [msgspec.Raw(_wire_encoder.encode(e)) for e in events],
             now_ms=now_ms,
             max_event_bytes=max_event_bytes,
             max_future_skew_ms=max_future_skew_ms,
@@ -474,7 +512,19 @@ def check_built(
 
     if converted is None:
         return reference()
-    return _sorted(converted, reference, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    strings = _BatchStrings.of(converted)
+    if strings.encoded_size_bound(converted) > max_event_bytes and (
+        max(map(len, map(_wire_encoder.encode, events)), default=0) > max_event_bytes
+    ):
+        return reference()
+    return _sorted(
+        converted,
+        reference,
+        now_ms=now_ms,
+        max_future_skew_ms=max_future_skew_ms,
+        strings=strings,
+        normalised=normalised,
+    )
 
 
 _CHECKED_LIST: Final = list[_CheckedEvent]
@@ -486,11 +536,18 @@ def _sorted(
     *,
     now_ms: int,
     max_future_skew_ms: int,
+    strings: _BatchStrings | None = None,
+    normalised: bool = False,
 ) -> CheckedBatch:
     """The verdict on events already held to the msgspec constraints (``reference()``
-    when ``decoded`` is ``None`` or a string breaks a character rule)."""
-    strings = _BatchStrings.of(decoded) if decoded is not None else None
-    if decoded is None or strings is None or not strings.valid(decoded):
+    when ``decoded`` is ``None`` or a string breaks a character rule). ``strings``
+    are those of ``decoded`` when already gathered; ``normalised`` as for
+    :func:`check_built`."""
+    if decoded is None:
+        return reference()
+    if strings is None:
+        strings = _BatchStrings.of(decoded)
+    if not strings.valid(decoded, normalised=normalised):
         return reference()
     latest = now_ms + max_future_skew_ms
     if max((e.timestamp for e in decoded), default=0) <= latest and strings.clean():

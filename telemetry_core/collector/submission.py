@@ -150,15 +150,19 @@ class Submission:
         )
 
     async def accept_built(
-        self, kid: str, events: Sequence[Event], *, untranslated: Sequence[EventError] = ()
+        self,
+        kid: str,
+        events: Sequence[Event],
+        *,
+        untranslated: Sequence[EventError] = (),
+        normalised: bool = False,
     ) -> SubmitResponse:
         """:meth:`accept` for the events a foreign format was translated into:
         checked by :func:`~telemetry_core.collector.ingest.check_built`, which
         gives the verdict :meth:`accept` gives for them as JSON without encoding
-        and decoding them again."""
-        return await self._accept(
-            kid, len(events), functools.partial(check_built, events), untranslated
-        )
+        and decoding them again (``normalised`` as there)."""
+        check = functools.partial(check_built, events, normalised=normalised)
+        return await self._accept(kid, len(events), check, untranslated)
 
     async def _accept(
         self,

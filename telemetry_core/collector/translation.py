@@ -174,6 +174,13 @@ class Translation:
     give the index in the request of each; ``errors`` are the records that
     could not be translated, by their index in the request; ``total`` counts
     every record.
+
+    Every translator builds each event's ``id`` with :func:`uuid_or_none` or
+    :func:`derived_id` (a UUID in canonical form), its ``type`` with
+    :func:`normalise_type` (or a fixed type of its mapping) and its property keys
+    with :func:`normalise_key`: the events are ``normalised`` in the sense of
+    :func:`~telemetry_core.collector.ingest.check_built` (tests hold every
+    translator to it).
     """
 
     events: list[Event] = attrs.field(factory=list)

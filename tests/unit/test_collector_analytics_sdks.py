@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -31,13 +32,16 @@ from telemetry_core.collector.analytics_sdks import (
 from telemetry_core.collector.identity import IdentityHasher, persisted_secret
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
+    CANONICAL_UUID,
     Translation,
     flatten_properties,
     normalise_key,
     normalise_type,
 )
-from telemetry_core.schema import Event
+from telemetry_core.schema import EVENT_TYPE_PATTERN, Event
 
+#: The property key pattern of schema 1 (schema.validate_event's).
+KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 NOW_MS = 1_765_000_000_000
 HASHER = IdentityHasher("s" * 32)
 UUID_1 = "0190c1a2-0000-7000-8000-000000000001"
@@ -439,6 +443,16 @@ def _posthog_batches(draw: st.DrawFn) -> list[Any]:
     return batch
 
 
+def assert_normalised(translation: Translation) -> None:
+    """What check_built(normalised=True) takes on trust: canonical UUIDs, types in
+    the type pattern and keys in the key pattern (at most 64 characters)."""
+    for event in translation.events:
+        assert CANONICAL_UUID.fullmatch(event.id), event.id
+        assert EVENT_TYPE_PATTERN.match(event.type), event.type
+        for key in event.properties:
+            assert KEY_PATTERN.fullmatch(key) and len(key) <= 64, key
+
+
 def _translated(translation: Translation) -> tuple[Any, ...]:
     return (
         translation.total,
@@ -458,9 +472,9 @@ def test_posthog_batches_read_across_give_the_events_read_one_by_one(
     messages = msgspec.json.decode(json.dumps(messages).encode())  # as the route sees them
     batch = AnalyticsBatch("key", messages)
     expected = _posthog_each(batch, HASHER.memo(), NOW_MS)
-    assert _translated(translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)) == (
-        _translated(expected)
-    )
+    translation = translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert _translated(translation) == _translated(expected)
+    assert_normalised(translation)
 
 
 def test_an_sdk_batch_is_read_across_the_batch() -> None:
@@ -570,9 +584,9 @@ def test_segment_batches_read_across_give_the_events_read_one_by_one(
     messages = msgspec.json.decode(json.dumps(messages).encode())  # as the route sees them
     batch = AnalyticsBatch("key", messages)
     expected = _segment_each(batch, HASHER.memo(), NOW_MS)
-    assert _translated(translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)) == (
-        _translated(expected)
-    )
+    translation = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert _translated(translation) == _translated(expected)
+    assert_normalised(translation)
 
 
 def test_an_sdk_segment_batch_is_read_across_the_batch() -> None:

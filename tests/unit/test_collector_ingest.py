@@ -307,6 +307,121 @@ def test_check_built_too_large_is_the_encoded_size_of_each_event() -> None:
         assert verdict.indexes == ((0, 2) if limit < size else (0, 1, 2))
 
 
+_normalised_properties = st.dictionaries(
+    st.one_of(st.text(max_size=70), st.sampled_from(["k", "Who Is", "duration_ms", "y" * 80])),
+    st.one_of(
+        _built_values,
+        st.sampled_from(["bob@example.com", "10.0.0.1", "y" * 1024, "y" * 1025, "\x01" * 900]),
+    ),
+    max_size=6,
+)
+
+
+def _normalised_event(
+    name: str, changes: dict[str, Any], properties: dict[str, Any], future: bool
+) -> Any:
+    """An event as a translation builds it: a canonical UUID, a normalised type and
+    normalised keys; any other field (from the sender) anything."""
+    from telemetry_core.collector.translation import normalise_key, normalise_type
+
+    keys = {normalise_key(k): v for k, v in properties.items()}
+    event = _built_event(changes, {k: v for k, v in keys.items() if k is not None}, future)
+    return msgspec.structs.replace(event, type=normalise_type(name) or "page_view")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=70),
+            st.one_of(st.just({}), st.dictionaries(st.sampled_from(
+                ["timestamp", "install_id", "app", "app_version", "session_id",
+                 "duration_ms", "success", "schema"]), _built_values, max_size=1)),
+            _normalised_properties,
+            st.booleans(),
+        ),
+        min_size=0,
+        max_size=4,
+    ),
+    st.one_of(st.integers(min_value=150, max_value=9000), st.just(16384)),
+)  # fmt: skip
+def test_check_built_of_normalised_events_gives_the_verdicts_of_check_events(
+    specs: list[tuple[str, dict[str, Any], dict[str, Any], bool]], max_bytes: int
+) -> None:
+    """Events as translations build them, checked with ``normalised=True`` (no scan
+    of ids, types and keys; sizes by a bound where it settles them), get the verdict
+    their JSON gets from check_events, for limits below, around and above the bound."""
+    events = [_normalised_event(*spec) for spec in specs]
+    limits = {"now_ms": NOW_MS, "max_event_bytes": max_bytes, "max_future_skew_ms": 86_400_000}
+    built = check_built(events, normalised=True, **limits)
+    assert _verdicts(built) == _verdicts(check_events(_as_raws(events), **limits))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=70),
+            st.dictionaries(st.sampled_from(["install_id", "app", "app_version", "session_id",
+                            "duration_ms", "timestamp"]), _field_values, max_size=2),
+            _normalised_properties,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)  # fmt: skip
+def test_encoded_size_bound_is_never_below_an_events_json(
+    specs: list[tuple[str, dict[str, Any], dict[str, Any]]],
+) -> None:
+    """The bound that spares encoding each event is an upper bound on each event's
+    JSON, for every batch the constrained type accepts (control characters, which
+    JSON escapes to 6 bytes; the longest integers and floats; multi-byte text)."""
+    from telemetry_core.collector.ingest import _CHECKED_LIST, _BatchStrings
+
+    events = [_normalised_event(name, changes, props, False) for name, changes, props in specs]
+    try:
+        converted = msgspec.convert(events, _CHECKED_LIST, from_attributes=True)
+    except msgspec.ValidationError:
+        return
+    bound = _BatchStrings.of(converted).encoded_size_bound(converted)
+    assert max(len(msgspec.json.encode(e)) for e in events) <= bound
+
+
+def test_encoded_size_bound_of_extreme_values() -> None:
+    """Worst cases by hand: every string at its length limit and all control
+    characters, the longest int64 and float JSON, 64 properties."""
+    from telemetry_core.collector.ingest import _CHECKED_LIST, _BatchStrings
+    from telemetry_core.schema import Event
+
+    props: dict[str, Any] = {f"k{i:02d}" + "_" * 61: "\x01" * 1024 for i in range(62)}
+    props["n"] = -(2**63)
+    props["f"] = -2.2250738585072014e-308
+    event = Event(
+        id=new_event_id(),
+        type="a" * 64,
+        timestamp=2**63 - 1,
+        install_id="\x01" * 128,
+        app="\x02" * 128,
+        app_version="\x03" * 128,
+        session_id="\x04" * 128,
+        duration_ms=-0.0,
+        success=False,
+        properties=props,
+    )
+    converted = msgspec.convert([event], _CHECKED_LIST, from_attributes=True)
+    bound = _BatchStrings.of(converted).encoded_size_bound(converted)
+    assert len(msgspec.json.encode(event)) <= bound
+
+
+def test_check_built_normalised_trusts_ids_types_and_keys() -> None:
+    """``normalised=True`` is a promise the caller keeps: a type outside the pattern
+    is not scanned for (which is why only translations, tested to keep it, pass it)."""
+    limits = {"now_ms": NOW_MS, "max_event_bytes": 16384, "max_future_skew_ms": 1}
+    event = msgspec.structs.replace(_built_event({}, {}, False), type="Not A Type")
+    assert [e.code for e in check_built([event], **limits).errors] == ["invalid_type"]
+    assert check_built([event], normalised=True, **limits).indexes == (0,)
+
+
 def test_check_built_takes_the_one_call_path_and_never_trusts_checked_events() -> None:
     """Ordinary built events are converted in one call into the constrained type; an
     event already of that type (which the conversion would pass through unchecked)
