@@ -24,7 +24,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -112,19 +112,26 @@ def derived_id(kind: str, content: object) -> str:
     return derived_id_of_bytes(kind, _canonical.encode(content))
 
 
-_UUID5_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID5_SET: Final = (0x5000 << 64) | (0x8000 << 48)
+#: The hex digit of a UUID's variant nibble (RFC 4122: ``10`` in its top bits),
+#: by the hex digit of the digest there.
+_VARIANT_DIGIT: Final = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}
+#: SHA-1 of each kind's prefix (namespace, kind, NUL), copied for each id.
+_PREFIX_HASHES: dict[str, Any] = {}
 
 
 def derived_id_of_bytes(kind: str, data: bytes) -> str:
     """The UUID (version 5, in :data:`ID_NAMESPACE`) of ``data``, for ``kind``."""
-    digest = hashlib.sha1(
-        ID_NAMESPACE.bytes + kind.encode() + b"\x00" + data, usedforsecurity=False
-    ).digest()
+    prefix = _PREFIX_HASHES.get(kind)
+    if prefix is None:
+        prefix = _PREFIX_HASHES[kind] = hashlib.sha1(
+            ID_NAMESPACE.bytes + kind.encode() + b"\x00", usedforsecurity=False
+        )
+    digest = prefix.copy()
+    digest.update(data)
     # What str(uuid.UUID(bytes=digest[:16], version=5)) gives, without building the
-    # object: version 5 and the RFC variant set in the first 16 bytes of the digest.
-    h = f"{int.from_bytes(digest[:16], 'big') & _UUID5_KEEP | _UUID5_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # object: the first 16 bytes of the digest with the version (5) and the variant set.
+    h = digest.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None)})
