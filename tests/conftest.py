@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,21 @@ def make_event() -> Callable[..., Event]:
 def tmp_db_path(tmp_path: Path) -> Path:
     """A path for a fresh SQLite database under a directory that does not exist yet."""
     return tmp_path / "data" / "telemetry.db"
+
+
+#: The property key pattern of schema 1 (schema.validate_event's).
+_KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
+
+
+def assert_normalised(translation: Any) -> None:
+    """What check_built(normalised=True) takes on trust, of a translation's events:
+    canonical UUIDs, types in the type pattern and keys in the key pattern (at most
+    64 characters)."""
+    from telemetry_core.collector.translation import CANONICAL_UUID
+    from telemetry_core.schema import EVENT_TYPE_PATTERN
+
+    for event in translation.events:
+        assert CANONICAL_UUID.fullmatch(event.id), event.id
+        assert EVENT_TYPE_PATTERN.match(event.type), event.type
+        for key in event.properties:
+            assert _KEY_PATTERN.fullmatch(key) and len(key) <= 64, key

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import msgspec
 
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
+    CANONICAL_UUID,
     Translation,
     derived_id_of_bytes,
     normalise_key,
@@ -228,13 +229,14 @@ class _AttributeMemo:
         self.pairs: dict[bytes, tuple[str, Any]] = {}
         self.lists: dict[tuple[bytes, ...], _Mapped] = {}
 
-    def read(self, attributes: Any) -> tuple[Any, _Mapped]:
-        """The uid (or ``None``) of a record and what the rest of its
-        ``attributes`` give. An attribute set twice keeps its last value."""
+    def read(self, attributes: Any) -> tuple[Any, list[int], _Mapped]:
+        """The uid (or ``None``) of a record, the positions of its ``log.record.uid``
+        attributes and what the rest of its ``attributes`` give. An attribute set
+        twice keeps its last value."""
         tokens = tuple(map(_pb_encode_key_value(), attributes))
         mapped = self.lists.get(tokens)
-        if mapped is not None:
-            return None, mapped
+        if mapped is not None:  # the lists remembered hold no uid
+            return None, [], mapped
         pairs = list(map(self.pairs.get, tokens))
         uid, uids = None, []
         while None in pairs:
@@ -253,7 +255,7 @@ class _AttributeMemo:
             mapped = self.lists[rest] = _Mapped(
                 dict(pair for pair in pairs if pair is not None and pair[0] != _UID)
             )
-        return uid, mapped
+        return uid, uids, mapped
 
     def attributes(self, attributes: Any) -> _Attributes:
         """A resource's ``attributes`` as a dict."""
@@ -274,43 +276,186 @@ def _pb_encode_record(record: Any) -> bytes:
     return data
 
 
-def _translate_protobuf(body: bytes, received_ms: int) -> Translation:
+class _Shape:
+    """What every record of one shape gives: its event type (or ``None`` and why
+    not) and its mapped attributes. A shape is a record's encoding with its times
+    and its uid (the string ``log.record.uid`` at ``uid_at``, its only one) empty."""
+
+    __slots__ = ("event_type", "mapped", "reason")
+
+    def __init__(self, event_name: str, mapped: _Mapped) -> None:
+        self.mapped = mapped
+        name = event_name or _text(mapped.named)
+        self.event_type = normalise_type(name) if name else None
+        reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
+        self.reason = f"{reason}: a log record needs an event name"
+
+
+def _string_uid(record: Any, uid_at: int | None) -> Any:
+    """The ``AnyValue`` of a record's attribute at ``uid_at`` when it is a
+    ``log.record.uid`` holding a string; else ``None``."""
+    if uid_at is None:
+        return None
+    attributes = record.attributes
+    if uid_at >= len(attributes):
+        return None
+    kv = attributes[uid_at]
+    value = kv.value
+    return value if kv.key == _UID and value.WhichOneof("value") == "string_value" else None
+
+
+def _blank(record: Any, uid_value: Any) -> None:
+    """Empty the times of a record and, when given, its uid's string."""
+    record.time_unix_nano = 0
+    record.observed_time_unix_nano = 0
+    if uid_value is not None:
+        uid_value.string_value = ""
+
+
+class _Shapes:
+    """The record shapes of one request (see :class:`_Shape`), by encoding.
+
+    The records of one SDK differ in their times and uids only: most records are
+    mapped by one encoding (in C) and one lookup, the first of each shape through
+    :class:`_AttributeMemo`. The uid is looked for where the last shape had it.
+    When records keep coming in new shapes (their attributes differ), the request
+    stops looking for shapes and reads every record through the memo.
+    """
+
+    def __init__(self) -> None:
+        self.by_encoding: dict[tuple[int | None, bytes], _Shape] = {}
+        self.uid_at: int | None = None
+        self.hits = self.misses = 0
+
+    def learn(self, record: Any, uids: list[int], mapped: _Mapped) -> None:
+        """Remember the shape of a record read through the memo (``uids`` are the
+        positions of its ``log.record.uid`` attributes); this blanks the record."""
+        self.misses += 1
+        uid_at = uids[0] if len(uids) == 1 else None
+        uid_value = _string_uid(record, uid_at)
+        if len(uids) > 1 or (uids and uid_value is None):
+            return  # several uids, or one that is not a string: no shape
+        _blank(record, uid_value)
+        key = (uid_at, record.SerializeToString())
+        self.by_encoding[key] = _Shape(record.event_name, mapped)
+        self.uid_at = uid_at
+
+    @property
+    def worth_it(self) -> bool:
+        """False once more records of the request came in a new shape than not."""
+        return self.misses <= 16 or self.hits >= self.misses
+
+
+class _PbRequest:
+    """One protobuf request being translated: its records, in request order, each
+    through its shape (:meth:`shaped`) or, when the shape is new, through the
+    attribute memo (:meth:`read`). ``resource`` and ``context`` are those of the
+    scope being read."""
+
+    def __init__(self, received_ms: int, *, shapes: bool) -> None:
+        self.out = Translation()
+        self.received_ms = received_ms
+        self.memo = _AttributeMemo()
+        self.shapes = _Shapes() if shapes else None
+        self.resource: _Resource | None = None
+        self.context = b""
+
+    def record(self, index: int, record: Any) -> None:
+        """Translate the record at ``index``."""
+        shapes = self.shapes
+        if shapes is None or not shapes.worth_it:
+            self.read(index, record, None)
+        elif not self.shaped(index, record, shapes):
+            self.read(index, record, shapes)
+
+    def shaped(self, index: int, record: Any, shapes: _Shapes) -> bool:
+        """Translate a record of a known shape (see :class:`_Shapes`) and say so;
+        leave any other record as it was and return False."""
+        uid_at = shapes.uid_at
+        uid_value = _string_uid(record, uid_at)
+        uid = None if uid_value is None else uid_value.string_value
+        event_id = uid if uid is not None and CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
+        encoded = None if event_id is not None else _pb_encode_record(record)  # as sent
+        nanos, observed = record.time_unix_nano, record.observed_time_unix_nano
+        record.time_unix_nano = record.observed_time_unix_nano = 0  # what _blank does
+        if uid_value is not None:
+            uid_value.string_value = ""
+        else:
+            uid_at = None
+        shape = shapes.by_encoding.get((uid_at, record.SerializeToString()))
+        if shape is None:  # put back what was emptied
+            record.time_unix_nano, record.observed_time_unix_nano = nanos, observed
+            if uid_value is not None:
+                uid_value.string_value = uid
+            return False
+        shapes.hits += 1
+        if shape.event_type is None:
+            self.out.reject(index, "missing_type", shape.reason)
+            return True
+        nanos = nanos or observed
+        mapped, resource = shape.mapped, cast(_Resource, self.resource)
+        self.out.add(
+            index,
+            Event(
+                id=event_id or derived_id_of_bytes("otlp", self.context + cast(bytes, encoded)),
+                type=shape.event_type,
+                timestamp=nanos // 1_000_000 if nanos else self.received_ms,
+                install_id=resource.install,
+                app=resource.app,
+                app_version=resource.version,
+                session_id=mapped.session,
+                duration_ms=mapped.duration,
+                success=mapped.success,
+                properties=dict(mapped.properties),  # mapped is shared by like records
+            ),
+        )
+        return True
+
+    def read(self, index: int, record: Any, shapes: _Shapes | None) -> None:
+        """Translate a record through the attribute memo (and learn its shape)."""
+        uid, uids, mapped = self.memo.read(record.attributes)
+        _add_record(
+            self.out,
+            index,
+            event_name=record.event_name,
+            uid=uid,
+            mapped=mapped,
+            properties=dict(mapped.properties),  # mapped is shared by like records
+            nanos=record.time_unix_nano or record.observed_time_unix_nano,
+            resource=cast(_Resource, self.resource),
+            context=self.context,
+            record=record,
+            encode=_pb_encode_record,
+            received_ms=self.received_ms,
+        )
+        if shapes is not None:
+            shapes.learn(record, uids, mapped)  # after the id: this blanks the record
+
+
+def _translate_protobuf(body: bytes, received_ms: int, *, shapes: bool = True) -> Translation:
+    """Translate a protobuf request (every record through the attribute memo when
+    ``shapes`` is false: the reference the tests hold the shapes to)."""
     pb = _pb()
     request = pb.ExportLogsServiceRequest()
     try:
         request.ParseFromString(body)
     except Exception as exc:  # the upb, C++ and Python backends raise different types
         raise IngestError(400, "malformed", f"invalid OTLP protobuf: {exc}") from None
-    out = Translation()
+    reader = _PbRequest(received_ms, shapes=shapes)
     index = 0
-    memo = _AttributeMemo()
     for resource_logs in request.resource_logs:
         resource_pb = resource_logs.resource
-        resource = _Resource(memo.attributes(resource_pb.attributes))
+        reader.resource = _Resource(reader.memo.attributes(resource_pb.attributes))
         for scope_logs in resource_logs.scope_logs:
             # A derived id covers the record, its scope and its resource, as sent.
-            context = resource_pb.SerializeToString(deterministic=True) + (
+            reader.context = resource_pb.SerializeToString(deterministic=True) + (
                 scope_logs.scope.SerializeToString(deterministic=True)
             )
             for record in scope_logs.log_records:
-                uid, mapped = memo.read(record.attributes)
-                _add_record(
-                    out,
-                    index,
-                    event_name=record.event_name,
-                    uid=uid,
-                    mapped=mapped,
-                    properties=dict(mapped.properties),  # mapped is shared by like records
-                    nanos=record.time_unix_nano or record.observed_time_unix_nano,
-                    resource=resource,
-                    context=context,
-                    record=record,
-                    encode=_pb_encode_record,
-                    received_ms=received_ms,
-                )
+                reader.record(index, record)
                 index += 1
-    out.total = index
-    return out
+    reader.out.total = index
+    return reader.out
 
 
 # -- JSON ----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -32,16 +31,14 @@ from telemetry_core.collector.analytics_sdks import (
 from telemetry_core.collector.identity import IdentityHasher, persisted_secret
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
-    CANONICAL_UUID,
     Translation,
     flatten_properties,
     normalise_key,
     normalise_type,
 )
-from telemetry_core.schema import EVENT_TYPE_PATTERN, Event
+from telemetry_core.schema import Event
+from tests.conftest import assert_normalised
 
-#: The property key pattern of schema 1 (schema.validate_event's).
-KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 NOW_MS = 1_765_000_000_000
 HASHER = IdentityHasher("s" * 32)
 UUID_1 = "0190c1a2-0000-7000-8000-000000000001"
@@ -441,16 +438,6 @@ def _posthog_batches(draw: st.DrawFn) -> list[Any]:
         elif isinstance(batch[index], dict):
             batch[index][field] = draw(_FIELDS[field])
     return batch
-
-
-def assert_normalised(translation: Translation) -> None:
-    """What check_built(normalised=True) takes on trust: canonical UUIDs, types in
-    the type pattern and keys in the key pattern (at most 64 characters)."""
-    for event in translation.events:
-        assert CANONICAL_UUID.fullmatch(event.id), event.id
-        assert EVENT_TYPE_PATTERN.match(event.type), event.type
-        for key in event.properties:
-            assert KEY_PATTERN.fullmatch(key) and len(key) <= 64, key
 
 
 def _translated(translation: Translation) -> tuple[Any, ...]:

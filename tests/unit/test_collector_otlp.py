@@ -12,6 +12,8 @@ import msgspec
 import pytest
 from google.protobuf import json_format
 from google.rpc import status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
@@ -21,6 +23,7 @@ from telemetry_core.collector import otlp
 from telemetry_core.collector.ingest import IngestError, check_events
 from telemetry_core.collector.translation import ID_NAMESPACE, Translation, derived_id_of_bytes
 from telemetry_core.schema import Event
+from tests.conftest import assert_normalised
 
 NOW_MS = int(time.time() * 1000)
 ONE_INT = common_pb2.ArrayValue(values=[common_pb2.AnyValue(int_value=1)])
@@ -289,3 +292,118 @@ def test_a_refusal_is_a_google_rpc_status_in_the_request_encoding() -> None:
     assert (media, json.loads(body)) == (otlp.JSON, {"code": 8, "message": "slow down"})
     body, media = otlp.encode_status(415, "no", None)
     assert media == otlp.JSON
+
+
+# -- record shapes (protobuf): the same translation as the attribute memo alone -------
+
+_UIDS = [UID, "0190C1A2-0000-7000-8000-000000000002", "not-a-uuid", ""]
+_pb_values = st.one_of(
+    st.builds(lambda s: {"string_value": s}, st.sampled_from(["a", "", "pro", *_UIDS])),
+    st.builds(lambda i: {"int_value": i}, st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+    st.builds(lambda b: {"bool_value": b}, st.booleans()),
+    st.builds(lambda d: {"double_value": d}, st.sampled_from([0.0, -0.0, 12.5, float("nan")])),
+    st.just({"array_value": ONE_INT}),
+    st.just({}),
+)
+_pb_keys = st.sampled_from(
+    ["log.record.uid", "event.name", "event.duration_ms", "event.success", "session.id",
+     "plan", "seats", "Plan Name"]
+)  # fmt: skip
+_pb_shapes = st.lists(
+    st.tuples(
+        st.sampled_from(["Button Clicked", "", "123", "page_view"]),
+        st.builds(
+            lambda first, rest: first + rest,
+            st.sampled_from([[], [("log.record.uid", {"string_value": UID})]]),
+            st.lists(st.tuples(_pb_keys, _pb_values), max_size=5),
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def _pb_requests(draw: st.DrawFn) -> bytes:
+    """Requests whose records mostly share a few shapes: each record one of the
+    drawn shapes with its own times and, where the shape has a uid, its own uid."""
+    shapes = draw(_pb_shapes)
+    records = []
+    for _ in range(draw(st.integers(min_value=0, max_value=40))):
+        name, attributes = shapes[draw(st.integers(min_value=0, max_value=len(shapes) - 1))]
+        pairs = [
+            kv(key, **({"string_value": draw(st.sampled_from(_UIDS))} if
+                       key == "log.record.uid" and "string_value" in value and draw(st.booleans())
+                       else value))
+            for key, value in attributes
+        ]  # fmt: skip
+        times = draw(st.sampled_from([0, NOW_MS * 1_000_000, NOW_MS * 1_000_000 + 7]))
+        records.append(
+            logs_pb2.LogRecord(
+                event_name=name,
+                attributes=pairs,
+                time_unix_nano=times,
+                observed_time_unix_nano=draw(st.sampled_from([0, times + 1])),
+            )
+        )
+    return request(*records).SerializeToString()
+
+
+def _pb_translated(translation: Translation) -> tuple[Any, ...]:
+    return (
+        translation.total,
+        translation.origins,
+        [repr(msgspec.structs.asdict(e)) for e in translation.events],  # repr: -0.0, nan
+        [(e.index, e.code, e.message) for e in translation.errors],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_pb_requests())
+def test_protobuf_records_read_by_shape_give_the_events_read_through_the_memo(
+    body: bytes,
+) -> None:
+    """Records mapped by their shape (times and uid blanked, encoding looked up) get
+    the events and rejections that reading every record's attributes gives: ids
+    from each record's own uid or content, -0.0 kept apart from 0.0, repeated and
+    misplaced uids, non-string uids, records without a name."""
+    shaped = otlp._translate_protobuf(body, NOW_MS)
+    assert _pb_translated(shaped) == _pb_translated(
+        otlp._translate_protobuf(body, NOW_MS, shapes=False)
+    )
+    assert_normalised(shaped)
+
+
+def test_an_sdk_export_is_read_by_shape() -> None:
+    """The otlp transport's records (a uid each, the rest alike) take the shape
+    path (the equivalence test above would prove nothing if they never did)."""
+    records = [
+        clicked(
+            attributes=[kv("log.record.uid", string_value=str(uuid.uuid4())), kv("n", int_value=1)],
+            time_unix_nano=NOW_MS * 1_000_000 + i,
+        )
+        for i in range(40)
+    ]
+    reader = otlp._PbRequest(NOW_MS, shapes=True)
+    reader.resource = otlp._Resource({})
+    parsed = request(*records).resource_logs[0].scope_logs[0].log_records
+    for index, record in enumerate(parsed):
+        reader.record(index, record)
+    assert reader.shapes is not None
+    assert (reader.shapes.hits, reader.shapes.misses) == (39, 1)
+    assert [e.id for e in reader.out.events] == [
+        kv.value.string_value for r in records for kv in r.attributes[:1]
+    ]
+
+
+def test_records_of_ever_new_shapes_stop_the_shape_lookups() -> None:
+    """A request whose records all differ (say, a duration in each) stops looking
+    for shapes after a few misses, so it costs about what the memo alone costs."""
+    records = [clicked(attributes=[kv("n", int_value=i)]) for i in range(100)]
+    reader = otlp._PbRequest(NOW_MS, shapes=True)
+    reader.resource = otlp._Resource({})
+    for index, record in enumerate(request(*records).resource_logs[0].scope_logs[0].log_records):
+        reader.record(index, record)
+    assert reader.shapes is not None
+    assert reader.shapes.misses == 17
+    assert [e.properties for e in reader.out.events] == [{"n": i} for i in range(100)]
