@@ -464,30 +464,44 @@ def _segment_each(
     return _each(batch.messages, read, "a message must be a JSON object")
 
 
-def _segment_event(message: dict[str, Any], event_type: str, install: str, timestamp: int) -> Event:
-    """The event of a Segment message whose type, user and timestamp were read."""
+def _segment_event(
+    message: dict[str, Any],
+    event_type: str,
+    install: str,
+    timestamp: int,
+    event_id: str | None = None,
+) -> Event:
+    """The event of a Segment message whose type, user and timestamp were read
+    (and its id, when its ``messageId`` is a canonical UUID)."""
     raw_props = message.get("properties")
     properties = flatten_properties(raw_props if isinstance(raw_props, dict) else {})
-    page_name = _text(message.get("name"))
-    if page_name is not None and message.get("type") in ("page", "screen"):
-        properties.setdefault("name", page_name)
+    if message.get("type") in ("page", "screen"):
+        page_name = _text(message.get("name"))
+        if page_name is not None:
+            properties.setdefault("name", page_name)
     duration, success = _lift(properties)
-    message_id = message.get("messageId")
-    event_id = uuid_or_none(message_id) or (
-        derived_id("segment", message_id)
-        if isinstance(message_id, str) and message_id
-        else derived_id("segment", [install, event_type, timestamp, properties])
-    )
+    if event_id is None:
+        message_id = message.get("messageId")
+        event_id = uuid_or_none(message_id) or (
+            derived_id("segment", message_id)
+            if isinstance(message_id, str) and message_id
+            else derived_id("segment", [install, event_type, timestamp, properties])
+        )
     context = message.get("context")
     app = context.get("app") if isinstance(context, dict) else None
-    app = app if isinstance(app, dict) else {}
+    if isinstance(app, dict):  # what _text gives, without two calls per event
+        name, version = app.get("name"), app.get("version")
+        name = name if isinstance(name, str) and name else "segment"
+        version = version if isinstance(version, str) and version else None
+    else:
+        name, version = "segment", None
     return Event(
         id=event_id,
         type=event_type,
         timestamp=timestamp,
         install_id=install,
-        app=_text(app.get("name")) or "segment",
-        app_version=_text(app.get("version")),
+        app=name,
+        app_version=version,
         duration_ms=duration,
         success=success,
         properties=properties,
@@ -515,11 +529,14 @@ def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
         return None
     installs, timestamps = read
     known = cast(dict[str, str], types)
+    ids = _column(messages, "messageId", str)
+    if ids is None or None in map(CANONICAL_UUID.fullmatch, ids):
+        ids = [None] * len(messages)  # each message's id read on its own
     return _all_kept(
         [
-            _segment_event(message, known[name], installs[user], timestamp)
-            for message, name, user, timestamp in zip(
-                messages, names, users, timestamps, strict=True
+            _segment_event(message, known[name], installs[user], timestamp, event_id)
+            for message, name, user, timestamp, event_id in zip(
+                messages, names, users, timestamps, ids, strict=True
             )
         ]
     )

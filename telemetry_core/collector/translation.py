@@ -147,12 +147,15 @@ def flatten_properties(
     and so are keys starting with ``drop_prefix`` (at either level). Keys are
     normalised with :func:`normalise_key`.
     """
+    names = _key_names(drop_prefix)
     flat: dict[str, PropertyValue] = {}
     for key, value in properties.items():
-        if drop_prefix is not None and key.startswith(drop_prefix):
+        name = names.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = names[key] = _key_name(key, drop_prefix)
+        if name is _DROPPED:
             continue
         if type(value) in _SCALAR_TYPES:
-            name = normalise_key(key)
             if name is not None:
                 flat[name] = value  # type: ignore[assignment]
         elif isinstance(value, Mapping):
@@ -161,10 +164,34 @@ def flatten_properties(
                 if drop_prefix is not None and inner_key.startswith(drop_prefix):
                     continue
                 if type(inner_value) in _SCALAR_TYPES:
-                    name = normalise_key(f"{key}.{inner_key}")
-                    if name is not None:
-                        flat[name] = inner_value
+                    inner_name = normalise_key(f"{key}.{inner_key}")
+                    if inner_name is not None:
+                        flat[inner_name] = inner_value
     return flat
+
+
+#: What :func:`_key_name` says of a key with ``drop_prefix``: not kept at all.
+_DROPPED: Final = "(dropped)"
+_UNSEEN: Final = object()
+_KEY_NAMES_SIZE: Final = 4096
+#: Per ``drop_prefix``: each top-level key seen, as :func:`_key_name` reads it.
+_key_names_by_prefix: dict[str | None, dict[str, object]] = {}
+
+
+def _key_names(drop_prefix: str | None) -> dict[str, object]:
+    """The remembered key names for ``drop_prefix`` (dropped whole when full)."""
+    names = _key_names_by_prefix.get(drop_prefix)
+    if names is None or len(names) >= _KEY_NAMES_SIZE:
+        names = _key_names_by_prefix[drop_prefix] = {}
+    return names
+
+
+def _key_name(key: str, drop_prefix: str | None) -> str | None:
+    """A top-level key's property name: :data:`_DROPPED` when it has the prefix,
+    else :func:`normalise_key` (``None``: no name, though a map under it is read)."""
+    if drop_prefix is not None and key.startswith(drop_prefix):
+        return _DROPPED
+    return normalise_key(key)
 
 
 _event_encoder = msgspec.json.Encoder()

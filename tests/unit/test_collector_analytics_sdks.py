@@ -623,3 +623,54 @@ def test_a_segment_call_type_that_is_not_a_string_is_rejected_alone(call: Any) -
     translation = segment(segment_track(), segment_track(type=call))
     assert len(events(translation)) == 1
     assert [(e.index, e.code) for e in translation.errors] == [(1, "unsupported_event")]
+
+
+def _reference_flatten(properties: dict[str, Any], drop_prefix: str | None) -> dict[str, Any]:
+    """flatten_properties as it was before it remembered key names (the reference)."""
+    scalars = (str, int, float, bool, type(None))
+    flat: dict[str, Any] = {}
+    for key, value in properties.items():
+        if drop_prefix is not None and key.startswith(drop_prefix):
+            continue
+        if type(value) in scalars:
+            name = normalise_key(key)
+            if name is not None:
+                flat[name] = value
+        elif isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if drop_prefix is not None and str(inner).startswith(drop_prefix):
+                    continue
+                if type(inner_value) in scalars:
+                    name = normalise_key(f"{key}.{inner}")
+                    if name is not None:
+                        flat[name] = inner_value
+    return flat
+
+
+_flat_keys = st.one_of(
+    st.sampled_from(["", " ", "$lib", "a b", "a_b", "x.y", "$", "k"]), st.text(max_size=6)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            _flat_keys,
+            st.one_of(_json_scalars, st.dictionaries(_flat_keys, _json_scalars, max_size=3),
+                      st.lists(st.integers(), max_size=1)),
+            max_size=6,
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([None, "$"]),
+)  # fmt: skip
+def test_flatten_properties_gives_what_it_gave_before_remembering_names(
+    batch: list[dict[str, Any]], drop_prefix: str | None
+) -> None:
+    """Remembered key names (dropped, unnamed, named) give the same flat maps, in the
+    same key order, as reading every key afresh; a map under an unnamed key included."""
+    for properties in batch:
+        flat = flatten_properties(properties, drop_prefix=drop_prefix)
+        expected = _reference_flatten(properties, drop_prefix)
+        assert list(flat.items()) == list(expected.items())
