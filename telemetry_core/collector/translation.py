@@ -157,7 +157,7 @@ def flatten_properties(
             continue
         if type(value) in _SCALAR_TYPES:
             if name is not None:
-                flat[name] = value  # type: ignore[assignment]
+                flat[name] = value  # type: ignore[assignment,index]
         elif isinstance(value, Mapping):
             for inner, inner_value in value.items():
                 inner_key = str(inner)
