@@ -463,15 +463,15 @@ def _translate_protobuf(body: bytes, received_ms: int, *, shapes: bool = True) -
 _Int64 = int | str
 
 
-class _JArray(msgspec.Struct, rename="camel"):
+class _JArray(msgspec.Struct, rename="camel", gc=False):
     values: list[_JAny] = msgspec.field(default_factory=list)
 
 
-class _JKeyValueList(msgspec.Struct, rename="camel"):
+class _JKeyValueList(msgspec.Struct, rename="camel", gc=False):
     values: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
-class _JAny(msgspec.Struct, rename="camel", omit_defaults=True):
+class _JAny(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     string_value: str | None = None
     bool_value: bool | None = None
     int_value: _Int64 | None = None
@@ -481,18 +481,18 @@ class _JAny(msgspec.Struct, rename="camel", omit_defaults=True):
     kvlist_value: _JKeyValueList | None = None
 
 
-class _JKeyValue(msgspec.Struct, rename="camel"):
+class _JKeyValue(msgspec.Struct, rename="camel", gc=False):
     key: str = ""
     value: _JAny | None = None
 
 
-class _JScope(msgspec.Struct, rename="camel", omit_defaults=True):
+class _JScope(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     name: str = ""
     version: str = ""
     attributes: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
-class _JRecord(msgspec.Struct, rename="camel", omit_defaults=True):
+class _JRecord(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     time_unix_nano: _Int64 = 0
     observed_time_unix_nano: _Int64 = 0
     severity_number: int | str = 0
@@ -505,21 +505,21 @@ class _JRecord(msgspec.Struct, rename="camel", omit_defaults=True):
     flags: int = 0
 
 
-class _JScopeLogs(msgspec.Struct, rename="camel"):
+class _JScopeLogs(msgspec.Struct, rename="camel", gc=False):
     scope: _JScope | None = None
     log_records: list[_JRecord] = msgspec.field(default_factory=list)
 
 
-class _JResource(msgspec.Struct, rename="camel", omit_defaults=True):
+class _JResource(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     attributes: list[_JKeyValue] = msgspec.field(default_factory=list)
 
 
-class _JResourceLogs(msgspec.Struct, rename="camel"):
+class _JResourceLogs(msgspec.Struct, rename="camel", gc=False):
     resource: _JResource | None = None
     scope_logs: list[_JScopeLogs] = msgspec.field(default_factory=list)
 
 
-class _JRequest(msgspec.Struct, rename="camel"):
+class _JRequest(msgspec.Struct, rename="camel", gc=False):
     resource_logs: list[_JResourceLogs] = msgspec.field(default_factory=list)
 
 
@@ -557,13 +557,83 @@ def _json_attributes(attributes: list[_JKeyValue]) -> _Attributes:
     return {kv.key: _json_scalar(kv.value) for kv in attributes}
 
 
-def _translate_json(body: bytes, received_ms: int) -> Translation:
+class _JsonShape:
+    """What every JSON record like ``attributes`` and ``event_name`` gives (see
+    :class:`_JsonShapes`): its event type (or ``None`` and why) and its mapped
+    attributes; ``uid_at`` is where its only ``log.record.uid`` sits, if any."""
+
+    __slots__ = ("attributes", "event_name", "shape", "uid_at")
+
+    def __init__(self, record: _JRecord, uid_at: int | None, mapped: _Mapped) -> None:
+        self.attributes = record.attributes
+        self.event_name = record.event_name
+        self.uid_at = uid_at
+        self.shape = _Shape(record.event_name, mapped)
+
+    def matches(self, record: _JRecord) -> bool:
+        """True when ``record`` has the same name and attributes but for the uid's value."""
+        attributes, mine, at = record.attributes, self.attributes, self.uid_at
+        if record.event_name != self.event_name or len(attributes) != len(mine):
+            return False
+        if at is None:
+            return attributes == mine
+        return (
+            attributes[at].key == _UID
+            and attributes[:at] == mine[:at]
+            and attributes[at + 1 :] == mine[at + 1 :]
+        )
+
+
+def _zero_double(kv: _JKeyValue) -> bool:
+    value = kv.value
+    return value is not None and value.double_value == 0
+
+
+class _JsonShapes:
+    """The last record shape of a JSON request: records of one SDK differ in their
+    times and uids only, so a record whose name and attributes (but the uid's
+    value) equal the last shape's, compared in C, is mapped as that shape; other
+    records are read on their own and become the last shape. Structs compare
+    floats by value, so a shape is never taken from attributes holding a double
+    zero (``-0.0 == 0.0``). When records keep coming in new shapes, the request
+    stops comparing."""
+
+    def __init__(self) -> None:
+        self.last: _JsonShape | None = None
+        self.hits = self.misses = 0
+
+    def find(self, record: _JRecord) -> _JsonShape | None:
+        """The shape of ``record``, or ``None``."""
+        last = self.last
+        if last is not None and last.matches(record):
+            self.hits += 1
+            return last
+        return None
+
+    def learn(self, record: _JRecord, mapped: _Mapped) -> None:
+        """Take the shape of a record read on its own (when it can be one)."""
+        self.misses += 1
+        uids = [i for i, kv in enumerate(record.attributes) if kv.key == _UID]
+        others = [kv for kv in record.attributes if kv.key != _UID]
+        if len(uids) <= 1 and not any(map(_zero_double, others)):
+            self.last = _JsonShape(record, uids[0] if uids else None, mapped)
+
+    @property
+    def worth_it(self) -> bool:
+        """False once more records of the request came in a new shape than not."""
+        return self.misses <= 16 or self.hits >= self.misses
+
+
+def _translate_json(body: bytes, received_ms: int, *, shapes: bool = True) -> Translation:
+    """Translate a JSON request (every record read on its own when ``shapes`` is
+    false: the reference the tests hold the shapes to)."""
     try:
         request = _json_decoder.decode(body)
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise IngestError(400, "malformed", f"invalid OTLP JSON: {exc}") from None
     out = Translation()
     index = 0
+    known = _JsonShapes() if shapes else None
     for resource_logs in request.resource_logs:
         resource_json = resource_logs.resource or _JResource()
         resource = _Resource(_json_attributes(resource_json.attributes))
@@ -573,17 +643,26 @@ def _translate_json(body: bytes, received_ms: int) -> Translation:
                 nanos = _int64(record.time_unix_nano, "timeUnixNano") or _int64(
                     record.observed_time_unix_nano, "observedTimeUnixNano"
                 )
-                # A JSON attribute costs little to read, and hashing a decoded
-                # attribute costs more than reading it: no memo here.
-                attributes = _json_attributes(record.attributes)
-                uid = attributes.pop(_UID, None)
+                found = known.find(record) if known is not None and known.worth_it else None
+                if found is not None:
+                    uid = found.uid_at
+                    uid = None if uid is None else _json_scalar(record.attributes[uid].value)
+                    mapped = found.shape.mapped
+                else:
+                    # A JSON attribute costs little to read, and hashing a decoded
+                    # attribute costs more than reading it: no memo here.
+                    attributes = _json_attributes(record.attributes)
+                    uid = attributes.pop(_UID, None)
+                    mapped = _Mapped(attributes)
+                    if known is not None and known.worth_it:
+                        known.learn(record, mapped)
                 _add_record(
                     out,
                     index,
                     event_name=record.event_name,
                     uid=uid,
-                    mapped=(mapped := _Mapped(attributes)),
-                    properties=mapped.properties,
+                    mapped=mapped,
+                    properties=dict(mapped.properties),  # mapped may be shared
                     nanos=nanos,
                     resource=resource,
                     context=context,

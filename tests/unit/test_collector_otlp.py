@@ -407,3 +407,23 @@ def test_records_of_ever_new_shapes_stop_the_shape_lookups() -> None:
     assert reader.shapes is not None
     assert reader.shapes.misses == 17
     assert [e.properties for e in reader.out.events] == [{"n": i} for i in range(100)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_pb_requests())
+def test_json_records_read_by_shape_give_the_events_read_one_by_one(body: bytes) -> None:
+    """The same for OTLP JSON: records compared with the last shape (uid's value
+    aside) get what reading each record's attributes gives, -0.0 and 0.0 apart."""
+    data = as_json(logs_service_pb2.ExportLogsServiceRequest.FromString(body))
+    shaped = otlp._translate_json(data, NOW_MS)
+    assert _pb_translated(shaped) == _pb_translated(
+        otlp._translate_json(data, NOW_MS, shapes=False)
+    )
+    assert_normalised(shaped)
+
+
+def test_json_records_differing_only_in_a_zero_sign_keep_their_own() -> None:
+    """Structs compare 0.0 equal to -0.0: a shape is never taken from a double zero."""
+    records = [clicked(attributes=[kv("event.duration_ms", double_value=d)]) for d in (0.0, -0.0)]
+    events, _ = events_of(as_json(request(*records, *records)), otlp.JSON)
+    assert [repr(e.duration_ms) for e in events] == ["0.0", "-0.0", "0.0", "-0.0"]
