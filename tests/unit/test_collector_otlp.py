@@ -427,3 +427,29 @@ def test_json_records_differing_only_in_a_zero_sign_keep_their_own() -> None:
     records = [clicked(attributes=[kv("event.duration_ms", double_value=d)]) for d in (0.0, -0.0)]
     events, _ = events_of(as_json(request(*records, *records)), otlp.JSON)
     assert [repr(e.duration_ms) for e in events] == ["0.0", "-0.0", "0.0", "-0.0"]
+
+
+def test_a_log_record_holds_no_map_field_so_its_plain_encoding_is_deterministic() -> None:
+    """Derived ids hash a record's plain encoding: the same bytes as the
+    deterministic one only while no map field (whose order varies) is reachable."""
+    seen: set[str] = set()
+    todo = [logs_pb2.LogRecord.DESCRIPTOR]
+    while todo:
+        message = todo.pop()
+        if message.full_name in seen:
+            continue
+        seen.add(message.full_name)
+        assert not message.GetOptions().map_entry, message.full_name
+        todo.extend(field.message_type for field in message.fields if field.message_type)
+    assert "opentelemetry.proto.common.v1.AnyValue" in seen
+    record = clicked(
+        attributes=[
+            kv(
+                "m",
+                kvlist_value=common_pb2.KeyValueList(
+                    values=[kv("b", int_value=1), kv("a", int_value=2)]
+                ),
+            )
+        ]
+    )
+    assert record.SerializeToString() == record.SerializeToString(deterministic=True)
