@@ -54,10 +54,18 @@ def draw(results: Path) -> list[Path]:
             marker="o",
             label="ours: queue -> HTTPS -> collector commit",
         )
+        if s.get("raw_collector_events_per_s"):
+            ax.plot(
+                s["batch_sizes"],
+                s["raw_collector_events_per_s"],
+                marker="o",
+                label="raw urllib3 POST -> the same collector",
+            )
         ax.plot(
             s["batch_sizes"],
             s["raw_events_per_s"],
             marker="o",
+            linestyle="--",
             label="raw urllib3 POST -> discarding TLS server",
         )
         ax.set_xscale("log")
