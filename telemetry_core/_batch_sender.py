@@ -8,12 +8,28 @@ applies the answer: delivered entries leave the queue (and the
 failure reschedules them and pauses sending, a permanent refusal dead-letters
 them under the delivery fingerprint in force. Every attempt goes to the
 submission log; the ``batch_submitted`` / ``batch_failed`` hooks are told.
+
+Overlap (``send(batch, meanwhile=...)``, what ``drain()`` uses): when the
+transport can split a request (an optional ``begin_batch(events)`` that puts
+the batch on the wire and returns a call that waits for the answer) and its
+first call has returned, this thread runs ``meanwhile`` (the worker claims the
+next batch there) while the collector handles the request; the bookkeeping of
+a delivered batch (its submission log row, ``mark_submitted``, counters,
+hooks) is deferred to the next request's ``meanwhile``, or to
+:meth:`BatchSender.settle`. One thread, one request in flight: batches go out
+in queue order, and no second thread contends for the GIL (a helper thread
+that sent the request was measured slower than no overlap at all). A
+delivered batch stays leased until it is settled: a process killed in
+between sends it again, and the collector recognises it by its ids
+(at-least-once, as before).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+import attrs
 
 from telemetry_core._attempts import attempt_fields, redacted
 from telemetry_core._dedup_window import learn as learn_dedup_window
@@ -30,6 +46,17 @@ if TYPE_CHECKING:
     from telemetry_core.worker import SubmissionLog
 
 __all__ = ["BatchSender"]
+
+
+@attrs.frozen
+class _Delivered:
+    """A delivered batch whose bookkeeping waits for :meth:`BatchSender.settle`."""
+
+    batch: Sequence[QueuedEvent]
+    result: SubmissionResult
+    started: float
+    latency_ms: float
+    retry: bool
 
 
 class BatchSender:
@@ -68,6 +95,7 @@ class BatchSender:
         #: Whether a call of the current transport has returned (its lazy setup is done).
         self.transport_ready = False
         self._info_checked = False
+        self._unsettled: _Delivered | None = None
 
     # -- the transport ------------------------------------------------------------
 
@@ -124,9 +152,21 @@ class BatchSender:
 
     # -- a batch ---------------------------------------------------------------------
 
-    def send(self, batch: Sequence[QueuedEvent]) -> tuple[int, bool]:
-        """Send ``batch``; return (events handled, whether a retryable failure stopped it)."""
+    def send(
+        self,
+        batch: Sequence[QueuedEvent],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bool]:
+        """Send ``batch``; return (events handled, whether a retryable failure stopped it).
+
+        With ``meanwhile``, overlap it with the request and defer the
+        bookkeeping of a delivered batch (see the module docstring); an error
+        it raises is raised again once the batch's answer has been applied.
+        """
+        if meanwhile is None:
+            self.settle()
         if self._thread.halting():
+            self.settle()
             self._storage.release([q.event_id for q in batch])
             return 0, False
         events = [q.event for q in batch]
@@ -134,9 +174,19 @@ class BatchSender:
         transport = self.get_transport()
         started = self._clock()
         t0 = self._monotonic()
+        side_error: Exception | None = None
         try:
             with self._thread.inside(self._call_phase()):
-                result = transport.submit_batch(events)
+                begin = getattr(transport, "begin_batch", None)
+                if meanwhile is None or begin is None or not self.transport_ready:
+                    if meanwhile is not None:
+                        side_error = self._overlap(meanwhile)
+                    result = transport.submit_batch(events)
+                else:
+                    answer = begin(events)
+                    with self._thread.inside("local"):
+                        side_error = self._overlap(meanwhile)
+                    result = answer()
         except TransportError as err:
             error = err
         except Exception as exc:
@@ -145,12 +195,37 @@ class BatchSender:
             error = TransportError(f"transport failed: {exc!r}", retryable=True)
         else:
             self.transport_ready = True
-            self._record(started, t0, batch, result=result, retry=retry)
-            self._acknowledged(batch, result)
+            latency_ms = self._latency(t0)
+            self._retry.delivered()
+            self._unsettled = _Delivered(batch, result, started, latency_ms, retry)
+            if meanwhile is None or not self._info_checked:
+                self.settle()
+            self._raise(side_error)
             return len(batch), False
         self.transport_ready = True
+        self.settle()
         error = redacted(error, self._config().api_key)
-        self._record(started, t0, batch, error=error, retry=retry)
+        self._record(started, self._latency(t0), batch, error=error, retry=retry)
+        outcome = self._failure(batch, error)
+        self._raise(side_error)
+        return outcome
+
+    def _overlap(self, meanwhile: Callable[[], None]) -> Exception | None:
+        """Run ``meanwhile`` after settling the previous batch; return its error."""
+        try:
+            self.settle()
+            meanwhile()
+        except Exception as exc:
+            return exc
+        return None
+
+    @staticmethod
+    def _raise(error: Exception | None) -> None:
+        if error is not None:
+            raise error
+
+    def _failure(self, batch: Sequence[QueuedEvent], error: TransportError) -> tuple[int, bool]:
+        """Apply a refused or failed attempt (split, retry later, or dead letters)."""
         if error.too_large:
             return self._split(batch, error)
         if error.retryable:
@@ -158,6 +233,15 @@ class BatchSender:
             return 0, True
         self._dead(batch, error)
         return len(batch), False
+
+    def settle(self) -> None:
+        """Do the deferred bookkeeping of a delivered batch, if any (see the module docstring)."""
+        done, self._unsettled = self._unsettled, None
+        if done is None:
+            return
+        batch, result = done.batch, done.result
+        self._record(done.started, done.latency_ms, batch, result=result, retry=done.retry)
+        self._acknowledged(batch, result)
 
     def _split(self, batch: Sequence[QueuedEvent], error: TransportError) -> tuple[int, bool]:
         if len(batch) == 1:
@@ -193,7 +277,6 @@ class BatchSender:
     def _acknowledged(self, batch: Sequence[QueuedEvent], result: SubmissionResult) -> None:
         events = [q.event for q in batch]
         self._storage.mark_submitted([e.id for e in events])
-        self._retry.delivered()
         if not self._info_checked:
             self._check_dedup_window()
         if result.rejected:
@@ -247,17 +330,19 @@ class BatchSender:
         )
         self._host.batch_failed(events, error)
 
+    def _latency(self, t0: float) -> float:
+        return max((self._monotonic() - t0) * 1000.0, 0.0)
+
     def _record(
         self,
         started: float,
-        t0: float,
+        latency_ms: float,
         batch: Sequence[QueuedEvent],
         *,
         retry: bool,
         result: SubmissionResult | None = None,
         error: TransportError | None = None,
     ) -> None:
-        latency_ms = max((self._monotonic() - t0) * 1000.0, 0.0)
         fields = attempt_fields(
             started, latency_ms, len(batch), retry=retry, result=result, error=error
         )

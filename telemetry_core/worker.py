@@ -64,7 +64,7 @@ from telemetry_core.delivery import delivery_context
 if TYPE_CHECKING:
     from telemetry_core._providers import Opened
     from telemetry_core.config import TelemetryConfig
-    from telemetry_core.models import Clock
+    from telemetry_core.models import Clock, QueuedEvent
     from telemetry_core.plugin_host import PluginHost
     from telemetry_core.protocols import Backoff, Limiter, Storage, Transport
 
@@ -203,6 +203,9 @@ class SubmissionWorker:
         )
         # One batch at a time, whether sent by the thread or by drain().
         self._send_lock = threading.RLock()
+        # The next batch, claimed by drain() while the previous one was in
+        # flight; the next cycle (of either thread) sends it first.
+        self._prefetched: list[QueuedEvent] = []
         self._revived = False
         self._context: str | None = None
         #: The cycle that ended the latest drain() (why it stopped).
@@ -351,11 +354,15 @@ class SubmissionWorker:
             return low
         return 0
 
-    def run_once(self, *, honour_pause: bool = True) -> CycleResult:
+    def run_once(self, *, honour_pause: bool = True, overlap: bool = False) -> CycleResult:
         """Run one cycle: claim at most one batch and send it (with its splits).
 
         :param honour_pause: respect the pause that follows a failure. A pause
             the server asked for with ``Retry-After`` is always respected.
+        :param overlap: while the request is in flight, claim the next batch
+            and leave this one's bookkeeping to the next request (``drain()``;
+            see :mod:`telemetry_core._batch_sender`). The caller then calls
+            :meth:`finish_overlap` when it is done.
         """
         interval = self.config.submission_interval
         with self._send_lock:
@@ -375,7 +382,9 @@ class SubmissionWorker:
                 return CycleResult(
                     handled=0, more=False, wait=self._limiter.wait_time(1), reason="rate_limited"
                 )
-            batch = self._storage.dequeue(size)
+            batch, self._prefetched = self._prefetched, []
+            if not batch:
+                batch = self._storage.dequeue(size)
             if not batch:
                 return CycleResult(handled=0, more=False, wait=interval, reason="empty")
             try:
@@ -391,12 +400,31 @@ class SubmissionWorker:
             except BaseException:
                 self._storage.release([q.event_id for q in batch])
                 raise
-            handled, retry = self._sender.send(batch)
+            meanwhile = None
+            if overlap and len(batch) == size:
+                meanwhile = lambda: self._prefetch(size)  # noqa: E731
+            handled, retry = self._sender.send(batch, meanwhile)
             if retry:
                 wait = self._retry.left()
                 return CycleResult(handled=handled, more=False, wait=wait, reason="retry")
             more = len(batch) == size and not self._runner.stopping
             return CycleResult(handled=handled, more=more, wait=interval, reason="sent")
+
+    def _prefetch(self, size: int) -> None:
+        """Claim the next batch while one is in flight (when another may be sent)."""
+        if self._runner.stopping or not self._limiter.can_submit(1):
+            return
+        self._prefetched = self._storage.dequeue(size)
+
+    def finish_overlap(self) -> None:
+        """Settle the last delivered batch and give back a batch claimed ahead."""
+        with self._send_lock:
+            batch, self._prefetched = self._prefetched, []
+            try:
+                self._sender.settle()
+            finally:
+                if batch:
+                    self._storage.release([q.event_id for q in batch])
 
     def _revive_changed(self) -> None:
         """Revive dead letters that died under other delivery settings (once)."""
@@ -432,12 +460,15 @@ class SubmissionWorker:
         if max_batches is None:
             max_batches = math.ceil(total / size) + 10
         done = 0
-        for _ in range(max_batches):
-            cycle = self.run_once(honour_pause=False)
-            done += cycle.handled
-            self.last_cycle = cycle
-            if progress is not None and cycle.handled:
-                progress(done, max(total, done))
-            if cycle.reason != "sent":
-                break
+        try:
+            for _ in range(max_batches):
+                cycle = self.run_once(honour_pause=False, overlap=True)
+                done += cycle.handled
+                self.last_cycle = cycle
+                if progress is not None and cycle.handled:
+                    progress(done, max(total, done))
+                if cycle.reason != "sent":
+                    break
+        finally:
+            self.finish_overlap()
         return done

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import http.client
 import logging
 import math
 import os
@@ -51,7 +52,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -216,6 +217,8 @@ class HttpsClient:
             raise ConfigError("endpoint", "the https transport needs an endpoint")
         self._endpoint = config.endpoint
         self._base = _base_url(config.endpoint)
+        parts = urlsplit(config.endpoint)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._api_key = config.api_key
         self._gzip_threshold = config.gzip_threshold
         self._max_retry_after = config.max_retry_after
@@ -312,34 +315,34 @@ class HttpsClient:
                 response.release_conn()
         except TransportError:
             raise
-        except ConfigError as exc:
+        except Exception as exc:
+            raise self._failure(method, url, exc) from None
+        return response.status, data, response.headers
+
+    def _failure(self, method: str, url: str, exc: Exception) -> Exception:
+        """The TransportError of a request that failed before an answer (else ``exc``)."""
+        if isinstance(exc, ConfigError):
             # An unreadable ca_bundle: a configuration problem that a fix on
             # disk resolves without a restart, so the events wait for it.
-            raise TransportError(
-                str(exc),
-                retryable=True,
-            ) from None
-        except SSLError as exc:
-            raise TransportError(
-                self._redact(f"{method} {url}: TLS failure: {exc}"),
-                retryable=True,
-            ) from None
-        except NewConnectionError as exc:
+            return TransportError(str(exc), retryable=True)
+        if isinstance(exc, (SSLError, ssl.SSLError, ssl.CertificateError)):
+            return TransportError(
+                self._redact(f"{method} {url}: TLS failure: {exc}"), retryable=True
+            )
+        if isinstance(exc, NewConnectionError):
             # Checked before the timeout branch: urllib3 derives it from
             # ConnectTimeoutError, but a refused connection is not a timeout.
-            raise TransportError(
+            return TransportError(
                 self._redact(f"{method} {url}: cannot connect: {exc}"), retryable=True
-            ) from None
-        except Urllib3TimeoutError as exc:
-            raise TransportError(
-                self._redact(f"{method} {url}: timed out: {exc}"), retryable=True
-            ) from None
-        except (HTTPError, OSError) as exc:
-            raise TransportError(
+            )
+        if isinstance(exc, (Urllib3TimeoutError, TimeoutError)):
+            return TransportError(self._redact(f"{method} {url}: timed out: {exc}"), retryable=True)
+        if isinstance(exc, (HTTPError, OSError, http.client.HTTPException)):
+            return TransportError(
                 self._redact(f"{method} {url}: network error: {type(exc).__name__}: {exc}"),
                 retryable=True,
-            ) from None
-        return response.status, data, response.headers
+            )
+        return exc
 
     def _status_error(
         self, method: str, url: str, status: int, data: bytes, headers: urllib3.HTTPHeaderDict
@@ -357,6 +360,64 @@ class HttpsClient:
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
         """``POST`` ``events`` to the endpoint as one request (see the module docstring)."""
+        body, extra = self._body(events)
+        started = time.perf_counter()
+        status, data, headers = self._request("POST", self._endpoint, body=body, headers=extra)
+        return self._answer(len(events), status, data, headers, started)
+
+    def begin_batch(self, events: Sequence[Event]) -> Callable[[], SubmissionResult]:
+        """Put ``events`` on the wire as :meth:`submit_batch` does and return at
+        once; the returned call waits for the answer (and must be called).
+
+        The request has a keep-alive connection of the pool to itself until
+        then, so the caller can do other work while the collector handles it.
+        """
+        body, extra = self._body(events)
+        url = self._endpoint
+        pool = self._manager().connection_from_url(url)
+        conn = pool._get_conn()  # the pool's own checkout (a dropped connection is closed)
+        started = time.perf_counter()
+        try:
+            conn.timeout = self._timeout
+            if conn.is_closed:
+                conn.connect()
+            conn.request(
+                "POST",
+                self._path,
+                body=body,
+                headers={**self._headers, **extra},
+                preload_content=False,
+            )
+        except Exception as exc:
+            conn.close()
+            pool._put_conn(conn)
+            raise self._failure("POST", url, exc) from None
+
+        def answer() -> SubmissionResult:
+            try:
+                response = conn.getresponse()
+                data = response.read(MAX_RESPONSE_BYTES + 1)
+                if len(data) > MAX_RESPONSE_BYTES:
+                    conn.close()
+                    raise TransportError(
+                        f"POST {url}: answer larger than {MAX_RESPONSE_BYTES} bytes",
+                        retryable=True,
+                        status=response.status,
+                    )
+                response.drain_conn()
+            except TransportError:
+                raise
+            except Exception as exc:
+                conn.close()
+                raise self._failure("POST", url, exc) from None
+            finally:
+                pool._put_conn(conn)
+            return self._answer(len(events), response.status, data, response.headers, started)
+
+        return answer
+
+    def _body(self, events: Sequence[Event]) -> tuple[bytes, dict[str, str]]:
+        """The request body of ``events`` and its extra headers, checked against the limits."""
         limits = self._limits
         if len(events) > limits.max_events_per_batch:
             raise self._too_large(
@@ -379,8 +440,17 @@ class HttpsClient:
                 f"{len(events)} events make a {len(body)}-byte body as sent; "
                 f"the collector takes at most {limits.max_compressed_body_bytes}"
             )
-        started = time.perf_counter()
-        status, data, headers = self._request("POST", self._endpoint, body=body, headers=extra)
+        return body, extra
+
+    def _answer(
+        self,
+        count: int,
+        status: int,
+        data: bytes,
+        headers: urllib3.HTTPHeaderDict,
+        started: float,
+    ) -> SubmissionResult:
+        """The result of a batch of ``count`` events from the collector's answer."""
         latency_ms = (time.perf_counter() - started) * 1000.0
         if not 200 <= status < 300:
             raise self._status_error("POST", self._endpoint, status, data, headers)
@@ -395,11 +465,11 @@ class HttpsClient:
         counts = (answer.accepted, answer.rejected, answer.duplicates)
         if (
             min(counts) < 0
-            or sum(counts) != len(events)
-            or any(not 0 <= e.index < len(events) for e in answer.errors)
+            or sum(counts) != count
+            or any(not 0 <= e.index < count for e in answer.errors)
         ):
             raise TransportError(
-                f"POST {self._endpoint}: answer does not match the batch of {len(events)} "
+                f"POST {self._endpoint}: answer does not match the batch of {count} "
                 f"(accepted={answer.accepted}, rejected={answer.rejected}, "
                 f"duplicates={answer.duplicates})",
                 retryable=True,

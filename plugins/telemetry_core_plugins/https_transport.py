@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -91,6 +91,15 @@ class HttpsTransport:
             ``retryable``, ``retry_after``, ``status`` and ``too_large`` set.
         """
         return self._get_client().submit_batch(events)
+
+    def begin_batch(self, events: Sequence[Event]) -> Callable[[], SubmissionResult]:
+        """Put ``events`` on the wire and return a call that waits for the
+        answer (what :meth:`submit_batch` returns or raises), so the worker can
+        do its database work while the collector handles the batch.
+
+        :raises TransportError: when the batch cannot be sent at all.
+        """
+        return self._get_client().begin_batch(events)
 
     def ping(self) -> bool:
         """True when ``GET /ping`` answers 2xx; never raises."""
