@@ -374,8 +374,12 @@ class HttpsClient:
         """
         body, extra = self._body(events)
         url = self._endpoint
-        pool = self._manager().connection_from_url(url)
-        conn = pool._get_conn()  # the pool's own checkout (a dropped connection is closed)
+        try:
+            pool = self._manager().connection_from_url(url)
+            # The pool's own checkout: a connection the server dropped is closed here.
+            conn = pool._get_conn()
+        except Exception as exc:
+            raise self._failure("POST", url, exc) from None
         started = time.perf_counter()
         try:
             conn.timeout = self._timeout
