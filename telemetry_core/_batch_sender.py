@@ -11,8 +11,8 @@ submission log; the ``batch_submitted`` / ``batch_failed`` hooks are told.
 
 Overlap (``send(batch, meanwhile=...)``, what ``drain()`` uses): when the
 transport can split a request (an optional ``begin_batch(events)`` that puts
-the batch on the wire and returns a call that waits for the answer) and its
-first call has returned, this thread runs ``meanwhile`` (the worker claims the
+the batch on the wire and returns a call that waits for the answer), this
+thread runs ``meanwhile`` (the worker claims the
 next batch there) while the collector handles the request; the bookkeeping of
 a delivered batch (its submission log row, ``mark_submitted``, counters,
 hooks) is deferred to the next request's ``meanwhile``, or to
@@ -178,11 +178,13 @@ class BatchSender:
         try:
             with self._thread.inside(self._call_phase()):
                 begin = getattr(transport, "begin_batch", None)
-                if meanwhile is None or begin is None or not self.transport_ready:
+                if meanwhile is None or begin is None:
                     if meanwhile is not None:
                         side_error = self._overlap(meanwhile)
                     result = transport.submit_batch(events)
                 else:
+                    # A new transport's setup (TLS context, handshake) runs in
+                    # begin_batch, in this thread, inside the setup phase.
                     answer = begin(events)
                     with self._thread.inside("local"):
                         side_error = self._overlap(meanwhile)

@@ -64,12 +64,14 @@ def test_the_next_claim_and_the_last_ack_overlap_the_request(split: tuple[Rig, l
     rig, trace = split
     ids = rig.storage.add(35)
     assert rig.worker.drain(total=35) == 35
-    # The first call of a transport (its setup, then the dedup-window check)
-    # is not overlapped: the claim ahead runs before it, its ack after it.
-    # A short batch (the queue's end) goes alone too.
+    # The first delivered batch of a worker is acknowledged at once (then the
+    # dedup-window check asks the collector); a short batch (the queue's end)
+    # goes alone, as there is nothing to claim ahead.
     assert trace == [
         "claim 10",
+        "sent 0",
         "claim 10",
+        "answer 0",
         "ack 10",
         "sent 1",
         "claim 10",
