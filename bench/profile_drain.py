@@ -43,6 +43,7 @@ def main(events: int = 2000, batch: int = 100) -> None:
                 svc.submit_now()
                 for _ in range(events):
                     _ours.track(svc)
+                svc.queue_stats()  # recording ends with the events stored (the journal merged)
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
                 t0 = time.perf_counter()

@@ -110,12 +110,11 @@ class Sending:
                 self.get_worker(opened).start()
 
     def spilled_events_queued(self) -> None:
-        """Spilled events were queued: wake the worker, or start it."""
-        worker = self.worker
-        if worker is not None and worker.running:
-            worker.wake()
-        else:
-            self.ensure_started()
+        """Journaled events were queued: start the worker unless it runs. A
+        running worker is not woken: it sends them on its schedule, as it does
+        the events ``track()`` stores directly (a wake per merge would send
+        every 50 ms instead of every ``submission_interval``)."""
+        self.ensure_started()
 
     def after_cycle(self) -> None:
         """In the worker thread after each cycle (and after a submission): write
