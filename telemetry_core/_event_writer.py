@@ -59,8 +59,8 @@ class EventWriter:
     :param opened: returns the open providers, None while closed.
     :param counters: where spills and drops are counted.
     :param monotonic: monotonic clock in seconds.
-    :param on_queued: called after spilled events that were to be queued have
-        been stored (the service wakes or starts its worker).
+    :param on_queued: called after journaled events that were to be queued
+        have been stored (the service starts its worker unless it runs).
     """
 
     def __init__(
@@ -79,9 +79,12 @@ class EventWriter:
         self._on_queued = on_queued
         self._behind: WriteBehind | None = None
         self._storage_failed = False
+        self._queued_stored = False  # a merge stored events to queue: tell on_queued
 
     @property
-    def _journal_first(self) -> bool:
+    def journal_first(self) -> bool:
+        """Whether ``track()`` writes to the journal first (the merger then
+        stores the event and ``on_queued`` starts the worker)."""
         config = self._config()
         return config.write_behind and not config.strict and not self._storage_failed
 
@@ -109,7 +112,7 @@ class EventWriter:
         With ``write_behind`` (the default, off in strict mode so that a storage
         failure raises) the event goes to the journal first and the merger stores
         it; a full or unwritable journal falls back to the database."""
-        if self._journal_first and self.behind().append(_encoder.encode(event), enqueue=enqueue):
+        if self.journal_first and self.behind().append(_encoder.encode(event), enqueue=enqueue):
             return True
         behind = self._behind
         if behind is None or behind.try_database():
@@ -152,6 +155,7 @@ class EventWriter:
                 thread_setup=self._merger_setup,
                 monotonic=self._monotonic,
                 on_error=self._merge_failed,
+                after_merge=self._after_merge,
             )
         return self._behind
 
@@ -180,6 +184,11 @@ class EventWriter:
                 for event, enqueue in events:
                     storage.record(event, enqueue=enqueue)
         if any(enqueue for _, enqueue in events):
+            self._queued_stored = True
+
+    def _after_merge(self) -> None:
+        if self._queued_stored:
+            self._queued_stored = False
             self._on_queued()
 
     # -- when spilled events are stored -----------------------------------------

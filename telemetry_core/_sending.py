@@ -175,14 +175,17 @@ class Sending:
         """Give the worker of a short-lived process until ``deadline`` (at most
         ``config.exit_flush``) to send what is due; never when offline or in backoff."""
         config = self._config()
-        worker = self.worker
-        if worker is None or not config.sending or config.exit_flush <= 0:
+        if not config.sending or config.exit_flush <= 0:
             return
+        if deadline - time.monotonic() <= 0:
+            return
+        # What track() just put in the journal is sent too (storing it starts
+        # the worker if the journal's merge had not yet).
+        self._writer.settle()
+        worker = self.worker
         budget = min(config.exit_flush, deadline - time.monotonic())
-        if budget > 0:
-            # What track() just put in the journal is sent too.
-            self._writer.settle()
-            worker.flush(max(min(config.exit_flush, deadline - time.monotonic()), 0.0))
+        if worker is not None and budget > 0:
+            worker.flush(budget)
 
     def submit_now(
         self, opened: Opened, progress: Callable[[int, int], None] | None, *, force: bool

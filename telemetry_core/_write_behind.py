@@ -257,6 +257,8 @@ class WriteBehind:
     :param on_error: told of a merge that failed for another reason than a
         lock (the storage refuses writes); the merger thread then waits for the
         next append instead of retrying.
+    :param after_merge: called after a merge that stored events, outside the
+        merge lock (it may take the service's locks).
     """
 
     def __init__(
@@ -268,9 +270,11 @@ class WriteBehind:
         thread_setup: Callable[[], None] | None = None,
         monotonic: Callable[[], float],
         on_error: Callable[[BaseException], None] | None = None,
+        after_merge: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
         self._on_error = on_error
+        self._after_merge = after_merge
         self._failed = False  # the last merge failed for another reason than a lock
         self._store_events = store_events
         self._is_locked = is_locked
@@ -334,13 +338,22 @@ class WriteBehind:
 
         A locked database leaves everything in place and returns False. A
         merge running in another thread is waited for (so that a read after
-        it sees what was merged)."""
+        it sees what was merged). ``after_merge`` runs once the merge lock is
+        released, when events were stored."""
+        stored = [0]
+        try:
+            return self._merge_locked(stored)
+        finally:
+            if stored[0] and self._after_merge is not None:
+                self._after_merge()
+
+    def _merge_locked(self, stored: list[int]) -> bool:
         with self._merging:
             self._failed = False
             try:
-                self.journal.merge(self._store_events)
+                stored[0] += self.journal.merge(self._store_events)
                 if self._orphans:
-                    self.journal.merge_orphans(self._store_events)
+                    stored[0] += self.journal.merge_orphans(self._store_events)
                     self._orphans = False
             except Exception as exc:
                 self._orphans = True  # a failed merge leaves its file as an orphan

@@ -358,6 +358,9 @@ def test_worker_starts_lazily_and_stops_on_exit(tmp_path: Path) -> None:
     try:
         assert rig2.service.worker is None
         rig2.service.track("t")
+        # The merge that stores the journaled event starts the worker (a read
+        # stores it now), so its first cycle finds the event.
+        assert rig2.service.queue_stats().pending == 1
         assert rig2.service.worker is not None and rig2.service.worker.running
     finally:
         rig2.service.close(timeout=10)
@@ -603,6 +606,8 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
                 report = {
                     "worker_none": service.worker is None,
                     "event": service.track("child") is not None,
+                    # A read stores the journaled event, which starts the worker.
+                    "stored": service.event_counts().get("child") == 1,
                     "worker_running": service.worker is not None and service.worker.running,
                     "not_parents": service.worker is not parent_worker,
                 }
@@ -619,6 +624,7 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
         assert json.loads(data) == {
             "worker_none": True,
             "event": True,
+            "stored": True,
             "worker_running": True,
             "not_parents": True,
         }
@@ -1205,3 +1211,21 @@ def test_an_event_recorded_just_before_exit_is_sent_by_the_exit_flush(tmp_path: 
         event_id = service.track("last")
     assert event_id is not None
     assert [i for batch in rig.transport.batches for i in batch] == [event_id]
+
+
+def test_merged_journal_events_wait_for_the_worker_s_interval(tmp_path: Path) -> None:
+    # A merge must not wake a running worker: events go in batches every
+    # submission_interval (an hour here), not one request per 50 ms merge.
+    rig = Rig(remote(tmp_path))
+    with rig.service as service:
+        assert service.track("first") is not None
+        service.submit_now()  # the worker's state is known: everything sent
+        sent = len(rig.transport.batches)
+        ids = {service.track("later", {"i": i}) for i in range(5)}
+        deadline = time.monotonic() + 10
+        while not ids <= _stored_ids(service.config.db_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ids <= _stored_ids(service.config.db_path)  # merged by the thread
+        time.sleep(0.2)  # a woken worker would have sent by now
+        assert len(rig.transport.batches) == sent
+        assert service.queue_stats().pending == 5
