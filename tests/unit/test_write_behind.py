@@ -47,6 +47,16 @@ class Sink:
         self.events.extend(entries)
 
 
+def merger(tmp_path: Path, sink: Sink, *, max_entries: int) -> WriteBehind:
+    """A journal of ``tmp_path/t.db`` with its merger storing into ``sink``."""
+    return WriteBehind(
+        SpillJournal(tmp_path / "t.db", max_entries=max_entries),
+        sink,
+        is_locked=is_locked,
+        monotonic=time.monotonic,
+    )
+
+
 def test_a_spill_line_round_trips_and_a_torn_last_line_is_skipped() -> None:
     data = b"1" + payload(1) + b"\n" + b"0" + payload(2) + b"\n" + b"1" + payload(3)[:5]
     assert read_spill_file(data) == [(payload(1), True), (payload(2), False)]
@@ -151,12 +161,7 @@ def test_the_merger_thread_stores_spilled_events_once_the_lock_is_released(
 ) -> None:
     sink = Sink()
     sink.locked = True
-    behind = WriteBehind(
-        SpillJournal(tmp_path / "t.db", max_entries=10),
-        sink,
-        is_locked=is_locked,
-        monotonic=time.monotonic,
-    )
+    behind = merger(tmp_path, sink, max_entries=10)
     assert behind.spill(payload(1), enqueue=True)
     assert not behind.try_database()  # within the hold: spill without trying
     for _ in range(500):  # bounded: until the thread has met the lock
@@ -281,12 +286,7 @@ def test_appends_and_merges_from_many_threads_store_each_event_exactly_once(
     # The merger thread and readers settling their own writes merge at the same
     # time as appends go on: nothing may be lost or handed on twice.
     sink = Sink()
-    behind = WriteBehind(
-        SpillJournal(tmp_path / "t.db", max_entries=10_000),
-        sink,
-        is_locked=is_locked,
-        monotonic=time.monotonic,
-    )
+    behind = merger(tmp_path, sink, max_entries=10_000)
     writers, per_writer = 4, 300
     done = threading.Event()
 
@@ -316,12 +316,7 @@ def test_appends_and_merges_from_many_threads_store_each_event_exactly_once(
 
 def test_an_idle_merger_sleeps_until_the_next_append(tmp_path: Path) -> None:
     sink = Sink()
-    behind = WriteBehind(
-        SpillJournal(tmp_path / "t.db", max_entries=10),
-        sink,
-        is_locked=is_locked,
-        monotonic=time.monotonic,
-    )
+    behind = merger(tmp_path, sink, max_entries=10)
     merges: list[float] = []
     real_merge = behind.merge_once
 
