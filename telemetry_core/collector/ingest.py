@@ -331,6 +331,14 @@ class _BatchStrings:
             and not TEXT_FORBIDDEN.search(" ".join(self.texts))
         )
 
+    def quick_size_bound(self, events: list[_CheckedEvent]) -> int:
+        """A looser :meth:`encoded_size_bound` that reads only the text values and
+        the property counts: identifiers, versions and keys are taken at the longest
+        the constraints of :class:`_CheckedEvent` let through."""
+        value = max(_NUMBER_BYTES, 6 * max(map(len, self.texts), default=0) + 2)
+        count = max([len(e.properties) for e in events], default=0)
+        return _LONGEST_FRAME_BYTES + count * (_LONGEST_KEY_BYTES + value)
+
     def encoded_size_bound(self, events: list[_CheckedEvent]) -> int:
         """A size no event of ``events`` exceeds as ``/v1/submit`` JSON.
 
@@ -362,6 +370,13 @@ _batch_decoder = msgspec.json.Decoder(list[_CheckedEvent])
 _EVENT_FRAME_BYTES: Final = 256
 #: The longest JSON of an int64 or a finite float (``-2.2250738585072014e-308``).
 _NUMBER_BYTES: Final = 24
+#: What :meth:`_BatchStrings.encoded_size_bound` gives for an event's strings at
+#: their longest (id, type, install/app/session, version), and for a key and its colon
+#: and quotes (the comma too) at the longest.
+_LONGEST_FRAME_BYTES: Final = _EVENT_FRAME_BYTES + 6 * (
+    36 + 64 + 3 * MAX_SHORT_STRING_LENGTH + MAX_SHORT_STRING_LENGTH
+)
+_LONGEST_KEY_BYTES: Final = 6 * MAX_PROPERTY_KEY_LENGTH + 4
 
 
 class _CleanStrings:
@@ -480,7 +495,8 @@ def check_built(
     ``/v1/submit`` JSON. The events are converted into the constrained type in one
     call (the same ``msgspec.Meta`` rules as the decode of :func:`check_events`);
     the ``too_large`` rule is settled by a bound on the encoded size of every
-    event (:meth:`_BatchStrings.encoded_size_bound`), or, when the bound passes
+    event (:meth:`_BatchStrings.quick_size_bound`, else the tighter
+    :meth:`_BatchStrings.encoded_size_bound`), or, when both pass
     ``max_event_bytes``, by encoding each event; the same batch-wide string and
     PII checks follow. Anything the conversion refuses, an event over the limit,
     or a value JSON would change (a NaN or infinity encodes as ``null``, so the
@@ -513,8 +529,10 @@ def check_built(
     if converted is None:
         return reference()
     strings = _BatchStrings.of(converted)
-    if strings.encoded_size_bound(converted) > max_event_bytes and (
-        max(map(len, map(_wire_encoder.encode, events)), default=0) > max_event_bytes
+    if (
+        strings.quick_size_bound(converted) > max_event_bytes
+        and strings.encoded_size_bound(converted) > max_event_bytes
+        and max(map(len, map(_wire_encoder.encode, events)), default=0) > max_event_bytes
     ):
         return reference()
     return _sorted(

@@ -383,8 +383,10 @@ def test_encoded_size_bound_is_never_below_an_events_json(
         converted = msgspec.convert(events, _CHECKED_LIST, from_attributes=True)
     except msgspec.ValidationError:
         return
-    bound = _BatchStrings.of(converted).encoded_size_bound(converted)
+    strings = _BatchStrings.of(converted)
+    bound = strings.encoded_size_bound(converted)
     assert max(len(msgspec.json.encode(e)) for e in events) <= bound
+    assert bound <= strings.quick_size_bound(converted)  # the looser one
 
 
 def test_encoded_size_bound_of_extreme_values() -> None:
@@ -409,8 +411,10 @@ def test_encoded_size_bound_of_extreme_values() -> None:
         properties=props,
     )
     converted = msgspec.convert([event], _CHECKED_LIST, from_attributes=True)
-    bound = _BatchStrings.of(converted).encoded_size_bound(converted)
+    strings = _BatchStrings.of(converted)
+    bound = strings.encoded_size_bound(converted)
     assert len(msgspec.json.encode(event)) <= bound
+    assert strings.quick_size_bound(converted) == bound  # every string at its longest
 
 
 def test_check_built_normalised_trusts_ids_types_and_keys() -> None:
