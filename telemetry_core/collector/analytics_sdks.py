@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Final, cast
 
 import attrs
@@ -53,6 +54,7 @@ from telemetry_core.collector.translation import (
     derived_id,
     flatten_properties,
     normalise_type,
+    scalar_drops,
     uuid_or_none,
 )
 from telemetry_core.schema import Event
@@ -103,13 +105,80 @@ SEGMENT_CALL_TYPES: Final[Mapping[str, str | None]] = {
 
 @attrs.frozen
 class AnalyticsBatch:
-    """A decoded SDK request: the key found in its body (if any) and its messages."""
+    """A decoded SDK request: the key found in its body (if any) and its messages.
+
+    ``sdk_shaped`` batches come from the typed decode of a body as the SDKs send
+    it: their messages are :class:`_PostHogMessage` or :class:`_SegmentMessage`
+    values (every field the translation reads, each of its type), not dicts.
+    """
 
     key: str | None
     messages: list[Any]
+    sdk_shaped: bool = False
 
 
 _any_decoder = msgspec.json.Decoder()
+_Scalar = str | int | float | bool | None
+
+
+class _PostHogMessage(msgspec.Struct, gc=False):
+    """A PostHog event as posthog-python sends it: what the translation reads of it,
+    each field present and of the type the batch-wide reading needs (properties
+    scalars only). Other fields are skipped. No cycles: a tree of plain values."""
+
+    event: str
+    distinct_id: str
+    properties: dict[str, _Scalar]
+    timestamp: str
+    uuid: str
+
+
+class _PostHogBatch(msgspec.Struct, gc=False):
+    batch: list[_PostHogMessage]
+    api_key: str = ""
+
+
+class _SegmentMessage(msgspec.Struct, gc=False):
+    """A Segment track call as analytics-python sends it (see :class:`_PostHogMessage`);
+    the fields the translation reads of other calls too, absent ones as ``None``,
+    as ``dict.get`` reads them."""
+
+    event: str
+    anonymousId: str  # Segment's names
+    properties: dict[str, _Scalar]
+    timestamp: str
+    type: str = "track"
+    messageId: Any = None
+    userId: Any = None
+    context: Any = None
+    name: Any = None
+
+
+class _SegmentBatch(msgspec.Struct, gc=False):
+    batch: list[_SegmentMessage]
+    writeKey: str = ""
+
+
+_posthog_decoder = msgspec.json.Decoder(_PostHogBatch)
+_segment_decoder = msgspec.json.Decoder(_SegmentBatch)
+
+
+def _typed(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """``body`` decoded as a batch the SDKs send, or ``None`` (then the generic
+    decode reads it, and says what is wrong with it)."""
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _as_dicts(batch: AnalyticsBatch) -> list[Any]:
+    """The messages of a batch as the generic decode gives what the translation
+    reads: an ``sdk_shaped`` batch's structs as dicts (an absent field and a null
+    one are both ``None`` to ``dict.get``)."""
+    if not batch.sdk_shaped:
+        return batch.messages
+    return [msgspec.structs.asdict(m) for m in batch.messages]
 
 
 def _decode_json(body: bytes) -> Any:
@@ -129,6 +198,14 @@ def decode_posthog(body: bytes, *, max_events: int) -> AnalyticsBatch:
     Raises :class:`IngestError` 400 (``malformed``) for anything else, 413
     (``too_many_events``) past ``max_events``.
     """
+    typed = _typed(_posthog_decoder, body)
+    if typed is not None and typed.api_key:
+        return _bounded(AnalyticsBatch(typed.api_key, typed.batch, sdk_shaped=True), max_events)
+    return _bounded(_posthog_generic(body), max_events)
+
+
+def _posthog_generic(body: bytes) -> AnalyticsBatch:
+    """:func:`decode_posthog` without the typed decode (and without the bound)."""
     data = _decode_json(body)
     if isinstance(data, list):
         messages = data
@@ -151,11 +228,20 @@ def decode_posthog(body: bytes, *, max_events: int) -> AnalyticsBatch:
             raise IngestError(400, "malformed", "expected a batch or an event")
     else:
         raise IngestError(400, "malformed", "expected a JSON object or list")
-    return _bounded(AnalyticsBatch(key, messages), max_events)
+    return AnalyticsBatch(key, messages)
 
 
 def decode_segment(body: bytes, *, max_events: int) -> AnalyticsBatch:
     """Decode a Segment body: ``{"batch": [...]}`` or a single message."""
+    typed = _typed(_segment_decoder, body)
+    if typed is not None:
+        key = typed.writeKey or None  # what _text gives for a string
+        return _bounded(AnalyticsBatch(key, typed.batch, sdk_shaped=True), max_events)
+    return _bounded(_segment_generic(body), max_events)
+
+
+def _segment_generic(body: bytes) -> AnalyticsBatch:
+    """:func:`decode_segment` without the typed decode (and without the bound)."""
     data = _decode_json(body)
     if not isinstance(data, dict):
         raise IngestError(400, "malformed", "expected a JSON object")
@@ -167,7 +253,7 @@ def decode_segment(body: bytes, *, max_events: int) -> AnalyticsBatch:
         raise IngestError(400, "malformed", "batch must be a list")
     else:
         messages = [data]
-    return _bounded(AnalyticsBatch(key, messages), max_events)
+    return AnalyticsBatch(key, messages)
 
 
 def _bounded(batch: AnalyticsBatch, max_events: int) -> AnalyticsBatch:
@@ -257,6 +343,11 @@ def translate_posthog(
     (:func:`_posthog_each`). Both give the same events.
     """
     hash_id = hasher.memo()
+    if batch.sdk_shaped:
+        typed = _posthog_typed(batch.messages, hash_id)
+        if typed is not None:
+            return typed
+        batch = AnalyticsBatch(batch.key, _as_dicts(batch))
     ordinary = _posthog_ordinary(batch.messages, hash_id)
     return ordinary if ordinary is not None else _posthog_each(batch, hash_id, received_ms)
 
@@ -303,11 +394,12 @@ def _posthog_event(
     install: str,
     timestamp: int,
     event_id: str | None,
+    properties: dict[str, Any] | None = None,
 ) -> Event:
-    """The event of a PostHog capture whose name, user and timestamp were read."""
-    properties = flatten_properties(props, drop_prefix="$")
-    properties.pop("distinct_id", None)
-    properties.pop("token", None)
+    """The event of a PostHog capture whose name, user and timestamp were read
+    (``properties``: ``props`` as :func:`_posthog_properties` gives them, unless given)."""
+    if properties is None:
+        properties = _posthog_properties(props)
     duration, success = _lift(properties)
     if event_id is None:
         event_id = derived_id("posthog", [install, name, timestamp, properties, duration, success])
@@ -326,6 +418,74 @@ def _posthog_event(
         duration_ms=duration,
         success=success,
         properties=properties,
+    )
+
+
+#: Property names a PostHog event's properties do not keep (the SDKs' copies of
+#: the user and the key).
+_POSTHOG_DROPPED_NAMES: Final = frozenset({"distinct_id", "token"})
+
+
+def _posthog_properties(props: dict[str, Any]) -> dict[str, Any]:
+    """A PostHog event's properties as kept: flattened, ``$`` keys and the
+    :data:`_POSTHOG_DROPPED_NAMES` dropped."""
+    properties = flatten_properties(props, drop_prefix="$")
+    for name in _POSTHOG_DROPPED_NAMES:
+        properties.pop(name, None)
+    return properties
+
+
+def _without(props: dict[str, Any], drops: list[str]) -> dict[str, Any]:
+    """A copy of ``props`` less ``drops`` (see :func:`scalar_drops`)."""
+    kept = props.copy()
+    for key in drops:
+        if key in kept:
+            del kept[key]
+    return kept
+
+
+_EVENT: Final = attrgetter("event")
+_PROPERTIES: Final = attrgetter("properties")
+_TIMESTAMP: Final = attrgetter("timestamp")
+
+
+def _posthog_typed(
+    messages: list[_PostHogMessage], hash_id: Callable[[str], str]
+) -> Translation | None:
+    """:func:`_posthog_ordinary` of an ``sdk_shaped`` batch: its fields typed by the
+    decode, its properties (scalars only) kept by deleting keys from a copy of each
+    map (:func:`scalar_drops`) instead of the flattening loop; ``None`` for a batch
+    this does not cover (read then as dicts)."""
+    if not messages:
+        return None
+    names = list(map(_EVENT, messages))
+    ids = list(map(attrgetter("uuid"), messages))
+    types = {name: _posthog_type(name) for name in set(names)}
+    if None in types.values() or None in map(CANONICAL_UUID.fullmatch, ids):
+        return None
+    props = list(map(_PROPERTIES, messages))
+    drops = scalar_drops(set().union(*props), drop_prefix="$", dropped_names=_POSTHOG_DROPPED_NAMES)
+    users = list(map(attrgetter("distinct_id"), messages))
+    read = _installs_and_times(users, list(map(_TIMESTAMP, messages)), hash_id)
+    if drops is None or read is None:
+        return None
+    installs, timestamps = read
+    known = cast(dict[str, str], types)
+    return _all_kept(
+        [
+            _posthog_event(
+                name,
+                known[name],
+                p,
+                install=installs[user],
+                timestamp=timestamp,
+                event_id=event_id,
+                properties=_without(p, drops),
+            )
+            for name, p, user, timestamp, event_id in zip(
+                names, props, users, timestamps, ids, strict=True
+            )
+        ]
     )
 
 
@@ -439,6 +599,11 @@ def translate_segment(
     (:func:`_segment_each`). Both give the same events.
     """
     hash_id = hasher.memo()
+    if batch.sdk_shaped:
+        typed = _segment_typed(batch.messages, hash_id)
+        if typed is not None:
+            return typed
+        batch = AnalyticsBatch(batch.key, _as_dicts(batch))
     ordinary = _segment_ordinary(batch.messages, hash_id)
     return ordinary if ordinary is not None else _segment_each(batch, hash_id, received_ms)
 
@@ -487,14 +652,7 @@ def _segment_event(
             if isinstance(message_id, str) and message_id
             else derived_id("segment", [install, event_type, timestamp, properties])
         )
-    context = message.get("context")
-    app = context.get("app") if isinstance(context, dict) else None
-    if isinstance(app, dict):  # what _text gives, without two calls per event
-        name, version = app.get("name"), app.get("version")
-        name = name if isinstance(name, str) and name else "segment"
-        version = version if isinstance(version, str) and version else None
-    else:
-        name, version = "segment", None
+    name, version = _segment_app(message.get("context"))
     return Event(
         id=event_id,
         type=event_type,
@@ -506,6 +664,63 @@ def _segment_event(
         success=success,
         properties=properties,
     )
+
+
+def _segment_app(context: Any) -> tuple[str, str | None]:
+    """The app name and version of a Segment message's ``context``."""
+    app = context.get("app") if isinstance(context, dict) else None
+    if not isinstance(app, dict):
+        return "segment", None
+    name, version = app.get("name"), app.get("version")  # what _text gives, sooner
+    return (
+        name if isinstance(name, str) and name else "segment",
+        version if isinstance(version, str) and version else None,
+    )
+
+
+def _segment_typed(
+    messages: list[_SegmentMessage], hash_id: Callable[[str], str]
+) -> Translation | None:
+    """:func:`_segment_ordinary` of an ``sdk_shaped`` batch of track calls with
+    canonical ``messageId``s (see :func:`_posthog_typed`); ``None`` for any other."""
+    if not messages or [m.type for m in messages].count("track") != len(messages):
+        return None
+    names = list(map(_EVENT, messages))
+    ids = list(map(attrgetter("messageId"), messages))
+    types = {name: normalise_type(name) for name in set(names)}  # None for ""
+    if None in types.values() or set(map(type, ids)) != {str}:
+        return None
+    if None in map(CANONICAL_UUID.fullmatch, ids):
+        return None
+    props = list(map(_PROPERTIES, messages))
+    drops = scalar_drops(set().union(*props))
+    users = list(map(attrgetter("anonymousId"), messages))
+    read = _installs_and_times(users, list(map(_TIMESTAMP, messages)), hash_id)
+    if drops is None or read is None:
+        return None
+    installs, timestamps = read
+    known = cast(dict[str, str], types)
+    events = []
+    for message, name, user, timestamp, event_id in zip(
+        messages, names, users, timestamps, ids, strict=True
+    ):
+        properties = _without(message.properties, drops)
+        duration, success = _lift(properties)
+        app, version = _segment_app(message.context)
+        events.append(
+            Event(
+                id=event_id,
+                type=known[name],
+                timestamp=timestamp,
+                install_id=installs[user],
+                app=app,
+                app_version=version,
+                duration_ms=duration,
+                success=success,
+                properties=properties,
+            )
+        )
+    return _all_kept(events)
 
 
 def _segment_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Translation | None:

@@ -41,6 +41,7 @@ __all__ = [
     "flatten_properties",
     "normalise_key",
     "normalise_type",
+    "scalar_drops",
     "uuid_or_none",
 ]
 
@@ -192,6 +193,36 @@ def _key_name(key: str, drop_prefix: str | None) -> str | None:
     if drop_prefix is not None and key.startswith(drop_prefix):
         return _DROPPED
     return normalise_key(key)
+
+
+def scalar_drops(
+    keys: Iterable[str],
+    *,
+    drop_prefix: str | None = None,
+    dropped_names: frozenset[str] = frozenset(),
+) -> list[str] | None:
+    """The keys to delete from a copy of a map of scalars to get what
+    :func:`flatten_properties` gives for it (less the names in ``dropped_names``),
+    for every map whose keys are among ``keys``: those it drops by prefix, those
+    without a name and those named in ``dropped_names``. ``None`` when a key is
+    renamed (its name is not the key itself): only the loop gives that map.
+
+    With every kept key named as it is, no two keys share a name, and a copy of
+    the map keeps its order: the copy less these keys *is* the flattened map.
+    """
+    names = _key_names(drop_prefix)
+    drops = []
+    for key in keys:
+        name = names.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = names[key] = _key_name(key, drop_prefix)
+        if name is _DROPPED or name is None:
+            drops.append(key)
+        elif name != key:
+            return None
+        elif name in dropped_names:
+            drops.append(key)
+    return drops
 
 
 _event_encoder = msgspec.json.Encoder()

@@ -18,11 +18,16 @@ from telemetry_core.collector.analytics_sdks import (
     AnalyticsBatch,
     _lift,
     _posthog_each,
+    _posthog_generic,
     _posthog_ordinary,
+    _posthog_typed,
     _segment_each,
+    _segment_generic,
     _segment_ordinary,
+    _segment_typed,
     _timestamp_ms,
     _user_id,
+    _without,
     decode_posthog,
     decode_segment,
     translate_posthog,
@@ -35,6 +40,7 @@ from telemetry_core.collector.translation import (
     flatten_properties,
     normalise_key,
     normalise_type,
+    scalar_drops,
 )
 from telemetry_core.schema import Event
 from tests.conftest import assert_normalised
@@ -674,3 +680,120 @@ def test_flatten_properties_gives_what_it_gave_before_remembering_names(
         flat = flatten_properties(properties, drop_prefix=drop_prefix)
         expected = _reference_flatten(properties, drop_prefix)
         assert list(flat.items()) == list(expected.items())
+
+
+# -- the typed decode of SDK-shaped bodies -------------------------------------------
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63, max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+)  # fmt: skip
+_scalar_keys = st.one_of(
+    st.sampled_from([
+        "plan", "$lib", "$app_name", "$app_version", "$session_id", "duration_ms", "success",
+        "distinct_id", "token", " token", "Sp ace", "", " ", "a.b", "9x", "$", "x__y",
+    ]),
+    st.text(max_size=5),
+)  # fmt: skip
+_scalar_props = st.dictionaries(_scalar_keys, _scalars, max_size=7)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_scalar_props, max_size=4),
+    st.sampled_from([None, "$"]),
+    st.sampled_from([frozenset(), frozenset({"distinct_id", "token"})]),
+)
+def test_scalar_drops_give_the_flattened_maps(
+    batch: list[dict[str, Any]], drop_prefix: str | None, dropped: frozenset[str]
+) -> None:
+    """A copy less the keys scalar_drops names is the map flatten_properties gives
+    (less the dropped names), in the same order with the same values, whenever it
+    names any; a renamed key (a space, a leading digit, ...) makes it say None."""
+    drops = scalar_drops(set().union(*batch), drop_prefix=drop_prefix, dropped_names=dropped)
+    renamed = any(
+        normalise_key(k) not in (None, k)
+        for p in batch
+        for k in p
+        if drop_prefix is None or not k.startswith(drop_prefix)
+    )
+    assert (drops is None) == renamed
+    for properties in batch if drops is not None else []:
+        expected = flatten_properties(properties, drop_prefix=drop_prefix)
+        for name in dropped:
+            expected.pop(name, None)
+        got = _without(properties, drops)
+        assert msgspec.json.encode(got) == msgspec.json.encode(expected)  # order, 1 vs True
+
+
+def _sdk_body(draw: st.DrawFn, batch: list[Any], key_field: str) -> bytes:
+    """``batch`` as an SDK's body: most messages' properties scalars only (what the
+    typed decode takes), the key drawn (absent, empty, null, set), extra fields."""
+    for message in batch:
+        if isinstance(message, dict) and draw(st.integers(min_value=0, max_value=3)):
+            message["properties"] = draw(_scalar_props)
+    body: dict[str, Any] = {"batch": batch, "sent_at": "2025-12-06T05:46:40Z"}
+    key = draw(st.sampled_from(["k", "k", "", None, 7, "absent"]))
+    if key != "absent":
+        body[key_field] = key
+    if draw(st.booleans()):
+        body["token"] = "t"
+    return json.dumps(body).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_posthog_bodies_decoded_typed_give_what_the_generic_decode_gives(
+    data: st.DataObject,
+) -> None:
+    """A body as posthog-python sends it takes the typed decode and the leaner
+    build; any other body (one field off, nested properties, no key) falls back:
+    the key, the events, ids, origins and rejections are those of the generic decode
+    read event by event."""
+    body = _sdk_body(data.draw, data.draw(_posthog_batches()), "api_key")
+    batch = decode_posthog(body, max_events=50)
+    reference = _posthog_generic(body)
+    assert batch.key == reference.key
+    translation = translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)
+    expected = _posthog_each(reference, HASHER.memo(), NOW_MS)
+    assert _translated(translation) == _translated(expected)
+    assert_normalised(translation)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_segment_bodies_decoded_typed_give_what_the_generic_decode_gives(
+    data: st.DataObject,
+) -> None:
+    """As for PostHog: analytics-python's bodies, one message off or not."""
+    body = _sdk_body(data.draw, data.draw(_segment_batches()), "writeKey")
+    try:
+        reference = _segment_generic(body)
+    except IngestError:
+        with pytest.raises(IngestError):
+            decode_segment(body, max_events=50)
+        return
+    batch = decode_segment(body, max_events=50)
+    assert batch.key == reference.key
+    translation = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+    expected = _segment_each(reference, HASHER.memo(), NOW_MS)
+    assert _translated(translation) == _translated(expected)
+    assert_normalised(translation)
+
+
+def test_sdk_bodies_take_the_typed_path() -> None:
+    """The equivalence tests above prove something only if SDK bodies do take the
+    typed path, and others do not."""
+    scalar = {"plan": "pro", "$lib": "posthog-python", "duration_ms": 4, "success": True}
+    posthog_body = {"api_key": "k", "batch": [posthog_event(properties=scalar)] * 2}
+    batch = decode_posthog(json.dumps(posthog_body).encode(), max_events=5)
+    assert batch.sdk_shaped and batch.key == "k"
+    assert _posthog_typed(batch.messages, HASHER.memo()) is not None
+    nested = {**posthog_body, "batch": [posthog_event()]}  # a map and a list in properties
+    assert not decode_posthog(json.dumps(nested).encode(), max_events=5).sdk_shaped
+    message = segment_track(properties={"total": 30.5, "currency": "EUR"})
+    batch = decode_segment(json.dumps({"batch": [message] * 2}).encode(), max_events=5)
+    assert batch.sdk_shaped and batch.key is None
+    assert _segment_typed(batch.messages, HASHER.memo()) is not None
+    translation = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
+    assert [e.properties for e in translation.events] == [{"total": 30.5, "currency": "EUR"}] * 2
