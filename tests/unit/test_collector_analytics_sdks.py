@@ -784,11 +784,16 @@ def test_segment_bodies_decoded_typed_give_what_the_generic_decode_gives(
 def test_sdk_bodies_take_the_typed_path() -> None:
     """The equivalence tests above prove something only if SDK bodies do take the
     typed path, and others do not."""
-    scalar = {"plan": "pro", "$lib": "posthog-python", "duration_ms": 4, "success": True}
+    scalar = {"plan": "pro", "$lib": "posthog-python", "duration_ms": 4, "$app_name": "shop"}
     posthog_body = {"api_key": "k", "batch": [posthog_event(properties=scalar)] * 2}
     batch = decode_posthog(json.dumps(posthog_body).encode(), max_events=5)
     assert batch.sdk_shaped and batch.key == "k"
     assert _posthog_typed(batch.messages, HASHER.memo()) is not None
+    for _ in range(2):  # the batch's own maps are left as they came
+        translation = translate_posthog(batch, hasher=HASHER, received_ms=NOW_MS)
+        assert [(e.app, e.properties) for e in translation.events] == [
+            ("shop", {"plan": "pro"})
+        ] * 2
     nested = {**posthog_body, "batch": [posthog_event()]}  # a map and a list in properties
     assert not decode_posthog(json.dumps(nested).encode(), max_events=5).sdk_shaped
     message = segment_track(properties={"total": 30.5, "currency": "EUR"})
