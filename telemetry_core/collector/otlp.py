@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -44,6 +44,7 @@ from telemetry_core.collector.translation import (
     CANONICAL_UUID,
     Translation,
     derived_id_of_bytes,
+    derived_ids_after,
     normalise_key,
     normalise_type,
     uuid_or_none,
@@ -360,8 +361,9 @@ class _PbRequest:
         self.received_ms = received_ms
         self.memo = _AttributeMemo()
         self.shapes = _Shapes() if shapes else None
-        self.resource: _Resource | None = None
+        self.resource = _Resource({})  # each scope's, before its records
         self.context = b""
+        self.derive = derived_ids_after("otlp", b"")
 
     def record(self, index: int, record: Any) -> None:
         """Translate the record at ``index``."""
@@ -375,10 +377,14 @@ class _PbRequest:
         """Translate a record of a known shape (see :class:`_Shapes`) and say so;
         leave any other record as it was and return False."""
         uid_at = shapes.uid_at
-        uid_value = _string_uid(record, uid_at)
-        uid = None if uid_value is None else uid_value.string_value
-        event_id = uid if uid is not None and CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
-        encoded = None if event_id is not None else _pb_encode_record(record)  # as sent
+        uid_value = None if uid_at is None else _string_uid(record, uid_at)
+        if uid_value is None:
+            uid = event_id = None
+        else:
+            uid = uid_value.string_value
+            event_id = uid if CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
+        # As sent, for a derived id (what _pb_encode_record gives, without its call).
+        encoded: bytes = b"" if event_id is not None else record.SerializeToString()
         nanos, observed = record.time_unix_nano, record.observed_time_unix_nano
         record.time_unix_nano = record.observed_time_unix_nano = 0  # what _blank does
         if uid_value is not None:
@@ -396,11 +402,13 @@ class _PbRequest:
             self.out.reject(index, "missing_type", shape.reason)
             return True
         nanos = nanos or observed
-        mapped, resource = shape.mapped, cast(_Resource, self.resource)
+        mapped, resource = shape.mapped, self.resource
+        if event_id is None:
+            event_id = self.derive(encoded)
         self.out.add(
             index,
             Event(
-                id=event_id or derived_id_of_bytes("otlp", self.context + cast(bytes, encoded)),
+                id=event_id,
                 type=shape.event_type,
                 timestamp=nanos // 1_000_000 if nanos else self.received_ms,
                 install_id=resource.install,
@@ -425,7 +433,7 @@ class _PbRequest:
             mapped=mapped,
             properties=dict(mapped.properties),  # mapped is shared by like records
             nanos=record.time_unix_nano or record.observed_time_unix_nano,
-            resource=cast(_Resource, self.resource),
+            resource=self.resource,
             context=self.context,
             record=record,
             encode=_pb_encode_record,
@@ -454,6 +462,7 @@ def _translate_protobuf(body: bytes, received_ms: int, *, shapes: bool = True) -
             reader.context = resource_pb.SerializeToString(deterministic=True) + (
                 scope_logs.scope.SerializeToString(deterministic=True)
             )
+            reader.derive = derived_ids_after("otlp", reader.context)
             for record in scope_logs.log_records:
                 reader.record(index, record)
                 index += 1
@@ -642,23 +651,34 @@ def _translate_json(body: bytes, received_ms: int, *, shapes: bool = True) -> Tr
         resource = _Resource(_json_attributes(resource_json.attributes))
         for scope_logs in resource_logs.scope_logs:
             context = _json_encoder.encode([resource_json, scope_logs.scope])
+            derive = derived_ids_after("otlp", context)
             for record in scope_logs.log_records:
-                nanos = _int64(record.time_unix_nano, "timeUnixNano") or _int64(
-                    record.observed_time_unix_nano, "observedTimeUnixNano"
-                )
+                nanos = record.time_unix_nano
+                if type(nanos) is not int:
+                    nanos = _int64(nanos, "timeUnixNano")
+                if not nanos:
+                    nanos = _int64(record.observed_time_unix_nano, "observedTimeUnixNano")
                 found = known.find(record) if known is not None and known.worth_it else None
                 if found is not None:
-                    uid = found.uid_at
-                    uid = None if uid is None else _json_scalar(record.attributes[uid].value)
-                    mapped = found.shape.mapped
-                else:
-                    # A JSON attribute costs little to read, and hashing a decoded
-                    # attribute costs more than reading it: no memo here.
-                    attributes = _json_attributes(record.attributes)
-                    uid = attributes.pop(_UID, None)
-                    mapped = _Mapped(attributes)
-                    if known is not None and known.worth_it:
-                        known.learn(record, mapped)
+                    timestamp = nanos // 1_000_000 if nanos else received_ms
+                    _add_shaped(
+                        out,
+                        index,
+                        record,
+                        found,
+                        resource=resource,
+                        timestamp=timestamp,
+                        derive=derive,
+                    )
+                    index += 1
+                    continue
+                # A JSON attribute costs little to read, and hashing a decoded
+                # attribute costs more than reading it: no memo here.
+                attributes = _json_attributes(record.attributes)
+                uid = attributes.pop(_UID, None)
+                mapped = _Mapped(attributes)
+                if known is not None and known.worth_it:
+                    known.learn(record, mapped)
                 _add_record(
                     out,
                     index,
@@ -676,6 +696,46 @@ def _translate_json(body: bytes, received_ms: int, *, shapes: bool = True) -> Tr
                 index += 1
     out.total = index
     return out
+
+
+def _add_shaped(
+    out: Translation,
+    index: int,
+    record: _JRecord,
+    found: _JsonShape,
+    *,
+    resource: _Resource,
+    timestamp: int,
+    derive: Callable[[bytes], str],
+) -> None:
+    """What :func:`_add_record` gives for a JSON record of a known shape, from
+    what the shape settled (its event type, its mapped attributes)."""
+    shape = found.shape
+    if shape.event_type is None:
+        out.reject(index, "missing_type", shape.reason)
+        return
+    at = found.uid_at
+    uid = None if at is None else _json_scalar(record.attributes[at].value)
+    if type(uid) is str and CANONICAL_UUID.fullmatch(uid):
+        event_id = uid
+    else:
+        event_id = uuid_or_none(uid) or derive(_json_encoder.encode(record))
+    mapped = shape.mapped
+    out.add(
+        index,
+        Event(
+            id=event_id,
+            type=shape.event_type,
+            timestamp=timestamp,
+            install_id=resource.install,
+            app=resource.app,
+            app_version=resource.version,
+            session_id=mapped.session,
+            duration_ms=mapped.duration,
+            success=mapped.success,
+            properties=dict(mapped.properties),  # mapped is shared by like records
+        ),
+    )
 
 
 def translate_logs(body: bytes, encoding: Encoding, *, received_ms: int) -> Translation:

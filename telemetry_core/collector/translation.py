@@ -23,7 +23,7 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -37,6 +37,7 @@ __all__ = [
     "Translation",
     "derived_id",
     "derived_id_of_bytes",
+    "derived_ids_after",
     "first_messages",
     "flatten_properties",
     "normalise_key",
@@ -122,11 +123,28 @@ _PREFIX_HASHES: dict[str, Any] = {}
 
 def derived_id_of_bytes(kind: str, data: bytes) -> str:
     """The UUID (version 5, in :data:`ID_NAMESPACE`) of ``data``, for ``kind``."""
+    return _id_of_hash(_prefix_hash(kind), data)
+
+
+def derived_ids_after(kind: str, context: bytes) -> Callable[[bytes], str]:
+    """``derived_id_of_bytes(kind, context + data)`` as a function of ``data``, with
+    ``context`` hashed once (for the records of one scope, say)."""
+    prefix = _prefix_hash(kind).copy()
+    prefix.update(context)
+    return functools.partial(_id_of_hash, prefix)
+
+
+def _prefix_hash(kind: str) -> Any:
     prefix = _PREFIX_HASHES.get(kind)
     if prefix is None:
         prefix = _PREFIX_HASHES[kind] = hashlib.sha1(
             ID_NAMESPACE.bytes + kind.encode() + b"\x00", usedforsecurity=False
         )
+    return prefix
+
+
+def _id_of_hash(prefix: Any, data: bytes) -> str:
+    """The UUID of a copy of the SHA-1 state ``prefix`` fed ``data``."""
     digest = prefix.copy()
     digest.update(data)
     # What str(uuid.UUID(bytes=digest[:16], version=5)) gives, without building the
