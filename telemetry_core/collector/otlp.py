@@ -316,6 +316,72 @@ def _blank(record: Any, uid_value: Any) -> None:
         uid_value.string_value = ""
 
 
+#: What a template's holes are filled with while it is made: values no record is
+#: likely to hold (a record that does only loses the template, see _Template.of).
+_TIME_MARK: Final = 0x7E5A3C1F2D4B6987
+_OBSERVED_MARK: Final = 0x6987D4B2F1C3A5E7
+_UID_LENGTH: Final = 36
+_UID_MARK: Final = "\x7f" * _UID_LENGTH
+
+
+class _Template:
+    """A record shape as bytes with holes: a record's encoding as sent, with its
+    times (fixed64 fields 1 and 11, when not zero) and a 36-byte uid string at
+    fixed offsets. A record whose encoding has the template's length and its bytes
+    outside the holes parses as the template's record but for what is in the holes
+    (the bytes before a hole decide how the parser reads it, and they are the
+    same): its shape is the template's, read from one encoding, which is also
+    the one its derived id hashes."""
+
+    __slots__ = ("length", "observed_at", "segments", "shape", "starts", "time_at", "uid_at")
+
+    def __init__(self, encoded: bytes, holes: dict[str, int], shape: _Shape) -> None:
+        self.length = len(encoded)
+        self.shape = shape
+        self.time_at = holes.get("time")
+        self.observed_at = holes.get("observed")
+        self.uid_at = holes.get("uid")
+        widths = {"time": 8, "observed": 8, "uid": _UID_LENGTH}
+        #: The bytes between the holes, and where each starts.
+        self.segments: list[bytes] = []
+        self.starts: list[int] = []
+        start = 0
+        for at, kind in sorted((at, kind) for kind, at in holes.items()):
+            self.segments.append(encoded[start:at])
+            self.starts.append(start)
+            start = at + widths[kind]
+        self.segments.append(encoded[start:])
+        self.starts.append(start)
+
+    @classmethod
+    def of(cls, record: Any, uid_value: Any, shape: _Shape) -> _Template | None:
+        """The template of ``record`` (whose uid, if any, is ``uid_value``), or
+        ``None`` when a hole's mark is not found exactly once. Marks the record."""
+        marks = {}
+        if record.time_unix_nano:
+            record.time_unix_nano = _TIME_MARK
+            marks["time"] = b"\x09" + _TIME_MARK.to_bytes(8, "little")
+        if record.observed_time_unix_nano:
+            record.observed_time_unix_nano = _OBSERVED_MARK
+            marks["observed"] = b"\x59" + _OBSERVED_MARK.to_bytes(8, "little")
+        if uid_value is not None:
+            uid_value.string_value = _UID_MARK
+            marks["uid"] = b"\x0a" + bytes([_UID_LENGTH]) + _UID_MARK.encode()
+        encoded: bytes = record.SerializeToString()
+        if any(encoded.count(mark) != 1 for mark in marks.values()):
+            return None
+        holes = {
+            kind: encoded.find(mark) + (2 if kind == "uid" else 1) for kind, mark in marks.items()
+        }
+        return cls(encoded, holes, shape)
+
+    def fits(self, encoded: bytes) -> bool:
+        """True when ``encoded`` is the template's but for what is in its holes."""
+        return len(encoded) == self.length and all(
+            map(encoded.startswith, self.segments, self.starts)
+        )
+
+
 class _Shapes:
     """The record shapes of one request (see :class:`_Shape`), by encoding.
 
@@ -330,6 +396,9 @@ class _Shapes:
         self.by_encoding: dict[tuple[int | None, bytes], _Shape] = {}
         self.uid_at: int | None = None
         self.hits = self.misses = 0
+        #: The last shape learnt, as bytes with holes (see :class:`_Template`).
+        self.template: _Template | None = None
+        self.template_misses = 0
 
     def learn(self, record: Any, uids: list[int], mapped: _Mapped) -> None:
         """Remember the shape of a record read through the memo (``uids`` are the
@@ -339,10 +408,17 @@ class _Shapes:
         uid_value = _string_uid(record, uid_at)
         if len(uids) > 1 or (uids and uid_value is None):
             return  # several uids, or one that is not a string: no shape
+        shape = _Shape(record.event_name, mapped)
+        self.template = _Template.of(record, uid_value, shape)
         _blank(record, uid_value)
         key = (uid_at, record.SerializeToString())
-        self.by_encoding[key] = _Shape(record.event_name, mapped)
+        self.by_encoding[key] = shape
         self.uid_at = uid_at
+
+    @property
+    def template_worth_it(self) -> bool:
+        """False once the template missed more records of the request than not."""
+        return self.template_misses <= 16 or self.hits >= self.template_misses
 
     @property
     def worth_it(self) -> bool:
@@ -373,9 +449,52 @@ class _PbRequest:
         elif not self.shaped(index, record, shapes):
             self.read(index, record, shapes)
 
+    def templated(self, index: int, encoded: bytes, template: _Template) -> bool:
+        """Translate a record whose encoding (as sent) fits ``template`` and say
+        so; return False for any other."""
+        if not template.fits(encoded):
+            return False
+        at = template.time_at
+        nanos = 0 if at is None else int.from_bytes(encoded[at : at + 8], "little")
+        at = template.observed_at
+        if not nanos and at is not None:
+            nanos = int.from_bytes(encoded[at : at + 8], "little")
+        shape = template.shape
+        if shape.event_type is None:
+            self.out.reject(index, "missing_type", shape.reason)
+            return True
+        at = template.uid_at
+        event_id = None
+        if at is not None:
+            uid = encoded[at : at + _UID_LENGTH].decode()  # UTF-8: the parser checked it
+            event_id = uid if CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
+        mapped, resource = shape.mapped, self.resource
+        self.out.add(
+            index,
+            Event(
+                id=event_id or self.derive(encoded),
+                type=shape.event_type,
+                timestamp=nanos // 1_000_000 if nanos else self.received_ms,
+                install_id=resource.install,
+                app=resource.app,
+                app_version=resource.version,
+                session_id=mapped.session,
+                duration_ms=mapped.duration,
+                success=mapped.success,
+                properties=dict(mapped.properties),  # mapped is shared by like records
+            ),
+        )
+        return True
+
     def shaped(self, index: int, record: Any, shapes: _Shapes) -> bool:
         """Translate a record of a known shape (see :class:`_Shapes`) and say so;
         leave any other record as it was and return False."""
+        template = shapes.template
+        if template is not None and shapes.template_worth_it:
+            if self.templated(index, record.SerializeToString(), template):
+                shapes.hits += 1
+                return True
+            shapes.template_misses += 1
         uid_at = shapes.uid_at
         uid_value = None if uid_at is None else _string_uid(record, uid_at)
         if uid_value is None:

@@ -391,9 +391,40 @@ def test_an_sdk_export_is_read_by_shape() -> None:
         reader.record(index, record)
     assert reader.shapes is not None
     assert (reader.shapes.hits, reader.shapes.misses) == (39, 1)
+    assert reader.shapes.template is not None and reader.shapes.template_misses == 0
     assert [e.id for e in reader.out.events] == [
         kv.value.string_value for r in records for kv in r.attributes[:1]
     ]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        kv("mark", string_value="\x7f" * 36),  # the uid's mark: found twice
+        kv("mark", bytes_value=b"\x09" + (0x7E5A3C1F2D4B6987).to_bytes(8, "little")),
+        kv("mark", bytes_value=b"\x59" + (0x6987D4B2F1C3A5E7).to_bytes(8, "little")),
+    ],
+)
+def test_a_record_holding_a_mark_gets_no_template_and_the_same_events(odd: Any) -> None:
+    """A template's holes are found by their marks; a record whose other bytes hold
+    a mark too gets no template, and its like records are read by shape as before."""
+    records = [
+        clicked(
+            attributes=[kv("log.record.uid", string_value=str(uuid.uuid4())), odd],
+            time_unix_nano=NOW_MS * 1_000_000 + i,
+            observed_time_unix_nano=NOW_MS * 1_000_000 + 2 * i + 1,
+        )
+        for i in range(5)
+    ]
+    reader = otlp._PbRequest(NOW_MS, shapes=True)
+    reader.resource = otlp._Resource({})
+    for index, record in enumerate(request(*records).resource_logs[0].scope_logs[0].log_records):
+        reader.record(index, record)
+    assert reader.shapes is not None and reader.shapes.template is None
+    body = request(*records).SerializeToString()
+    assert _pb_translated(otlp._translate_protobuf(body, NOW_MS)) == _pb_translated(
+        otlp._translate_protobuf(body, NOW_MS, shapes=False)
+    )
 
 
 def test_records_of_ever_new_shapes_stop_the_shape_lookups() -> None:
