@@ -343,7 +343,7 @@ def _pb_requests(draw: st.DrawFn) -> bytes:
                 event_name=name,
                 attributes=pairs,
                 time_unix_nano=times,
-                observed_time_unix_nano=draw(st.sampled_from([0, times + 1])),
+                observed_time_unix_nano=draw(st.sampled_from([0, times + 1, times + 5_000_000])),
             )
         )
     return request(*records).SerializeToString()
