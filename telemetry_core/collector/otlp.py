@@ -446,7 +446,14 @@ class _PbRequest:
         shapes = self.shapes
         if shapes is None or not shapes.worth_it:
             self.read(index, record, None)
-        elif not self.shaped(index, record, shapes):
+            return
+        template = shapes.template
+        if template is not None and shapes.template_worth_it:
+            if self.templated(index, record.SerializeToString(), template):
+                shapes.hits += 1
+                return
+            shapes.template_misses += 1
+        if not self.shaped(index, record, shapes):
             self.read(index, record, shapes)
 
     def templated(self, index: int, encoded: bytes, template: _Template) -> bool:
@@ -489,12 +496,6 @@ class _PbRequest:
     def shaped(self, index: int, record: Any, shapes: _Shapes) -> bool:
         """Translate a record of a known shape (see :class:`_Shapes`) and say so;
         leave any other record as it was and return False."""
-        template = shapes.template
-        if template is not None and shapes.template_worth_it:
-            if self.templated(index, record.SerializeToString(), template):
-                shapes.hits += 1
-                return True
-            shapes.template_misses += 1
         uid_at = shapes.uid_at
         uid_value = None if uid_at is None else _string_uid(record, uid_at)
         if uid_value is None:
