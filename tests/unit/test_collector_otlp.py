@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -21,7 +22,12 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from telemetry_core.collector import otlp
 from telemetry_core.collector.ingest import IngestError, check_events
-from telemetry_core.collector.translation import ID_NAMESPACE, Translation, derived_id_of_bytes
+from telemetry_core.collector.translation import (
+    ID_NAMESPACE,
+    Translation,
+    derived_id_of_bytes,
+    derived_ids_after,
+)
 from telemetry_core.schema import Event
 from tests.conftest import assert_normalised
 
@@ -168,6 +174,20 @@ def test_derived_ids_are_uuid5_of_the_namespace_kind_and_content() -> None:
     for text in ("", "x", "record bytes " * 50):
         expected = uuid.uuid5(ID_NAMESPACE, "otlp\x00" + text)
         assert derived_id_of_bytes("otlp", text.encode()) == str(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.binary(max_size=300), max_size=3))
+def test_ids_derived_after_a_context_are_those_of_context_and_data(
+    context: bytes, records: list[bytes]
+) -> None:
+    """A scope's context hashed once gives each record the id of context + record."""
+    derive = derived_ids_after("otlp", context)
+    for data in records:
+        assert derive(data) == derived_id_of_bytes("otlp", context + data)
+        name = ID_NAMESPACE.bytes + b"otlp\x00" + context + data
+        digest = hashlib.sha1(name, usedforsecurity=False).digest()
+        assert derive(data) == str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 def test_json_and_protobuf_give_the_same_events() -> None:
