@@ -477,8 +477,8 @@ class _PbRequest:
             uid = encoded[at : at + _UID_LENGTH].decode()  # UTF-8: the parser checked it
             event_id = uid if CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
         mapped, resource = shape.mapped, self.resource
-        self.out.add(
-            index,
+        self.out.origins.append(index)  # what out.add does, without its call
+        self.out.events.append(
             Event(
                 id=event_id or self.derive(encoded),
                 type=shape.event_type,
@@ -695,13 +695,16 @@ class _JsonShape:
     :class:`_JsonShapes`): its event type (or ``None`` and why) and its mapped
     attributes; ``uid_at`` is where its only ``log.record.uid`` sits, if any."""
 
-    __slots__ = ("attributes", "event_name", "shape", "uid_at")
+    __slots__ = ("after", "attributes", "before", "event_name", "shape", "uid_at")
 
     def __init__(self, record: _JRecord, uid_at: int | None, mapped: _Mapped) -> None:
         self.attributes = record.attributes
         self.event_name = record.event_name
         self.uid_at = uid_at
         self.shape = _Shape(record.event_name, mapped)
+        # The attributes before and after the uid, sliced once.
+        self.before = None if uid_at is None else self.attributes[:uid_at]
+        self.after = None if uid_at is None else self.attributes[uid_at + 1 :]
 
     def matches(self, record: _JRecord) -> bool:
         """True when ``record`` has the same name and attributes but for the uid's value."""
@@ -712,8 +715,8 @@ class _JsonShape:
             return attributes == mine
         return (
             attributes[at].key == _UID
-            and attributes[:at] == mine[:at]
-            and attributes[at + 1 :] == mine[at + 1 :]
+            and (not at or attributes[:at] == self.before)
+            and attributes[at + 1 :] == self.after
         )
 
 
@@ -842,8 +845,8 @@ def _add_shaped(
     else:
         event_id = uuid_or_none(uid) or derive(_json_encoder.encode(record))
     mapped = shape.mapped
-    out.add(
-        index,
+    out.origins.append(index)  # what out.add does, without its call
+    out.events.append(
         Event(
             id=event_id,
             type=shape.event_type,
