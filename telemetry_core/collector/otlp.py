@@ -738,14 +738,6 @@ class _JsonShapes:
         self.last: _JsonShape | None = None
         self.hits = self.misses = 0
 
-    def find(self, record: _JRecord) -> _JsonShape | None:
-        """The shape of ``record``, or ``None``."""
-        last = self.last
-        if last is not None and last.matches(record):
-            self.hits += 1
-            return last
-        return None
-
     def learn(self, record: _JRecord, mapped: _Mapped) -> None:
         """Take the shape of a record read on its own (when it can be one)."""
         self.misses += 1
@@ -782,7 +774,13 @@ def _translate_json(body: bytes, received_ms: int, *, shapes: bool = True) -> Tr
                     nanos = _int64(nanos, "timeUnixNano")
                 if not nanos:
                     nanos = _int64(record.observed_time_unix_nano, "observedTimeUnixNano")
-                found = known.find(record) if known is not None and known.worth_it else None
+                found = None
+                if known is not None and known.worth_it:
+                    found = known.last
+                    if found is not None and found.matches(record):
+                        known.hits += 1
+                    else:
+                        found = None
                 if found is not None:
                     timestamp = nanos // 1_000_000 if nanos else received_ms
                     _add_shaped(
