@@ -47,6 +47,11 @@ __all__ = ["DROPPED_SPILL_FULL", "SPILLED", "EventWriter"]
 DROPPED_SPILL_FULL: Final = "dropped:spill_full"
 #: Counter of events that went through the write-behind journal.
 SPILLED: Final = "spilled"
+#: Events stored per transaction when a journal file is merged.
+MERGE_CHUNK: Final = 500
+#: With journal first, the journal holds at least this many events (it is the
+#: normal path, so a burst must fit while the merger catches up).
+JOURNAL_MIN_ENTRIES: Final = 100_000
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -92,8 +97,8 @@ class EventWriter:
         """The storage refused journaled events (not a lock): count it, warn once,
         and write directly from now on, so that ``track()`` reports the failure.
         The journaled events stay on disk for a later run."""
-        if self._storage_failed:
-            return
+        if self._storage_failed or self._opened() is None:
+            return  # a closed store is not a failure: the journal waits for the next open
         self._storage_failed = True
         name = counter_name("failed", type(exc).__name__)
         self._counters.count(name, defer=True)
@@ -136,10 +141,11 @@ class EventWriter:
         self._counters.count(DROPPED_SPILL_FULL, defer=True)
         self._counters.warn_once(
             DROPPED_SPILL_FULL,
-            "telemetry-core: the local database %s stays locked by another process and "
-            "%d events wait to be stored; further events are dropped and counted (%s)",
+            "telemetry-core: the local database %s stays locked (by another process, or "
+            "busy storing a burst) and %d events wait in its journal; further events are "
+            "dropped and counted (%s)",
             config.db_path,
-            config.max_queue_size,
+            self.behind().journal.max_entries,
             DROPPED_SPILL_FULL,
         )
         return False
@@ -148,8 +154,11 @@ class EventWriter:
         """The journal and its merger, made on first use."""
         if self._behind is None:
             config = self._config()
+            cap = config.max_queue_size
+            if self.journal_first:
+                cap = max(cap, JOURNAL_MIN_ENTRIES)
             self._behind = WriteBehind(
-                SpillJournal(config.db_path, max_entries=config.max_queue_size),
+                SpillJournal(config.db_path, max_entries=cap),
                 self._store_spilled,
                 is_locked=is_locked,
                 thread_setup=self._merger_setup,
@@ -177,12 +186,17 @@ class EventWriter:
             except msgspec.DecodeError:
                 self._counters.count("failed:spill_decode", defer=True)
         storage = opened.raw_storage
-        with fork_guard.section(), opened.store.transaction():
-            if isinstance(storage, RecordMany):
-                storage.record_many(events)
-            else:
-                for event, enqueue in events:
-                    storage.record(event, enqueue=enqueue)
+        # In chunks, so that a fork or another writer never waits for a whole
+        # burst; a chunk stored twice (the file merged again after a failure)
+        # changes nothing.
+        for start in range(0, len(events), MERGE_CHUNK):
+            chunk = events[start : start + MERGE_CHUNK]
+            with fork_guard.section(), opened.store.transaction():
+                if isinstance(storage, RecordMany):
+                    storage.record_many(chunk)
+                else:
+                    for event, enqueue in chunk:
+                        storage.record(event, enqueue=enqueue)
         if any(enqueue for _, enqueue in events):
             self._queued_stored = True
 
@@ -214,7 +228,9 @@ class EventWriter:
         if behind is None or not behind.journal.pending or self._storage_failed:
             return
         deadline = time.monotonic() + thread_lock_budget()
-        while not behind.merge_once() and not behind.failed and time.monotonic() < deadline:
+        # Retried only while locked: events other threads append meanwhile
+        # are the merger's, not this read's.
+        while not behind.merge_once() and behind.locked and time.monotonic() < deadline:
             time.sleep(LOCK_RETRY_PAUSE)
 
     def settle_until(self, deadline: float) -> None:
@@ -248,7 +264,7 @@ class EventWriter:
         behind, self._behind = self._behind, None
         if behind is not None:
             behind.stop(timeout)
-            behind.journal.close()
+            behind.release_files()
 
     def forget_after_fork(self) -> object | None:
         """In a forked child: drop the parent's journal (returned, to be kept

@@ -21,9 +21,11 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 from telemetry_core._forksafe import fork_guard
+from telemetry_core._log import logger
 
 __all__ = ["ProcessBound", "inherited", "register"]
 
@@ -55,6 +57,8 @@ _hooks_installed = False
 _hooks_lock = threading.Lock()
 #: Objects a forked child inherited from its parent (connections, transports).
 inherited: list[object] = []
+#: The interpreter is exiting (the exit hook runs): start no new thread.
+exiting = False
 
 
 def register(service: ProcessBound) -> None:
@@ -79,6 +83,8 @@ def _install_hooks() -> None:
 
 
 def _at_exit() -> None:
+    global exiting
+    exiting = True
     services = list(_services)
     if not services:
         return
@@ -87,13 +93,21 @@ def _at_exit() -> None:
     started = time.monotonic()
     flush_deadline = started + max(s.exit_flush for s in services)
     for service in services:
-        service._flush_at_exit(flush_deadline)
+        _never_raise(service._flush_at_exit, flush_deadline)
     budget = max(max(s.exit_timeout for s in services) - (time.monotonic() - started), 0)
     deadline = time.monotonic() + budget
     for service in services:
-        service._signal_stop()
+        _never_raise(service._signal_stop)
     for service in services:
-        service._finish_at_exit(max(deadline - time.monotonic(), 0.0))
+        _never_raise(service._finish_at_exit, max(deadline - time.monotonic(), 0.0))
+
+
+def _never_raise(step: Callable[..., object], *args: object) -> None:
+    """One service's exit step; a failure is logged and the others still run."""
+    try:
+        step(*args)
+    except Exception as exc:
+        logger.debug("telemetry-core: exit step %s failed: %r", step, exc)
 
 
 def _after_fork_in_child() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from telemetry_core import _process
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._forksafe import lock_budget
 from telemetry_core.errors import ConfigError, PluginError
@@ -82,6 +83,8 @@ class Sending:
         # at-exit hook waits for it again before the process exits.
         self.stray: SubmissionWorker | None = None
         self.last_call: SubmitCall | None = None
+        # The running worker has not been woken for journaled events yet.
+        self._first_events = False
 
     def get_worker(self, opened: Opened) -> SubmissionWorker:
         """The worker, made on first need (continuing a persisted rate limit)."""
@@ -108,13 +111,33 @@ class Sending:
             opened = self._access.ensure()
             if opened is not None:
                 self.get_worker(opened).start()
+                self._first_events = True
 
     def spilled_events_queued(self) -> None:
-        """Journaled events were queued: start the worker unless it runs. A
-        running worker is not woken: it sends them on its schedule, as it does
-        the events ``track()`` stores directly (a wake per merge would send
-        every 50 ms instead of every ``submission_interval``)."""
-        self.ensure_started()
+        """Journaled events were queued (called by the merge, in any thread).
+
+        A worker that has not yet found anything to send since it started is
+        woken once, so the first events go out as they did when ``track()``
+        stored them directly; after that the worker sends on its interval (a
+        wake per merge would send every 50 ms). No worker running: start one,
+        unless the service is busy (closing, disabling: the merge never
+        waits for the service's lock) or the interpreter is exiting (no new
+        thread then); the next ``track()`` or open starts it."""
+        worker = self.worker
+        if worker is not None and worker.running:
+            if self._first_events:
+                self._first_events = False
+                worker.wake()
+            return
+        if _process.exiting:
+            return
+        lock = self._lock()
+        if not lock.acquire(blocking=False):
+            return
+        try:
+            self.ensure_started()
+        finally:
+            lock.release()
 
     def after_cycle(self) -> None:
         """In the worker thread after each cycle (and after a submission): write

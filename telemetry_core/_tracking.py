@@ -87,8 +87,8 @@ class Tracker:
             if not self._writer.write(opened, event, enqueue=config.sending):
                 return None
             self._host.event_recorded(event)
-            if config.sending and not self._writer.journal_first:
-                self._start_worker()  # else the merge that stores the event starts it
+            if config.sending:
+                self._start_worker()
             return event.id
         except EventRejected as exc:
             self._counters.count(counter_name("rejected", exc.code))

@@ -45,6 +45,8 @@ __all__ = [
 
 #: Spill files of a database ``X`` are ``X`` + this pattern.
 SPILL_GLOB: Final = ".spill-*"
+# A spill file while it is made (not yet locked): no merger takes it.
+_MAKING: Final = ".spillnew-"
 _QUEUE: Final = b"1"
 _LOCAL: Final = b"0"
 
@@ -131,10 +133,20 @@ class SpillJournal:
             return True
 
     def _open(self) -> int:
-        name = f"{self.db_path.name}.spill-{os.getpid()}-{os.urandom(4).hex()}"
-        path = self.db_path.parent / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+        # Made and locked under a name no merger looks for, then renamed into
+        # place: a merger adopting orphans never sees the file unlocked.
+        suffix = f"{os.getpid()}-{os.urandom(4).hex()}"
+        path = self.db_path.parent / f"{self.db_path.name}.spill-{suffix}"
+        making = self.db_path.parent / f"{self.db_path.name}{_MAKING}{suffix}"
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+            os.rename(making, path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                making.unlink()
+            raise
         self._fd, self._path = fd, path
         return fd
 
@@ -230,7 +242,8 @@ def _read_all(fd: int) -> bytes:
 
 def remove_spill_files(db_path: Path) -> None:
     """Delete every spill file of ``db_path`` (``disable --purge``)."""
-    for path in spill_files(db_path):
+    making = sorted(db_path.parent.glob(db_path.name + _MAKING + "*"))
+    for path in [*spill_files(db_path), *making]:
         with contextlib.suppress(OSError):
             path.unlink()
 
@@ -276,6 +289,8 @@ class WriteBehind:
         self._on_error = on_error
         self._after_merge = after_merge
         self._failed = False  # the last merge failed for another reason than a lock
+        #: The last merge found the database locked.
+        self.locked = False
         self._store_events = store_events
         self._is_locked = is_locked
         self._thread_setup = thread_setup
@@ -349,7 +364,7 @@ class WriteBehind:
 
     def _merge_locked(self, stored: list[int]) -> bool:
         with self._merging:
-            self._failed = False
+            self._failed = self.locked = False
             try:
                 stored[0] += self.journal.merge(self._store_events)
                 if self._orphans:
@@ -357,7 +372,8 @@ class WriteBehind:
                     self._orphans = False
             except Exception as exc:
                 self._orphans = True  # a failed merge leaves its file as an orphan
-                if not self._is_locked(exc):
+                self.locked = self._is_locked(exc)
+                if not self.locked:
                     self._failed = True
                     logger.debug("telemetry-core: merging spilled events failed: %r", exc)
                     if self._on_error is not None:
@@ -388,8 +404,10 @@ class WriteBehind:
 
     def release_files(self) -> None:
         """Close the journal's files unmerged: they become orphans that the next
-        merge of orphans (this process's or another's) stores."""
-        self.journal.close()
+        merge of orphans (this process's or another's) stores. A merge in
+        flight (another thread's) ends first."""
+        with self._merging:
+            self.journal.close()
         self._orphans = True
 
     def stop(self, timeout: float) -> bool:
@@ -411,7 +429,7 @@ class WriteBehind:
         wait = MERGE_FIRST_WAIT
         while not self._stop.wait(wait):
             merged = self.merge_once()
-            if not merged and not self._failed:
+            if not merged and self.locked:
                 wait = min(wait * 2, MERGE_MAX_WAIT)  # locked: try again soon
                 continue
             wait = MERGE_FIRST_WAIT

@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 from telemetry_core import TelemetryConfig, TelemetryService
+from telemetry_core import _event_writer as event_writer_module
 from telemetry_core import _retention as retention_module
 from telemetry_core import recorder as recorder_module
 from telemetry_core._forksafe import ForkGuard
@@ -1187,7 +1188,10 @@ def test_journal_first_on_a_locked_database_keeps_every_event(tmp_path: Path) ->
     assert not list(config.db_path.parent.glob("*.spill-*"))
 
 
-def test_a_full_journal_falls_back_to_the_database(tmp_path: Path) -> None:
+def test_a_full_journal_falls_back_to_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_writer_module, "JOURNAL_MIN_ENTRIES", 2)
     config = make_config(tmp_path, max_queue_size=2)
     with TelemetryService(config) as service:
         ids = [service.track("many", {"i": i}) for i in range(6)]

@@ -3,6 +3,7 @@ and of lock waits that happen between fork-guard sections (telemetry_core._forks
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sqlite3
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -341,3 +343,38 @@ def test_an_idle_merger_sleeps_until_the_next_append(tmp_path: Path) -> None:
         time.sleep(0.01)
     assert sink.events == [(payload(1), True), (payload(2), False)]
     assert behind.stop(30)
+
+
+def test_a_new_spill_file_appears_already_locked(tmp_path: Path) -> None:
+    # Made under another name and renamed once locked: a merger adopting
+    # orphans can never take (and unlink) a file its writer is about to use.
+    db = tmp_path / "t.db"
+    journal = SpillJournal(db, max_entries=10)
+    assert journal.append(payload(1), enqueue=True)
+    [path] = spill_files(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    journal.close()
+    (tmp_path / "t.db.spillnew-1-deadbeef").write_bytes(b"")  # a writer died making one
+    remove_spill_files(db)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_appends_during_a_merge_are_not_taken_for_a_lock(tmp_path: Path) -> None:
+    appended: list[bool] = []
+
+    def store(entries: Stored) -> None:
+        # Another thread appends while this merge stores.
+        appended.append(behind.journal.append(payload(99), enqueue=True))
+
+    behind = merger(tmp_path, cast(Sink, store), max_entries=10)
+    assert behind.journal.append(payload(1), enqueue=True)
+    assert not behind.merge_once()  # one event is left for the next merge...
+    assert appended == [True]
+    assert not behind.locked  # ...but nothing was locked: the merger does not back off
+    behind.journal.close()
