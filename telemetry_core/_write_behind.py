@@ -433,7 +433,10 @@ class WriteBehind:
                 wait = min(wait * 2, MERGE_MAX_WAIT)  # locked: try again soon
                 continue
             wait = MERGE_FIRST_WAIT
-            # Cleared before looking, so an append after the look sets it again.
+            # Cleared before looking, so an append (or a stop) after the look
+            # sets it again; a stop before the clear is seen by the look.
             self._kick.clear()
+            if self._stop.is_set():
+                return
             if self._failed or (not self.journal.pending and not self._orphans):
                 self._kick.wait()

@@ -378,3 +378,29 @@ def test_new_appends_during_a_merge_are_not_taken_for_a_lock(tmp_path: Path) -> 
     assert appended == [True]
     assert not behind.locked  # ...but nothing was locked: the merger does not back off
     behind.journal.close()
+
+
+def test_a_stop_during_a_merge_ends_the_merger_at_once(tmp_path: Path) -> None:
+    # stop() sets its wake-up while the thread is inside a merge; the thread
+    # clears wake-ups after each merge, and must not then sleep on a lost one.
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_store(entries: Stored) -> None:
+        entered.set()
+        release.wait(10)
+
+    behind = merger(tmp_path, cast(Sink, slow_store), max_entries=10)
+    assert behind.append(payload(1), enqueue=True)
+    assert entered.wait(10)
+    stopper = threading.Thread(target=behind.stop, args=(30,))
+    stopper.start()
+    for _ in range(500):  # bounded: until stop() has set its flags
+        if behind._stop.is_set():
+            break
+        time.sleep(0.01)
+    release.set()
+    stopper.join(30)
+    thread = behind._thread
+    assert thread is not None
+    thread.join(2)
+    assert not thread.is_alive()
