@@ -342,14 +342,35 @@ def translate_posthog(
     (:func:`_posthog_ordinary`); any other batch event by event
     (:func:`_posthog_each`). Both give the same events.
     """
+    return _translate(
+        batch,
+        hasher,
+        received_ms,
+        typed=_posthog_typed,
+        ordinary=_posthog_ordinary,
+        each=_posthog_each,
+    )
+
+
+def _translate(
+    batch: AnalyticsBatch,
+    hasher: IdentityHasher,
+    received_ms: int,
+    *,
+    typed: Callable[[list[Any], Callable[[str], str]], Translation | None],
+    ordinary: Callable[[list[Any], Callable[[str], str]], Translation | None],
+    each: Callable[[AnalyticsBatch, Callable[[str], str], int], Translation],
+) -> Translation:
+    """The first reading that covers the batch: typed structs (an SDK-shaped
+    body), then batch-wide from dicts, then message by message."""
     hash_id = hasher.memo()
     if batch.sdk_shaped:
-        typed = _posthog_typed(batch.messages, hash_id)
-        if typed is not None:
-            return typed
+        result = typed(batch.messages, hash_id)
+        if result is not None:
+            return result
         batch = AnalyticsBatch(batch.key, _as_dicts(batch))
-    ordinary = _posthog_ordinary(batch.messages, hash_id)
-    return ordinary if ordinary is not None else _posthog_each(batch, hash_id, received_ms)
+    result = ordinary(batch.messages, hash_id)
+    return result if result is not None else each(batch, hash_id, received_ms)
 
 
 def _posthog_each(
@@ -598,14 +619,14 @@ def translate_segment(
     (:func:`_segment_ordinary`); any other batch message by message
     (:func:`_segment_each`). Both give the same events.
     """
-    hash_id = hasher.memo()
-    if batch.sdk_shaped:
-        typed = _segment_typed(batch.messages, hash_id)
-        if typed is not None:
-            return typed
-        batch = AnalyticsBatch(batch.key, _as_dicts(batch))
-    ordinary = _segment_ordinary(batch.messages, hash_id)
-    return ordinary if ordinary is not None else _segment_each(batch, hash_id, received_ms)
+    return _translate(
+        batch,
+        hasher,
+        received_ms,
+        typed=_segment_typed,
+        ordinary=_segment_ordinary,
+        each=_segment_each,
+    )
 
 
 def _segment_each(
