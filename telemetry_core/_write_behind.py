@@ -355,31 +355,31 @@ class WriteBehind:
         merge running in another thread is waited for (so that a read after
         it sees what was merged). ``after_merge`` runs once the merge lock is
         released, when events were stored."""
-        stored = [0]
-        try:
-            return self._merge_locked(stored)
-        finally:
-            if stored[0] and self._after_merge is not None:
-                self._after_merge()
-
-    def _merge_locked(self, stored: list[int]) -> bool:
         with self._merging:
-            self._failed = self.locked = False
-            try:
-                stored[0] += self.journal.merge(self._store_events)
-                if self._orphans:
-                    stored[0] += self.journal.merge_orphans(self._store_events)
-                    self._orphans = False
-            except Exception as exc:
-                self._orphans = True  # a failed merge leaves its file as an orphan
-                self.locked = self._is_locked(exc)
-                if not self.locked:
-                    self._failed = True
-                    logger.debug("telemetry-core: merging spilled events failed: %r", exc)
-                    if self._on_error is not None:
-                        self._on_error(exc)
-                return False
-            return not self.journal.pending
+            done, stored = self._merge_all()
+        if stored and self._after_merge is not None:
+            self._after_merge()
+        return done
+
+    def _merge_all(self) -> tuple[bool, bool]:
+        """(nothing left, some events were stored); under the merge lock."""
+        stored = 0
+        self._failed = self.locked = False
+        try:
+            stored += self.journal.merge(self._store_events)
+            if self._orphans:
+                stored += self.journal.merge_orphans(self._store_events)
+                self._orphans = False
+        except Exception as exc:
+            self._orphans = True  # a failed merge leaves its file as an orphan
+            self.locked = self._is_locked(exc)
+            if not self.locked:
+                self._failed = True
+                logger.debug("telemetry-core: merging spilled events failed: %r", exc)
+                if self._on_error is not None:
+                    self._on_error(exc)
+            return False, stored > 0
+        return not self.journal.pending, stored > 0
 
     @property
     def failed(self) -> bool:
