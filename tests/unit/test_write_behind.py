@@ -16,6 +16,7 @@ from typing import cast
 
 import pytest
 
+from telemetry_core import _write_behind as write_behind_module
 from telemetry_core._forksafe import fork_guard, guarded, is_locked, lock_budget
 from telemetry_core._write_behind import (
     SpillJournal,
@@ -345,12 +346,24 @@ def test_an_idle_merger_sleeps_until_the_next_append(tmp_path: Path) -> None:
     assert behind.stop(30)
 
 
-def test_a_new_spill_file_appears_already_locked(tmp_path: Path) -> None:
+def test_a_new_spill_file_appears_already_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Made under another name and renamed once locked: a merger adopting
     # orphans can never take (and unlink) a file its writer is about to use.
     db = tmp_path / "t.db"
+    visible_while_locking: list[list[Path]] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        visible_while_locking.append(spill_files(db))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(write_behind_module.fcntl, "flock", flock)
     journal = SpillJournal(db, max_entries=10)
     assert journal.append(payload(1), enqueue=True)
+    monkeypatch.undo()
+    assert visible_while_locking == [[]]  # not yet under a spill file's name
     [path] = spill_files(db)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     fd = os.open(path, os.O_RDONLY)
