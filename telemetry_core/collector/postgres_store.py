@@ -572,14 +572,16 @@ class PostgresStore(PendingWork):
         self._ensure_partition(day)
         try:
             return self._transaction(
-                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
+                lambda cur, counters: self._write_batch(cur, counters, events, received_ms),
+                pipelined=True,
             )
         except _MissingPartition:
             # Retention (maybe in another process) dropped the partition since.
             self._days.discard(day)
             self._ensure_partition(day)
             return self._transaction(
-                lambda cur, counters: self._write_batch(cur, counters, events, received_ms)
+                lambda cur, counters: self._write_batch(cur, counters, events, received_ms),
+                pipelined=True,
             )
 
     def read_stats_data(self, query: StatsQuery) -> StatsData:
@@ -713,28 +715,34 @@ class PostgresStore(PendingWork):
         body: Callable[[psycopg.Cursor[Any], dict[tuple[int, str], int]], T],
         *,
         with_counters: bool = True,
+        pipelined: bool = False,
     ) -> T:
         """Run ``body(cursor, counters)`` in one transaction, then upsert ``counters``
         (the buffered outcome counters plus whatever ``body`` added) in the same
         transaction. Deadlocks and serialization failures are retried; other
-        failures become :class:`StorageError` and the buffered counters are kept."""
+        failures become :class:`StorageError` and the buffered counters are kept.
+
+        ``pipelined`` (a body whose statements need no result after its first
+        fetch): every statement after the body's last fetch and the ``COMMIT``
+        go to the server in one round trip (libpq pipeline mode). The rows every
+        batch updates (the rollups of the hour and day, the counters) are locked
+        from their first upsert until the commit; without the pipeline each
+        statement in between waited for a round trip to this process, whose
+        threads share one interpreter lock with the event loop, and concurrent
+        batches, in this process or another collector, queued behind those
+        waits (``Lock:transactionid`` in ``pg_stat_activity``).
+        """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             buffered = self._take_counters() if with_counters else {}
             counters = dict(buffered)
             try:
-                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    result = body(cur, counters)
-                    if counters:
-                        keys = sorted(counters)
-                        cur.execute(
-                            _UPSERT_COUNTERS,
-                            (
-                                [k[0] for k in keys],
-                                [k[1] for k in keys],
-                                [counters[k] for k in keys],
-                            ),
-                        )
-                return result
+                with self._pool.connection() as conn:
+                    if pipelined:
+                        return self._in_pipeline(conn, body, counters)
+                    with conn.transaction(), conn.cursor() as cur:
+                        result = body(cur, counters)
+                        _upsert_counters(cur, counters)
+                    return result
             except _RETRYABLE:
                 self._restore_counters(buffered)
                 if attempt == MAX_ATTEMPTS:
@@ -754,6 +762,29 @@ class PostgresStore(PendingWork):
                 self._restore_counters(buffered)
                 raise StorageError(f"transaction failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _in_pipeline(
+        conn: psycopg.Connection[Any],
+        body: Callable[[psycopg.Cursor[Any], dict[tuple[int, str], int]], T],
+        counters: dict[tuple[int, str], int],
+    ) -> T:
+        """``body`` and the counters in one transaction in pipeline mode, ended
+        by ``commit()``, which sends ``COMMIT`` behind the queued statements and
+        waits once for all of them (their errors are raised there)."""
+        try:
+            with conn.pipeline(), conn.cursor() as cur:
+                result = body(cur, counters)
+                _upsert_counters(cur, counters)
+                conn.commit()
+        except BaseException:
+            # A failed statement leaves the transaction aborted; end it here
+            # rather than hand the pool a connection it has to reset.
+            with contextlib.suppress(psycopg.Error):
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+            raise
+        return result
 
     @staticmethod
     def _write_batch(
@@ -898,6 +929,16 @@ def _write_days(cur: psycopg.Cursor[Any], increments: Increments) -> None:
     )
     if increments.day_buckets:
         cur.execute(_UPDATE_DAY_PERCENTILES, _columns(increments.grown_days, 3))
+
+
+def _upsert_counters(cur: psycopg.Cursor[Any], counters: Mapping[tuple[int, str], int]) -> None:
+    """Add ``counters`` to the ``counters`` table (nothing when empty)."""
+    if counters:
+        keys = sorted(counters)
+        cur.execute(
+            _UPSERT_COUNTERS,
+            ([k[0] for k in keys], [k[1] for k in keys], [counters[k] for k in keys]),
+        )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

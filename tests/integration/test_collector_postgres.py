@@ -448,6 +448,71 @@ def test_deadlocked_transaction_is_retried_with_its_counters(store: PostgresStor
     assert stats["totals"]["rejected_by_code"] == {"pii": 2}
 
 
+#: A statement the server fails with a deadlock (SQLSTATE 40P01) on its first
+#: call in the test and runs cleanly afterwards (the marker table exists then).
+_DEADLOCK_ONCE = """
+DO $$ BEGIN
+    IF to_regclass('deadlock_marker') IS NULL THEN
+        RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01';
+    END IF;
+END $$
+"""
+
+
+def test_a_pipelined_transaction_reports_a_server_error_at_commit_and_retries(
+    store: PostgresStore, pg_url: str
+) -> None:
+    """The ingest path sends its last statements and COMMIT in one round trip: an error
+    the server raises among them arrives at commit, is retried like any deadlock, and the
+    connection goes back to the pool idle, with the counters neither lost nor doubled."""
+    asyncio.run(store.record_outcomes(rejected={"pii": 3}, throttled=0, received_ms=RECEIVED))
+    attempts: list[str] = []
+
+    def body(cur: psycopg.Cursor, counters: dict) -> str:
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == [(1,)]
+        cur.execute(_DEADLOCK_ONCE)  # fails only when the pipeline is synced
+        attempts.append("sent")
+        if len(attempts) == 2:
+            return "done"
+        # the first attempt's error must not surface before the commit: create the
+        # marker from another connection, so the retry's statement runs cleanly
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("CREATE TABLE deadlock_marker ()")
+        return "first"
+
+    assert store._transaction(body, pipelined=True) == "done"
+    assert attempts == ["sent", "sent"]
+    stats = asyncio.run(store.stats(StatsQuery()))
+    assert stats["totals"]["rejected_by_code"] == {"pii": 3}
+    # Every pooled connection is idle (none handed back inside an aborted transaction).
+    with store._pool.connection() as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_failed_pipelined_transaction_keeps_its_counters_and_the_pool_usable(
+    store: PostgresStore,
+) -> None:
+    """A permanent error in the pipelined tail becomes a StorageError; nothing of the
+    transaction is stored, the buffered counters stay for the next one."""
+    asyncio.run(store.record_outcomes(rejected={"pii": 1}, throttled=0, received_ms=RECEIVED))
+
+    def body(cur: psycopg.Cursor, counters: dict) -> None:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+        counters[(RECEIVED - RECEIVED % 3_600_000, "duplicates")] = 7
+        cur.execute("SELECT 1 / 0")
+
+    with pytest.raises(StorageError, match="DivisionByZero"):
+        store._transaction(body, pipelined=True)
+    events = _events(random.Random(11), 10)
+    assert list(asyncio.run(store.ingest(events, RECEIVED)).inserted) == [True] * 10
+    totals = asyncio.run(store.stats(StatsQuery()))["totals"]
+    assert totals["count"] == 10
+    assert totals["rejected_by_code"] == {"pii": 1}
+    assert totals["duplicates"] == 0
+
+
 def test_stats_command_reads_the_postgres_store(store: PostgresStore, pg_url: str) -> None:
     events = _events(random.Random(8), 25)
     asyncio.run(store.ingest(events, RECEIVED))
