@@ -55,8 +55,9 @@ class Queries:
 
     def submission_stats(self) -> SubmissionStats:
         """Totals from the submission log, with the last ``submit_now()`` call."""
-        access = self._access
-        opened = access.ensure() if self._config().recording else access.existing()
+        # existing(): opens the store when recording, and stores this process's
+        # journaled events first, so queue_size counts every event track() took.
+        opened = self._access.existing()
         if opened is None:
             return SubmissionStats(last_call=self._sending.last_call)
         stats = submission_history(opened.store, opened.storage.stats())

@@ -1167,6 +1167,21 @@ def test_a_read_right_after_track_sees_the_event(tmp_path: Path) -> None:
             assert service.event_counts() == {"seen": i + 1}
 
 
+def test_submission_stats_right_after_track_count_the_journaled_events(tmp_path: Path) -> None:
+    """get_submission_stats() stores the journal first, as every other read does: its
+    queue_size counts the events track() just took (it read 0 before)."""
+    config = remote(tmp_path)
+    transport = FakeTransport()
+    # No worker (background=False): nothing leaves the queue while the test counts.
+    with TelemetryService(
+        config, plugins=[FakeTransportPlugin(transport)], background=False
+    ) as service:
+        for i in range(5):
+            assert service.track("queued", {"i": i}) is not None
+            assert service.get_submission_stats().queue_size == i + 1
+    assert transport.batches == []
+
+
 def test_journal_first_on_a_locked_database_keeps_every_event(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     service = TelemetryService(config)
