@@ -18,6 +18,7 @@ docs/operations.md: events per second per collector core and per PostgreSQL core
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -54,6 +55,44 @@ def _backend_pids(url: str) -> list[int]:
             (DATABASE,),
         ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+class _WaitSampler:
+    """Samples what the busy PostgreSQL backends of the bench database wait on,
+    every 20 ms while a round runs: the share waiting on a lock is what keeps
+    batches (of one collector or of several) from running side by side."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.busy = 0
+        self.locked = 0
+
+    def __enter__(self) -> _WaitSampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            deadline = time.monotonic() + 300  # bounded, whatever the round does
+            while not self._stop.wait(0.02) and time.monotonic() < deadline:
+                for (waiting,) in conn.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE datname = %s"
+                    " AND pid <> pg_backend_pid() AND state <> 'idle'",
+                    (DATABASE,),
+                ).fetchall():
+                    self.busy += 1
+                    self.locked += waiting == "Lock"
 
 
 def run(ctx: Context) -> Report:
@@ -99,8 +138,17 @@ def run(ctx: Context) -> Report:
         errors: list[str] = []
         procs = pids + [c for p in pids for c in _cpu.children(p)]
         used = cpu.setdefault(
-            label, {"collector_s": 0.0, "postgres_s": 0.0, "clients_s": 0.0, "events": 0}
+            label,
+            {
+                "collector_s": 0.0,
+                "postgres_s": 0.0,
+                "clients_s": 0.0,
+                "events": 0,
+                "busy_samples": 0,
+                "lock_samples": 0,
+            },
         )
+        sampler = _WaitSampler(url) if url else None
 
         def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
             for body in bodies:
@@ -120,12 +168,15 @@ def run(ctx: Context) -> Report:
             ]
             backends = _backend_pids(url) if url else []
             c0, b0, l0 = _cpu.total(procs), _cpu.total(backends), _cpu.self_seconds()
-            t0 = time.perf_counter_ns()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
-            elapsed = time.perf_counter_ns() - t0
+            with sampler or contextlib.nullcontext():
+                t0 = time.perf_counter_ns()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(120)
+                elapsed = time.perf_counter_ns() - t0
+            if sampler is not None:
+                used["busy_samples"], used["lock_samples"] = sampler.busy, sampler.locked
             used["collector_s"] += _cpu.total(procs) - c0
             used["postgres_s"] += _cpu.total(backends) - b0
             used["clients_s"] += _cpu.self_seconds() - l0
@@ -227,6 +278,11 @@ def _checks(report: Report, cpu: dict[str, dict[str, float]]) -> None:
             if per_pg
             else ""
         )
+        if used["busy_samples"]:
+            share = used["lock_samples"] / used["busy_samples"]
+            pg_part += f", busy backends waiting on a lock {100 * share:.0f} % of samples"
+            if row is not None:
+                row.extra["lock_wait_share"] = round(share, 3)
         report.notes.append(
             f"{label}: collector CPU {per_collector:.1f} µs/event = "
             f"{1e6 / per_collector:,.0f} events/s per core{pg_part}; "
