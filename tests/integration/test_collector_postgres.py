@@ -557,6 +557,28 @@ def test_nul_characters_do_not_poison_a_batch(store: PostgresStore, pg_url: str)
     assert stats["totals"]["count"] == 1
 
 
+def test_a_text_spelling_the_nul_escape_is_stored_as_sent(
+    store: PostgresStore, pg_url: str
+) -> None:
+    """The batch is checked for NUL once, in its JSON; a property that spells the escape
+    out (backslash, u, 0000) and one with a real NUL in the same batch are told apart."""
+    spelled = Event(
+        id=new_event_id(T0), type="cmd.run", timestamp=T0, install_id="i1", app="ax",
+        properties={"k": "\\u0000 as text"},
+    )  # fmt: skip
+    real = Event(
+        id=new_event_id(T0), type="cmd.run", timestamp=T0, install_id="i2", app="ax",
+        properties={"k": "real\x00nul"},
+    )  # fmt: skip
+    assert asyncio.run(store.ingest([spelled], RECEIVED)).inserted == (True,)
+    assert asyncio.run(store.ingest([spelled, real], RECEIVED)).inserted == (False, True)
+    with psycopg.connect(pg_url) as conn:
+        rows = dict(
+            conn.execute("SELECT install_id, properties->>'k' FROM events WHERE app = 'ax'")
+        )
+    assert rows == {"i1": "\\u0000 as text", "i2": "real\ufffdnul"}
+
+
 def test_rejections_are_visible_to_every_collector_on_postgres() -> None:
     """Review finding 6: rejected/throttled counters recorded by one collector are
     written at once, so another collector on the same database reports them
