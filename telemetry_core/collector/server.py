@@ -57,7 +57,8 @@ def open_store(location: StoreSettings, **options: Any) -> CollectorStore:
     from telemetry_core.collector.sqlite_store import SQLiteStore
 
     assert location.db is not None
-    return SQLiteStore(location.db, **options)
+    # The server's store writes in a process of its own (see sqlite_store).
+    return SQLiteStore(location.db, writer_process=True, **options)
 
 
 def connection_backstop(max_connections: int) -> int:

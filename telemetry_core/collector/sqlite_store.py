@@ -1,17 +1,21 @@
-"""The embedded collector store: one SQLite file in WAL mode, one writer thread.
+"""The embedded collector store: one SQLite file in WAL mode, one writer.
 
-Requests hand their batches to a bounded queue; the writer takes every batch
-waiting, writes them in one transaction (group commit: one fsync for many
-requests) and resolves each request's future only after that commit. Reads
-(stats) open their own connections, which WAL lets run beside the writer.
-See :mod:`telemetry_core.collector.store` for the tables and the semantics.
+Requests hand their batches to a bounded queue; the writer thread takes every
+batch waiting, has them written in one transaction (group commit: one fsync for
+many requests) and resolves each request's future only after that commit. The
+transaction itself is :class:`~telemetry_core.collector.sqlite_writer.SQLiteWriter`'s,
+run on the writer thread or, with ``writer_process=True`` (what ``serve`` uses), in a
+child process (:mod:`telemetry_core.collector.sqlite_writer_process`), so that
+SQLite and the aggregation run beside the event loop instead of taking turns with
+it for one interpreter lock. Reads (stats) open their own connections, which WAL
+lets run beside the writer. See :mod:`telemetry_core.collector.store` for the
+tables and the semantics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import queue
 import sqlite3
@@ -23,9 +27,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import msgspec
 
 from telemetry_core.collector.aggregation import DAY_MS, add_outcomes, build_stats
+from telemetry_core.collector.sqlite_writer import SQLiteWriter, has_day_tables
+from telemetry_core.collector.sqlite_writer_process import WriterFailed, WriterProcess
 from telemetry_core.collector.store import (
     IngestOutcome,
     PendingWork,
@@ -33,16 +38,7 @@ from telemetry_core.collector.store import (
     StatsQuery,
     StoreUnavailable,
 )
-from telemetry_core.collector.store_sql import (
-    BACKFILL_DAY_TABLES,
-    SQLITE,
-    Dedupe,
-    Increments,
-    day_rollup_rows,
-    plan_increments,
-    read_stats_data,
-    update_day_percentiles,
-)
+from telemetry_core.collector.store_sql import SQLITE, read_stats_data
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
@@ -52,155 +48,6 @@ log = logging.getLogger("telemetry_core.collector")
 
 #: Raw events deleted per retention transaction; batches waiting commit between chunks.
 CLEANUP_CHUNK = 5000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    app TEXT NOT NULL,
-    type TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    install_id TEXT NOT NULL,
-    session_id TEXT,
-    app_version TEXT,
-    duration_ms REAL,
-    success INTEGER,
-    properties TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
-CREATE TABLE IF NOT EXISTS rollups (
-    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL,
-    count INTEGER NOT NULL, success INTEGER NOT NULL, failure INTEGER NOT NULL,
-    PRIMARY KEY (app, type, hour_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rollups_hour ON rollups (hour_ms);
-CREATE TABLE IF NOT EXISTS rollup_buckets (
-    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL,
-    bucket INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (app, type, hour_ms, bucket)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rollup_buckets_hour ON rollup_buckets (hour_ms);
-CREATE TABLE IF NOT EXISTS installs (
-    app TEXT NOT NULL, type TEXT NOT NULL, hour_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
-    PRIMARY KEY (app, type, hour_ms, install_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS installs_hour ON installs (hour_ms);
-CREATE TABLE IF NOT EXISTS counters (
-    hour_ms INTEGER NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, name)
-) WITHOUT ROWID;
-"""
-
-#: The day tables: the hourly rollups, buckets and install sets summed per UTC
-#: day, written in the same transactions. Created after the tables above, and
-#: filled from them when they are new (a database of an earlier collector).
-_DAY_SCHEMA = """
-CREATE TABLE IF NOT EXISTS day_rollups (
-    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL,
-    count INTEGER NOT NULL, success INTEGER NOT NULL, failure INTEGER NOT NULL,
-    installs INTEGER NOT NULL,
-    p50_bucket INTEGER, p95_bucket INTEGER, p99_bucket INTEGER,
-    PRIMARY KEY (app, type, day_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS day_rollups_day ON day_rollups (day_ms);
-CREATE TABLE IF NOT EXISTS day_rollup_buckets (
-    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL,
-    bucket INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (app, type, day_ms, bucket)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS day_rollup_buckets_day ON day_rollup_buckets (day_ms);
-CREATE TABLE IF NOT EXISTS day_installs (
-    app TEXT NOT NULL, type TEXT NOT NULL, day_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
-    PRIMARY KEY (app, type, day_ms, install_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS day_installs_day ON day_installs (day_ms);
-CREATE TABLE IF NOT EXISTS day_app_installs (
-    app TEXT NOT NULL, day_ms INTEGER NOT NULL, install_id TEXT NOT NULL,
-    PRIMARY KEY (app, day_ms, install_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS day_app_installs_day ON day_app_installs (day_ms);
-"""
-
-#: The table created last by :data:`_DAY_SCHEMA`: present once the day tables are.
-_LAST_DAY_TABLE = "day_app_installs"
-
-_INSERT_EVENT = """
-INSERT INTO events (id, app, type, timestamp_ms, received_ms, install_id, session_id,
-                    app_version, duration_ms, success, properties)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
-"""
-#: Events per multi-row INSERT: one statement step (one release of the GIL)
-#: per chunk instead of one per row, far below SQLite's 32 766 parameters.
-_ROWS_PER_INSERT = 100
-
-
-@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
-def _insert_events_sql(rows: int) -> str:
-    head, _, tail = _INSERT_EVENT.partition("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    return head + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + tail
-
-
-_UPSERT_ROLLUP = """
-INSERT INTO rollups (app, type, hour_ms, count, success, failure) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (app, type, hour_ms) DO UPDATE SET count = count + excluded.count,
-    success = success + excluded.success, failure = failure + excluded.failure
-"""
-_UPSERT_BUCKET = """
-INSERT INTO rollup_buckets (app, type, hour_ms, bucket, count) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (app, type, hour_ms, bucket) DO UPDATE SET count = count + excluded.count
-"""
-_INSERT_INSTALL = """
-INSERT INTO installs (app, type, hour_ms, install_id) VALUES (?, ?, ?, ?)
-ON CONFLICT DO NOTHING
-"""
-_UPSERT_DAY_ROLLUP = """
-INSERT INTO day_rollups (app, type, day_ms, count, success, failure, installs)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (app, type, day_ms) DO UPDATE SET count = count + excluded.count,
-    success = success + excluded.success, failure = failure + excluded.failure,
-    installs = installs + excluded.installs
-"""
-_UPSERT_DAY_BUCKET = """
-INSERT INTO day_rollup_buckets (app, type, day_ms, bucket, count) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (app, type, day_ms, bucket) DO UPDATE SET count = count + excluded.count
-"""
-_INSERT_DAY_APP_INSTALL = """
-INSERT INTO day_app_installs (app, day_ms, install_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING
-"""
-#: Day install rows per multi-row INSERT (4 parameters each).
-_DAY_INSTALLS_PER_INSERT = 200
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_day_installs_sql(rows: int) -> str:
-    # RETURNING gives back only the rows inserted, not those DO NOTHING skipped.
-    values = ", ".join(["(?, ?, ?, ?)"] * rows)
-    return (
-        f"INSERT INTO day_installs (app, type, day_ms, install_id) VALUES {values} "
-        "ON CONFLICT DO NOTHING RETURNING app, type, day_ms"
-    )
-
-
-#: Day rollup keys per percentile update (3 parameters each).
-_DAY_KEYS_PER_UPDATE = 300
-
-
-@functools.lru_cache(maxsize=8)
-def _update_day_percentiles_sql(keys: int) -> str:
-    # A join, not "(app, type, day_ms) IN (VALUES ...)", which SQLite answers
-    # with a scan of the whole table.
-    values = ", ".join(["(?, ?, ?)"] * keys)
-    return update_day_percentiles(
-        "(SELECT b.app AS app, b.type AS type, b.day_ms AS day_ms, b.bucket AS bucket, "
-        f"b.count AS count FROM (VALUES {values}) AS k JOIN day_rollup_buckets AS b "
-        "ON b.app = k.column1 AND b.type = k.column2 AND b.day_ms = k.column3) AS h"
-    )
-
-
-_UPSERT_COUNTER = """
-INSERT INTO counters (hour_ms, name, count) VALUES (?, ?, ?)
-ON CONFLICT (hour_ms, name) DO UPDATE SET count = count + excluded.count
-"""
 
 _STOP = object()
 #: How long a stats read waits for the buffered outcome counters (seconds).
@@ -259,6 +106,7 @@ class SQLiteStore(PendingWork):
         max_group_batches: int = 64,
         synchronous: str = "FULL",
         cleanup_chunk: int = CLEANUP_CHUNK,
+        writer_process: bool = False,
     ) -> None:
         self.path = Path(path)
         self._cleanup_chunk = cleanup_chunk
@@ -268,17 +116,12 @@ class SQLiteStore(PendingWork):
         self._wake_queued = False
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = False
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._conn.executescript(_SCHEMA)
-            _create_day_tables(self._conn)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open collector database {self.path}: {exc}") from exc
+        #: Where the transactions run (raises StorageError when the file is unusable).
+        self._sql: SQLiteWriter | WriterProcess = (
+            WriterProcess(self.path, synchronous=synchronous)
+            if writer_process
+            else SQLiteWriter(self.path, synchronous=synchronous)
+        )
         self._writer = threading.Thread(target=self._run, name="collector-sqlite-writer")
         self._writer.daemon = True
         self._writer.start()
@@ -357,7 +200,7 @@ class SQLiteStore(PendingWork):
         self._closed = True
         self._queue.put(_STOP)
         await asyncio.to_thread(self._writer.join)
-        self._conn.close()
+        await asyncio.to_thread(self._sql.close)
 
     # -- reads ------------------------------------------------------------------
 
@@ -412,23 +255,17 @@ class SQLiteStore(PendingWork):
         outcomes: list[IngestOutcome] = []
         error: BaseException | None = None
         n_events = sum(len(b.events) for b in batches)
-        # _write_group adds the group's duplicates to this copy; a failed commit
-        # gives back only the buffered counters, the duplicates were never stored.
-        written = dict(counters)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcomes = self._write_group(batches, written)
-                self._conn.executemany(
-                    _UPSERT_COUNTER, [(hour, name, n) for (hour, name), n in written.items()]
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+            inserted = self._sql.commit([(b.events, b.received_ms) for b in batches], counters)
+            outcomes = [IngestOutcome(inserted=flags) for flags in inserted]
         except sqlite3.Error as exc:
             error = StorageError(f"commit failed: {exc}")
+        except WriterFailed as exc:
+            if exc.internal:
+                log.error("collector writer failed to commit batches=%d\n%s", len(batches), exc)
+                error = StorageError("commit failed: internal error in the writer")
+            else:
+                error = StorageError(f"commit failed: {exc}")
         except Exception:
             # Any other failure must not end the writer thread: every waiting
             # ingest would hang. The log names the failure, never event data.
@@ -446,57 +283,6 @@ class SQLiteStore(PendingWork):
             with contextlib.suppress(RuntimeError):  # loop already closed
                 batch.loop.call_soon_threadsafe(_resolve, batch.future, value, error)
 
-    def _write_group(
-        self, batches: list[_Batch], counters: dict[tuple[int, str], int]
-    ) -> list[IngestOutcome]:
-        """Write every batch of one transaction with a few set-wise statements.
-
-        The ids already stored are read in one query; the writer holds the write
-        lock (``BEGIN IMMEDIATE``), so the rest are new unless repeated in the
-        group, where the first one wins. New events go in multi-row INSERTs: the
-        sqlite3 module releases the GIL around each statement step, and under
-        load every reacquisition waits for the event loop, so one step per
-        ``_ROWS_PER_INSERT`` rows instead of one per row keeps the writer from
-        stalling. Rollups, buckets and installs are summed over the whole group
-        before their upserts.
-        """
-        conn = self._conn
-        ids = [e.id.lower() for batch in batches for e in batch.events]
-        stored = {
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))",
-                (msgspec.json.encode(ids),),
-            )
-        }
-        dedupe = Dedupe(stored)
-        rows: list[tuple[Any, ...]] = []
-        new: list[Event] = []
-        outcomes: list[IngestOutcome] = []
-        position = 0
-        for batch in batches:
-            batch_ids = ids[position : position + len(batch.events)]
-            position += len(batch.events)
-            inserted = dedupe.verdicts(batch_ids)
-            for event_id, event, is_new in zip(batch_ids, batch.events, inserted, strict=True):
-                if is_new:
-                    new.append(event)
-                    rows.append(_event_row(event_id, event, batch.received_ms))
-            add_outcomes(counters, duplicates=inserted.count(False), received_ms=batch.received_ms)
-            outcomes.append(IngestOutcome(inserted=inserted))
-        before = conn.total_changes
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            conn.execute(_insert_events_sql(len(chunk)), [v for row in chunk for v in row])
-        if conn.total_changes - before != len(rows):
-            raise sqlite3.IntegrityError("an event id appeared while the write lock was held")
-        increments = plan_increments(new)
-        conn.executemany(_UPSERT_ROLLUP, increments.rollups)
-        conn.executemany(_UPSERT_BUCKET, increments.buckets)
-        conn.executemany(_INSERT_INSTALL, increments.installs)
-        _write_days(conn, increments)
-        return outcomes
-
     def _run_cleanup(self, job: _Cleanup, *, finish: bool) -> None:
         """Delete one chunk; queue the job again behind waiting batches while rows
         remain (or, when ``finish``, at stop, keep deleting here)."""
@@ -504,12 +290,8 @@ class SQLiteStore(PendingWork):
         # Bounded: each round deletes a full chunk or ends; the cap guards the stop path.
         for _ in range(1_000_000):
             try:
-                count = self._conn.execute(
-                    "DELETE FROM events WHERE id IN "
-                    "(SELECT id FROM events WHERE received_ms < ? LIMIT ?)",
-                    (job.before_ms, job.chunk),
-                ).rowcount
-            except sqlite3.Error as exc:
+                count = self._sql.delete_before(job.before_ms, job.chunk)
+            except (sqlite3.Error, WriterFailed) as exc:
                 error = StorageError(f"cleanup failed: {exc}")
                 break
             except Exception:
@@ -534,53 +316,6 @@ def read_stats_file(path: str | Path, query: StatsQuery) -> dict[str, Any]:
     return build_stats(query, _read_stats_data(Path(path), query))
 
 
-def _create_day_tables(conn: sqlite3.Connection) -> None:
-    """Create the day tables; when they are new, fill them from the hourly
-    ones in the same transaction (a crash leaves neither)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        fresh = not _has_day_tables(conn)
-        for statement in _DAY_SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        if fresh:
-            for statement in BACKFILL_DAY_TABLES:
-                conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _has_day_tables(conn: sqlite3.Connection) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_LAST_DAY_TABLE,)
-        ).fetchone()
-        is not None
-    )
-
-
-def _write_days(conn: sqlite3.Connection, increments: Increments) -> None:
-    """Add the group's day rows: the install sets first, whose newly inserted
-    rows count into the ``installs`` column of the day rollups."""
-    added: list[tuple[Any, ...]] = []
-    rows = increments.day_installs
-    for start in range(0, len(rows), _DAY_INSTALLS_PER_INSERT):
-        chunk = rows[start : start + _DAY_INSTALLS_PER_INSERT]
-        sql = _insert_day_installs_sql(len(chunk))
-        added += conn.execute(sql, [v for row in chunk for v in row]).fetchall()
-    conn.executemany(_UPSERT_DAY_ROLLUP, day_rollup_rows(increments.day_rollups, added))
-    conn.executemany(_UPSERT_DAY_BUCKET, increments.day_buckets)
-    conn.executemany(_INSERT_DAY_APP_INSTALL, increments.day_app_installs)
-    # The percentiles of every day whose histogram grew, from its whole histogram.
-    keys = increments.grown_days
-    for start in range(0, len(keys), _DAY_KEYS_PER_UPDATE):
-        some = keys[start : start + _DAY_KEYS_PER_UPDATE]
-        conn.execute(_update_day_percentiles_sql(len(some)), [v for key in some for v in key])
-
-
 def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
     # as_uri() percent-encodes '?', '#' and '%' so they stay part of the path.
     uri = f"{path.absolute().as_uri()}?mode=ro"
@@ -594,7 +329,7 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
             lambda sql, args: conn.execute(sql, args).fetchall(),
             query,
             SQLITE,
-            day_tables=_has_day_tables(conn),
+            day_tables=has_day_tables(conn),
         )
     except sqlite3.OperationalError as exc:  # locked, unreadable
         raise StoreUnavailable(f"cannot read stats: {exc}") from exc
@@ -602,20 +337,3 @@ def _read_stats_data(path: Path, query: StatsQuery) -> StatsData:
         raise StorageError(f"cannot read stats: {exc}") from exc
     finally:
         conn.close()
-
-
-def _event_row(event_id: str, e: Event, received_ms: int) -> tuple[Any, ...]:
-    """The ``events`` row of a new event (``success`` as 0/1, properties as JSON)."""
-    return (
-        event_id,
-        e.app,
-        e.type,
-        e.timestamp,
-        received_ms,
-        e.install_id,
-        e.session_id,
-        e.app_version,
-        e.duration_ms,
-        None if e.success is None else int(e.success),
-        msgspec.json.encode(e.properties).decode(),
-    )

@@ -1,4 +1,9 @@
-"""Unit tests of the SQLite collector store (real files, real writer thread)."""
+"""Unit tests of the SQLite collector store (real files, real writer thread).
+
+Every test runs twice: with the transactions on the writer thread and in the
+writer process ``serve`` uses (``writer_process=True``), except those that
+inject a failure into this process's code, which name the thread mode.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,22 @@ from typing import Any
 
 import pytest
 
-from telemetry_core.collector.sqlite_store import SQLiteStore, _Batch, read_stats_file
+from telemetry_core.collector.sqlite_store import SQLiteStore, read_stats_file
+from telemetry_core.collector.sqlite_writer import SQLiteWriter
 from telemetry_core.collector.store import CollectorStore, StatsQuery, StoreOverloaded
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event, new_event_id
 
 T0 = 1_700_000_000_000
+
+
+@pytest.fixture(autouse=True, params=["thread", "process"])
+def writer_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the store's transactions run, for every SQLiteStore a test builds."""
+    defaults = SQLiteStore.__init__.__kwdefaults__
+    assert defaults is not None and "writer_process" in defaults
+    monkeypatch.setitem(defaults, "writer_process", request.param == "process")
+    return str(request.param)
 
 
 def make_events(n: int, *, ts: int = T0, etype: str = "cmd") -> list[Event]:
@@ -263,19 +278,14 @@ def test_one_group_first_occurrence_wins_across_batches_and_case(tmp_path: Path)
         store = SQLiteStore(tmp_path / "c.db")
         await store.ingest([c], T0)  # already stored before the group
         await store.close()
-        store = SQLiteStore(tmp_path / "c.db")
-        loop = asyncio.get_running_loop()
-        batches = [
-            _Batch([a, b, a], T0, loop, loop.create_future()),
-            _Batch([b_upper, c], T0, loop, loop.create_future()),
-        ]
-        store._conn.execute("BEGIN IMMEDIATE")
+        writer = SQLiteWriter(tmp_path / "c.db")
         counters: dict[tuple[int, str], int] = {}
-        outcomes = store._write_group(batches, counters)
-        store._conn.execute("COMMIT")
+        writer._conn.execute("BEGIN IMMEDIATE")
+        outcomes = writer.write_group([([a, b, a], T0), ([b_upper, c], T0)], counters)
+        writer._conn.execute("COMMIT")
+        writer.close()
         assert counters == {(T0 - T0 % 3_600_000, "duplicate"): 3}
-        await store.close()
-        return [o.inserted for o in outcomes]
+        return outcomes
 
     assert asyncio.run(run()) == [(True, True, False), (False, False)]
     with sqlite3.connect(tmp_path / "c.db") as conn:
@@ -305,9 +315,9 @@ def _fail_once(
     monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> tuple[threading.Event, list[int]]:
     """Make the writer's ``plan_increments`` raise ``error`` on its first call."""
-    from telemetry_core.collector import sqlite_store
+    from telemetry_core.collector import sqlite_writer
 
-    real = sqlite_store.plan_increments
+    real = sqlite_writer.plan_increments
     failed = threading.Event()
     calls: list[int] = []
 
@@ -318,7 +328,7 @@ def _fail_once(
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sqlite_store, "plan_increments", flaky)
+    monkeypatch.setattr(sqlite_writer, "plan_increments", flaky)
     return failed, calls
 
 
@@ -329,7 +339,7 @@ def test_a_non_sqlite_error_fails_the_group_and_keeps_the_writer(
     first, second = make_events(3), make_events(2, ts=T0 + 10)
 
     async def run() -> tuple[int, dict[str, object]]:
-        store = SQLiteStore(tmp_path / "c.db")
+        store = SQLiteStore(tmp_path / "c.db", writer_process=False)  # the patch is here
         with pytest.raises(StorageError, match="internal error"):
             await asyncio.wait_for(store.ingest(first, T0), 10)
         assert store.queue_depth == 0
@@ -356,7 +366,7 @@ def test_counters_survive_a_failed_commit(
     failed, calls = _fail_once(monkeypatch, error)
 
     async def run() -> dict[str, object]:
-        store = SQLiteStore(tmp_path / "c.db")
+        store = SQLiteStore(tmp_path / "c.db", writer_process=False)  # the patch is here
         await store.record_outcomes(rejected={"pii": 2}, throttled=7, received_ms=T0)
         # the wake-up commit carries only the counters and fails
         assert await asyncio.to_thread(failed.wait, 10)
