@@ -3,26 +3,30 @@
 ``python -m bench.profile_collector_parts [seconds] [clients]`` measures, one
 after the other on this machine:
 
-1. the collector as ``ingest`` runs it (SQLite, TLS on loopback, ``clients``
-   threads POSTing pre-encoded batches of 100 fresh events): events/s, the CPU of
-   its event-loop thread and of its writer thread per event (``/proc``), and the
-   CPU of the load generator (this process's client threads);
-2. the same collector with the writer's commit left out
-   (this module started as ``python -m bench.profile_collector_parts serve ...``, a
-   bench-only entry point: every batch is answered as stored, nothing touches the file):
-   the ceiling of the HTTP side, TLS, parsing and validation;
-3. the writer alone, in this process: groups of four 100-event batches through
-   the store's commit, with ``synchronous=FULL`` as the collector commits;
-4. the raw floor of ``ingest``: stdlib ``sqlite3`` ``executemany``, one
+1. the collector as ``serve`` runs it (SQLite, TLS on loopback, ``clients``
+   threads POSTing pre-encoded batches of 100 fresh events), its writer in a
+   child process: events/s, the CPU per event of the event-loop thread, of the
+   thread that hands groups to the writer, of the writer process, and of the load
+   generator (this process's client threads);
+2. the same with the writer's transactions on the store's thread (the collector
+   before it had a writer process);
+3. the same collector with the writer's commit left out: every batch is answered
+   as stored and nothing touches the file; the ceiling of the HTTP side (TLS,
+   parsing, validation);
+4. the writer alone, in this process: groups of four 100-event batches through
+   :class:`~telemetry_core.collector.sqlite_writer.SQLiteWriter`, ``synchronous=FULL``
+   as the collector commits;
+5. the raw floor of ``ingest``: stdlib ``sqlite3`` ``executemany``, one
    transaction per 100 rows, ``synchronous=NORMAL``.
 
-It ends with the arithmetic docs/performance.md cites: the CPU one event costs
-in all (HTTP side + writer + load generator) against what two cores give.
+Parts 2 and 3 start this module as the collector (``python -m
+bench.profile_collector_parts serve ...`` with ``BENCH_WRITER=thread`` or ``none``),
+a bench-only entry point. It ends with the arithmetic docs/performance.md cites: the
+CPU one event costs in all against what two cores give.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -58,8 +62,9 @@ def _bodies(n: int) -> list[bytes]:
     return [json.dumps({"events": _ours.event_dicts(BATCH)}).encode() for _ in range(n)]
 
 
-def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, Any]:
-    """Run one collector under ``clients`` POSTing threads; return rates and CPU."""
+def _drive(work: Path, seconds: float, clients: int, writer: str) -> dict[str, Any]:
+    """Run one collector under ``clients`` POSTing threads; return rates and CPU.
+    ``writer``: ``process`` (as served), ``thread`` or ``none`` (no writes)."""
     import urllib3
 
     (work / "store").mkdir(parents=True)
@@ -70,7 +75,15 @@ def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, A
     work_lists = [_bodies(per_client) for _ in range(clients)]
     headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
     with _ours.collector(
-        work / "store", cert=certs.cert, key=certs.key, api_key=API_KEY, module=module, pids=pids
+        work / "store",
+        cert=certs.cert,
+        key=certs.key,
+        api_key=API_KEY,
+        module="telemetry_core.collector"
+        if writer == "process"
+        else "bench.profile_collector_parts",
+        env_extra={"BENCH_WRITER": writer},
+        pids=pids,
     ) as base:
         port = int(base.rsplit(":", 1)[1])
         pools = [
@@ -94,7 +107,9 @@ def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, A
             threading.Thread(target=client, args=(p, w))
             for p, w in zip(pools, work_lists, strict=True)
         ]
+        children = _cpu.children(pids[0])
         before, self_before = _thread_seconds(pids[0]), _cpu.self_seconds()
+        children_before = _cpu.total(children)
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -102,6 +117,7 @@ def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, A
             t.join(300)
         elapsed = time.perf_counter() - t0
         after, self_after = _thread_seconds(pids[0]), _cpu.self_seconds()
+        children_after = _cpu.total(children)
         if errors:
             raise RuntimeError(f"collector answered {errors[0]}")
     events = clients * per_client * BATCH
@@ -111,7 +127,7 @@ def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, A
         if after[name] - before.get(name, 0.0) > 0
     }
     # Python does not name its threads for the OS here: the event loop is the
-    # main thread (tid = pid); the writer is the busiest of the others.
+    # main thread (tid = pid); the writer thread is the busiest of the others.
     main_tid = f"{pids[0]}:"
     loop = sum(v for k, v in per_thread.items() if k.startswith(main_tid))
     others = sorted((v for k, v in per_thread.items() if not k.startswith(main_tid)), reverse=True)
@@ -120,38 +136,32 @@ def _drive(work: Path, seconds: float, clients: int, module: str) -> dict[str, A
         "loop_us": loop,
         "writer_us": others[0] if others else 0.0,
         "other_us": sum(others[1:]),
+        "writer_process_us": (children_after - children_before) * 1e6 / events,
         "load_generator_us": (self_after - self_before) * 1e6 / events,
     }
 
 
 def _writer_alone(work: Path, groups: int) -> dict[str, float]:
-    """The store's commit alone: ``groups`` groups of four 100-event batches."""
+    """The writer alone: ``groups`` groups of four 100-event batches."""
     import msgspec
 
-    from telemetry_core.collector.sqlite_store import SQLiteStore, _Batch
+    from telemetry_core.collector.sqlite_writer import SQLiteWriter
     from telemetry_core.schema import Event
 
-    class _NoLoop:
-        def call_soon_threadsafe(self, *args: object) -> None:
-            pass
-
     decode = msgspec.json.Decoder(list[Event]).decode
-    store = SQLiteStore(work / "writer.db")
+    writer = SQLiteWriter(work / "writer.db")
     try:
         now = int(time.time() * 1000)
         prepared = [
-            [
-                _Batch(decode(json.dumps(_ours.event_dicts(BATCH))), now, _NoLoop(), None)  # type: ignore[arg-type]
-                for _ in range(4)
-            ]
+            [(decode(json.dumps(_ours.event_dicts(BATCH))), now) for _ in range(4)]
             for _ in range(groups)
         ]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         for group in prepared:
-            store._commit_group(group)
+            writer.commit(group, {})
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     finally:
-        asyncio.run(store.close())
+        writer.close()
     events = groups * 4 * BATCH
     return {"wall_us": wall * 1e6 / events, "cpu_us": cpu * 1e6 / events}
 
@@ -186,45 +196,52 @@ def main(seconds: float = 6.0, clients: int = 4) -> None:
     """Measure every part and print the table and the arithmetic."""
     with tempfile.TemporaryDirectory(prefix="telemetry-parts-") as tmp:
         work = Path(tmp)
-        full = _drive(work / "full", seconds, clients, "telemetry_core.collector")
-        http = _drive(work / "http", seconds, clients, "bench.profile_collector_parts")
+        served = _drive(work / "process", seconds, clients, "process")
+        threaded = _drive(work / "thread", seconds, clients, "thread")
+        http = _drive(work / "none", seconds, clients, "none")
         writer = _writer_alone(work, 150)
         raw = _raw_floor(work, 400)
     print(f"# SQLite collector, {clients} clients x 100-event batches, TLS on loopback")
-    print(f"{'part':<58} {'events/s':>9}  CPU us/event")
+    print(f"{'part':<52} {'events/s':>9}  CPU us/event")
     print(
-        f"{'1. collector (as ingest runs it)':<58} {full['events_per_s']:>9,.0f}  "
-        f"loop {full['loop_us']:.1f}, writer {full['writer_us']:.1f}, "
-        f"others {full['other_us']:.1f}; load generator {full['load_generator_us']:.1f}"
+        f"{'1. collector as served (writer process)':<52} {served['events_per_s']:>9,.0f}  "
+        f"loop {served['loop_us']:.1f}, hand-off thread {served['writer_us']:.1f}, "
+        f"writer process {served['writer_process_us']:.1f}; "
+        f"load generator {served['load_generator_us']:.1f}"
     )
     print(
-        f"{'2. the same without the writer (HTTP side ceiling)':<58} "
-        f"{http['events_per_s']:>9,.0f}  loop {http['loop_us']:.1f}, "
-        f"others {http['other_us'] + http['writer_us']:.1f}; "
+        f"{'2. writer on the store thread (before)':<52} {threaded['events_per_s']:>9,.0f}  "
+        f"loop {threaded['loop_us']:.1f}, writer thread {threaded['writer_us']:.1f}; "
+        f"load generator {threaded['load_generator_us']:.1f}"
+    )
+    print(
+        f"{'3. no writes (HTTP side ceiling)':<52} {http['events_per_s']:>9,.0f}  "
+        f"loop {http['loop_us']:.1f}, others {http['other_us'] + http['writer_us']:.1f}; "
         f"load generator {http['load_generator_us']:.1f}"
     )
     print(
-        f"{'3. the writer alone (groups of 4 x 100, FULL)':<58} "
+        f"{'4. the writer alone (groups of 4 x 100, FULL)':<52} "
         f"{1e6 / writer['wall_us']:>9,.0f}  wall {writer['wall_us']:.2f}, "
         f"cpu {writer['cpu_us']:.2f}"
     )
-    print(f"{'4. raw floor (executemany, NORMAL)':<58} {raw:>9,.0f}")
+    print(f"{'5. raw floor (executemany, NORMAL)':<52} {raw:>9,.0f}")
     need = 0.5 * raw
-    total = http["loop_us"] + writer["cpu_us"] + full["load_generator_us"]
+    total = http["loop_us"] + writer["cpu_us"] + served["load_generator_us"]
     cores = os.cpu_count() or 1
     print(
         f"\n0.5x the raw floor is {need:,.0f} events/s; HTTP side {http['loop_us']:.1f} + writer "
-        f"{writer['cpu_us']:.1f} + load generator {full['load_generator_us']:.1f} = {total:.1f} us "
-        f"of CPU per event, so {cores} fully busy cores carry at most {cores * 1e6 / total:,.0f}"
-        f" events/s ({cores * 1e6 / total / raw:.2f}x the floor); the collector ran at"
-        f" {full['events_per_s'] / raw:.2f}x."
+        f"{writer['cpu_us']:.1f} + load generator {served['load_generator_us']:.1f} = {total:.1f}"
+        f" us of CPU per event, so {cores} fully busy cores carry at most"
+        f" {cores * 1e6 / total:,.0f} events/s ({cores * 1e6 / total / raw:.2f}x the floor);"
+        f" the collector ran at {served['events_per_s'] / raw:.2f}x as served,"
+        f" {threaded['events_per_s'] / raw:.2f}x with the writer on a thread."
     )
 
 
-def _serve_without_writes() -> None:
-    """``telemetry-collector serve`` whose SQLite writer answers every batch as
-    stored without writing (this benchmark's HTTP-side ceiling only)."""
-    from telemetry_core.collector import sqlite_store
+def _serve(writer: str) -> None:
+    """``telemetry-collector serve`` with the SQLite writer on the store's thread
+    (``thread``) or answering every batch as stored without writing (``none``)."""
+    from telemetry_core.collector import server, sqlite_store
     from telemetry_core.collector.cli import main as collector_main
     from telemetry_core.collector.store import IngestOutcome
 
@@ -235,13 +252,18 @@ def _serve_without_writes() -> None:
             outcome = IngestOutcome(inserted=(True,) * len(batch.events))
             batch.loop.call_soon_threadsafe(sqlite_store._resolve, batch.future, outcome, None)
 
-    sqlite_store.SQLiteStore._commit_group = commit_nothing  # type: ignore[method-assign]
+    def open_on_thread(location: Any, **options: Any) -> Any:
+        return sqlite_store.SQLiteStore(location.db, **options)
+
+    server.open_store = open_on_thread
+    if writer == "none":
+        sqlite_store.SQLiteStore._commit_group = commit_nothing  # type: ignore[method-assign]
     collector_main()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        _serve_without_writes()  # started by _drive: ``-m bench.profile_collector_parts serve ...``
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":  # started by _drive (parts 2 and 3)
+        _serve(os.environ.get("BENCH_WRITER", "thread"))
     else:
         main(
             float(sys.argv[1]) if len(sys.argv) > 1 else 6.0,
