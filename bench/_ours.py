@@ -15,6 +15,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -310,3 +311,32 @@ def collector(
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def post_batches(
+    pools: Sequence[Any],
+    work: Sequence[Sequence[bytes]],
+    headers: Mapping[str, str],
+    timeout: float,
+) -> tuple[int, list[str]]:
+    """POST each pool's bodies to ``/v1/submit``, one thread per pool (a client with
+    its own keep-alive connection), one request after the other's answer; return
+    the nanoseconds until every thread ended and the answers that were not 200."""
+    errors: list[str] = []
+
+    def client(pool: Any, bodies: Sequence[bytes]) -> None:
+        for body in bodies:
+            r = pool.request("POST", "/v1/submit", body=body, headers=headers)
+            if r.status != 200:
+                errors.append(f"{r.status} {r.data[:200]!r}")
+                return
+
+    threads = [
+        threading.Thread(target=client, args=(p, w)) for p, w in zip(pools, work, strict=True)
+    ]
+    t0 = time.perf_counter_ns()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return time.perf_counter_ns() - t0, errors

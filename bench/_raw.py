@@ -7,6 +7,7 @@ method is one transaction, as each of our storage calls is.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -82,3 +83,37 @@ class RawQueue:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def open_events_floor(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """The collector ingest floor's table: events keyed by id with a JSON payload,
+    WAL, ``synchronous`` as given (the collector itself commits with ``FULL``)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT,"
+        " ts INTEGER, install_id TEXT, payload TEXT)"
+    )
+    return conn
+
+
+def events_floor_rows(batches: int, batch: int) -> list[list[tuple[str, str, int, str, str]]]:
+    """``batches`` batches of ``batch`` fresh events as the floor's rows."""
+    return [
+        [
+            (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
+            for e in _ours.event_dicts(batch)
+        ]
+        for _ in range(batches)
+    ]
+
+
+def insert_events_floor(
+    conn: sqlite3.Connection, rows: list[list[tuple[str, str, int, str, str]]]
+) -> None:
+    """Insert each batch with one ``executemany`` in a transaction of its own."""
+    for batch in rows:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
+        conn.execute("COMMIT")

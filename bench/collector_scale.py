@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import _cpu, _ours
+from bench import _cpu, _ours, _raw
 from bench._harness import Context, Report, Round, Unavailable, interleave
 from bench._tls import Certs
 
@@ -135,7 +135,6 @@ def run(ctx: Context) -> Report:
             for _ in range(CLIENTS)
         ]
         headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
-        errors: list[str] = []
         procs = pids + [c for p in pids for c in _cpu.children(p)]
         used = cpu.setdefault(
             label,
@@ -150,31 +149,15 @@ def run(ctx: Context) -> Report:
         )
         sampler = _WaitSampler(url) if url else None
 
-        def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
-            for body in bodies:
-                r = pool.request("POST", "/v1/submit", body=body, headers=headers)
-                if r.status != 200:
-                    errors.append(f"{r.status} {r.data[:200]!r}")
-                    return
-
         def one_round() -> Round:
             work = [
                 [json.dumps({"events": _ours.event_dicts(BATCH)}).encode() for _ in range(batches)]
                 for _ in range(CLIENTS)
             ]
-            threads = [
-                threading.Thread(target=client, args=(p, w))
-                for p, w in zip(pools, work, strict=True)
-            ]
             backends = _backend_pids(url) if url else []
             c0, b0, l0 = _cpu.total(procs), _cpu.total(backends), _cpu.self_seconds()
             with sampler or contextlib.nullcontext():
-                t0 = time.perf_counter_ns()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(120)
-                elapsed = time.perf_counter_ns() - t0
+                elapsed, errors = _ours.post_batches(pools, work, headers, 120)
             if sampler is not None:
                 used["busy_samples"], used["lock_samples"] = sampler.busy, sampler.locked
             used["collector_s"] += _cpu.total(procs) - c0
@@ -188,28 +171,13 @@ def run(ctx: Context) -> Report:
         return one_round
 
     def raw() -> Callable[[], Round]:
-        conn = sqlite3.connect(ctx.workdir / "raw.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT,"
-            " ts INTEGER, install_id TEXT, payload TEXT)"
-        )
+        conn = _raw.open_events_floor(ctx.workdir / "raw.db")
         sqlite_conns.append(conn)
 
         def one_round() -> Round:
-            rows = [
-                [
-                    (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
-                    for e in _ours.event_dicts(BATCH)
-                ]
-                for _ in range(CLIENTS * batches)
-            ]
+            rows = _raw.events_floor_rows(CLIENTS * batches, BATCH)
             t0 = time.perf_counter_ns()
-            for batch in rows:
-                conn.execute("BEGIN")
-                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
-                conn.execute("COMMIT")
+            _raw.insert_events_floor(conn, rows)
             return Round(time.perf_counter_ns() - t0, CLIENTS * batches * BATCH)
 
         return one_round

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 
-from bench import _ours
+from bench import _ours, _raw
 from bench._harness import Context, Report, Round, Unavailable, interleave
 from bench._tls import Certs
 
@@ -82,27 +80,10 @@ def run(ctx: Context) -> Report:
                 for _ in range(c)
             ]
             headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
-            errors: list[str] = []
-
-            def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
-                for body in bodies:
-                    r = pool.request("POST", "/v1/submit", body=body, headers=headers)
-                    if r.status != 200:
-                        errors.append(f"{r.status} {r.data[:200]!r}")
-                        return
 
             def one_round() -> Round:
                 work = [_bodies(batches) for _ in range(c)]
-                threads = [
-                    threading.Thread(target=client, args=(p, w))
-                    for p, w in zip(pools, work, strict=True)
-                ]
-                t0 = time.perf_counter_ns()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(120)
-                elapsed = time.perf_counter_ns() - t0
+                elapsed, errors = _ours.post_batches(pools, work, headers, 120)
                 if errors:
                     raise RuntimeError(f"collector answered {errors[0]}")
                 return Round(elapsed, c * batches * BATCH)
@@ -112,33 +93,14 @@ def run(ctx: Context) -> Report:
         return factory
 
     def raw(synchronous: str = "NORMAL") -> Callable[[], Round]:
-        conn = sqlite3.connect(
-            ctx.workdir / f"raw-{synchronous.lower()}.db",
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT,"
-            " ts INTEGER, install_id TEXT, payload TEXT)"
-        )
+        conn = _raw.open_events_floor(ctx.workdir / f"raw-{synchronous.lower()}.db", synchronous)
         managers.append(conn)
 
         def one_round() -> Round:
             total = 4 * batches
-            rows = [
-                [
-                    (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
-                    for e in _ours.event_dicts(BATCH)
-                ]
-                for _ in range(total)
-            ]
+            rows = _raw.events_floor_rows(total, BATCH)
             t0 = time.perf_counter_ns()
-            for batch in rows:
-                conn.execute("BEGIN")
-                conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
-                conn.execute("COMMIT")
+            _raw.insert_events_floor(conn, rows)
             return Round(time.perf_counter_ns() - t0, total * BATCH)
 
         return one_round

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import _cpu, _ours
+from bench import _cpu, _ours, _raw
 from bench._tls import Certs
 
 API_KEY = "bench-submission-key"
@@ -94,28 +92,11 @@ def _drive(work: Path, seconds: float, clients: int, writer: str) -> dict[str, A
         ]
         for pool in pools:  # warm-up: connections, TLS sessions, caches
             pool.request("POST", "/v1/submit", body=_bodies(1)[0], headers=headers)
-        errors: list[str] = []
-
-        def client(pool: urllib3.HTTPSConnectionPool, bodies: list[bytes]) -> None:
-            for body in bodies:
-                r = pool.request("POST", "/v1/submit", body=body, headers=headers)
-                if r.status != 200:
-                    errors.append(f"{r.status} {r.data[:200]!r}")
-                    return
-
-        threads = [
-            threading.Thread(target=client, args=(p, w))
-            for p, w in zip(pools, work_lists, strict=True)
-        ]
         children = _cpu.children(pids[0])
         before, self_before = _thread_seconds(pids[0]), _cpu.self_seconds()
         children_before = _cpu.total(children)
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        elapsed = time.perf_counter() - t0
+        elapsed_ns, errors = _ours.post_batches(pools, work_lists, headers, 300)
+        elapsed = elapsed_ns / 1e9
         after, self_after = _thread_seconds(pids[0]), _cpu.self_seconds()
         children_after = _cpu.total(children)
         if errors:
@@ -168,25 +149,10 @@ def _writer_alone(work: Path, groups: int) -> dict[str, float]:
 
 def _raw_floor(work: Path, batches: int) -> float:
     """Events/s of the ``ingest`` floor (executemany, one transaction per batch)."""
-    conn = sqlite3.connect(work / "raw.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(
-        "CREATE TABLE events (id TEXT PRIMARY KEY, type TEXT, ts INTEGER,"
-        " install_id TEXT, payload TEXT)"
-    )
-    rows = [
-        [
-            (e["id"], e["type"], e["timestamp"], e["install_id"], json.dumps(e))
-            for e in _ours.event_dicts(BATCH)
-        ]
-        for _ in range(batches)
-    ]
+    conn = _raw.open_events_floor(work / "raw.db")
+    rows = _raw.events_floor_rows(batches, BATCH)
     t0 = time.perf_counter()
-    for batch in rows:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch)
-        conn.execute("COMMIT")
+    _raw.insert_events_floor(conn, rows)
     elapsed = time.perf_counter() - t0
     conn.close()
     return batches * BATCH / elapsed
