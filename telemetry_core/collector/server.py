@@ -57,8 +57,9 @@ def open_store(location: StoreSettings, **options: Any) -> CollectorStore:
     from telemetry_core.collector.sqlite_store import SQLiteStore
 
     assert location.db is not None
-    # The server's store writes in a process of its own (see sqlite_store).
-    return SQLiteStore(location.db, writer_process=True, **options)
+    # The server's store writes in a process of its own (see sqlite_store); its
+    # pipe is waited on with select(), which takes pipes on POSIX only.
+    return SQLiteStore(location.db, writer_process=os.name == "posix", **options)
 
 
 def connection_backstop(max_connections: int) -> int:

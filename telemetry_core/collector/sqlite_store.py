@@ -79,6 +79,15 @@ class _Flush:
     future: asyncio.Future[None]
 
 
+def _writer_error(what: str, exc: WriterFailed) -> StorageError:
+    """The error for a failed call of the writer process; an internal one is logged
+    here (the child's traceback names code, never event data) and not repeated."""
+    if exc.internal:
+        log.error("collector writer failed: %s\n%s", what, exc)
+        return StorageError(f"{what} failed: internal error in the writer")
+    return StorageError(f"{what} failed: {exc}")
+
+
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():  # the request was cancelled (client went away)
         return
@@ -261,11 +270,9 @@ class SQLiteStore(PendingWork):
         except sqlite3.Error as exc:
             error = StorageError(f"commit failed: {exc}")
         except WriterFailed as exc:
-            if exc.internal:
-                log.error("collector writer failed to commit batches=%d\n%s", len(batches), exc)
-                error = StorageError("commit failed: internal error in the writer")
-            else:
-                error = StorageError(f"commit failed: {exc}")
+            error = _writer_error("commit", exc)
+            if exc.committed:  # the counters are in the file: do not add them again
+                counters = {}
         except Exception:
             # Any other failure must not end the writer thread: every waiting
             # ingest would hang. The log names the failure, never event data.
@@ -291,8 +298,11 @@ class SQLiteStore(PendingWork):
         for _ in range(1_000_000):
             try:
                 count = self._sql.delete_before(job.before_ms, job.chunk)
-            except (sqlite3.Error, WriterFailed) as exc:
+            except sqlite3.Error as exc:
                 error = StorageError(f"cleanup failed: {exc}")
+                break
+            except WriterFailed as exc:
+                error = _writer_error("cleanup", exc)
                 break
             except Exception:
                 log.exception("collector writer failed to run retention")

@@ -31,10 +31,17 @@ from telemetry_core.collector.store_sql import (
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
 
-__all__ = ["Group", "SQLiteWriter", "has_day_tables"]
+__all__ = ["LAST_COMMIT", "Group", "SQLiteWriter", "has_day_tables"]
 
 #: A group's batches: each batch's events and its reception time in ms.
 Group = Sequence[tuple[Sequence[Event], int]]
+
+#: The number of the last commit that recorded one (see :meth:`SQLiteWriter.commit`).
+LAST_COMMIT = "SELECT last_commit FROM writer_state WHERE id = 1"
+_RECORD_COMMIT = (
+    "INSERT INTO writer_state (id, last_commit) VALUES (1, ?)"
+    " ON CONFLICT (id) DO UPDATE SET last_commit = excluded.last_commit"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -72,6 +79,9 @@ CREATE TABLE IF NOT EXISTS counters (
     hour_ms INTEGER NOT NULL, name TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (hour_ms, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS writer_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), last_commit INTEGER NOT NULL
+);
 """
 
 #: The day tables: the hourly rollups, buckets and install sets summed per UTC
@@ -209,11 +219,17 @@ class SQLiteWriter:
             raise StorageError(f"cannot open collector database {path}: {exc}") from exc
 
     def commit(
-        self, batches: Group, counters: Mapping[tuple[int, str], int]
+        self,
+        batches: Group,
+        counters: Mapping[tuple[int, str], int],
+        *,
+        sequence: int | None = None,
     ) -> list[tuple[bool, ...]]:
         """Store ``batches`` and add ``counters`` (with the duplicates found) in one
         transaction; return, per batch, which events were new. Any error rolls the
-        whole transaction back and is raised as it came."""
+        whole transaction back and is raised as it came. ``sequence``, when given,
+        is recorded in the same transaction (:data:`LAST_COMMIT` reads it back), so
+        whoever asked for the commit can tell after a crash whether it happened."""
         conn = self._conn
         written = dict(counters)
         conn.execute("BEGIN IMMEDIATE")
@@ -222,6 +238,8 @@ class SQLiteWriter:
             conn.executemany(
                 _UPSERT_COUNTER, [(hour, name, n) for (hour, name), n in written.items()]
             )
+            if sequence is not None:
+                conn.execute(_RECORD_COMMIT, (sequence,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

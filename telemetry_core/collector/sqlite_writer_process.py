@@ -23,41 +23,51 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, Final
 
 import msgspec
 
+from telemetry_core.collector.sqlite_writer import LAST_COMMIT, Group
 from telemetry_core.errors import StorageError
 from telemetry_core.schema import Event
-
-if TYPE_CHECKING:
-    from telemetry_core.collector.sqlite_writer import Group
 
 __all__ = ["WriterFailed", "WriterProcess"]
 
 #: How long close() waits for the child to commit and exit before killing it (s).
 CLOSE_WAIT: Final = 10.0
+#: How long one call (start-up included) waits for the child's answer before the
+#: child is taken for hung, killed and replaced (s): well past SQLite's own 30 s
+#: wait for a lock, so a slow commit is never cut short.
+CALL_WAIT: Final = 60.0
 
 
 class WriterFailed(Exception):
-    """A call the writer process could not carry out (its transaction was not
-    committed, or, when the process died, may not have been). ``internal`` when
-    the cause is not SQLite's (the message then holds the child's traceback)."""
+    """A call the writer process could not carry out. ``internal`` when the cause
+    is not SQLite's (the message then holds the child's traceback). ``committed``
+    when the process died (or hung) after the call's transaction committed: its
+    batches still get an error (their answers were lost with the process; the
+    ids make a resend harmless), but what else it wrote, the outcome counters,
+    must not be written again."""
 
-    def __init__(self, message: str, *, internal: bool = False) -> None:
+    def __init__(self, message: str, *, internal: bool = False, committed: bool = False) -> None:
         super().__init__(message)
         self.internal = internal
+        self.committed = committed
 
 
 class _Commit(msgspec.Struct, tag="commit", array_like=True):
     batches: list[tuple[list[Event], int]]
     counters: list[tuple[int, str, int]]
+    sequence: int
 
 
 class _Delete(msgspec.Struct, tag="delete", array_like=True):
@@ -101,15 +111,57 @@ def _read_frame(source: IO[bytes]) -> bytes | None:
     return payload if len(payload) == size else None
 
 
+def _send(fd: int, payload: bytes, deadline: float) -> None:
+    """Write a frame to the non-blocking ``fd`` by ``deadline`` (TimeoutError past it)."""
+    view = memoryview(len(payload).to_bytes(4, "big") + payload)
+    while view:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            raise TimeoutError
+        if select.select([], [fd], [], wait)[1]:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                continue
+
+
+def _receive(fd: int, deadline: float) -> bytes | None:
+    """Read a frame from ``fd`` by ``deadline`` (TimeoutError past it); None at
+    the end of the stream (a cut frame counts as the end)."""
+    size = -1
+    data = bytearray()
+    while size < 0 or len(data) < 4 + size:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            raise TimeoutError
+        if not select.select([fd], [], [], wait)[0]:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return None
+        data += chunk
+        if size < 0 and len(data) >= 4:
+            size = int.from_bytes(data[:4], "big")
+    return bytes(data[4:])
+
+
 class WriterProcess:
     """:class:`~telemetry_core.collector.sqlite_writer.SQLiteWriter` in a child process.
 
     Starting waits until the child has opened the file and set up the schema;
-    :class:`StorageError` when it cannot."""
+    :class:`StorageError` when it cannot. ``call_wait`` bounds each call: a child
+    that does not answer within it is killed and the call fails (see
+    :data:`CALL_WAIT`). Needs POSIX pipes that ``select`` can wait on."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
-        self._args = [str(Path(path)), synchronous]
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", call_wait: float = CALL_WAIT
+    ) -> None:
+        self._path = Path(path)
+        self._args = [str(self._path), synchronous]
+        self._call_wait = call_wait
         self._proc: subprocess.Popen[bytes] | None = None
+        # Commit numbers unique across restarts of the collector (see _committed).
+        self._sequence = time.time_ns()
         self._start()
 
     @property
@@ -121,10 +173,12 @@ class WriterProcess:
         self, batches: Group, counters: Mapping[tuple[int, str], int]
     ) -> list[tuple[bool, ...]]:
         """See :meth:`SQLiteWriter.commit`."""
+        self._sequence += 1
         reply = self._call(
             _Commit(
                 [(list(events), received) for events, received in batches],
                 [(hour, name, n) for (hour, name), n in counters.items()],
+                self._sequence,
             )
         )
         return [tuple(flags) for flags in reply.inserted]
@@ -135,34 +189,44 @@ class WriterProcess:
 
     def close(self) -> None:
         """Let the child finish and exit (killed after :data:`CLOSE_WAIT` seconds)."""
-        proc, self._proc = self._proc, None
+        proc = self._proc
         if proc is None:
             return
         try:
-            assert proc.stdin is not None
-            _write_frame(proc.stdin, _encode(_Stop()))
-            proc.stdin.close()
-            proc.wait(CLOSE_WAIT)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+            if proc.poll() is None:
+                assert proc.stdin is not None
+                _send(proc.stdin.fileno(), _encode(_Stop()), time.monotonic() + CLOSE_WAIT)
+                proc.stdin.close()
+                proc.wait(CLOSE_WAIT)
+        except (OSError, TimeoutError, subprocess.TimeoutExpired):
+            pass
         finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
+            self._forget()
 
     # -- internals ----------------------------------------------------------------
 
     def _start(self) -> None:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, *self._args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert proc.stdout is not None
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, *self._args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                # Its own session: a Ctrl-C or a stop signal meant for the collector's
+                # group must not end the writer while the collector drains requests.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot start the writer process: {exc}") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        os.set_blocking(proc.stdin.fileno(), False)
         self._proc = proc
-        first = _read_frame(proc.stdout)
-        reply = None if first is None else _decode_reply(first)
+        try:
+            first = _receive(proc.stdout.fileno(), time.monotonic() + self._call_wait)
+            reply = None if first is None else _decode_reply(first)
+        except (TimeoutError, OSError, msgspec.DecodeError):
+            reply = None
         if not isinstance(reply, _Done):
             self._forget()
             message = reply.message if isinstance(reply, _Failed) else "the writer process ended"
@@ -173,22 +237,40 @@ class WriterProcess:
             self._forget()
             try:
                 self._start()
-            except (StorageError, OSError) as exc:
+            except StorageError as exc:
                 raise WriterFailed(f"cannot start the writer process: {exc}") from exc
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        deadline = time.monotonic() + self._call_wait
         try:
-            _write_frame(proc.stdin, _encode(request))
-            frame = _read_frame(proc.stdout)
+            _send(proc.stdin.fileno(), _encode(request), deadline)
+            frame = _receive(proc.stdout.fileno(), deadline)
+            problem = "the writer process ended"
+        except TimeoutError:
+            frame, problem = None, f"the writer process did not answer within {self._call_wait:g} s"
         except OSError:
-            frame = None
+            frame, problem = None, "the writer process ended"
         if frame is None:
-            self._forget()
-            raise WriterFailed("the writer process ended")
+            self._forget()  # kills a hung child: its transaction ends with it
+            committed = isinstance(request, _Commit) and self._committed(request.sequence)
+            raise WriterFailed(problem, committed=committed)
         reply: _Done | _Failed = _decode_reply(frame)
         if isinstance(reply, _Failed):
             raise WriterFailed(reply.message, internal=reply.kind == "internal")
         return reply
+
+    def _committed(self, sequence: int) -> bool:
+        """Whether commit ``sequence`` reached the file before its child ended
+        (each commit records its number in the same transaction)."""
+        try:
+            conn = sqlite3.connect(f"{self._path.absolute().as_uri()}?mode=ro", uri=True)
+            try:
+                row = conn.execute(LAST_COMMIT).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return False  # unknown: the counters are written again (at most twice)
+        return row is not None and row[0] == sequence
 
     def _forget(self) -> None:
         """Reap a dead child and drop its pipes."""
@@ -217,14 +299,14 @@ def _serve(path: str, synchronous: str, source: IO[bytes], out: IO[bytes]) -> in
     _write_frame(out, _encode(_Done()))
     try:
         while (frame := _read_frame(source)) is not None:
-            request = decode(frame)
-            if isinstance(request, _Stop):
-                break
             reply: _Done | _Failed
             try:
+                request = decode(frame)
+                if isinstance(request, _Stop):
+                    break
                 if isinstance(request, _Commit):
                     counters = {(hour, name): n for hour, name, n in request.counters}
-                    flags = writer.commit(request.batches, counters)
+                    flags = writer.commit(request.batches, counters, sequence=request.sequence)
                     reply = _Done(inserted=[list(f) for f in flags])
                 else:
                     reply = _Done(deleted=writer.delete_before(request.before_ms, request.limit))
@@ -240,6 +322,10 @@ def _serve(path: str, synchronous: str, source: IO[bytes], out: IO[bytes]) -> in
 
 def main(argv: list[str]) -> int:
     """``python -m telemetry_core.collector.sqlite_writer_process PATH SYNCHRONOUS``."""
+    # The collector ends this process by closing its stdin (or with a stop), after
+    # its last commit; signals meant for the collector are not for it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     # The replies own the real stdout; anything printed goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

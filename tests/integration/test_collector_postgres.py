@@ -500,7 +500,7 @@ def test_a_failed_pipelined_transaction_keeps_its_counters_and_the_pool_usable(
     def body(cur: psycopg.Cursor, counters: dict) -> None:
         cur.execute("SELECT 1")
         cur.fetchall()
-        counters[(RECEIVED - RECEIVED % 3_600_000, "duplicates")] = 7
+        counters[(RECEIVED - RECEIVED % 3_600_000, "duplicate")] = 7
         cur.execute("SELECT 1 / 0")
 
     with pytest.raises(StorageError, match="DivisionByZero"):
@@ -555,6 +555,23 @@ def test_nul_characters_do_not_poison_a_batch(store: PostgresStore, pg_url: str)
     assert row == ("ax\ufffd", "in\ufffdstall", "s\ufffd", "1\ufffd", "v\ufffdw")
     stats = asyncio.run(store.stats(StatsQuery(app="ax\ufffd")))
     assert stats["totals"]["count"] == 1
+
+
+def test_ingest_runs_its_transaction_in_one_pipeline(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch path is the pipelined one (its upserts and COMMIT in one round trip)."""
+    calls: list[str] = []
+    real = PostgresStore._in_pipeline
+
+    def counting(conn: psycopg.Connection, body: object, counters: dict) -> object:
+        calls.append("pipelined")
+        return real(conn, body, counters)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PostgresStore, "_in_pipeline", staticmethod(counting))
+    outcome = asyncio.run(store.ingest(_events(random.Random(12), 5), RECEIVED))
+    assert outcome.accepted == 5
+    assert calls == ["pipelined"]
 
 
 def test_a_text_spelling_the_nul_escape_is_stored_as_sent(

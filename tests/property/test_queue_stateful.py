@@ -275,9 +275,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.dead == len(self.entries) - len(live)
         assert stats.leased == sum(1 for e in live if self._live_lease(e))
         assert stats.due == len(self._due())
-        assert stats.parked == sum(
-            1 for e in live if e.retry_count >= MAX_RETRIES and e.scheduled
-        )
+        assert stats.parked == sum(1 for e in live if e.retry_count >= MAX_RETRIES and e.scheduled)
         assert stats.dropped.get("queue_full", 0) == self.dropped
 
 

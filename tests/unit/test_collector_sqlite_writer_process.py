@@ -11,13 +11,15 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from telemetry_core.collector.sqlite_store import SQLiteStore
-from telemetry_core.collector.sqlite_writer_process import WriterProcess
+from telemetry_core.collector.sqlite_writer import SQLiteWriter
+from telemetry_core.collector.sqlite_writer_process import WriterFailed, WriterProcess
 from telemetry_core.collector.store import StatsQuery
 from telemetry_core.errors import StorageError
 from tests.unit.test_collector_sqlite_store import T0, make_events
@@ -136,3 +138,107 @@ def test_a_file_that_cannot_be_opened_fails_the_start_in_both_modes(
     (tmp_path / "not-a-dir").write_text("a file where a directory should be")
     with pytest.raises(StorageError, match="cannot open collector database"):
         SQLiteStore(tmp_path / "not-a-dir" / "c.db", writer_process=writer_process)
+
+
+def test_counters_of_a_commit_killed_midway_are_written_once(tmp_path: Path) -> None:
+    """Outcome counters ride in the batch's transaction; when the process dies before
+    that commit, they are kept for the next one: neither lost nor doubled."""
+    big = make_events(60_000)
+
+    async def run() -> dict[str, object]:
+        store = SQLiteStore(tmp_path / "c.db", writer_process=True, max_pending_events=100_000)
+        await store.record_outcomes(rejected={"pii": 2}, throttled=3, received_ms=T0)
+        pid = _writer_pid(store)
+        before = _cpu_ticks(pid)
+        task = asyncio.ensure_future(store.ingest(big, T0))
+        deadline = time.monotonic() + 30
+        while _cpu_ticks(pid) < before + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(store.ingest(make_events(2, ts=T0 + 7), T0), 30)
+        stats = await store.stats(StatsQuery())
+        await store.close()
+        return stats
+
+    totals = asyncio.run(run())["totals"]
+    assert isinstance(totals, dict)
+    assert totals["rejected_by_code"] == {"pii": 2}
+    assert totals["throttled"] == 3
+    assert totals["count"] == 2
+
+
+def test_a_commit_is_known_to_have_happened_after_its_process_died(tmp_path: Path) -> None:
+    """Each commit records its number in its own transaction: after a death the
+    parent reads it back to tell a lost answer from a lost commit."""
+    writer = SQLiteWriter(tmp_path / "c.db")
+    writer.commit([(make_events(1), T0)], {}, sequence=41)
+    writer.close()
+    process = WriterProcess(tmp_path / "c.db")
+    try:
+        assert process._committed(41)
+        assert not process._committed(42)
+    finally:
+        process.close()
+
+
+def test_a_hung_writer_process_is_killed_after_its_wait_and_replaced(tmp_path: Path) -> None:
+    process = WriterProcess(tmp_path / "c.db", call_wait=1.0)
+    try:
+        old = process.pid
+        assert old is not None
+        os.kill(old, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(WriterFailed, match="did not answer within 1 s") as failed:
+            process.commit([(make_events(3), T0)], {})
+        assert time.monotonic() - started < 10
+        assert not failed.value.committed
+        assert not _alive(old)
+        assert process.commit([(make_events(3, ts=T0 + 5), T0)], {}) == [(True, True, True)]
+        assert process.pid not in (None, old)
+    finally:
+        process.close()
+    assert _count(tmp_path / "c.db") == 3
+
+
+def test_closing_after_the_writer_process_died_leaves_nothing_open(tmp_path: Path) -> None:
+    """(The suite turns a ResourceWarning or an unraisable BrokenPipeError into a failure.)"""
+    process = WriterProcess(tmp_path / "c.db")
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.close()
+    process.close()
+    assert process.pid is None
+
+
+def test_the_collector_s_stop_signals_do_not_end_its_writer_process(tmp_path: Path) -> None:
+    """Ctrl-C or a stop signal sent to the collector's process group finds the writer
+    in a session of its own, and a signal sent to the writer itself is ignored: it
+    ends when the collector closes its pipe, after the last commit."""
+    process = WriterProcess(tmp_path / "c.db")
+    try:
+        pid = process.pid
+        assert pid is not None
+        assert os.getpgid(pid) != os.getpgid(0)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(pid, sig)
+        time.sleep(0.2)
+        assert _alive(pid)
+        assert process.commit([(make_events(2), T0)], {}) == [(True, True)]
+        assert process.pid == pid
+    finally:
+        process.close()
+    assert not _alive(pid)
+
+
+def test_a_writer_process_that_cannot_start_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises(StorageError, match="cannot start the writer process"):
+        SQLiteStore(tmp_path / "c.db", writer_process=True)
