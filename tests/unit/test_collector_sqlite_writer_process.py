@@ -22,6 +22,7 @@ from telemetry_core.collector.sqlite_writer import SQLiteWriter
 from telemetry_core.collector.sqlite_writer_process import WriterFailed, WriterProcess
 from telemetry_core.collector.store import StatsQuery
 from telemetry_core.errors import StorageError
+from telemetry_core.schema import Event
 from tests.unit.test_collector_sqlite_store import T0, make_events
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
@@ -91,16 +92,8 @@ def test_a_batch_in_flight_when_the_writer_process_dies_fails_and_its_resend_is_
 
     async def run() -> tuple[int, int]:
         store = SQLiteStore(tmp_path / "c.db", writer_process=True, max_pending_events=100_000)
-        pid = _writer_pid(store)
-        before = _cpu_ticks(pid)
-        task = asyncio.ensure_future(store.ingest(big, T0))
-        # Kill once the child has started working on the batch (its CPU time moves).
-        deadline = time.monotonic() + 30
-        while _cpu_ticks(pid) < before + 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        os.kill(pid, signal.SIGKILL)
         with pytest.raises(StorageError, match="writer process ended"):
-            await asyncio.wait_for(task, 60)
+            await _ingest_killing_the_writer(store, big)
         stored_after_crash = _count(tmp_path / "c.db")
         accepted = (await asyncio.wait_for(store.ingest(big, T0), 60)).accepted
         await store.close()
@@ -110,6 +103,19 @@ def test_a_batch_in_flight_when_the_writer_process_dies_fails_and_its_resend_is_
     assert stored_after_crash == 0
     assert accepted == len(big)
     assert _count(tmp_path / "c.db") == len(big)
+
+
+async def _ingest_killing_the_writer(store: SQLiteStore, events: list[Event]) -> None:
+    """Ingest ``events`` and SIGKILL the writer process once it is working on them
+    (its CPU time moves); return what the ingest returns or raise what it raises."""
+    pid = _writer_pid(store)
+    before = _cpu_ticks(pid)
+    task = asyncio.ensure_future(store.ingest(events, T0))
+    deadline = time.monotonic() + 30
+    while _cpu_ticks(pid) < before + 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(task, 60)
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -148,15 +154,8 @@ def test_counters_of_a_commit_killed_midway_are_written_once(tmp_path: Path) -> 
     async def run() -> dict[str, object]:
         store = SQLiteStore(tmp_path / "c.db", writer_process=True, max_pending_events=100_000)
         await store.record_outcomes(rejected={"pii": 2}, throttled=3, received_ms=T0)
-        pid = _writer_pid(store)
-        before = _cpu_ticks(pid)
-        task = asyncio.ensure_future(store.ingest(big, T0))
-        deadline = time.monotonic() + 30
-        while _cpu_ticks(pid) < before + 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        os.kill(pid, signal.SIGKILL)
         with pytest.raises(StorageError):
-            await asyncio.wait_for(task, 60)
+            await _ingest_killing_the_writer(store, big)
         await asyncio.wait_for(store.ingest(make_events(2, ts=T0 + 7), T0), 30)
         stats = await store.stats(StatsQuery())
         await store.close()
