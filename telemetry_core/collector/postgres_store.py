@@ -280,6 +280,10 @@ FROM unnest(ARRAY['day_rollups', 'day_rollup_buckets', 'day_installs', 'day_app_
 
 _RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
+#: Whether libpq has pipeline mode (14 and later; the binary wheels bundle one that
+#: has). Without it a batch's statements each take their round trip, as before.
+_PIPELINE: Final = psycopg.Pipeline.is_supported()
+
 
 #: Connection parameters whose values are secrets.
 _SECRET_PARAMS: Final = frozenset({"password", "sslpassword"})
@@ -759,7 +763,7 @@ class PostgresStore(PendingWork):
             counters = dict(buffered)
             try:
                 with self._pool.connection() as conn:
-                    if pipelined:
+                    if pipelined and _PIPELINE:
                         return self._in_pipeline(conn, body, counters)
                     with conn.transaction(), conn.cursor() as cur:
                         result = body(cur, counters)
