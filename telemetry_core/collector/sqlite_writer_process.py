@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import msgspec
 
@@ -96,45 +96,34 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_reply = msgspec.msgpack.Decoder(_Reply).decode
 
 
-def _write_frame(out: IO[bytes], payload: bytes) -> None:
-    out.write(len(payload).to_bytes(4, "big") + payload)
-    out.flush()
-
-
-def _read_frame(source: IO[bytes]) -> bytes | None:
-    """One frame, or None at the end of the stream (a cut frame counts as the end)."""
-    head = source.read(4)
-    if len(head) < 4:
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (None: no deadline); TimeoutError past it."""
+    if deadline is None:
         return None
-    size = int.from_bytes(head, "big")
-    payload = source.read(size)
-    return payload if len(payload) == size else None
+    wait = deadline - time.monotonic()
+    if wait <= 0:
+        raise TimeoutError
+    return wait
 
 
-def _send(fd: int, payload: bytes, deadline: float) -> None:
-    """Write a frame to the non-blocking ``fd`` by ``deadline`` (TimeoutError past it)."""
+def _send(fd: int, payload: bytes, deadline: float | None = None) -> None:
+    """Write one frame (a 4-byte length, then ``payload``) to ``fd`` by ``deadline``."""
     view = memoryview(len(payload).to_bytes(4, "big") + payload)
     while view:
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            raise TimeoutError
-        if select.select([], [fd], [], wait)[1]:
+        if select.select([], [fd], [], _remaining(deadline))[1]:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
                 continue
 
 
-def _receive(fd: int, deadline: float) -> bytes | None:
-    """Read a frame from ``fd`` by ``deadline`` (TimeoutError past it); None at
-    the end of the stream (a cut frame counts as the end)."""
+def _receive(fd: int, deadline: float | None = None) -> bytes | None:
+    """Read one frame from ``fd`` by ``deadline``; None at the end of the stream
+    (a cut frame counts as the end)."""
     size = -1
     data = bytearray()
     while size < 0 or len(data) < 4 + size:
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            raise TimeoutError
-        if not select.select([fd], [], [], wait)[0]:
+        if not select.select([fd], [], [], _remaining(deadline))[0]:
             continue
         chunk = os.read(fd, 1 << 20)
         if not chunk:
@@ -286,7 +275,7 @@ class WriterProcess:
         proc.wait()
 
 
-def _serve(path: str, synchronous: str, source: IO[bytes], out: IO[bytes]) -> int:
+def _serve(path: str, synchronous: str, source: int, out: int) -> int:
     """The child: open the file, answer requests until stdin ends or a stop."""
     from telemetry_core.collector.sqlite_writer import SQLiteWriter
 
@@ -294,11 +283,11 @@ def _serve(path: str, synchronous: str, source: IO[bytes], out: IO[bytes]) -> in
     try:
         writer = SQLiteWriter(path, synchronous=synchronous)
     except StorageError as exc:
-        _write_frame(out, _encode(_Failed("open", str(exc))))
+        _send(out, _encode(_Failed("open", str(exc))))
         return 1
-    _write_frame(out, _encode(_Done()))
+    _send(out, _encode(_Done()))
     try:
-        while (frame := _read_frame(source)) is not None:
+        while (frame := _receive(source)) is not None:
             reply: _Done | _Failed
             try:
                 request = decode(frame)
@@ -314,7 +303,7 @@ def _serve(path: str, synchronous: str, source: IO[bytes], out: IO[bytes]) -> in
                 reply = _Failed("sqlite", str(exc))
             except Exception:
                 reply = _Failed("internal", traceback.format_exc())
-            _write_frame(out, _encode(reply))
+            _send(out, _encode(reply))
     finally:
         writer.close()
     return 0
@@ -327,10 +316,12 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     # The replies own the real stdout; anything printed goes to stderr instead.
-    out = os.fdopen(os.dup(1), "wb")
+    out = os.dup(1)
     os.dup2(2, 1)
-    with out, os.fdopen(os.dup(0), "rb") as source:
-        return _serve(argv[0], argv[1], source, out)
+    try:
+        return _serve(argv[0], argv[1], 0, out)
+    finally:
+        os.close(out)
 
 
 if __name__ == "__main__":
