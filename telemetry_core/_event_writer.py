@@ -15,7 +15,6 @@ adopted by the worker after each cycle and by the next opener.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -158,7 +157,7 @@ class EventWriter:
             if self.journal_first:
                 cap = max(cap, JOURNAL_MIN_ENTRIES)
             self._behind = WriteBehind(
-                SpillJournal(config.db_path, max_entries=cap),
+                SpillJournal(config.db_path, max_entries=cap, monotonic=self._monotonic),
                 self._store_spilled,
                 is_locked=is_locked,
                 thread_setup=self._merger_setup,
@@ -227,11 +226,11 @@ class EventWriter:
         behind = self._behind
         if behind is None or not behind.journal.pending or self._storage_failed:
             return
-        deadline = time.monotonic() + thread_lock_budget()
         # Retried only while locked: events other threads append meanwhile
         # are the merger's, not this read's.
-        while not behind.merge_once() and behind.locked and time.monotonic() < deadline:
-            time.sleep(LOCK_RETRY_PAUSE)
+        behind.merge_until(
+            self._monotonic() + thread_lock_budget(), first_wait=LOCK_RETRY_PAUSE, only_locked=True
+        )
 
     def settle_until(self, deadline: float) -> None:
         """Before sending: store what this process spilled, retrying a lock until

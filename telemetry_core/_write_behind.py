@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,9 @@ __all__ = [
 SPILL_GLOB: Final = ".spill-*"
 # A spill file while it is made (not yet locked): no merger takes it.
 _MAKING: Final = ".spillnew-"
+#: After a failed write (a directory that takes no new file, a full disk), appends
+#: fail at once for this long instead of trying the file system on every event.
+WRITE_RETRY_HOLD: Final = 1.0
 _QUEUE: Final = b"1"
 _LOCAL: Final = b"0"
 
@@ -62,10 +66,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def spill_files(db_path: Path) -> list[Path]:
-    """Every spill file of the database at ``db_path``, oldest name first."""
+def spill_files(db_path: Path, pattern: str = SPILL_GLOB) -> list[Path]:
+    """Every spill file of the database at ``db_path`` (``pattern``: the files
+    being made, too, with ``_MAKING + "*"``), oldest name first."""
     try:
-        return sorted(db_path.parent.glob(db_path.name + SPILL_GLOB))
+        return sorted(db_path.parent.glob(db_path.name + pattern))
     except OSError:
         return []
 
@@ -99,9 +104,17 @@ class SpillJournal:
     Thread-safe. :meth:`append` is the only call on ``track()``'s path.
     """
 
-    def __init__(self, db_path: Path, *, max_entries: int) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        max_entries: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db_path = db_path
         self.max_entries = max_entries
+        self._monotonic = monotonic
+        self._retry_at = 0.0  # see WRITE_RETRY_HOLD
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
@@ -118,17 +131,21 @@ class SpillJournal:
 
     def append(self, payload: bytes, *, enqueue: bool) -> bool:
         """Append one encoded event; False (nothing written) when full or the
-        file cannot be written."""
+        file cannot be written (then for :data:`WRITE_RETRY_HOLD` without trying)."""
         line = (_QUEUE if enqueue else _LOCAL) + payload + b"\n"
         with self._lock:
             if self.pending >= self.max_entries:
+                return False
+            if self._retry_at and self._monotonic() < self._retry_at:
                 return False
             try:
                 fd = self._fd if self._fd is not None else self._open()
                 os.write(fd, line)
             except OSError as exc:
                 logger.debug("telemetry-core: cannot write the spill file: %r", exc)
+                self._retry_at = self._monotonic() + WRITE_RETRY_HOLD
                 return False
+            self._retry_at = 0.0
             self._pending += 1
             return True
 
@@ -242,8 +259,7 @@ def _read_all(fd: int) -> bytes:
 
 def remove_spill_files(db_path: Path) -> None:
     """Delete every spill file of ``db_path`` (``disable --purge``)."""
-    making = sorted(db_path.parent.glob(db_path.name + _MAKING + "*"))
-    for path in [*spill_files(db_path), *making]:
+    for path in [*spill_files(db_path), *spill_files(db_path, _MAKING + "*")]:
         with contextlib.suppress(OSError):
             path.unlink()
 
@@ -381,25 +397,26 @@ class WriteBehind:
             return False, stored > 0
         return not self.journal.pending, stored > 0
 
-    @property
-    def failed(self) -> bool:
-        """The last merge failed for another reason than a lock."""
-        return self._failed
-
-    def merge_until(self, deadline: float) -> bool:
-        """Merge in the caller's thread, retrying a locked database until the
-        monotonic ``deadline``; True when nothing is left. Another failure
-        returns False at once."""
-        wait = MERGE_FIRST_WAIT
+    def merge_until(
+        self, deadline: float, *, first_wait: float = MERGE_FIRST_WAIT, only_locked: bool = False
+    ) -> bool:
+        """Merge in the caller's thread, retrying until the monotonic ``deadline``
+        (pauses from ``first_wait``, doubling up to :data:`MERGE_MAX_WAIT`); True
+        when nothing is left. A failure other than a lock returns False at once;
+        with ``only_locked`` so does a merge that was not locked out (what other
+        threads appended meanwhile is then the merger thread's)."""
+        wait = first_wait
         while True:
             if self.merge_once():
                 return True
-            if self._failed:
+            if self._failed or (only_locked and not self.locked):
                 return False  # the storage refuses writes: waiting will not help
             left = deadline - self._monotonic()
             if left <= 0:
                 return False
-            self._stop.wait(min(wait, left))
+            # A plain sleep: the merger's stop event may be set (close), and
+            # waiting on it would spin.
+            time.sleep(min(wait, left))
             wait = min(wait * 2, MERGE_MAX_WAIT)
 
     def release_files(self) -> None:

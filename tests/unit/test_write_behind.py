@@ -19,6 +19,7 @@ import pytest
 from telemetry_core import _write_behind as write_behind_module
 from telemetry_core._forksafe import fork_guard, guarded, is_locked, lock_budget
 from telemetry_core._write_behind import (
+    WRITE_RETRY_HOLD,
     SpillJournal,
     WriteBehind,
     read_spill_file,
@@ -82,6 +83,33 @@ def test_a_full_journal_refuses_more(tmp_path: Path) -> None:
     journal = SpillJournal(tmp_path / "t.db", max_entries=2)
     assert [journal.append(payload(i), enqueue=True) for i in range(3)] == [True, True, False]
     assert journal.pending == 2
+    journal.close()
+
+
+def test_a_journal_that_cannot_be_written_is_not_tried_on_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that takes no new file costs one failed attempt per hold, not one per
+    track(); once the hold is over (clock injected) the journal is tried again."""
+    now = [100.0]
+    journal = SpillJournal(tmp_path / "t.db", max_entries=10, monotonic=lambda: now[0])
+    attempts: list[int] = []
+    real_open = SpillJournal._open
+
+    def refused(self: SpillJournal) -> int:
+        attempts.append(1)
+        raise PermissionError("no new files here")
+
+    monkeypatch.setattr(SpillJournal, "_open", refused)
+    assert [journal.append(payload(i), enqueue=True) for i in range(50)] == [False] * 50
+    assert len(attempts) == 1
+    now[0] += WRITE_RETRY_HOLD
+    assert not journal.append(payload(50), enqueue=True)
+    assert len(attempts) == 2
+    monkeypatch.setattr(SpillJournal, "_open", real_open)
+    now[0] += WRITE_RETRY_HOLD
+    assert journal.append(payload(51), enqueue=True)
+    assert journal.pending == 1
     journal.close()
 
 
@@ -379,17 +407,24 @@ def test_a_new_spill_file_appears_already_locked(
 
 
 def test_new_appends_during_a_merge_are_not_taken_for_a_lock(tmp_path: Path) -> None:
-    appended: list[bool] = []
+    """A read's merge (``only_locked``) that leaves events other threads appended
+    meanwhile returns at once: they are the merger thread's; only a lock is waited
+    out. (Before, such a read retried, and stored, until its whole budget was spent.)"""
+    stored: Stored = []
 
     def store(entries: Stored) -> None:
-        # Another thread appends while this merge stores.
-        appended.append(behind.journal.append(payload(99), enqueue=True))
+        stored.extend(entries)
+        if len(stored) == 1:  # another thread appends while this merge stores
+            assert behind.journal.append(payload(99), enqueue=True)
 
     behind = merger(tmp_path, cast(Sink, store), max_entries=10)
     assert behind.journal.append(payload(1), enqueue=True)
-    assert not behind.merge_once()  # one event is left for the next merge...
-    assert appended == [True]
-    assert not behind.locked  # ...but nothing was locked: the merger does not back off
+    assert not behind.merge_until(time.monotonic() + 60, only_locked=True)
+    assert stored == [(payload(1), True)]  # one merge: the newcomer was left alone
+    assert not behind.locked
+    assert behind.journal.pending == 1
+    assert behind.merge_until(time.monotonic() + 60)  # the merger's own way takes it
+    assert stored == [(payload(1), True), (payload(99), True)]
     behind.journal.close()
 
 
