@@ -163,24 +163,24 @@ class BatchSender:
         bookkeeping of a delivered batch (see the module docstring); an error
         it raises is raised again once the batch's answer has been applied.
         """
-        if meanwhile is None:
-            self.settle()
         if self._thread.halting():
             self.settle()
             self._storage.release([q.event_id for q in batch])
             return 0, False
+        transport = self.get_transport()
+        begin = getattr(transport, "begin_batch", None)
+        if begin is None:
+            meanwhile = None  # nothing to overlap the request with: the plain path
+        if meanwhile is None:
+            self.settle()
         events = [q.event for q in batch]
         retry = any(q.retry_count > 0 for q in batch)
-        transport = self.get_transport()
         started = self._clock()
         t0 = self._monotonic()
         side_error: Exception | None = None
         try:
             with self._thread.inside(self._call_phase()):
-                begin = getattr(transport, "begin_batch", None)
-                if meanwhile is None or begin is None:
-                    if meanwhile is not None:
-                        side_error = self._overlap(meanwhile)
+                if meanwhile is None or begin is None:  # (begin: for the type checker)
                     result = transport.submit_batch(events)
                 else:
                     # A new transport's setup (TLS context, handshake) runs in

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from telemetry_core import _process
 from telemetry_core import _sender_state as sender_state
 from telemetry_core._forksafe import lock_budget
 from telemetry_core.errors import ConfigError, PluginError
@@ -119,17 +118,15 @@ class Sending:
         A worker that has not yet found anything to send since it started is
         woken once, so the first events go out as they did when ``track()``
         stored them directly; after that the worker sends on its interval (a
-        wake per merge would send every 50 ms). No worker running: start one,
-        unless the service is busy (closing, disabling: the merge never
-        waits for the service's lock) or the interpreter is exiting (no new
-        thread then); the next ``track()`` or open starts it."""
+        wake per merge would send every 50 ms). No worker running: start one
+        when the service lets it (``may_start``), unless the service is busy
+        (closing, disabling: the merge never waits for the service's lock);
+        the next ``track()`` or open starts it."""
         worker = self.worker
         if worker is not None and worker.running:
             if self._first_events:
                 self._first_events = False
                 worker.wake()
-            return
-        if _process.exiting:
             return
         lock = self._lock()
         if not lock.acquire(blocking=False):

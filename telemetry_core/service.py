@@ -170,7 +170,13 @@ class TelemetryService:
             access=self._access,
             stats=self.get_submission_stats,
             lock=lambda: self._lock,
-            may_start=lambda: not self._closed and self._background and self._config.sending,
+            # No new thread while the interpreter exits (the exit hook runs).
+            may_start=lambda: (
+                not self._closed
+                and self._background
+                and self._config.sending
+                and not _process.exiting
+            ),
             clock=clock,
             monotonic=monotonic,
         )

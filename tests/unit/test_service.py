@@ -367,6 +367,25 @@ def test_worker_starts_lazily_and_stops_on_exit(tmp_path: Path) -> None:
         rig2.service.close(timeout=10)
 
 
+def test_no_worker_starts_while_the_interpreter_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither track() nor the merge of its journal starts a thread once the exit
+    hook runs (Python 3.12+ refuses new threads at shutdown); the event is kept."""
+    from telemetry_core import _process
+
+    rig = Rig(remote(tmp_path))
+    try:
+        monkeypatch.setattr(_process, "exiting", True)
+        event_id = rig.service.track("late")
+        assert event_id is not None
+        assert rig.service.queue_stats().pending == 1  # merged, and queued
+        assert rig.service.worker is None
+    finally:
+        monkeypatch.setattr(_process, "exiting", False)
+        rig.service.close(timeout=10)
+
+
 def test_background_worker_delivers(tmp_path: Path) -> None:
     rig = Rig(remote(tmp_path, submission_interval=3600.0))
     with rig.service as service:
