@@ -106,6 +106,23 @@ _info_decoder = msgspec.json.Decoder(ServerInfo)
 _request_encoder = msgspec.json.Encoder()
 
 
+def _read_answer(response: urllib3.BaseHTTPResponse, what: str) -> bytes:
+    """The body of ``response`` (``what``: the request, for the message), its
+    connection left clean for the next request; an answer larger than
+    :data:`MAX_RESPONSE_BYTES` closes the connection (the rest stays unread)
+    and raises a retryable :class:`TransportError`."""
+    data = response.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
+        response.close()
+        raise TransportError(
+            f"{what}: answer larger than {MAX_RESPONSE_BYTES} bytes",
+            retryable=True,
+            status=response.status,
+        )
+    response.drain_conn()
+    return data
+
+
 def parse_retry_after(value: str | None, *, now: float, maximum: float) -> float | None:
     """Parse a ``Retry-After`` header into seconds from ``now``, clamped to ``[0, maximum]``.
 
@@ -303,14 +320,7 @@ class HttpsClient:
                 **kwargs,  # type: ignore[arg-type]
             )
             try:
-                data = response.read(MAX_RESPONSE_BYTES + 1)
-                if len(data) > MAX_RESPONSE_BYTES:
-                    raise TransportError(
-                        f"{method} {url}: answer larger than {MAX_RESPONSE_BYTES} bytes",
-                        retryable=True,
-                        status=response.status,
-                    )
-                response.drain_conn()
+                data = _read_answer(response, f"{method} {url}")
             finally:
                 response.release_conn()
         except TransportError:
@@ -360,14 +370,11 @@ class HttpsClient:
 
     def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
         """``POST`` ``events`` to the endpoint as one request (see the module docstring)."""
-        body, extra = self._body(events)
-        started = time.perf_counter()
-        status, data, headers = self._request("POST", self._endpoint, body=body, headers=extra)
-        return self._answer(len(events), status, data, headers, started)
+        return self.begin_batch(events)()
 
     def begin_batch(self, events: Sequence[Event]) -> Callable[[], SubmissionResult]:
-        """Put ``events`` on the wire as :meth:`submit_batch` does and return at
-        once; the returned call waits for the answer (and must be called).
+        """Put ``events`` on the wire (one ``POST``) and return at once; the
+        returned call waits for the answer (and must be called).
 
         The request has a keep-alive connection of the pool to itself until
         then, so the caller can do other work while the collector handles it.
@@ -400,15 +407,7 @@ class HttpsClient:
         def answer() -> SubmissionResult:
             try:
                 response = conn.getresponse()
-                data = response.read(MAX_RESPONSE_BYTES + 1)
-                if len(data) > MAX_RESPONSE_BYTES:
-                    conn.close()
-                    raise TransportError(
-                        f"POST {url}: answer larger than {MAX_RESPONSE_BYTES} bytes",
-                        retryable=True,
-                        status=response.status,
-                    )
-                response.drain_conn()
+                data = _read_answer(response, f"POST {url}")
             except TransportError:
                 raise
             except Exception as exc:

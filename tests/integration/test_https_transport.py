@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import pytest
 
 from telemetry_core.config import TelemetryConfig
 from telemetry_core.errors import TransportError
-from telemetry_core.models import SubmissionResult
 from telemetry_core.schema import Event, SubmitRequest, new_event_id
 from telemetry_core_plugins._https_client import USER_AGENT
 from telemetry_core_plugins.https_transport import HttpsTransport
@@ -38,19 +37,11 @@ def make_events(count: int, *, padding: int = 0) -> list[Event]:
     ]
 
 
-class SplitTransport(HttpsTransport):
-    """Sends through ``begin_batch`` and its wait, the path ``drain()`` overlaps."""
-
-    def submit_batch(self, events: Sequence[Event]) -> SubmissionResult:
-        answer = self.begin_batch(events)
-        return answer()
-
-
-@pytest.fixture(params=["submit_batch", "begin_batch"])
-def make_transport(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    """Every test runs on both ways of sending a batch."""
+@pytest.fixture
+def make_transport(tmp_path: Path) -> Any:
+    """HttpsTransports for a fake collector (``submit_batch`` is ``begin_batch``
+    and its wait, the path ``drain()`` overlaps), closed after the test."""
     made: list[HttpsTransport] = []
-    kind = HttpsTransport if request.param == "submit_batch" else SplitTransport
 
     def factory(collector: FakeCollector, **changes: Any) -> HttpsTransport:
         values: dict[str, Any] = {
@@ -61,7 +52,7 @@ def make_transport(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
         }
         values.update(changes)
         config = TelemetryConfig(app="demo", db_path=tmp_path / "t.db", **values)
-        transport = kind(config, clock=lambda: NOW)
+        transport = HttpsTransport(config, clock=lambda: NOW)
         made.append(transport)
         return transport
 
