@@ -43,7 +43,6 @@ from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
     CANONICAL_UUID,
     Translation,
-    derived_id_of_bytes,
     derived_ids_after,
     normalise_key,
     normalise_type,
@@ -141,13 +140,13 @@ def _add_record(
     properties: dict[str, Any],
     nanos: int,
     resource: _Resource,
-    context: bytes,
+    derive: Callable[[bytes], str],
     record: Any,
     encode: Callable[[Any], bytes],
     received_ms: int,
 ) -> None:
     """Translate one record into an event or a rejection. Without a UUID in
-    ``uid``, the id is derived from ``context`` and ``encode(record)``."""
+    ``uid``, the id is ``derive(encode(record))`` (``derive`` holds the scope)."""
     name = event_name or _text(mapped.named)
     event_type = normalise_type(name) if name else None
     if event_type is None:
@@ -157,7 +156,7 @@ def _add_record(
     out.add(
         index,
         Event(
-            id=uuid_or_none(uid) or derived_id_of_bytes("otlp", context + encode(record)),
+            id=uuid_or_none(uid) or derive(encode(record)),
             type=event_type,
             timestamp=nanos // 1_000_000 if nanos else received_ms,
             install_id=resource.install,
@@ -399,7 +398,7 @@ class _Shapes:
         self.hits = self.misses = 0
         #: The last shape learnt, as bytes with holes (see :class:`_Template`).
         self.template: _Template | None = None
-        self.template_misses = 0
+        self.template_hits = self.template_misses = 0
 
     def learn(self, record: Any, uids: list[int], mapped: _Mapped) -> None:
         """Remember the shape of a record read through the memo (``uids`` are the
@@ -419,7 +418,7 @@ class _Shapes:
     @property
     def template_worth_it(self) -> bool:
         """False once the template missed more records of the request than not."""
-        return self.template_misses <= 16 or self.hits >= self.template_misses
+        return self.template_misses <= 16 or self.template_hits >= self.template_misses
 
     @property
     def worth_it(self) -> bool:
@@ -430,8 +429,8 @@ class _Shapes:
 class _PbRequest:
     """One protobuf request being translated: its records, in request order, each
     through its shape (:meth:`shaped`) or, when the shape is new, through the
-    attribute memo (:meth:`read`). ``resource`` and ``context`` are those of the
-    scope being read."""
+    attribute memo (:meth:`read`). ``resource`` and ``derive`` (the ids derived
+    from the scope and each record) are those of the scope being read."""
 
     def __init__(self, received_ms: int, *, shapes: bool) -> None:
         self.out = Translation()
@@ -439,8 +438,7 @@ class _PbRequest:
         self.memo = _AttributeMemo()
         self.shapes = _Shapes() if shapes else None
         self.resource = _Resource({})  # each scope's, before its records
-        self.context = b""
-        self.derive = derived_ids_after("otlp", b"")
+        self.derive = derived_ids_after("otlp", b"")  # each scope's, before its records
 
     def record(self, index: int, record: Any) -> None:
         """Translate the record at ``index``."""
@@ -449,13 +447,16 @@ class _PbRequest:
             self.read(index, record, None)
             return
         template = shapes.template
+        encoded = None  # the record as sent, once encoded (for a derived id)
         if template is not None and shapes.template_worth_it:
-            if self.templated(index, record.SerializeToString(), template):
+            encoded = record.SerializeToString()
+            if self.templated(index, encoded, template):
                 shapes.hits += 1
+                shapes.template_hits += 1
                 return
             shapes.template_misses += 1
-        if not self.shaped(index, record, shapes):
-            self.read(index, record, shapes)
+        if not self.shaped(index, record, shapes, encoded):
+            self.read(index, record, shapes, encoded)
 
     def templated(self, index: int, encoded: bytes, template: _Template) -> bool:
         """Translate a record whose encoding (as sent) fits ``template`` and say
@@ -494,9 +495,10 @@ class _PbRequest:
         )
         return True
 
-    def shaped(self, index: int, record: Any, shapes: _Shapes) -> bool:
+    def shaped(self, index: int, record: Any, shapes: _Shapes, encoded: bytes | None) -> bool:
         """Translate a record of a known shape (see :class:`_Shapes`) and say so;
-        leave any other record as it was and return False."""
+        leave any other record as it was and return False (``encoded``: the
+        record as sent, when already encoded)."""
         uid_at = shapes.uid_at
         uid_value = None if uid_at is None else _string_uid(record, uid_at)
         if uid_value is None:
@@ -505,7 +507,10 @@ class _PbRequest:
             uid = uid_value.string_value
             event_id = uid if CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
         # As sent, for a derived id (what _pb_encode_record gives, without its call).
-        encoded: bytes = b"" if event_id is not None else record.SerializeToString()
+        if event_id is not None:
+            encoded = b""
+        elif encoded is None:
+            encoded = record.SerializeToString()
         nanos, observed = record.time_unix_nano, record.observed_time_unix_nano
         record.time_unix_nano = record.observed_time_unix_nano = 0  # what _blank does
         if uid_value is not None:
@@ -543,8 +548,11 @@ class _PbRequest:
         )
         return True
 
-    def read(self, index: int, record: Any, shapes: _Shapes | None) -> None:
-        """Translate a record through the attribute memo (and learn its shape)."""
+    def read(
+        self, index: int, record: Any, shapes: _Shapes | None, encoded: bytes | None = None
+    ) -> None:
+        """Translate a record through the attribute memo (and learn its shape);
+        ``encoded``: the record as sent, when already encoded."""
         uid, uids, mapped = self.memo.read(record.attributes)
         _add_record(
             self.out,
@@ -555,9 +563,9 @@ class _PbRequest:
             properties=dict(mapped.properties),  # mapped is shared by like records
             nanos=record.time_unix_nano or record.observed_time_unix_nano,
             resource=self.resource,
-            context=self.context,
+            derive=self.derive,
             record=record,
-            encode=_pb_encode_record,
+            encode=_pb_encode_record if encoded is None else (lambda _record: encoded),
             received_ms=self.received_ms,
         )
         if shapes is not None:
@@ -580,10 +588,11 @@ def _translate_protobuf(body: bytes, received_ms: int, *, shapes: bool = True) -
         reader.resource = _Resource(reader.memo.attributes(resource_pb.attributes))
         for scope_logs in resource_logs.scope_logs:
             # A derived id covers the record, its scope and its resource, as sent.
-            reader.context = resource_pb.SerializeToString(deterministic=True) + (
-                scope_logs.scope.SerializeToString(deterministic=True)
+            reader.derive = derived_ids_after(
+                "otlp",
+                resource_pb.SerializeToString(deterministic=True)
+                + scope_logs.scope.SerializeToString(deterministic=True),
             )
-            reader.derive = derived_ids_after("otlp", reader.context)
             for record in scope_logs.log_records:
                 reader.record(index, record)
                 index += 1
@@ -810,7 +819,7 @@ def _translate_json(body: bytes, received_ms: int, *, shapes: bool = True) -> Tr
                     properties=dict(mapped.properties),  # mapped may be shared
                     nanos=nanos,
                     resource=resource,
-                    context=context,
+                    derive=derive,
                     record=record,
                     encode=_json_encoder.encode,
                     received_ms=received_ms,

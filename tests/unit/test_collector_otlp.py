@@ -417,6 +417,33 @@ def test_an_sdk_export_is_read_by_shape() -> None:
     ]
 
 
+def test_a_template_that_misses_more_than_it_hits_is_left_alone() -> None:
+    """Three shapes in turn: the template (the last shape learnt) hits one record in
+    three, so once its misses pass its own hits the reader stops trying it, while
+    the shapes themselves keep hitting."""
+    records = [
+        clicked(
+            attributes=[
+                kv("log.record.uid", string_value=str(uuid.uuid4())),
+                kv(f"k{i % 3}", int_value=1),
+            ],
+            time_unix_nano=NOW_MS * 1_000_000 + i,
+        )
+        for i in range(300)
+    ]
+    reader = otlp._PbRequest(NOW_MS, shapes=True)
+    reader.resource = otlp._Resource({})
+    parsed = request(*records).resource_logs[0].scope_logs[0].log_records
+    for index, record in enumerate(parsed):
+        reader.record(index, record)
+    shapes = reader.shapes
+    assert shapes is not None
+    assert shapes.template_misses > shapes.template_hits
+    assert not shapes.template_worth_it
+    assert shapes.worth_it  # the shapes are still worth it: all three hit
+    assert len(reader.out.events) == 300
+
+
 @pytest.mark.parametrize(
     "odd",
     [
