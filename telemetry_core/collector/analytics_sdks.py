@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from itertools import repeat
 from operator import attrgetter
 from typing import Any, Final, cast
@@ -173,11 +174,8 @@ def _typed(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 
 
 def _as_dicts(batch: AnalyticsBatch) -> list[Any]:
-    """The messages of a batch as the generic decode gives what the translation
-    reads: an ``sdk_shaped`` batch's structs as dicts (an absent field and a null
-    one are both ``None`` to ``dict.get``)."""
-    if not batch.sdk_shaped:
-        return batch.messages
+    """An ``sdk_shaped`` batch's structs as the dicts the generic decode gives
+    (an absent field and a null one are both ``None`` to ``dict.get``)."""
     return [msgspec.structs.asdict(m) for m in batch.messages]
 
 
@@ -475,38 +473,21 @@ def _posthog_typed(
 ) -> Translation | None:
     """:func:`_posthog_ordinary` of an ``sdk_shaped`` batch: its fields typed by the
     decode, its properties (scalars only) kept by deleting keys from a copy of each
-    map (:func:`scalar_drops`) instead of the flattening loop; ``None`` for a batch
-    this does not cover (read then as dicts)."""
+    map (:func:`scalar_drops`) instead of the flattening loop, unless a key needs a
+    new name; ``None`` for a batch this does not cover (read then as dicts)."""
     if not messages:
         return None
-    names = list(map(_EVENT, messages))
-    ids = list(map(attrgetter("uuid"), messages))
-    types = {name: _posthog_type(name) for name in set(names)}
-    if None in types.values() or None in map(CANONICAL_UUID.fullmatch, ids):
-        return None
     props = list(map(_PROPERTIES, messages))
-    drops = scalar_drops(set().union(*props), drop_prefix="$", dropped_names=_POSTHOG_DROPPED_NAMES)
-    users = list(map(attrgetter("distinct_id"), messages))
-    read = _installs_and_times(users, list(map(_TIMESTAMP, messages)), hash_id)
-    if drops is None or read is None:
-        return None
-    installs, timestamps = read
-    known = cast(dict[str, str], types)
-    return _all_kept(
-        [
-            _posthog_event(
-                name,
-                known[name],
-                p,
-                install=installs[user],
-                timestamp=timestamp,
-                event_id=event_id,
-                properties=_without(p, drops),
-            )
-            for name, p, user, timestamp, event_id in zip(
-                names, props, users, timestamps, ids, strict=True
-            )
-        ]
+    return _posthog_batch(
+        list(map(_EVENT, messages)),
+        props,
+        list(map(attrgetter("distinct_id"), messages)),
+        list(map(_TIMESTAMP, messages)),
+        list(map(attrgetter("uuid"), messages)),
+        hash_id=hash_id,
+        drops=scalar_drops(
+            set().union(*props), drop_prefix="$", dropped_names=_POSTHOG_DROPPED_NAMES
+        ),
     )
 
 
@@ -529,6 +510,23 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
     ids = _column(messages, "uuid", str)
     if names is None or props is None or users is None or stamps is None or ids is None:
         return None
+    return _posthog_batch(names, props, users, stamps, ids, hash_id=hash_id, drops=None)
+
+
+def _posthog_batch(
+    names: list[str],
+    props: list[dict[str, Any]],
+    users: list[str],
+    stamps: list[str],
+    ids: list[str],
+    *,
+    hash_id: Callable[[str], str],
+    drops: list[str] | None,
+) -> Translation | None:
+    """What the batch-wide PostHog readers share, from the batch's columns: every
+    name a valid type, every id a canonical UUID, users and timestamps readable
+    (else ``None``). ``drops``: the keys deleted from a copy of each map (scalar
+    maps whose keys keep their names); ``None``: each map is flattened."""
     types = {name: _posthog_type(name) for name in set(names)}
     if None in types.values() or None in map(CANONICAL_UUID.fullmatch, ids):
         return None
@@ -546,6 +544,7 @@ def _posthog_ordinary(messages: list[Any], hash_id: Callable[[str], str]) -> Tra
                 install=installs[user],
                 timestamp=timestamp,
                 event_id=event_id,
+                properties=None if drops is None else _without(p, drops),
             )
             for name, p, user, timestamp, event_id in zip(
                 names, props, users, timestamps, ids, strict=True
@@ -703,7 +702,8 @@ def _segment_typed(
     messages: list[_SegmentMessage], hash_id: Callable[[str], str]
 ) -> Translation | None:
     """:func:`_segment_ordinary` of an ``sdk_shaped`` batch of track calls with
-    canonical ``messageId``s (see :func:`_posthog_typed`); ``None`` for any other."""
+    canonical ``messageId``s (properties as in :func:`_posthog_typed`); ``None``
+    for any other."""
     if not messages or [m.type for m in messages].count("track") != len(messages):
         return None
     names = list(map(_EVENT, messages))
@@ -713,19 +713,22 @@ def _segment_typed(
         return None
     if None in map(CANONICAL_UUID.fullmatch, ids):
         return None
-    props = list(map(_PROPERTIES, messages))
-    drops = scalar_drops(set().union(*props))
     users = list(map(attrgetter("anonymousId"), messages))
     read = _installs_and_times(users, list(map(_TIMESTAMP, messages)), hash_id)
-    if drops is None or read is None:
+    if read is None:
         return None
     installs, timestamps = read
     known = cast(dict[str, str], types)
+    drops = scalar_drops(set().union(*map(_PROPERTIES, messages)))
+    # A key that needs a new name: each map flattened, as the dict reading does.
+    shaped: Callable[[dict[str, Any]], dict[str, Any]] = (
+        flatten_properties if drops is None else partial(_without, drops=drops)
+    )
     events = []
     for message, name, user, timestamp, event_id in zip(
         messages, names, users, timestamps, ids, strict=True
     ):
-        properties = _without(message.properties, drops)
+        properties = shaped(message.properties)
         duration, success = _lift(properties)
         app, version = _segment_app(message.context)
         events.append(

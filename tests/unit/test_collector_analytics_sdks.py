@@ -802,3 +802,25 @@ def test_sdk_bodies_take_the_typed_path() -> None:
     assert _segment_typed(batch.messages, HASHER.memo()) is not None
     translation = translate_segment(batch, hasher=HASHER, received_ms=NOW_MS)
     assert [e.properties for e in translation.events] == [{"total": 30.5, "currency": "EUR"}] * 2
+
+
+def test_sdk_bodies_with_keys_to_rename_stay_on_the_typed_path() -> None:
+    """A key that needs a new name ("Plan Name") does not send an SDK body back to the
+    generic reading (which decoded, hashed and read every timestamp again): the typed
+    path flattens those maps itself, with the same result as the dict reading."""
+    renamed = {"Plan Name": "pro", "$lib": "posthog-python", "$app_name": "shop"}
+    body = json.dumps({"api_key": "k", "batch": [posthog_event(properties=renamed)]}).encode()
+    batch = decode_posthog(body, max_events=5)
+    typed = _posthog_typed(batch.messages, HASHER.memo())
+    assert typed is not None
+    assert [e.properties for e in typed.events] == [{"Plan_Name": "pro"}]
+    reference = _posthog_each(_posthog_generic(body), HASHER.memo(), NOW_MS)
+    assert _translated(typed) == _translated(reference)
+    message = segment_track(properties={"Order Total": 30.5})
+    body = json.dumps({"batch": [message]}).encode()
+    batch = decode_segment(body, max_events=5)
+    typed = _segment_typed(batch.messages, HASHER.memo())
+    assert typed is not None
+    assert [e.properties for e in typed.events] == [{"Order_Total": 30.5}]
+    reference = _segment_each(_segment_generic(body), HASHER.memo(), NOW_MS)
+    assert _translated(typed) == _translated(reference)
