@@ -518,9 +518,11 @@ def check_built(
         except msgspec.ValidationError:
             converted = None
 
-    def reference() -> CheckedBatch:
+    def reference(encoded: list[bytes] | None = None) -> CheckedBatch:
+        if encoded is None:
+            encoded = [_wire_encoder.encode(e) for e in events]
         return check_events(
-            [msgspec.Raw(_wire_encoder.encode(e)) for e in events],
+            list(map(msgspec.Raw, encoded)),
             now_ms=now_ms,
             max_event_bytes=max_event_bytes,
             max_future_skew_ms=max_future_skew_ms,
@@ -532,9 +534,10 @@ def check_built(
     if (
         strings.quick_size_bound(converted) > max_event_bytes
         and strings.encoded_size_bound(converted) > max_event_bytes
-        and max(map(len, map(_wire_encoder.encode, events)), default=0) > max_event_bytes
     ):
-        return reference()
+        encoded = [_wire_encoder.encode(e) for e in events]
+        if max(map(len, encoded), default=0) > max_event_bytes:
+            return reference(encoded)  # encoded once, for the size and the verdict
     return _sorted(
         converted,
         reference,

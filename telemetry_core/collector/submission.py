@@ -155,13 +155,14 @@ class Submission:
         events: Sequence[Event],
         *,
         untranslated: Sequence[EventError] = (),
-        normalised: bool = False,
     ) -> SubmitResponse:
         """:meth:`accept` for the events a foreign format was translated into:
         checked by :func:`~telemetry_core.collector.ingest.check_built`, which
         gives the verdict :meth:`accept` gives for them as JSON without encoding
-        and decoding them again (``normalised`` as there)."""
-        check = functools.partial(check_built, events, normalised=normalised)
+        and decoding them again. Every translation builds its ids, types and
+        property keys in their patterns (``translation.Translation`` says how),
+        so they are checked as ``normalised``."""
+        check = functools.partial(check_built, events, normalised=True)
         return await self._accept(kid, len(events), check, untranslated)
 
     async def _accept(

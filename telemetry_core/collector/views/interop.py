@@ -62,11 +62,7 @@ async def _accept(submission: Submission, kid: str, translation: Translation) ->
             "too_many_events",
             f"{translation.total} records; at most {settings.max_events_per_batch}",
         )
-    # Every translation builds its ids, types and property keys in their patterns
-    # (translation.Translation says how), so check_built need not scan them again.
-    return await submission.accept_built(
-        kid, translation.events, untranslated=translation.errors, normalised=True
-    )
+    return await submission.accept_built(kid, translation.events, untranslated=translation.errors)
 
 
 # -- OTLP/HTTP logs -------------------------------------------------------------------
