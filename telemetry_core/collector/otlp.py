@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import msgspec
+import msgspec.structs
 
 from telemetry_core.collector.ingest import IngestError
 from telemetry_core.collector.translation import (
@@ -49,6 +50,8 @@ from telemetry_core.collector.translation import (
     uuid_or_none,
 )
 from telemetry_core.schema import Event
+
+_replace = msgspec.structs.replace
 
 __all__ = [
     "JSON",
@@ -284,7 +287,7 @@ class _Shape:
     not) and its mapped attributes. A shape is a record's encoding with its times
     and its uid (the string ``log.record.uid`` at ``uid_at``, its only one) empty."""
 
-    __slots__ = ("event_type", "mapped", "reason")
+    __slots__ = ("event_type", "mapped", "proto", "proto_of", "reason")
 
     def __init__(self, event_name: str, mapped: _Mapped) -> None:
         self.mapped = mapped
@@ -292,6 +295,33 @@ class _Shape:
         self.event_type = normalise_type(name) if name else None
         reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
         self.reason = f"{reason}: a log record needs an event name"
+        #: The event every record of the shape gives in the scope ``proto_of``,
+        #: less its id, time and own copy of the properties.
+        self.proto: Event | None = None
+        self.proto_of: _Resource | None = None
+
+    def event(self, resource: _Resource, event_id: str, timestamp: int) -> Event:
+        """The event of a record of this shape (its type known) in ``resource``'s scope."""
+        proto = self.proto
+        if proto is None or self.proto_of is not resource:
+            mapped = self.mapped
+            proto = self.proto = Event(
+                id=event_id,
+                type=cast(str, self.event_type),
+                timestamp=timestamp,
+                install_id=resource.install,
+                app=resource.app,
+                app_version=resource.version,
+                session_id=mapped.session,
+                duration_ms=mapped.duration,
+                success=mapped.success,
+                properties={},
+            )
+            self.proto_of = resource
+        # mapped is shared by like records: each event gets its own properties.
+        return _replace(
+            proto, id=event_id, timestamp=timestamp, properties=dict(self.mapped.properties)
+        )
 
 
 def _string_uid(record: Any, uid_at: int | None) -> Any:
@@ -477,21 +507,13 @@ class _PbRequest:
         if at is not None:
             uid = encoded[at : at + _UID_LENGTH].decode()  # UTF-8: the parser checked it
             event_id = uid if CANONICAL_UUID.fullmatch(uid) else uuid_or_none(uid)
-        mapped, resource = shape.mapped, self.resource
         self.out.origins.append(index)  # what out.add does, without its call
         self.out.events.append(
-            Event(
-                id=event_id or self.derive(encoded),
-                type=shape.event_type,
-                timestamp=nanos // 1_000_000 if nanos else self.received_ms,
-                install_id=resource.install,
-                app=resource.app,
-                app_version=resource.version,
-                session_id=mapped.session,
-                duration_ms=mapped.duration,
-                success=mapped.success,
-                properties=dict(mapped.properties),  # mapped is shared by like records
-            ),
+            shape.event(
+                self.resource,
+                event_id or self.derive(encoded),
+                nanos // 1_000_000 if nanos else self.received_ms,
+            )
         )
         return True
 
@@ -528,23 +550,11 @@ class _PbRequest:
             self.out.reject(index, "missing_type", shape.reason)
             return True
         nanos = nanos or observed
-        mapped, resource = shape.mapped, self.resource
         if event_id is None:
             event_id = self.derive(encoded)
         self.out.add(
             index,
-            Event(
-                id=event_id,
-                type=shape.event_type,
-                timestamp=nanos // 1_000_000 if nanos else self.received_ms,
-                install_id=resource.install,
-                app=resource.app,
-                app_version=resource.version,
-                session_id=mapped.session,
-                duration_ms=mapped.duration,
-                success=mapped.success,
-                properties=dict(mapped.properties),  # mapped is shared by like records
-            ),
+            shape.event(self.resource, event_id, nanos // 1_000_000 if nanos else self.received_ms),
         )
         return True
 
@@ -851,22 +861,8 @@ def _add_shaped(
         event_id = uid
     else:
         event_id = uuid_or_none(uid) or derive(_json_encoder.encode(record))
-    mapped = shape.mapped
     out.origins.append(index)  # what out.add does, without its call
-    out.events.append(
-        Event(
-            id=event_id,
-            type=shape.event_type,
-            timestamp=timestamp,
-            install_id=resource.install,
-            app=resource.app,
-            app_version=resource.version,
-            session_id=mapped.session,
-            duration_ms=mapped.duration,
-            success=mapped.success,
-            properties=dict(mapped.properties),  # mapped is shared by like records
-        ),
-    )
+    out.events.append(shape.event(resource, event_id, timestamp))
 
 
 def translate_logs(body: bytes, encoding: Encoding, *, received_ms: int) -> Translation:
