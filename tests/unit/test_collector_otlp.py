@@ -394,6 +394,16 @@ def test_protobuf_records_read_by_shape_give_the_events_read_through_the_memo(
     assert_normalised(shaped)
 
 
+def _read_by_shape(records: list[Any]) -> Any:
+    """A protobuf request's reader after it read ``records`` (one scope), shapes on."""
+    reader = otlp._PbRequest(NOW_MS, shapes=True)
+    reader.resource = otlp._Resource({})
+    parsed = request(*records).resource_logs[0].scope_logs[0].log_records
+    for index, record in enumerate(parsed):
+        reader.record(index, record)
+    return reader
+
+
 def test_an_sdk_export_is_read_by_shape() -> None:
     """The otlp transport's records (a uid each, the rest alike) take the shape
     path (the equivalence test above would prove nothing if they never did)."""
@@ -404,11 +414,7 @@ def test_an_sdk_export_is_read_by_shape() -> None:
         )
         for i in range(40)
     ]
-    reader = otlp._PbRequest(NOW_MS, shapes=True)
-    reader.resource = otlp._Resource({})
-    parsed = request(*records).resource_logs[0].scope_logs[0].log_records
-    for index, record in enumerate(parsed):
-        reader.record(index, record)
+    reader = _read_by_shape(records)
     assert reader.shapes is not None
     assert (reader.shapes.hits, reader.shapes.misses) == (39, 1)
     assert reader.shapes.template is not None and reader.shapes.template_misses == 0
@@ -431,11 +437,7 @@ def test_a_template_that_misses_more_than_it_hits_is_left_alone() -> None:
         )
         for i in range(300)
     ]
-    reader = otlp._PbRequest(NOW_MS, shapes=True)
-    reader.resource = otlp._Resource({})
-    parsed = request(*records).resource_logs[0].scope_logs[0].log_records
-    for index, record in enumerate(parsed):
-        reader.record(index, record)
+    reader = _read_by_shape(records)
     shapes = reader.shapes
     assert shapes is not None
     assert shapes.template_misses > shapes.template_hits
