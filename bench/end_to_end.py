@@ -10,15 +10,24 @@ them as it does ours (the end-to-end limit of that pipeline: the 0.5x check),
 and to a stdlib TLS server that discards them (the limit of the HTTP/TLS stack
 alone, reported with its own verdict). All subjects are interleaved in one
 run; the full run repeats this for several batch sizes.
+
+After the timed rounds, one longer drain per batch size (not interleaved, as
+``/proc`` counts CPU in clock ticks) splits its CPU time per event between
+the client process, the collector's event loop process and its writer
+process: their sum over the machine's cores bounds how fast the drain could
+go with every part perfectly overlapped, the figure that says whether the
+check against the discarding server can be met on this machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
-from bench import _ours
+from bench import _cpu, _ours
 from bench._harness import Context, Report, Round, Unavailable, interleave
 from bench._tls import Certs, discard_server
 
@@ -39,6 +48,8 @@ def run(ctx: Context) -> Report:
     closers: list[Callable[[], object]] = []
     subjects: dict[str, Callable[[], Callable[[], Round]]] = {}
     stack: list[object] = []
+    services: dict[int, object] = {}
+    collector_pids: list[int] = []
 
     def ours(batch: int) -> Callable[[], Callable[[], Round]]:
         def factory() -> Callable[[], Round]:
@@ -55,6 +66,7 @@ def run(ctx: Context) -> Report:
                 submission_interval=3600.0,
             )
             closers.append(lambda: _ours.close_service(svc))
+            services[batch] = svc
 
             def one_round() -> Round:
                 for _ in range(n):  # recording is set-up, not timed
@@ -110,7 +122,11 @@ def run(ctx: Context) -> Report:
         with discard_server(certs) as discard_base:
             try:
                 ctxmgr = _ours.collector(
-                    ctx.workdir, cert=certs.cert, key=certs.key, api_key=API_KEY
+                    ctx.workdir,
+                    cert=certs.cert,
+                    key=certs.key,
+                    api_key=API_KEY,
+                    pids=collector_pids,
                 )
                 stack.append(ctxmgr.__enter__())
                 closers.insert(0, lambda: ctxmgr.__exit__(None, None, None))
@@ -121,6 +137,10 @@ def run(ctx: Context) -> Report:
                 subjects[_to_collector(batch)] = raw(batch, None)
                 subjects[_to_discard(batch)] = raw(batch, discard_base)
             report.rows = interleave(subjects, rounds=rounds, unit="event", max_seconds=300)
+            for batch, svc in services.items():
+                split = _cpu_split(svc, collector_pids, ctx.pick(2000, 20000))
+                report.series[f"cpu_split_batch_{batch}"] = split
+                report.notes.append(_split_note(batch, split, report.row(_to_discard(batch))))
             for close in reversed(closers):
                 close()
             closers.clear()
@@ -135,13 +155,43 @@ def run(ctx: Context) -> Report:
     def per_second(name: Callable[[int], str]) -> list[float | None]:
         return [(r.per_second if (r := report.row(name(b))) else None) for b in sizes]
 
-    report.series = {
+    report.series |= {
         "batch_sizes": sizes,
         "ours_events_per_s": per_second(lambda b: f"ours submit_now, batch {b}"),
         "raw_collector_events_per_s": per_second(_to_collector),
         "raw_events_per_s": per_second(_to_discard),
     }
     return report
+
+
+def _cpu_split(svc: Any, collector_pids: list[int], n: int) -> dict[str, float]:
+    """One drain of ``n`` events; CPU microseconds per event of each process, and wall."""
+    for _ in range(n):
+        _ours.track(svc)
+    svc.queue_stats()
+    collector = collector_pids[:1] + [c for p in collector_pids[:1] for c in _cpu.children(p)]
+    main = collector[:1]
+    others = collector[1:]
+    before = (_cpu.self_seconds(), _cpu.total(main), _cpu.total(others), time.perf_counter())
+    svc.submit_now()
+    after = (_cpu.self_seconds(), _cpu.total(main), _cpu.total(others), time.perf_counter())
+    client, loop, writer, wall = ((b - a) * 1e6 / n for a, b in zip(before, after, strict=True))
+    return {"client_us": client, "collector_us": loop, "writer_us": writer, "wall_us": wall}
+
+
+def _split_note(batch: int, split: dict[str, float], discard: Any) -> str:
+    """What the CPU split says about the check against the discarding server."""
+    cores = os.cpu_count() or 1
+    cpu = split["client_us"] + split["collector_us"] + split["writer_us"]
+    text = (
+        f"batch {batch}: CPU per event client {split['client_us']:.1f} + collector event loop "
+        f"{split['collector_us']:.1f} + collector writer {split['writer_us']:.1f} = {cpu:.1f} us "
+        f"(wall {split['wall_us']:.1f} us); {cores} fully busy cores would take at least "
+        f"{cpu / cores:.1f} us per event"
+    )
+    if discard is not None and discard.median_ns:
+        text += f", at best {discard.median_ns / 1e3 / (cpu / cores):.2f}x the discarding server"
+    return text
 
 
 def _to_collector(batch: int) -> str:

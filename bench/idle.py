@@ -11,7 +11,12 @@ is measured every time (the worker's own first cycle may run before the event
 is recorded, and then waits its interval). A third process runs the same service without
 ``SSL_CERT_FILE``/``SSL_CERT_DIR`` in its environment (they make the https
 transport load the whole bundle they name, as OpenSSL does): its TLS context
-then reads the system's hashed CA directory lazily.
+then reads the system's hashed CA directory lazily. A fourth process holds
+only what the service needs from other libraries once it has sent (the
+*dependency floor*): sqlite3 with a WAL file written once, attrs, pluggy,
+msgspec, and one refused HTTPS request through a urllib3 pool with the
+default TLS context, with one thread waiting; the service's own modules and
+state are what it holds above that floor.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ NAME = "idle"
 IDLE = "idle interpreter"
 OURS = "telemetry-core service, worker idle"
 OURS_CADIR = "the same, system CA directory (no SSL_CERT_FILE/DIR)"
+FLOOR = "dependency floor: its libraries, one send, a waiting thread"
 
 _OURS_SCRIPT = """
 import sys, time
@@ -44,6 +50,26 @@ with TelemetryService(config) as telemetry:
     time.sleep(float(sys.argv[1]))
 """
 
+_FLOOR_SCRIPT = """
+import sqlite3, sys, threading, time
+import attrs, msgspec, pluggy, ssl, urllib3
+conn = sqlite3.connect(sys.argv[2], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, payload BLOB)")
+conn.execute("INSERT OR REPLACE INTO t VALUES ('a', ?)", (msgspec.json.encode({"type": "x"}),))
+pool = urllib3.HTTPSConnectionPool(
+    "127.0.0.1", int(sys.argv[3]), ssl_context=ssl.create_default_context(), retries=False
+)
+try:
+    pool.request("POST", "/v1/submit", body=msgspec.json.encode([{"type": "x"}]))
+except urllib3.exceptions.HTTPError:
+    pass
+wake = threading.Event()
+threading.Thread(target=wake.wait, daemon=True).start()
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
 
 def run(ctx: Context) -> Report:
     """Measure and compare; see the module docstring."""
@@ -53,7 +79,8 @@ def run(ctx: Context) -> Report:
     report.params = {"window_s": window, "warmup_s": warmup}
     if not Path("/proc/self/stat").exists():
         raise Unavailable("needs /proc")
-    endpoint = f"https://127.0.0.1:{_ours.closed_port()}/v1/submit"
+    port = _ours.closed_port()
+    endpoint = f"https://127.0.0.1:{port}/v1/submit"
     sleep_for = str(window + warmup + 5)
     env = _proc.clean_env()
     procs = {
@@ -76,6 +103,18 @@ def run(ctx: Context) -> Report:
             ],
             stdout=subprocess.PIPE,
             env={k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")},
+        ),
+        FLOOR: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _FLOOR_SCRIPT,
+                sleep_for,
+                str(ctx.workdir / "floor.db"),
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            env=env,
         ),
     }
     try:
@@ -110,6 +149,10 @@ def run(ctx: Context) -> Report:
     )
     report.check_value(
         "RSS above an idle interpreter", rss[OURS] - rss[IDLE], at_most=15, unit="MB"
+    )
+    report.notes.append(
+        f"the dependency floor is {rss[FLOOR] - rss[IDLE]:.1f} MB above an idle interpreter; "
+        f"telemetry-core's own modules and state add {rss[OURS] - rss[FLOOR]:.1f} MB to it"
     )
     report.notes.append(
         f"CPU counted over {elapsed:.1f} s; clock tick {1 / os.sysconf('SC_CLK_TCK'):.3f} s "
