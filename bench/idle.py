@@ -16,7 +16,8 @@ only what the service needs from other libraries once it has sent (the
 *dependency floor*): sqlite3 with a WAL file written once, attrs, pluggy,
 msgspec, and one refused HTTPS request through a urllib3 pool with the
 default TLS context, with one thread waiting; the service's own modules and
-state are what it holds above that floor.
+state are what it holds above that floor. A fifth process is the same floor
+sending with the standard library's ``http.client`` instead of urllib3.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ IDLE = "idle interpreter"
 OURS = "telemetry-core service, worker idle"
 OURS_CADIR = "the same, system CA directory (no SSL_CERT_FILE/DIR)"
 FLOOR = "dependency floor: its libraries, one send, a waiting thread"
+FLOOR_STDLIB = "the same floor with http.client instead of urllib3"
 
 _OURS_SCRIPT = """
 import sys, time
@@ -52,18 +54,30 @@ with TelemetryService(config) as telemetry:
 
 _FLOOR_SCRIPT = """
 import sqlite3, sys, threading, time
-import attrs, msgspec, pluggy, ssl, urllib3
+import attrs, msgspec, pluggy, ssl
 conn = sqlite3.connect(sys.argv[2], isolation_level=None)
 conn.execute("PRAGMA journal_mode=WAL")
 conn.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, payload BLOB)")
 conn.execute("INSERT OR REPLACE INTO t VALUES ('a', ?)", (msgspec.json.encode({"type": "x"}),))
-pool = urllib3.HTTPSConnectionPool(
-    "127.0.0.1", int(sys.argv[3]), ssl_context=ssl.create_default_context(), retries=False
-)
-try:
-    pool.request("POST", "/v1/submit", body=msgspec.json.encode([{"type": "x"}]))
-except urllib3.exceptions.HTTPError:
-    pass
+body = msgspec.json.encode([{"type": "x"}])
+if sys.argv[4] == "urllib3":
+    import urllib3
+    pool = urllib3.HTTPSConnectionPool(
+        "127.0.0.1", int(sys.argv[3]), ssl_context=ssl.create_default_context(), retries=False
+    )
+    try:
+        pool.request("POST", "/v1/submit", body=body)
+    except urllib3.exceptions.HTTPError:
+        pass
+else:
+    import http.client
+    https = http.client.HTTPSConnection(
+        "127.0.0.1", int(sys.argv[3]), context=ssl.create_default_context()
+    )
+    try:
+        https.request("POST", "/v1/submit", body=body)
+    except OSError:
+        pass
 wake = threading.Event()
 threading.Thread(target=wake.wait, daemon=True).start()
 print("ready", flush=True)
@@ -104,18 +118,22 @@ def run(ctx: Context) -> Report:
             stdout=subprocess.PIPE,
             env={k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")},
         ),
-        FLOOR: subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _FLOOR_SCRIPT,
-                sleep_for,
-                str(ctx.workdir / "floor.db"),
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            env=env,
-        ),
+        **{
+            name: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _FLOOR_SCRIPT,
+                    sleep_for,
+                    str(ctx.workdir / f"floor-{client}.db"),
+                    str(port),
+                    client,
+                ],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for name, client in ((FLOOR, "urllib3"), (FLOOR_STDLIB, "http.client"))
+        },
     }
     try:
         for proc in procs.values():
@@ -152,7 +170,8 @@ def run(ctx: Context) -> Report:
     )
     report.notes.append(
         f"the dependency floor is {rss[FLOOR] - rss[IDLE]:.1f} MB above an idle interpreter; "
-        f"telemetry-core's own modules and state add {rss[OURS] - rss[FLOOR]:.1f} MB to it"
+        f"telemetry-core's own modules and state add {rss[OURS] - rss[FLOOR]:.1f} MB to it; "
+        f"with http.client instead of urllib3 the floor is {rss[FLOOR_STDLIB] - rss[IDLE]:.1f} MB"
     )
     report.notes.append(
         f"CPU counted over {elapsed:.1f} s; clock tick {1 / os.sysconf('SC_CLK_TCK'):.3f} s "
