@@ -175,6 +175,9 @@ def _cpu_split(svc: Any, collector_pids: list[int], n: int) -> dict[str, float]:
     before = (_cpu.self_seconds(), _cpu.total(main), _cpu.total(others), time.perf_counter())
     svc.submit_now()
     after = (_cpu.self_seconds(), _cpu.total(main), _cpu.total(others), time.perf_counter())
+    left = svc.get_submission_stats().queue_size
+    if left:
+        raise RuntimeError(f"submit_now left {left} events queued")
     client, loop, writer, wall = ((b - a) * 1e6 / n for a, b in zip(before, after, strict=True))
     return {"client_us": client, "collector_us": loop, "writer_us": writer, "wall_us": wall}
 
