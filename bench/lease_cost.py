@@ -10,12 +10,15 @@ queues filled alike:
 - **range lease (sketch)**: the same select of due entries, then one row
   ``(owner, first id, last id, expiry)`` in a lease table instead of the
   rewrite, and the same delivery (moved to the stored events, deleted, the
-  queue's hole count kept), in plain SQL.
+  queue's hole count kept), in plain SQL;
+- **row leases (sketch)**: the same, with one narrow row ``(entry id, owner,
+  expiry)`` per claimed entry in a lease table keyed by the entry's id (what
+  keeps today's per-entry semantics), deleted with the delivery.
 
-The sketch only prices the writes: it keeps none of the lease semantics the
-storage keeps (entries between the first and the last id that were not due,
-stale leases, the index-only statistics), so it is the most such a design
-could save, not a design. Printed: WAL frames per cycle (automatic checkpoints
+The sketches only price the writes: they keep none of the lease semantics the
+storage keeps (the due selection skipping leased entries, stale leases, the
+index-only statistics), so they are the most such designs could save, not
+designs. Printed: WAL frames per cycle (automatic checkpoints
 off while counting) and the median time of a cycle over interleaved rounds.
 """
 
@@ -53,14 +56,20 @@ def main(cycles: int = 20) -> None:
     with tempfile.TemporaryDirectory(prefix="telemetry-lease-") as tmp:
         work = Path(tmp)
         need = (rounds + 3) * cycles * BATCH + 30 * BATCH
-        current_q, sketch_q = _ours.Queue(work / "current.db"), _ours.Queue(work / "sketch.db")
+        queues = [_ours.Queue(work / f"{name}.db") for name in ("current", "range", "rows")]
+        current_q, sketch_q, rows_q = queues
         try:
-            for queue in (current_q, sketch_q):
+            for queue in queues:
                 queue.record(need)
             storage, store = current_q.storage, sketch_q.store
             store.connection().execute(
                 "CREATE TABLE bench_leases (owner TEXT, first_id INTEGER, last_id INTEGER,"
                 " expires_at REAL)"
+            )
+            rows_store = rows_q.store
+            rows_store.connection().execute(
+                "CREATE TABLE bench_row_leases"
+                " (id INTEGER PRIMARY KEY, owner TEXT, expires_at REAL)"
             )
 
             def current() -> None:
@@ -84,13 +93,39 @@ def main(cycles: int = 20) -> None:
                     conn.execute("DELETE FROM bench_leases WHERE first_id = ?", (rows[0][0],))
                     sql._deleted(conn, deleted, before)
 
-            subjects = {"current": current, "range lease (sketch)": sketch}
+            def row_leases() -> None:
+                now = time.time()
+                with rows_store.transaction() as conn:
+                    rows = conn.execute(sql._SELECT_DUE, (now, now + 3600, BATCH)).fetchall()
+                    ids = json.dumps([r[0] for r in rows])
+                    conn.execute(
+                        "INSERT OR REPLACE INTO bench_row_leases"
+                        " SELECT value, 'bench', ? FROM json_each(?)",
+                        (now + 60, ids),
+                    )
+                sql._batch_decoder.decode(b"[" + b",".join(r[5] for r in rows) + b"]")
+                with rows_store.transaction() as conn:
+                    before = int(conn.execute(sql._MAX_ID).fetchone()[0])
+                    conn.execute(sql._ARCHIVE + sql._BY_ROW_IDS, (ids,))
+                    deleted = conn.execute(sql._DROP_ROWS, (ids,)).rowcount
+                    conn.execute(
+                        "DELETE FROM bench_row_leases WHERE id IN (SELECT value FROM json_each(?))",
+                        (ids,),
+                    )
+                    sql._deleted(conn, deleted, before)
+
+            subjects = {
+                "current": current,
+                "range lease (sketch)": sketch,
+                "row leases (sketch)": row_leases,
+            }
             for cycle in subjects.values():  # warm-up: b-trees at their working depth
                 for _ in range(10):
                     cycle()
             conns = {
                 "current": current_q.store.connection(),
                 "range lease (sketch)": store.connection(),
+                "row leases (sketch)": rows_store.connection(),
             }
             frames = {name: _frames(conns[name], c, cycles) for name, c in subjects.items()}
             times: dict[str, list[float]] = {name: [] for name in subjects}
@@ -102,8 +137,8 @@ def main(cycles: int = 20) -> None:
                         cycle()
                     times[name].append((time.perf_counter() - t0) / cycles)
         finally:
-            current_q.close()
-            sketch_q.close()
+            for queue in queues:
+                queue.close()
     for name in subjects:
         print(
             f"{name:22s} {frames[name]:6.1f} WAL frames/cycle"
