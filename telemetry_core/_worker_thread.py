@@ -74,7 +74,13 @@ class WorkerThread:
         self._stopping = threading.Event()
         # Set while an exit flush waits for the queue to run dry (see flush()).
         self._flushing = threading.Event()
-        self._idle = threading.Event()
+        # An exit flush takes a ticket; a cycle that began after the ticket was
+        # taken and ended with nothing more due answers it (a cycle already
+        # running when the flush came may have looked before the last events
+        # were stored).
+        self._flush_done = threading.Condition(threading.Lock())
+        self._flush_asked = 0
+        self._flush_answered = 0
         #: What the thread is inside: "network" (may take up to the timeout),
         #: "setup" (the first call of a new transport: its lazy imports, CA
         #: bundle and first handshake), "build" (making the transport object:
@@ -119,11 +125,16 @@ class WorkerThread:
     def flush(self, timeout: float) -> bool:
         """Wake the thread and wait at most ``timeout`` until a cycle finds
         nothing more due; True when it did."""
-        self._idle.clear()
+        with self._flush_done:
+            self._flush_asked += 1
+            ticket = self._flush_asked
         self._flushing.set()
         self._wake.set()
         try:
-            return self._idle.wait(timeout)
+            with self._flush_done:
+                return self._flush_done.wait_for(
+                    lambda: self._flush_answered >= ticket, max(timeout, 0.0)
+                )
         finally:
             self._flushing.clear()
 
@@ -147,6 +158,7 @@ class WorkerThread:
             except Exception as exc:
                 logger.debug("telemetry-core: worker thread setup failed: %r", exc)
         while not self._stopping.is_set():
+            asked = self._flush_asked  # the flushes this cycle can answer
             try:
                 self.phase = "local"
                 cycle = self._cycle()
@@ -166,7 +178,9 @@ class WorkerThread:
                 self.phase = None
             if again:
                 continue
-            self._idle.set()
+            with self._flush_done:
+                self._flush_answered = max(self._flush_answered, asked)
+                self._flush_done.notify_all()
             wait = min(max(wait, 0.0), MAX_LOOP_WAIT)
             if wait >= RELEASE_IDLE_AFTER:
                 self._before_long_wait()
