@@ -159,12 +159,14 @@ _UNLEASE: Final = (
 # Entries by row id (two JSON arrays: row ids, event ids) held by an owner (a
 # lease row of theirs, expired or not, that no other claim replaced). The event
 # id checks keep a stale claim on a row id that was freed and reused from
-# touching the new entry.
+# touching the new entry. The entries are found by row id: ``+event_id`` keeps
+# the planner off the event id index, whose (event id, row id) pairs from two
+# lists made a DELETE of 100 entries take 1.7 ms instead of 0.2.
 _HELD: Final = (
     " WHERE id IN (SELECT value FROM json_each(?)) AND EXISTS (SELECT 1 FROM"
     " telemetry_queue_leases AS l WHERE l.id = telemetry_queue.id AND l.owner = ?"
     " AND l.event_id = telemetry_queue.event_id)"
-    " AND event_id IN (SELECT value FROM json_each(?))"
+    " AND +event_id IN (SELECT value FROM json_each(?))"
 )
 _SUBMITTED: Final = "DELETE FROM telemetry_queue" + _HELD
 _ARCHIVE_HELD: Final = _ARCHIVE + _HELD
