@@ -1,15 +1,12 @@
-"""What a claim that does not rewrite rows saves: ``python -m bench.lease_cost [cycles]``.
+"""What a claim that does not rewrite rows would save: ``python -m bench.lease_cost [cycles]``.
 
 The batch cycle (``dequeue(100)`` + ``mark_submitted``) of the ``sqlite``
-storage used to claim its entries by rewriting them (lease owner, expiry, next
-attempt), and entries carry their event's payload, so a claim rewrote about
-ten leaf pages that the delivery rewrote again (58.2 WAL frames per cycle).
-This script measured the two designs that avoid it before the storage took
-the second; it compares, on queues filled alike:
+storage claims its entries by rewriting them (lease owner, expiry, next
+attempt), and entries carry their event's payload, so a claim rewrites about
+ten leaf pages that the delivery rewrites again. This script compares, on two
+queues filled alike:
 
-- **current**: the storage's own ``dequeue(100)`` + ``mark_submitted`` (since
-  this round it leases in a table of its own, as the second sketch does, with
-  the checks the sketch leaves out);
+- **current**: the storage's own ``dequeue(100)`` + ``mark_submitted``;
 - **range lease (sketch)**: the same select of due entries, then one row
   ``(owner, first id, last id, expiry)`` in a lease table instead of the
   rewrite, and the same delivery (moved to the stored events, deleted, the

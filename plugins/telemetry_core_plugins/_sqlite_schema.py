@@ -22,15 +22,7 @@ from telemetry_core.errors import StorageError
 if TYPE_CHECKING:
     from telemetry_core.protocols import SQLiteDatabase
 
-__all__ = [
-    "LEASES_TABLE",
-    "MIGRATIONS",
-    "PART",
-    "SCHEMA_VERSION",
-    "adopt",
-    "has_leases",
-    "open_tables",
-]
+__all__ = ["MIGRATIONS", "PART", "SCHEMA_VERSION", "adopt", "open_tables"]
 
 #: The name the plugin's schema version is recorded under.
 PART: Final = "sqlite"
@@ -151,28 +143,6 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
 )
 
-#: Leases apart from the entries, a table outside the numbered steps. A claim
-#: used to rewrite every entry it leased (owner, expiry, next attempt), and an
-#: entry carries its event's payload, so claiming 100 entries rewrote about ten
-#: leaf pages that the delivery rewrote again. A lease is one narrow row per
-#: claimed entry, keyed by the entry's row id and naming its event (a row id is
-#: reused once the newest entry goes), a page or two per batch, removed with
-#: the delivery, the failure or the release; an expired one is replaced or
-#: cleared by the next claim. It is added, not migrated: the previous release
-#: (which leases in the entry's own columns, still honoured here: such an
-#: entry's next_retry_at is its lease expiry) keeps opening the file and never
-#: looks at this table, and a read-only open of a file without it reads no
-#: leases (see :func:`has_leases`).
-LEASES_TABLE: Final = """CREATE TABLE IF NOT EXISTS telemetry_queue_leases (
-    id INTEGER PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    event_id TEXT NOT NULL
-)"""
-_HAS_LEASES_SQL: Final = (
-    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_queue_leases'"
-)
-
 #: The version of the tables this code writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -224,15 +194,4 @@ def open_tables(db: SQLiteDatabase) -> bool:
             "telemetry-core with an older queue layout; delete it or run "
             "`telemetry disable --purge`"
         )
-    if not db.read_only and not has_leases(db):
-        with db.transaction() as conn:
-            conn.execute(LEASES_TABLE)
     return True
-
-
-def has_leases(db: SQLiteDatabase) -> bool:
-    """Whether the file has the lease table (a writer adds it when it opens)."""
-    try:
-        return db.connection().execute(_HAS_LEASES_SQL).fetchone() is not None
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot read telemetry database {db.path}: {exc}") from exc

@@ -68,7 +68,9 @@ DRAINER = _CONFIG + textwrap.dedent(
 def _leased(db: Path) -> int:
     conn = sqlite3.connect(db, timeout=5)
     try:
-        row = conn.execute("SELECT count(*) FROM telemetry_queue_leases").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM telemetry_queue WHERE lease_owner IS NOT NULL"
+        ).fetchone()
         return int(row[0])
     except sqlite3.Error:
         return 0

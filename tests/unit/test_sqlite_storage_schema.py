@@ -533,9 +533,6 @@ def test_a_file_this_code_made_has_the_previous_releases_layout(tmp_path: Path) 
         assert made.execute("PRAGMA user_version").fetchone()[0] == 6 == CORE_VERSION
     finally:
         made.close()
-    # Beside the tables it knows, the previous release finds the part versions
-    # and the lease table, which it never reads (it leases in the entries' own
-    # columns, which this code still honours).
-    extra = {("table", "telemetry_part_versions"), ("table", "telemetry_queue_leases")}
+    extra = {("table", "telemetry_part_versions")}
     assert set(_schema(legacy)) <= set(_schema(ours))
     assert {(t, n) for t, n, _ in _schema(ours)} - {(t, n) for t, n, _ in _schema(legacy)} == extra
