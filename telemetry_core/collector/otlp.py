@@ -133,6 +133,42 @@ class _Mapped:
         self.properties = properties
 
 
+def _event_type(event_name: str, mapped: _Mapped) -> tuple[str | None, str | None]:
+    """A record's event type (None when its name has none) and the name it came from."""
+    name = event_name or _text(mapped.named)
+    return (normalise_type(name) if name else None), name
+
+
+def _no_type(name: str | None) -> str:
+    """Why a record named ``name`` has no event type."""
+    reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
+    return f"{reason}: a log record needs an event name"
+
+
+def _event(
+    resource: _Resource,
+    mapped: _Mapped,
+    *,
+    event_id: str,
+    event_type: str,
+    timestamp: int,
+    properties: dict[str, Any],
+) -> Event:
+    """The event of a record: its scope's resource, its mapped attributes, and the rest."""
+    return Event(
+        id=event_id,
+        type=event_type,
+        timestamp=timestamp,
+        install_id=resource.install,
+        app=resource.app,
+        app_version=resource.version,
+        session_id=mapped.session,
+        duration_ms=mapped.duration,
+        success=mapped.success,
+        properties=properties,
+    )
+
+
 def _add_record(
     out: Translation,
     index: int,
@@ -150,24 +186,18 @@ def _add_record(
 ) -> None:
     """Translate one record into an event or a rejection. Without a UUID in
     ``uid``, the id is ``derive(encode(record))`` (``derive`` holds the scope)."""
-    name = event_name or _text(mapped.named)
-    event_type = normalise_type(name) if name else None
+    event_type, name = _event_type(event_name, mapped)
     if event_type is None:
-        reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
-        out.reject(index, "missing_type", f"{reason}: a log record needs an event name")
+        out.reject(index, "missing_type", _no_type(name))
         return
     out.add(
         index,
-        Event(
-            id=uuid_or_none(uid) or derive(encode(record)),
-            type=event_type,
+        _event(
+            resource,
+            mapped,
+            event_id=uuid_or_none(uid) or derive(encode(record)),
+            event_type=event_type,
             timestamp=nanos // 1_000_000 if nanos else received_ms,
-            install_id=resource.install,
-            app=resource.app,
-            app_version=resource.version,
-            session_id=mapped.session,
-            duration_ms=mapped.duration,
-            success=mapped.success,
             properties=properties,
         ),
     )
@@ -291,10 +321,8 @@ class _Shape:
 
     def __init__(self, event_name: str, mapped: _Mapped) -> None:
         self.mapped = mapped
-        name = event_name or _text(mapped.named)
-        self.event_type = normalise_type(name) if name else None
-        reason = f"event name {name[:64]!r} has no letter" if name else "no event_name"
-        self.reason = f"{reason}: a log record needs an event name"
+        self.event_type, name = _event_type(event_name, mapped)
+        self.reason = _no_type(name)
         #: The event every record of the shape gives in the scope ``proto_of``,
         #: less its id, time and own copy of the properties.
         self.proto: Event | None = None
@@ -304,17 +332,12 @@ class _Shape:
         """The event of a record of this shape (its type known) in ``resource``'s scope."""
         proto = self.proto
         if proto is None or self.proto_of is not resource:
-            mapped = self.mapped
-            proto = self.proto = Event(
-                id=event_id,
-                type=cast(str, self.event_type),
+            proto = self.proto = _event(
+                resource,
+                self.mapped,
+                event_id=event_id,
+                event_type=cast(str, self.event_type),
                 timestamp=timestamp,
-                install_id=resource.install,
-                app=resource.app,
-                app_version=resource.version,
-                session_id=mapped.session,
-                duration_ms=mapped.duration,
-                success=mapped.success,
                 properties={},
             )
             self.proto_of = resource
